@@ -1,0 +1,59 @@
+# vla_ros developer entry points. `make test` and `make demo` set everything up from scratch.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.deps-stamp
+INSTALLED := $(VENV)/.install-stamp
+MODEL_DIR := models/rt1_tiny
+MODEL := $(MODEL_DIR)/policy.onnx
+SOURCES := $(shell find vla_ros launch config -type f -not -path '*/__pycache__/*' 2>/dev/null) \
+	setup.py setup.cfg package.xml
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
+export MUJOCO_GL ?= egl
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: all setup models install test lint demo bench clean
+
+all: test
+
+# (Re)create the venv when it is missing, is not Python 3.11, or the pins changed.
+$(STAMP): requirements.txt requirements-dev.txt
+	@if [ ! -x $(PY) ] || ! $(PY) -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null; then \
+	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); fi
+	$(PIP) install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+setup: $(STAMP)
+
+# Model artifacts are generated, never committed; the seeds make them byte-reproducible.
+$(MODEL): $(STAMP) $(shell find vla_ros/model vla_ros/tools -name '*.py' 2>/dev/null)
+	PYTHONPATH=$(CURDIR) $(PY) -m vla_ros.cli export --config tiny --out $(MODEL_DIR)
+
+models: $(MODEL)
+
+# Non-editable install so share/vla_ros/{config,launch,models} exist in the venv.
+$(INSTALLED): $(STAMP) $(MODEL) $(SOURCES)
+	$(PIP) install --quiet --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall .
+	rm -rf build *.egg-info
+	touch $@
+
+install: $(INSTALLED)
+
+lint: $(STAMP)
+	$(PY) -m flake8 vla_ros test launch setup.py
+
+test: $(INSTALLED)
+	cd test && ../$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) .
+
+demo: $(INSTALLED)
+	$(VENV)/bin/vla-ros demo $(DEMO_ARGS)
+
+bench: $(INSTALLED)
+	$(VENV)/bin/vla-ros bench pipeline
+	$(VENV)/bin/vla-ros bench model
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs

@@ -1,0 +1,231 @@
+"""The RT-1 action space and its 256-bin tokenizer (DESIGN.md section 6).
+
+Pure numpy: no rclpy, no messages. The bounds come from ``config/action_space.yaml``; this
+module only knows how to validate them and how to turn values into bins and back.
+"""
+
+from dataclasses import dataclass
+import json
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+SCHEMES = ('uniform', 'rt1')
+KINDS = ('position', 'velocity', 'binary')
+NUM_ARM_JOINTS = 7
+NUM_DIMENSIONS = 11
+ARM = slice(0, 7)
+BASE = slice(7, 10)
+GRIPPER = 10
+
+
+class ActionSpaceError(ValueError):
+    """An action space definition that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One action dimension: name, unit, closed range [low, high] and kind."""
+
+    name: str
+    unit: str
+    low: float
+    high: float
+    kind: str
+
+    def __post_init__(self):
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ActionSpaceError(
+                f'dimension {self.name!r}: bounds must be finite, found low={self.low}, '
+                f'high={self.high}')
+        if not self.high > self.low:
+            raise ActionSpaceError(
+                f'dimension {self.name!r}: expected high > low, found low={self.low}, '
+                f'high={self.high}')
+        if self.kind not in KINDS:
+            raise ActionSpaceError(
+                f'dimension {self.name!r}: kind must be one of {KINDS}, found {self.kind!r}')
+
+
+@dataclass(frozen=True)
+class ActionSpace:
+    """The 11-D action space: 7 arm joint positions, 3 base velocities, 1 gripper."""
+
+    dimensions: Tuple[Dimension, ...]
+    scheme: str = 'uniform'
+    num_bins: int = 256
+    velocity_deadband: float = 0.0
+    gripper_threshold: int = 128
+    version: int = 1
+
+    def __post_init__(self):
+        if len(self.dimensions) != NUM_DIMENSIONS:
+            raise ActionSpaceError(
+                f'expected {NUM_DIMENSIONS} dimensions (7 arm, 3 base, 1 gripper), found '
+                f'{len(self.dimensions)}')
+        kinds = [d.kind for d in self.dimensions]
+        expected = ['position'] * 7 + ['velocity'] * 3 + ['binary']
+        if kinds != expected:
+            raise ActionSpaceError(f'expected dimension kinds {expected}, found {kinds}')
+        names = [d.name for d in self.dimensions]
+        if len(set(names)) != len(names):
+            raise ActionSpaceError(f'dimension names must be unique, found {names}')
+        if self.scheme not in SCHEMES:
+            raise ActionSpaceError(
+                f'scheme must be one of {SCHEMES}, found {self.scheme!r}')
+        if self.num_bins != 256:
+            raise ActionSpaceError(
+                f'num_bins must be 256 (uint8 action tokens), found {self.num_bins}')
+        if not 0 < self.gripper_threshold < self.num_bins:
+            raise ActionSpaceError(
+                f'gripper_threshold must be in 1..{self.num_bins - 1}, found '
+                f'{self.gripper_threshold}')
+        if not (math.isfinite(self.velocity_deadband) and self.velocity_deadband >= 0.0):
+            raise ActionSpaceError(
+                f'velocity_deadband must be >= 0, found {self.velocity_deadband}')
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Dict) -> 'ActionSpace':
+        """Build from the ``action_space`` mapping of the YAML file or model metadata."""
+        if 'action_space' in data:
+            data = data['action_space']
+        try:
+            dims = tuple(
+                Dimension(name=str(d['name']), unit=str(d['unit']), low=float(d['low']),
+                          high=float(d['high']), kind=str(d['kind']))
+                for d in data['dimensions'])
+            return cls(dimensions=dims, scheme=str(data.get('scheme', 'uniform')),
+                       num_bins=int(data.get('num_bins', 256)),
+                       velocity_deadband=float(data.get('velocity_deadband', 0.0)),
+                       gripper_threshold=int(data.get('gripper_threshold', 128)),
+                       version=int(data.get('version', 1)))
+        except (KeyError, TypeError) as exc:
+            raise ActionSpaceError(
+                f'action space definition is missing or has a malformed field: {exc!r}; '
+                'expected keys scheme, num_bins, dimensions[name, unit, low, high, kind]'
+            ) from exc
+
+    @classmethod
+    def from_yaml(cls, path: str) -> 'ActionSpace':
+        """Load ``config/action_space.yaml`` (or any file with the same layout)."""
+        import yaml
+        try:
+            with open(path, 'r', encoding='utf-8') as stream:
+                data = yaml.safe_load(stream)
+        except OSError as exc:
+            raise ActionSpaceError(f'cannot read action space file {path!r}: {exc}') from exc
+        if not isinstance(data, dict):
+            raise ActionSpaceError(f'action space file {path!r} is not a mapping')
+        return cls.from_dict(data)
+
+    def to_dict(self) -> Dict:
+        """Return the canonical mapping (the form written into model metadata)."""
+        return {
+            'version': self.version, 'num_bins': self.num_bins, 'scheme': self.scheme,
+            'velocity_deadband': self.velocity_deadband,
+            'gripper_threshold': self.gripper_threshold,
+            'dimensions': [
+                {'name': d.name, 'unit': d.unit, 'low': d.low, 'high': d.high, 'kind': d.kind}
+                for d in self.dimensions],
+        }
+
+    def to_json(self) -> str:
+        """Return the canonical JSON text (sorted keys) used in model metadata."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def differences(self, other: 'ActionSpace', tol: float = 1e-9) -> List[str]:
+        """List human-readable differences between two action spaces (empty if equal)."""
+        out = []
+        for field in ('scheme', 'num_bins', 'gripper_threshold'):
+            if getattr(self, field) != getattr(other, field):
+                out.append(f'{field}: {getattr(self, field)!r} != {getattr(other, field)!r}')
+        if abs(self.velocity_deadband - other.velocity_deadband) > tol:
+            out.append(f'velocity_deadband: {self.velocity_deadband} != '
+                       f'{other.velocity_deadband}')
+        for a, b in zip(self.dimensions, other.dimensions):
+            if (a.name, a.unit, a.kind) != (b.name, b.unit, b.kind):
+                out.append(f'dimension {a.name}/{a.unit}/{a.kind} != {b.name}/{b.unit}/{b.kind}')
+            if abs(a.low - b.low) > tol or abs(a.high - b.high) > tol:
+                out.append(f'{a.name} bounds: [{a.low}, {a.high}] != [{b.low}, {b.high}]')
+        return out
+
+    # -- views --------------------------------------------------------------------------
+    @property
+    def names(self) -> List[str]:
+        """Dimension names in action order."""
+        return [d.name for d in self.dimensions]
+
+    @property
+    def low(self) -> np.ndarray:
+        """Lower bounds, float64 [11]."""
+        return np.array([d.low for d in self.dimensions], dtype=np.float64)
+
+    @property
+    def high(self) -> np.ndarray:
+        """Upper bounds, float64 [11]."""
+        return np.array([d.high for d in self.dimensions], dtype=np.float64)
+
+    @property
+    def bin_width(self) -> np.ndarray:
+        """Width of one bin per dimension in the dimension's unit."""
+        span = self.high - self.low
+        return span / (self.num_bins if self.scheme == 'uniform' else self.num_bins - 1)
+
+
+class ActionTokenizer:
+    """Turns 11-D continuous actions into uint8 tokens and back.
+
+    The gripper is a binary dimension: ``detokenize`` gives 1.0 (closed) for tokens at or
+    above ``gripper_threshold`` and 0.0 (open) below; ``tokenize`` maps values >= 0.5 to the
+    top bin and values below to bin 0. Velocity dimensions get the deadband on the way out.
+    """
+
+    def __init__(self, space: ActionSpace):
+        self.space = space
+        self._low = space.low
+        self._high = space.high
+        self._span = self._high - self._low
+        self._n = space.num_bins
+        self._velocity = np.array([d.kind == 'velocity' for d in space.dimensions])
+
+    def tokenize(self, actions: Sequence[float]) -> np.ndarray:
+        """Map actions [..., 11] to tokens [..., 11] (uint8); out-of-range values clip."""
+        a = np.asarray(actions, dtype=np.float64)
+        if a.shape[-1:] != (NUM_DIMENSIONS,):
+            raise ValueError(f'expected actions with last axis {NUM_DIMENSIONS}, found shape '
+                             f'{a.shape}')
+        if not np.all(np.isfinite(a)):
+            raise ValueError('actions contain NaN or infinity; refusing to tokenize')
+        a = np.clip(a, self._low, self._high)
+        frac = (a - self._low) / self._span
+        if self.space.scheme == 'uniform':
+            tokens = np.floor(frac * self._n)
+        else:
+            tokens = np.trunc(frac * (self._n - 1))
+        tokens = np.clip(tokens, 0, self._n - 1)
+        grip = a[..., GRIPPER] >= 0.5 * (self._low[GRIPPER] + self._high[GRIPPER])
+        tokens[..., GRIPPER] = np.where(grip, self._n - 1, 0)
+        return tokens.astype(np.uint8)
+
+    def detokenize(self, tokens: Sequence[int]) -> np.ndarray:
+        """Map tokens [..., 11] to actions [..., 11] float64; rejects out-of-range tokens."""
+        t = np.asarray(tokens)
+        if t.shape[-1:] != (NUM_DIMENSIONS,):
+            raise ValueError(f'expected {NUM_DIMENSIONS} tokens, found shape {t.shape}')
+        if not np.issubdtype(t.dtype, np.integer):
+            raise ValueError(f'expected integer tokens, found dtype {t.dtype}')
+        if t.size and (t.min() < 0 or t.max() >= self._n):
+            raise ValueError(f'tokens must be in 0..{self._n - 1}, found '
+                             f'min={int(t.min())} max={int(t.max())}')
+        t = t.astype(np.float64)
+        if self.space.scheme == 'uniform':
+            values = self._low + (t + 0.5) * (self._span / self._n)
+        else:
+            values = self._low + t / (self._n - 1) * self._span
+        deadband = self._velocity & (np.abs(values) < self.space.velocity_deadband)
+        values = np.where(deadband, 0.0, values)
+        values[..., GRIPPER] = np.where(
+            t[..., GRIPPER] >= self.space.gripper_threshold, 1.0, 0.0)
+        return values

@@ -1,0 +1,58 @@
+"""The one small interface every inference runtime implements, and the shared options."""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from ..core.model_contract import TensorSpec
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot be created or run as configured."""
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """What the inference node passes to every backend (from its parameters)."""
+
+    model_file_path: str
+    providers: Tuple[str, ...] = ('CPUExecutionProvider',)
+    intra_op_threads: int = 1
+    # Several sessions in one process (policy + text encoder) must not spin idle threads.
+    allow_spinning: bool = False
+    require_accelerator: bool = False
+    engine_file_path: str = ''
+    force_engine_update: bool = False
+    fp16: bool = True
+    extra: Dict[str, str] = field(default_factory=dict)
+
+
+class Backend:
+    """A loaded model: tensor specs, metadata, ``run`` on named numpy arrays."""
+
+    name = 'abstract'
+
+    @property
+    def inputs(self) -> List[TensorSpec]:
+        """Input tensors of the loaded model."""
+        raise NotImplementedError
+
+    @property
+    def outputs(self) -> List[TensorSpec]:
+        """Output tensors of the loaded model."""
+        raise NotImplementedError
+
+    @property
+    def metadata(self) -> Dict[str, str]:
+        """Model metadata (custom metadata_props of the ONNX file)."""
+        raise NotImplementedError
+
+    @property
+    def active_providers(self) -> List[str]:
+        """Execution providers / devices really in use (not merely requested)."""
+        raise NotImplementedError
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Run one inference; returns outputs by name."""
+        raise NotImplementedError
