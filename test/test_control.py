@@ -1,0 +1,182 @@
+"""Interpolation, limits, watchdogs, e-stop and the enable gate (pure numpy, no ROS)."""
+
+import numpy as np
+import pytest
+
+from vla_ros.core import control as c
+from vla_ros.core.interpolation import ArmInterpolator, JointLimits, RateLimiter
+
+DT = 0.05
+VEL, ACC = 1.5, 6.0
+
+
+def _loop(mode='linear', **kw):
+    cfg = c.ControlConfig(JointLimits.uniform(7, (-3.0, 3.0), VEL, ACC), interpolation=mode,
+                          **kw)
+    loop = c.ControlLoop(cfg)
+    loop.start(np.zeros(7), 0.0)
+    loop.set_enabled(True)
+    return loop
+
+
+def _run(loop, t0, n):
+    out = []
+    for i in range(1, n + 1):
+        out.append(loop.tick(t0 + i * DT))
+    return out
+
+
+def test_no_command_before_joint_states():
+    cfg = c.ControlConfig(JointLimits.uniform(7, (-3, 3), VEL, ACC))
+    loop = c.ControlLoop(cfg)
+    assert loop.tick(0.0) is None and loop.state == c.WAITING
+
+
+def test_start_takes_measured_state_without_jump():
+    loop = _loop()
+    q = np.linspace(-1, 1, 7)
+    loop.start(q, 0.0)
+    cmd = loop.tick(DT)
+    assert np.allclose(cmd.arm_positions, q)
+
+
+@pytest.mark.parametrize('mode', ['linear', 'min_jerk'])
+def test_reaches_target_in_about_one_period(mode):
+    loop = _loop(mode)
+    loop.on_target(np.full(7, 0.1), np.zeros(3), None, 0.0)
+    cmds = _run(loop, 0.0, 6)
+    assert np.allclose(cmds[-1].arm_positions, 0.1, atol=2e-3)
+
+
+@pytest.mark.parametrize('mode', ['linear', 'min_jerk'])
+def test_limits_hold_for_a_large_jump(mode):
+    loop = _loop(mode)
+    loop.on_target(np.full(7, 2.5), np.zeros(3), None, 0.0)
+    q_prev, v_prev = np.zeros(7), np.zeros(7)
+    for i in range(1, 80):
+        if i % 4 == 0:  # the policy keeps asking for the same far target at 5 Hz
+            loop.on_target(np.full(7, 2.5), np.zeros(3), None, i * DT)
+        q = loop.tick(i * DT).arm_positions
+        v = (q - q_prev) / DT
+        assert np.all(np.abs(v) <= VEL + 1e-9)
+        assert np.all(np.abs(v - v_prev) / DT <= ACC + 1e-6)
+        q_prev, v_prev = q, v
+    assert np.allclose(q_prev, 2.5, atol=1e-3)
+
+
+def test_target_outside_position_limits_is_clipped():
+    loop = _loop()
+    loop.on_target(np.full(7, 9.0), np.zeros(3), None, 0.0)
+    for i in range(1, 200):
+        if i % 4 == 0:
+            loop.on_target(np.full(7, 9.0), np.zeros(3), None, i * DT)
+        q = loop.tick(i * DT).arm_positions
+    assert np.allclose(q, 3.0)
+
+
+@pytest.mark.parametrize('arrival', [0.1, 0.3])  # early (mid-segment) and late
+def test_replanning_is_velocity_continuous(arrival):
+    interp = ArmInterpolator(JointLimits.uniform(1, (-3, 3), VEL, ACC), 0.2, 'min_jerk')
+    interp.reset(np.zeros(1))
+    interp.set_target(np.array([0.2]), 0.0)
+    t, q_prev, v_prev, dv = 0.0, 0.0, 0.0, []
+    for _ in range(12):
+        t += DT
+        if abs(t - arrival) < 1e-9:
+            interp.set_target(np.array([0.5]), t)
+        q = interp.step(t, DT)[0]
+        v = (q - q_prev) / DT
+        dv.append(abs(v - v_prev))
+        q_prev, v_prev = q, v
+    assert max(dv) <= ACC * DT + 1e-9
+
+
+def test_base_ramps_within_acceleration_limit():
+    loop = _loop()
+    loop.on_target(np.zeros(7), np.array([0.5, -0.5, 0.5]), None, 0.0)
+    cmds = _run(loop, 0.0, 3)
+    v = np.array([cmd.base_velocity for cmd in cmds])
+    assert np.allclose(v[0], [0.05, -0.05, 0.075])  # 1.0, 1.0, 1.5 per s^2 × 50 ms
+    assert np.all(np.abs(np.diff(v, axis=0)) <= np.array([1.0, 1.0, 1.5]) * DT + 1e-12)
+
+
+def test_stale_target_stops_base_within_decel_limit_and_holds_arm():
+    loop = _loop(command_timeout=0.5)
+    t = 0.0
+    for k in range(10):
+        loop.on_target(np.full(7, 0.05 * k), np.array([0.4, 0.0, 0.2]), 1.0, t)
+        for _ in range(4):
+            t += DT
+            cmd = loop.tick(t)
+    assert cmd.base_velocity[0] == pytest.approx(0.4)
+    last_target = t - 4 * DT
+    arm_at_timeout = None
+    history = []
+    while t < last_target + 1.0:
+        t += DT
+        cmd = loop.tick(t)
+        history.append((t, cmd.base_velocity.copy(), cmd.arm_positions.copy(), cmd.state))
+        if cmd.state == c.TIMEOUT and arm_at_timeout is None:
+            arm_at_timeout = cmd.arm_positions.copy()
+    stopped = [h for h in history if h[3] == c.TIMEOUT]
+    assert stopped, 'watchdog never fired'
+    assert stopped[0][0] <= last_target + 0.5 + DT + 1e-9
+    # decel 2 m/s^2: 0.4 m/s → 0 in 0.2 s (4 ticks)
+    assert np.allclose(stopped[4][1], 0.0)
+    for h in stopped:
+        assert np.allclose(h[2], arm_at_timeout)  # arm holds
+        assert loop.gripper == 1.0  # gripper holds
+
+
+def test_estop_stops_at_once_latches_and_needs_reenable():
+    loop = _loop()
+    loop.on_target(np.full(7, 1.0), np.array([0.5, 0, 0]), None, 0.0)
+    _run(loop, 0.0, 3)
+    loop.set_estop(True)
+    cmd = loop.tick(4 * DT)
+    assert cmd.state == c.ESTOP and np.all(cmd.base_velocity == 0.0)
+    held = cmd.arm_positions.copy()
+    assert not loop.on_target(np.full(7, 2.0), np.array([0.5, 0, 0]), None, 5 * DT)
+    assert not loop.set_enabled(True)
+    for cmd in _run(loop, 5 * DT, 10):
+        assert np.all(cmd.arm_positions == held) and np.all(cmd.base_velocity == 0)
+    loop.set_estop(False)
+    assert loop.tick(1.0).state == c.DISABLED
+    assert loop.set_enabled(True, held, 1.0)
+    assert loop.on_target(np.full(7, 1.1), np.zeros(3), None, 1.0)
+
+
+def test_disabled_gate_ignores_targets():
+    loop = _loop()
+    loop.set_enabled(False)
+    assert not loop.on_target(np.full(7, 1.0), np.zeros(3), 1.0, 0.0)
+    cmd = loop.tick(DT)
+    assert cmd.state == c.DISABLED and np.all(cmd.arm_positions == 0)
+
+
+def test_bad_targets_raise_and_change_nothing():
+    loop = _loop()
+    with pytest.raises(ValueError):
+        loop.on_target(np.full(7, np.nan), np.zeros(3), None, 0.0)
+    with pytest.raises(ValueError):
+        loop.on_target(np.zeros(6), np.zeros(3), None, 0.0)
+    with pytest.raises(ValueError):
+        loop.on_gripper_target(float('inf'), 0.0)
+    assert loop.tick(DT).state == c.HOLDING
+
+
+@pytest.mark.parametrize('kw,match', [
+    (dict(control_frequency=20.0, inference_frequency=3.0), 'whole number'),
+    (dict(command_timeout=0.0), 'command_timeout'),
+    (dict(base_max_velocity=np.array([0.5, -1, 0.5])), 'base_max_velocity'),
+])
+def test_bad_configuration_is_rejected(kw, match):
+    with pytest.raises(ValueError, match=match):
+        c.ControlConfig(JointLimits.uniform(7, (-3, 3), VEL, ACC), **kw)
+
+
+def test_rate_limiter_brakes_faster_than_it_accelerates():
+    r = RateLimiter(np.array([1.0]), np.array([1.0]), np.array([4.0]))
+    r.reset(np.array([1.0]))
+    assert r.step(np.array([0.0]), 0.1)[0] == pytest.approx(0.6)
+    assert r.step(np.array([1.0]), 0.1)[0] == pytest.approx(0.7)

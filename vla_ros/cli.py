@@ -1,0 +1,47 @@
+"""The `vla-ros` command: one verb per job, each implemented in vla_ros.tools."""
+
+import importlib
+import os
+import sys
+from typing import Sequence
+
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+
+VERBS = {
+    'up': ('vla_ros.tools.up', 'start the pipeline nodes as processes (--sim adds MuJoCo)'),
+    'demo': ('vla_ros.tools.demo', 'closed-loop demo in simulation; writes a run folder'),
+    'export': ('vla_ros.tools.export', 'export RT-1 (seed|tiny) + text encoder to ONNX'),
+    'bench': (None, 'benchmarks: `bench pipeline` or `bench model`'),
+    'test-model': ('vla_ros.tools.test_model', 'write the known-function test policy'),
+}
+BENCHES = {'pipeline': 'vla_ros.tools.bench_pipeline', 'model': 'vla_ros.tools.bench_model'}
+
+
+def _usage() -> str:
+    lines = ['usage: vla-ros <verb> [options]', '', 'verbs:']
+    lines += [f'  {verb:<11} {text}' for verb, (_, text) in VERBS.items()]
+    return '\n'.join(lines)
+
+
+def main(argv: Sequence[str] = None) -> int:
+    """Dispatch to the verb's main(argv)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ('-h', '--help'):
+        print(_usage())
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f'vla-ros: unknown verb {verb!r}\n\n{_usage()}', file=sys.stderr)
+        return 2
+    module = VERBS[verb][0]
+    if verb == 'bench':
+        if not rest or rest[0] not in BENCHES:
+            print(f'usage: vla-ros bench {{{"|".join(BENCHES)}}} [options]', file=sys.stderr)
+            return 2
+        module, rest = BENCHES[rest[0]], rest[1:]
+    code = importlib.import_module(module).main(rest)
+    return int(code or 0)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

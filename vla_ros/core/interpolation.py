@@ -1,0 +1,186 @@
+"""Trajectory shaping between 5 Hz policy targets and 20 Hz controller commands.
+
+``ArmInterpolator`` plans, for every new target, a segment from the current *commanded*
+state to the target over one inference period, then passes every tick through a limiter
+(position, velocity, acceleration per joint). Re-planning starts from the commanded position
+and velocity, so an early or late target never makes the velocity jump. ``RateLimiter``
+is the same limiter for velocity signals (the base).
+"""
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+MODES = ('linear', 'min_jerk')
+
+
+@dataclass(frozen=True)
+class JointLimits:
+    """Per-joint limits; arrays of equal length."""
+
+    position_min: np.ndarray
+    position_max: np.ndarray
+    velocity_max: np.ndarray
+    acceleration_max: np.ndarray
+
+    def __post_init__(self):
+        n = len(self.position_min)
+        for name in ('position_max', 'velocity_max', 'acceleration_max'):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f'{name} has {len(getattr(self, name))} entries, expected {n}')
+        if np.any(np.asarray(self.position_max) <= np.asarray(self.position_min)):
+            raise ValueError(f'position_max must exceed position_min, found '
+                             f'{list(self.position_min)} / {list(self.position_max)}')
+        for name in ('velocity_max', 'acceleration_max'):
+            v = np.asarray(getattr(self, name), dtype=float)
+            if np.any(~np.isfinite(v)) or np.any(v <= 0):
+                raise ValueError(f'{name} must be finite and > 0, found {list(v)}')
+
+    @classmethod
+    def uniform(cls, n: int, pos: Tuple[float, float], vel: float, acc: float):
+        """Same limits on every joint."""
+        return cls(np.full(n, float(pos[0])), np.full(n, float(pos[1])), np.full(n, float(vel)),
+                   np.full(n, float(acc)))
+
+
+def _quintic(q0, v0, a0, q1, duration):
+    """Coefficients of the quintic from (q0, v0, a0) to (q1, 0, 0) in ``duration`` seconds.
+
+    With v0 = a0 = 0 this is the minimum-jerk profile; otherwise it is the minimum-jerk
+    segment that starts with the current motion, which is what keeps re-planning smooth.
+    """
+    T = duration
+    d = q1 - q0
+    c3 = (20 * d - (12 * v0 + 3 * a0 * T) * T) / (2 * T ** 3)
+    c4 = (-30 * d + (16 * v0 + 3 * a0 * T) * T) / (2 * T ** 4)
+    c5 = (12 * d - (6 * v0 + a0 * T) * T) / (2 * T ** 5)
+    return np.stack([q0, v0, a0 / 2.0, c3, c4, c5])
+
+
+class RateLimiter:
+    """Moves a vector toward a goal with bounded magnitude, rise and fall rates.
+
+    ``accel`` bounds how fast a component may grow in magnitude, ``decel`` how fast it may
+    shrink (stopping is usually allowed to be quicker than starting).
+    """
+
+    def __init__(self, maximum: np.ndarray, accel: np.ndarray, decel: np.ndarray):
+        self.maximum = np.asarray(maximum, dtype=float)
+        self.accel = np.asarray(accel, dtype=float)
+        self.decel = np.asarray(decel, dtype=float)
+        self.value = np.zeros_like(self.maximum)
+
+    def reset(self, value=None):
+        """Set the current value (zeros by default)."""
+        self.value = (np.zeros_like(self.maximum) if value is None
+                      else np.asarray(value, dtype=float).copy())
+
+    def step(self, goal: np.ndarray, dt: float) -> np.ndarray:
+        """Advance one tick of ``dt`` seconds toward ``goal``; returns the new value."""
+        goal = np.clip(np.asarray(goal, dtype=float), -self.maximum, self.maximum)
+        delta = goal - self.value
+        # Shrinking magnitude (toward zero, or through it) may use the deceleration limit.
+        shrinking = np.sign(delta) != np.sign(self.value)
+        shrinking &= self.value != 0
+        rate = np.where(shrinking, self.decel, self.accel)
+        self.value = self.value + np.clip(delta, -rate * dt, rate * dt)
+        return self.value.copy()
+
+
+class ArmInterpolator:
+    """Turns sparse joint targets into a dense, limited joint position stream."""
+
+    def __init__(self, limits: JointLimits, segment_duration: float, mode: str = 'min_jerk'):
+        if mode not in MODES:
+            raise ValueError(f'interpolation mode must be one of {MODES}, found {mode!r}')
+        if not segment_duration > 0:
+            raise ValueError(f'segment_duration must be > 0, found {segment_duration}')
+        self.limits = limits
+        self.duration = float(segment_duration)
+        self.mode = mode
+        n = len(limits.position_min)
+        self.position = np.zeros(n)
+        self.velocity = np.zeros(n)
+        self.acceleration = np.zeros(n)
+        self._coeffs = None
+        self._start = 0.0
+        self._goal = None
+        self.initialised = False
+
+    def reset(self, position: np.ndarray):
+        """Take ``position`` (measured joint state) as the commanded state, at rest."""
+        position = np.asarray(position, dtype=float)
+        if position.shape != self.position.shape or not np.all(np.isfinite(position)):
+            raise ValueError(f'expected {self.position.shape[0]} finite joint positions, found '
+                             f'{position!r}')
+        self.position = position.copy()
+        self.velocity[:] = 0.0
+        self.acceleration[:] = 0.0
+        self._coeffs = None
+        self._goal = None
+        self.initialised = True
+
+    def hold(self):
+        """Stop at the current commanded position at once (e-stop, timeout, disable)."""
+        self.velocity[:] = 0.0
+        self.acceleration[:] = 0.0
+        self._coeffs = None
+        self._goal = None
+
+    @property
+    def goal(self):
+        """The target being tracked, or None while holding."""
+        return None if self._goal is None else self._goal.copy()
+
+    def set_target(self, target: np.ndarray, now: float) -> np.ndarray:
+        """Plan a new segment toward ``target`` (clipped to limits); returns the clipped goal."""
+        target = np.asarray(target, dtype=float)
+        if target.shape != self.position.shape or not np.all(np.isfinite(target)):
+            raise ValueError(f'expected {self.position.shape[0]} finite joint targets, found '
+                             f'{target!r}')
+        goal = np.clip(target, self.limits.position_min, self.limits.position_max)
+        if self.mode == 'min_jerk':
+            self._coeffs = _quintic(self.position, self.velocity, self.acceleration, goal,
+                                    self.duration)
+        else:
+            self._coeffs = (self.position.copy(), goal)
+        self._start = float(now)
+        self._goal = goal
+        return goal
+
+    def _desired(self, now: float) -> np.ndarray:
+        if self._coeffs is None:
+            return self.position
+        t = min(max(now - self._start, 0.0), self.duration)
+        if self.mode == 'min_jerk':
+            c = self._coeffs
+            return c[0] + t * (c[1] + t * (c[2] + t * (c[3] + t * (c[4] + t * c[5]))))
+        q0, goal = self._coeffs
+        return q0 + (goal - q0) * (t / self.duration)
+
+    def step(self, now: float, dt: float) -> np.ndarray:
+        """Advance to time ``now`` (one tick of ``dt``); returns commanded positions."""
+        lim = self.limits
+        wanted_v = (self._desired(now) - self.position) / dt
+        # Acceleration limit first (keeps velocity continuous), then the velocity limit.
+        dv = np.clip(wanted_v - self.velocity, -lim.acceleration_max * dt,
+                     lim.acceleration_max * dt)
+        v = np.clip(self.velocity + dv, -lim.velocity_max, lim.velocity_max)
+        # Brake early enough to stop at the goal, but never harder than the limit allows.
+        if self._goal is not None:
+            remaining = self._goal - self.position
+            # Fastest speed from which a tick-by-tick stop at the limit ends at the goal:
+            # v^2 / (2 a) + v dt / 2 = |remaining|.
+            a = lim.acceleration_max
+            v_stop = a * (np.sqrt(0.25 * dt * dt + 2.0 * np.abs(remaining) / a) - 0.5 * dt)
+            cap = np.maximum(v_stop, np.abs(self.velocity) - lim.acceleration_max * dt)
+            toward = np.sign(v) == np.sign(remaining)
+            v = np.where(toward, np.clip(v, -cap, cap), v)
+        q = self.position + v * dt
+        clipped = np.clip(q, lim.position_min, lim.position_max)
+        v = np.where(clipped != q, 0.0, v)
+        self.acceleration = (v - self.velocity) / dt
+        self.velocity = v
+        self.position = clipped
+        return self.position.copy()

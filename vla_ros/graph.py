@@ -1,0 +1,65 @@
+"""The pipeline graph as data: one definition for `ros2 launch` and for `vla-ros up`.
+
+Both launchers read ``pipeline_nodes``: the executable names, the parameters file and the
+remappings. Keeping them here means a robot launch and a local run cannot drift apart.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+# (executable, node name) in start order: consumers before producers so nothing is missed.
+PIPELINE = (
+    ('interpolation_node', 'interpolation_node'),
+    ('detokenizer_node', 'detokenizer_node'),
+    ('inference_node', 'inference_node'),
+    ('camera_node', 'camera_node'),
+)
+SIM = ('sim_node', 'sim_node')
+
+# Remappings shared by every node; topic names in code are relative and by content.
+# A robot launch overrides them, e.g. camera/image_raw:=/head_camera/color/image_raw.
+DEFAULT_REMAPPINGS: Tuple[Tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the graph."""
+
+    executable: str
+    name: str
+    remappings: Tuple[Tuple[str, str], ...] = DEFAULT_REMAPPINGS
+    parameters: Dict[str, object] = field(default_factory=dict)
+
+
+def pipeline_nodes(with_sim: bool = False, overrides: Dict[str, Dict[str, object]] = None
+                   ) -> List[NodeSpec]:
+    """The nodes to start; ``overrides`` adds parameters per node name."""
+    overrides = overrides or {}
+    specs = [SIM] + list(PIPELINE) if with_sim else list(PIPELINE)
+    return [NodeSpec(exe, name, parameters=dict(overrides.get(name, {})))
+            for exe, name in specs]
+
+
+def ros_args(spec: NodeSpec, params_file: str, namespace: str = '', use_sim_time: bool = False,
+             log_level: str = 'info') -> List[str]:
+    """Command-line ``--ros-args`` for one node (what launch_ros would generate)."""
+    args = ['--ros-args', '-r', f'__node:={spec.name}', '--log-level', log_level]
+    if namespace:
+        args += ['-r', f'__ns:={namespace}']
+    if params_file:
+        args += ['--params-file', params_file]
+    if use_sim_time:
+        args += ['-p', 'use_sim_time:=true']
+    for key, value in spec.parameters.items():
+        args += ['-p', f'{key}:={_param_text(value)}']
+    for src, dst in spec.remappings:
+        args += ['-r', f'{src}:={dst}']
+    return args
+
+
+def _param_text(value) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, (list, tuple)):
+        return '[' + ','.join(_param_text(v) for v in value) + ']'
+    return str(value)

@@ -1,0 +1,1 @@
+"""Model definitions (PyTorch): RT-1 policy, MiniLM text encoder, configs, FLOP counts."""

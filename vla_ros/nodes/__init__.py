@@ -1,0 +1,1 @@
+"""One thin rclpy node per module, each with main()."""

@@ -1,0 +1,161 @@
+"""What every vla_ros node shares: parameter declaration, diagnostics, the main() idiom."""
+
+import os
+import sys
+import threading
+from typing import Callable, Dict, Optional, Sequence
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                ParameterType)
+
+# Every process the project starts keeps DDS discovery on this host unless told otherwise.
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+
+SENSOR_QOS = qos_profile_sensor_data
+LATEST_IMAGE_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT,
+                              history=HistoryPolicy.KEEP_LAST, depth=1)
+COMMAND_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
+                         history=HistoryPolicy.KEEP_LAST, depth=1)
+RELIABLE_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
+                          history=HistoryPolicy.KEEP_LAST, depth=10)
+LATCHED_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
+                         history=HistoryPolicy.KEEP_LAST, depth=1,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class ConfigError(ValueError):
+    """Bad configuration at start-up: the node logs it and exits non-zero."""
+
+
+def declare(node: Node, name: str, default, description: str, *, read_only: bool = True,
+            low=None, high=None, type_=None):
+    """Declare one parameter with a descriptor and return its value.
+
+    ``low``/``high`` become a floating-point or integer range in the descriptor (shown by
+    ``ros2 param describe``); rclpy rejects out-of-range values set at start-up.
+    """
+    desc = ParameterDescriptor(description=description, read_only=read_only)
+    if type_ is not None:
+        desc.type = type_
+    if low is not None and high is not None:
+        if isinstance(default, float):
+            desc.floating_point_range = [FloatingPointRange(from_value=float(low),
+                                                            to_value=float(high))]
+        elif isinstance(default, int) and not isinstance(default, bool):
+            desc.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
+    try:
+        if default is None:
+            return node.declare_parameter(name, None, desc).value
+        return node.declare_parameter(name, default, desc).value
+    except Exception as exc:  # InvalidParameterValueException and type mismatches
+        raise ConfigError(f'parameter {name!r}: {exc}') from exc
+
+
+STRING_ARRAY = ParameterType.PARAMETER_STRING_ARRAY
+DOUBLE_ARRAY = ParameterType.PARAMETER_DOUBLE_ARRAY
+
+
+class Diagnostics:
+    """Counters and values published on /diagnostics once per ``period`` seconds.
+
+    Nodes call ``count`` for events (drops, rejections) and ``set`` for values (rates,
+    latencies, the current reason for not acting); level is WARN while a reason is set.
+    """
+
+    def __init__(self, node: Node, period: float = 1.0, callback_group=None):
+        self._node = node
+        self._lock = threading.Lock()
+        self.counters: Dict[str, int] = {}
+        self.values: Dict[str, str] = {}
+        self.reason = ''
+        self.error = ''
+        self._pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._timer = node.create_timer(period, self.publish, callback_group=callback_group)
+
+    def count(self, key: str, n: int = 1) -> int:
+        """Add ``n`` to counter ``key``; returns the new total."""
+        with self._lock:
+            self.counters[key] = self.counters.get(key, 0) + n
+            return self.counters[key]
+
+    def set(self, key: str, value):
+        """Set a reported value."""
+        if isinstance(value, float):
+            value = f'{value:.6g}'
+        with self._lock:
+            self.values[key] = str(value)
+
+    def status(self) -> DiagnosticStatus:
+        """The node's current DiagnosticStatus."""
+        with self._lock:
+            items = {**{k: str(v) for k, v in self.counters.items()}, **self.values}
+            reason, error = self.reason, self.error
+        status = DiagnosticStatus()
+        status.name = f'vla_ros: {self._node.get_fully_qualified_name()}'
+        status.hardware_id = 'vla_ros'
+        if error:
+            status.level, status.message = DiagnosticStatus.ERROR, error
+        elif reason:
+            status.level, status.message = DiagnosticStatus.WARN, reason
+        else:
+            status.level, status.message = DiagnosticStatus.OK, 'ok'
+        status.values = [KeyValue(key=k, value=v) for k, v in sorted(items.items())]
+        return status
+
+    def publish(self):
+        """Publish the status now."""
+        msg = DiagnosticArray()
+        msg.header.stamp = self._node.get_clock().now().to_msg()
+        msg.status = [self.status()]
+        self._pub.publish(msg)
+
+
+def now_s(node: Node) -> float:
+    """The node's clock (sim time when use_sim_time) in seconds."""
+    return node.get_clock().now().nanoseconds * 1e-9
+
+
+def exclusive_group() -> MutuallyExclusiveCallbackGroup:
+    """A new mutually exclusive callback group."""
+    return MutuallyExclusiveCallbackGroup()
+
+
+def run(factory: Callable[[], Node], args: Optional[Sequence[str]] = None,
+        threads: int = 2) -> int:
+    """Init rclpy, build the node, spin a multi-threaded executor, shut down cleanly.
+
+    Returns the process exit code: 0 on a normal stop, 2 on bad configuration.
+    """
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = factory()
+        executor = MultiThreadedExecutor(num_threads=threads)
+        executor.add_node(node)
+        executor.spin()
+    except ConfigError as exc:
+        name = getattr(factory, '__name__', 'node')
+        (node.get_logger().fatal if node else
+         rclpy.logging.get_logger(name).fatal)(f'bad configuration: {exc}')
+        code = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+def exit_with(code: int):
+    """sys.exit only for non-zero codes (keeps `ros2 run` quiet on a clean stop)."""
+    if code:
+        sys.exit(code)

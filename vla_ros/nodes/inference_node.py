@@ -1,0 +1,211 @@
+"""inference_node: newest vla/image + latched vla/instruction → vla/action_tokens at 5 Hz.
+
+The policy runs on a timer in its own callback group; image and instruction callbacks only
+store the newest message (and encode a new instruction once), so they never wait behind a
+model run. No fresh image or no instruction → nothing is published and diagnostics say why.
+"""
+
+from dataclasses import dataclass
+import os
+import threading
+import time
+from typing import Optional, Tuple
+
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import String, UInt8MultiArray
+
+from ..conversions import image_to_rgb8, time_to_ns, tokens_to_msg
+from ..core.action_space import ActionSpace, ActionSpaceError
+from ..core.image import ImageError
+from ..core.model_contract import ContractError, IMAGE_SIZE
+from ..core.stats import RateMonitor, WindowStats
+from ..paths import default_action_space_file, default_model_dir
+from ..runtime import BACKENDS, BackendError, BackendOptions
+from ..runtime.policy import Policy, PolicyFiles
+from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exclusive_group, exit_with,
+                     LATCHED_QOS, LATEST_IMAGE_QOS, now_s, run, STRING_ARRAY)
+
+
+@dataclass(frozen=True)
+class InferenceParams:
+    """Validated parameters of inference_node."""
+
+    model_file_path: str
+    text_encoder_path: str
+    tokenizer_path: str
+    action_space_file: str
+    backend: str
+    providers: Tuple[str, ...]
+    intra_op_threads: int
+    require_accelerator: bool
+    engine_file_path: str
+    force_engine_update: bool
+    inference_frequency: float
+    max_image_age: float
+
+    def __post_init__(self):
+        if not self.model_file_path:
+            raise ConfigError('model_file_path is empty: set it to an exported policy.onnx')
+        if not os.path.isfile(self.model_file_path):
+            raise ConfigError(f'model_file_path {self.model_file_path!r} does not exist; run '
+                              '`make models` or `vla-ros export --config tiny --out DIR`')
+        if self.backend not in BACKENDS:
+            raise ConfigError(f'backend must be one of {BACKENDS}, found {self.backend!r}')
+        if not self.providers:
+            raise ConfigError('providers is empty: list execution providers explicitly')
+        if not self.inference_frequency > 0:
+            raise ConfigError(f'inference_frequency must be > 0 Hz, found '
+                              f'{self.inference_frequency}')
+        if not self.max_image_age > 0:
+            raise ConfigError(f'max_image_age must be > 0 s, found {self.max_image_age}')
+
+
+class InferenceNode(Node):
+    """Runs the RT-1 policy on the newest image."""
+
+    def __init__(self):
+        super().__init__('inference_node')
+        model_dir = default_model_dir()
+        p = self.params = InferenceParams(
+            model_file_path=declare(self, 'model_file_path',
+                                    os.path.join(model_dir, 'policy.onnx'),
+                                    'Exported policy ONNX file.'),
+            text_encoder_path=declare(self, 'text_encoder_path', '', 'Text encoder ONNX; '
+                                      'empty: text_encoder.onnx beside the policy.'),
+            tokenizer_path=declare(self, 'tokenizer_path', '', 'tokenizer.json; empty: '
+                                   'beside the policy.'),
+            action_space_file=declare(self, 'action_space_file', default_action_space_file(),
+                                      'Action space YAML; must match the model metadata.'),
+            backend=declare(self, 'backend', 'onnxruntime', f'One of {BACKENDS}.'),
+            providers=tuple(declare(
+                self, 'providers', ['CPUExecutionProvider'], 'ONNX Runtime execution '
+                'providers in priority order, e.g. [TensorrtExecutionProvider, '
+                'CUDAExecutionProvider, CPUExecutionProvider].', type_=STRING_ARRAY)),
+            intra_op_threads=declare(self, 'intra_op_threads', 2, 'CPU threads for one model '
+                                     'run.', low=1, high=64),
+            require_accelerator=declare(self, 'require_accelerator', False, 'Fail at start-up '
+                                        'when no GPU provider is really active.'),
+            engine_file_path=declare(self, 'engine_file_path', '', 'TensorRT engine; empty: '
+                                     'cached beside the model, keyed by model/TRT/GPU.'),
+            force_engine_update=declare(self, 'force_engine_update', False,
+                                        'Rebuild the TensorRT engine even if cached.'),
+            inference_frequency=declare(self, 'inference_frequency', 5.0, 'Policy rate in '
+                                        'Hz.', low=0.1, high=100.0),
+            max_image_age=declare(self, 'max_image_age', 0.5, 'Newest image older than this '
+                                  '(s, by its stamp) → publish nothing.', low=0.001,
+                                  high=60.0),
+        )
+        try:
+            space = ActionSpace.from_yaml(p.action_space_file)
+            options = BackendOptions(
+                model_file_path=p.model_file_path, providers=p.providers,
+                intra_op_threads=p.intra_op_threads, require_accelerator=p.require_accelerator,
+                engine_file_path=p.engine_file_path, force_engine_update=p.force_engine_update)
+            files = PolicyFiles.from_paths(p.model_file_path, p.text_encoder_path,
+                                           p.tokenizer_path)
+            self.policy = Policy(files, space, p.backend, options)
+        except (ActionSpaceError, ContractError, BackendError, OSError, ValueError) as exc:
+            raise ConfigError(str(exc)) from exc
+        meta = self.policy.metadata
+        self.get_logger().info(
+            f'policy {p.model_file_path} (config {meta.get("vla_ros.config")}, trained '
+            f'{self.policy.trained}) on {p.backend}: active providers '
+            f'{self.policy.active_providers}')
+        if not self.policy.trained:
+            self.get_logger().warn('the model metadata says its weights are untrained: '
+                                   'actions are not meaningful')
+        self._lock = threading.Lock()
+        self._image: Optional[Image] = None
+        self._instruction: Optional[str] = None
+        self.diag = Diagnostics(self)
+        self.diag.set('active_providers', ','.join(self.policy.active_providers))
+        self.diag.set('backend', p.backend)
+        self.diag.set('model_config', meta.get('vla_ros.config', ''))
+        self._rate = RateMonitor(p.inference_frequency)
+        self._model_ms = WindowStats(500)
+        self._age_ms = WindowStats(500)
+        self._pub = self.create_publisher(UInt8MultiArray, 'vla/action_tokens', COMMAND_QOS)
+        inputs = exclusive_group()
+        self.create_subscription(Image, 'vla/image', self._on_image, LATEST_IMAGE_QOS,
+                                 callback_group=inputs)
+        self.create_subscription(String, 'vla/instruction', self._on_instruction, LATCHED_QOS,
+                                 callback_group=inputs)
+        self.create_timer(1.0 / p.inference_frequency, self._tick,
+                          callback_group=exclusive_group())
+        self.create_timer(1.0, self._report, callback_group=inputs)
+
+    def _on_image(self, msg: Image):
+        with self._lock:
+            self._image = msg
+
+    def _on_instruction(self, msg: String):
+        text = msg.data.strip()
+        if not text:
+            self.diag.count('rejected_empty_instruction')
+            self.get_logger().warn('ignoring empty instruction', throttle_duration_sec=2.0)
+            return
+        try:
+            self.policy.encode(text)  # once per new instruction, off the inference timer
+        except Exception as exc:  # tokenizer/ORT errors: keep the previous instruction
+            self.diag.count('rejected_instruction')
+            self.get_logger().error(f'cannot encode instruction {text!r}: {exc}')
+            return
+        with self._lock:
+            self._instruction = text
+        self.diag.set('instruction', text)
+        self.diag.set('text_encode_ms', self.policy.last_encode_ms)
+        self.get_logger().info(f'instruction: {text!r} (encoded in '
+                               f'{self.policy.last_encode_ms:.1f} ms)')
+
+    def _skip(self, reason: str):
+        self.diag.reason = reason
+        self.diag.count('skipped')
+
+    def _tick(self):
+        now = now_s(self)
+        self._rate.tick(now)
+        with self._lock:
+            msg, instruction = self._image, self._instruction
+        if msg is None:
+            return self._skip('no image received on vla/image')
+        stamp_ns = time_to_ns(msg.header.stamp)
+        age = now - stamp_ns * 1e-9
+        if age > self.params.max_image_age:
+            return self._skip(f'newest image is {age:.3f} s old (max_image_age '
+                              f'{self.params.max_image_age} s)')
+        if instruction is None:
+            return self._skip('no instruction received on vla/instruction')
+        try:
+            rgb = image_to_rgb8(msg)
+            if rgb.shape[:2] != IMAGE_SIZE:
+                raise ImageError(f'expected {IMAGE_SIZE[1]}x{IMAGE_SIZE[0]}, found '
+                                 f'{rgb.shape[1]}x{rgb.shape[0]}')
+            pred = self.policy.predict(rgb, instruction)
+        except (ImageError, ValueError) as exc:
+            self.diag.count('rejected_input')
+            self.get_logger().warn(f'not publishing: {exc}', throttle_duration_sec=2.0)
+            return self._skip(str(exc))
+        self._pub.publish(tokens_to_msg(pred.tokens, stamp_ns))
+        self.diag.reason = ''
+        self.diag.count('published')
+        self._model_ms.add(pred.model_ms)
+        self._age_ms.add(age * 1e3)
+
+    def _report(self):
+        r = self._rate.summary()
+        m = self._model_ms.summary()
+        self.diag.set('rate_hz', r['rate_hz'])
+        self.diag.set('jitter_ms_p99', r['jitter_p99'] * 1e3)
+        self.diag.set('model_ms_p50', m['p50'])
+        self.diag.set('model_ms_p99', m['p99'])
+        self.diag.set('image_age_ms_p50', self._age_ms.summary()['p50'])
+
+
+def main(args=None):
+    """Run inference_node."""
+    exit_with(run(InferenceNode, args, threads=2))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,370 @@
+"""interpolation_node: 5 Hz targets → smooth, limited 20 Hz controller commands.
+
+The control timer has its own callback group so it never waits behind target, joint-state
+or service callbacks. All rules (limits, watchdog, e-stop, enable gate) live in
+``core.control.ControlLoop``; this node wires topics to it and stamps commands at publish
+time (controllers such as diff_drive_controller drop stale stamps).
+"""
+
+from dataclasses import dataclass
+import threading
+import time
+from typing import Dict, Optional, Tuple
+
+from geometry_msgs.msg import Twist, TwistStamped
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64, Float64MultiArray, String
+from std_srvs.srv import SetBool
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from visualization_msgs.msg import Marker, MarkerArray
+
+from ..conversions import time_to_ns
+from ..core.control import Command, ControlConfig, ControlLoop
+from ..core.interpolation import JointLimits, MODES
+from ..core.stats import RateMonitor, WindowStats
+from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, DOUBLE_ARRAY,
+                     exclusive_group, exit_with, LATCHED_QOS, now_s, run, SENSOR_QOS,
+                     STRING_ARRAY)
+
+DEFAULT_JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
+ARM_OUTPUTS = ('commands', 'joint_trajectory')
+
+
+def _array(values, n: int, name: str) -> np.ndarray:
+    a = np.asarray(list(values), dtype=float)
+    if a.shape == (1,):
+        a = np.full(n, a[0])
+    if a.shape != (n,) or not np.all(np.isfinite(a)):
+        raise ConfigError(f'{name} must be 1 or {n} finite numbers, found {list(values)}')
+    return a
+
+
+@dataclass(frozen=True)
+class InterpolationParams:
+    """Validated parameters of interpolation_node."""
+
+    control: ControlConfig
+    arm_joint_names: Tuple[str, ...]
+    arm_output: str
+    cmd_vel_stamped: bool
+    base_frame_id: str
+    start_enabled: bool
+    marker_frequency: float
+
+    def __post_init__(self):
+        if len(self.arm_joint_names) != 7 or len(set(self.arm_joint_names)) != 7:
+            raise ConfigError(f'arm_joint_names must be 7 distinct names, found '
+                              f'{list(self.arm_joint_names)}')
+        if self.arm_output not in ARM_OUTPUTS:
+            raise ConfigError(f'arm_output must be one of {ARM_OUTPUTS}, found '
+                              f'{self.arm_output!r}')
+
+
+class InterpolationNode(Node):
+    """The 20 Hz loop between the policy and the controllers."""
+
+    def __init__(self):
+        super().__init__('interpolation_node')
+        d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
+        pi = float(np.pi)
+        try:
+            limits = JointLimits(
+                position_min=_array(d('joint_position_min', [-pi], 'Lower joint limits (rad), '
+                                      '1 value for all or 7.', type_=DOUBLE_ARRAY), 7,
+                                    'joint_position_min'),
+                position_max=_array(d('joint_position_max', [pi], 'Upper joint limits (rad).',
+                                      type_=DOUBLE_ARRAY), 7, 'joint_position_max'),
+                velocity_max=_array(d('joint_velocity_max', [1.5], 'Joint speed limits '
+                                      '(rad/s).', type_=DOUBLE_ARRAY), 7, 'joint_velocity_max'),
+                acceleration_max=_array(d('joint_acceleration_max', [6.0], 'Joint '
+                                          'acceleration limits (rad/s^2).', type_=DOUBLE_ARRAY),
+                                        7, 'joint_acceleration_max'))
+            control = ControlConfig(
+                joint_limits=limits,
+                control_frequency=d('control_frequency', 20.0, 'Command rate in Hz.',
+                                    low=1.0, high=1000.0),
+                inference_frequency=d('inference_frequency', 5.0, 'Policy rate in Hz; '
+                                      'control_frequency must be a whole multiple.',
+                                      low=0.1, high=100.0),
+                interpolation=d('interpolation', 'linear', f'One of {MODES}.'),
+                command_timeout=d('command_timeout', 0.5, 'No target newer than this (s) → '
+                                  'base ramps to zero, arm and gripper hold.', low=0.01,
+                                  high=10.0),
+                base_max_velocity=_array(d('base_max_velocity', [0.5, 0.5, 0.5], 'vx, vy '
+                                           '(m/s), wz (rad/s) limits.', type_=DOUBLE_ARRAY),
+                                         3, 'base_max_velocity'),
+                base_max_acceleration=_array(d('base_max_acceleration', [1.0, 1.0, 1.5],
+                                               'Base acceleration limits (m/s^2, rad/s^2).',
+                                               type_=DOUBLE_ARRAY), 3, 'base_max_acceleration'),
+                base_max_deceleration=_array(d('base_max_deceleration', [2.0, 2.0, 3.0],
+                                               'Base deceleration limits (m/s^2, rad/s^2).',
+                                               type_=DOUBLE_ARRAY), 3, 'base_max_deceleration'))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if control.interpolation not in MODES:
+            raise ConfigError(f'interpolation must be one of {MODES}, found '
+                              f'{control.interpolation!r}')
+        p = self.params = InterpolationParams(
+            control=control,
+            arm_joint_names=tuple(d('arm_joint_names', DEFAULT_JOINTS, 'The 7 arm joints in '
+                                    'action order (as in joint_states).', type_=STRING_ARRAY)),
+            arm_output=d('arm_output', 'commands', 'commands: Float64MultiArray on '
+                         'arm_controller/commands; joint_trajectory: JointTrajectory on '
+                         'arm_controller/joint_trajectory.'),
+            cmd_vel_stamped=d('cmd_vel_stamped', False, 'Publish TwistStamped on cmd_vel.'),
+            base_frame_id=d('base_frame_id', 'base_link', 'frame_id for stamped base '
+                            'commands and markers.'),
+            start_enabled=d('start_enabled', False, 'Open the motion gate at start-up '
+                            '(otherwise call the vla/enable service).'),
+            marker_frequency=d('marker_frequency', 5.0, 'vla/markers rate in Hz.', low=0.1,
+                               high=50.0),
+        )
+        self.loop = ControlLoop(control)
+        self._lock = threading.Lock()
+        self._measured: Optional[np.ndarray] = None
+        self._index_cache: Dict[Tuple[str, ...], Optional[np.ndarray]] = {}
+        self._pending_latency: Optional[int] = None
+        self._instruction = ''
+        self.diag = Diagnostics(self)
+        self._rate = RateMonitor(control.control_frequency)
+        self._latency_ms = WindowStats(1000)
+        self._tick_ms = WindowStats(1000)
+
+        if p.arm_output == 'commands':
+            self._arm_pub = self.create_publisher(Float64MultiArray, 'arm_controller/commands',
+                                                  COMMAND_QOS)
+        else:
+            self._arm_pub = self.create_publisher(JointTrajectory,
+                                                  'arm_controller/joint_trajectory',
+                                                  COMMAND_QOS)
+        self._base_pub = self.create_publisher(TwistStamped if p.cmd_vel_stamped else Twist,
+                                               'cmd_vel', COMMAND_QOS)
+        self._grip_pub = self.create_publisher(Float64MultiArray,
+                                               'gripper_controller/commands', COMMAND_QOS)
+        self._marker_pub = self.create_publisher(MarkerArray, 'vla/markers', 10)
+
+        inputs = exclusive_group()
+        self.create_subscription(JointState, 'joint_states', self._on_joint_states, SENSOR_QOS,
+                                 callback_group=inputs)
+        self.create_subscription(JointTrajectory, 'vla/arm_target', self._on_arm, COMMAND_QOS,
+                                 callback_group=inputs)
+        self.create_subscription(TwistStamped, 'vla/base_target', self._on_base, COMMAND_QOS,
+                                 callback_group=inputs)
+        self.create_subscription(Float64, 'vla/gripper_target', self._on_gripper,
+                                 COMMAND_QOS, callback_group=inputs)
+        self.create_subscription(Bool, 'vla/estop', self._on_estop, LATCHED_QOS,
+                                 callback_group=inputs)
+        self.create_subscription(String, 'vla/instruction', self._on_instruction,
+                                 LATCHED_QOS, callback_group=inputs)
+        self.create_service(SetBool, 'vla/enable', self._on_enable, callback_group=inputs)
+        self.create_timer(control.control_period, self._tick, callback_group=exclusive_group())
+        self.create_timer(1.0 / p.marker_frequency, self._publish_markers,
+                          callback_group=inputs)
+        self.create_timer(1.0, self._report, callback_group=inputs)
+        self._want_enabled = p.start_enabled
+        self.get_logger().info(
+            f'{control.control_frequency:g} Hz {control.interpolation} interpolation, '
+            f'command_timeout {control.command_timeout} s, arm output {p.arm_output}, motion '
+            f'{"enabled" if p.start_enabled else "disabled until vla/enable"}')
+
+    # -- inputs -------------------------------------------------------------------------
+    def _arm_indices(self, names) -> Optional[np.ndarray]:
+        key = tuple(names)
+        if key not in self._index_cache:
+            lookup = {n: i for i, n in enumerate(key)}
+            try:
+                self._index_cache[key] = np.array(
+                    [lookup[n] for n in self.params.arm_joint_names], dtype=np.intp)
+            except KeyError:
+                self._index_cache[key] = None
+        return self._index_cache[key]
+
+    def _on_joint_states(self, msg: JointState):
+        idx = self._arm_indices(msg.name)
+        if idx is None or len(msg.position) != len(msg.name):
+            self.diag.count('joint_states_rejected')
+            self.get_logger().warn(f'joint_states lacks positions for {self.params.'
+                                   f'arm_joint_names}: found names {list(msg.name)}',
+                                   throttle_duration_sec=5.0)
+            return
+        q = np.asarray(msg.position, dtype=float)[idx]
+        if not np.all(np.isfinite(q)):
+            self.diag.count('joint_states_rejected')
+            return
+        with self._lock:
+            self._measured = q
+            if not self.loop.started:
+                self.loop.start(q, now_s(self))
+                self.get_logger().info('first joint_states: holding the measured arm pose')
+                if self._want_enabled:
+                    self.loop.set_enabled(True, q, now_s(self))
+
+    def _reject(self, what: str, exc: Exception):
+        n = self.diag.count('rejected_targets')
+        self.get_logger().warn(f'rejecting {what} ({n} so far): {exc}',
+                               throttle_duration_sec=2.0)
+
+    def _on_arm(self, msg: JointTrajectory):
+        try:
+            if len(msg.points) != 1:
+                raise ValueError(f'expected 1 trajectory point, found {len(msg.points)}')
+            idx = self._arm_indices(msg.joint_names)
+            if idx is None or len(msg.points[0].positions) != len(msg.joint_names):
+                raise ValueError(f'joint names {list(msg.joint_names)} do not cover '
+                                 f'{list(self.params.arm_joint_names)}')
+            q = np.asarray(msg.points[0].positions, dtype=float)[idx]
+            with self._lock:
+                accepted = self.loop.on_arm_target(q, now_s(self))
+        except ValueError as exc:
+            return self._reject('arm target', exc)
+        if accepted:
+            self._pending_latency = time_to_ns(msg.header.stamp)
+        else:
+            self.diag.count('ignored_targets_gate_closed')
+
+    def _on_base(self, msg: TwistStamped):
+        t = msg.twist
+        try:
+            with self._lock:
+                self.loop.on_base_target(np.array([t.linear.x, t.linear.y, t.angular.z]),
+                                         now_s(self))
+        except ValueError as exc:
+            self._reject('base target', exc)
+
+    def _on_gripper(self, msg: Float64):
+        try:
+            with self._lock:
+                self.loop.on_gripper_target(float(msg.data), now_s(self))
+        except ValueError as exc:
+            self._reject('gripper target', exc)
+
+    def _on_estop(self, msg: Bool):
+        with self._lock:
+            self.loop.set_estop(bool(msg.data))
+        if msg.data:
+            self.get_logger().error('E-STOP: base stopped, arm held; latched until vla/estop '
+                                    'false and motion re-enabled')
+            self.diag.count('estops')
+        else:
+            self.get_logger().warn('e-stop cleared; motion stays disabled until vla/enable')
+
+    def _on_instruction(self, msg: String):
+        self._instruction = msg.data
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response):
+        with self._lock:
+            if request.data and self.loop.estop:
+                response.success = False
+                response.message = 'e-stop is latched: publish false on vla/estop first'
+            elif request.data and not self.loop.started:
+                self._want_enabled = True
+                response.success = True
+                response.message = 'motion will be enabled at the first joint_states'
+            else:
+                self._want_enabled = bool(request.data)
+                response.success = self.loop.set_enabled(bool(request.data), self._measured,
+                                                         now_s(self))
+                response.message = 'enabled' if request.data else 'disabled: arm held'
+        self.get_logger().info(f'vla/enable({request.data}): {response.message}')
+        return response
+
+    # -- the 20 Hz tick -----------------------------------------------------------------
+    def _tick(self):
+        t0 = time.perf_counter()
+        now = now_s(self)
+        self._rate.tick(now)
+        with self._lock:
+            cmd = self.loop.tick(now)
+        if cmd is None:
+            self.diag.reason = 'waiting for joint_states'
+            return
+        self._publish(cmd)
+        if self._pending_latency is not None and cmd.state == 'tracking':
+            self._latency_ms.add((self.get_clock().now().nanoseconds - self._pending_latency)
+                                 * 1e-6)
+            self._pending_latency = None
+        self.diag.reason = '' if cmd.state == 'tracking' else cmd.state
+        self._tick_ms.add((time.perf_counter() - t0) * 1e3)
+
+    def _publish(self, cmd: Command):
+        stamp = self.get_clock().now().to_msg()
+        arm = [float(v) for v in cmd.arm_positions]
+        if self.params.arm_output == 'commands':
+            self._arm_pub.publish(Float64MultiArray(data=arm))
+        else:
+            traj = JointTrajectory()
+            traj.header.stamp = stamp
+            traj.joint_names = list(self.params.arm_joint_names)
+            period = self.params.control.control_period
+            point = JointTrajectoryPoint(positions=arm)
+            point.time_from_start.nanosec = int(period * 1e9)
+            traj.points = [point]
+            self._arm_pub.publish(traj)
+        twist = Twist()
+        twist.linear.x, twist.linear.y, twist.angular.z = (float(v) for v in cmd.base_velocity)
+        if self.params.cmd_vel_stamped:
+            out = TwistStamped()
+            out.header.stamp = stamp
+            out.header.frame_id = self.params.base_frame_id
+            out.twist = twist
+            self._base_pub.publish(out)
+        else:
+            self._base_pub.publish(twist)
+        if self.loop.gripper_commanded:
+            self._grip_pub.publish(Float64MultiArray(data=[float(cmd.gripper)]))
+
+    # -- monitoring ---------------------------------------------------------------------
+    def _publish_markers(self):
+        with self._lock:
+            base = self.loop.base.value.copy()
+            gripper, state = self.loop.gripper, self.loop.state
+        stamp = self.get_clock().now().to_msg()
+        frame = self.params.base_frame_id
+        arrow = Marker(type=Marker.ARROW, action=Marker.ADD, ns='vla_base_cmd', id=0)
+        speed = float(np.hypot(base[0], base[1]))
+        arrow.pose.orientation.z = float(np.sin(0.5 * np.arctan2(base[1], base[0])))
+        arrow.pose.orientation.w = float(np.cos(0.5 * np.arctan2(base[1], base[0])))
+        arrow.scale.x, arrow.scale.y, arrow.scale.z = max(speed * 2.0, 0.01), 0.05, 0.05
+        arrow.color.r, arrow.color.g, arrow.color.b, arrow.color.a = 0.1, 0.4, 1.0, 0.9
+        grip = Marker(type=Marker.SPHERE, action=Marker.ADD, ns='vla_gripper', id=1)
+        grip.pose.position.z = 1.0
+        grip.pose.orientation.w = 1.0
+        grip.scale.x = grip.scale.y = grip.scale.z = 0.08
+        grip.color.r, grip.color.g, grip.color.b, grip.color.a = (
+            (1.0, 0.2, 0.1, 0.9) if gripper >= 0.5 else (0.2, 1.0, 0.2, 0.9))
+        text = Marker(type=Marker.TEXT_VIEW_FACING, action=Marker.ADD, ns='vla_instruction',
+                      id=2)
+        text.pose.position.z = 1.4
+        text.pose.orientation.w = 1.0
+        text.scale.z = 0.08
+        text.color.r = text.color.g = text.color.b = text.color.a = 1.0
+        text.text = f'{self._instruction or "(no instruction)"} [{state}]'
+        for m in (arrow, grip, text):
+            m.header.stamp = stamp
+            m.header.frame_id = frame
+        self._marker_pub.publish(MarkerArray(markers=[arrow, grip, text]))
+
+    def _report(self):
+        r = self._rate.summary()
+        lat = self._latency_ms.summary()
+        self.diag.set('rate_hz', r['rate_hz'])
+        self.diag.set('jitter_ms_p50', r['jitter_p50'] * 1e3)
+        self.diag.set('jitter_ms_p99', r['jitter_p99'] * 1e3)
+        self.diag.set('jitter_ms_max', r['jitter_max'] * 1e3)
+        self.diag.set('latency_ms_p50', lat['p50'])
+        self.diag.set('latency_ms_p99', lat['p99'])
+        self.diag.set('tick_ms_p99', self._tick_ms.summary()['p99'])
+        self.diag.set('state', self.loop.state)
+        self.diag.set('enabled', self.loop.enabled)
+        self.diag.set('estop', self.loop.estop)
+
+
+def main(args=None):
+    """Run interpolation_node."""
+    exit_with(run(InterpolationNode, args, threads=2))
+
+
+if __name__ == '__main__':
+    main()

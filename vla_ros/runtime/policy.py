@@ -1,0 +1,113 @@
+"""A loaded, validated policy: backend + text encoder + action decoding.
+
+The inference node, the demo and the benchmarks all go through ``Policy`` so the contract
+checks, the per-instruction embedding cache and the argmax decoding exist once.
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+import os
+import time
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from ..core import model_contract as mc
+from ..core.action_space import ActionSpace
+from . import BackendOptions, create_backend
+
+
+@dataclass(frozen=True)
+class PolicyFiles:
+    """Paths of the artifacts of one exported model directory."""
+
+    policy: str
+    text_encoder: str
+    tokenizer: str
+
+    @classmethod
+    def from_paths(cls, model_file_path: str, text_encoder_path: str = '',
+                   tokenizer_path: str = '') -> 'PolicyFiles':
+        """Fill empty text encoder / tokenizer paths from the policy's directory."""
+        folder = os.path.dirname(os.path.abspath(model_file_path))
+        return cls(model_file_path,
+                   text_encoder_path or os.path.join(folder, 'text_encoder.onnx'),
+                   tokenizer_path or os.path.join(folder, 'tokenizer.json'))
+
+
+@dataclass
+class Prediction:
+    """One inference: tokens, raw logits and how long the model took."""
+
+    tokens: np.ndarray
+    logits: np.ndarray
+    model_ms: float
+
+
+class Policy:
+    """Validated policy + text encoder with an instruction cache."""
+
+    def __init__(self, files: PolicyFiles, space: ActionSpace, backend: str = 'onnxruntime',
+                 options: Optional[BackendOptions] = None, cache_size: int = 32):
+        from .text_encoder import TextEncoder
+        options = options or BackendOptions(model_file_path=files.policy)
+        options = replace(options, model_file_path=files.policy)
+        self.space = space
+        self.backend = create_backend(backend, options)
+        self.metadata = mc.check_policy(self.backend.inputs, self.backend.outputs,
+                                        self.backend.metadata, space)
+        # The text encoder always runs on ONNX Runtime (CPU is plenty for 16 tokens, once
+        # per new instruction); one intra-op thread keeps it off the policy's cores.
+        text_options = BackendOptions(model_file_path=files.text_encoder,
+                                      providers=('CPUExecutionProvider',),
+                                      intra_op_threads=1, allow_spinning=False)
+        self.text_encoder = TextEncoder(files.text_encoder, files.tokenizer, text_options)
+        mc.check_text_encoder(self.text_encoder.inputs, self.text_encoder.outputs,
+                              self.text_encoder.metadata, self.metadata)
+        self._cache: 'OrderedDict[str, Tuple[np.ndarray, np.ndarray]]' = OrderedDict()
+        self._cache_size = int(cache_size)
+        self.last_encode_ms = 0.0
+
+    @property
+    def trained(self) -> bool:
+        """Whether the model metadata says the weights were trained."""
+        return self.metadata.get(mc.META_TRAINED, 'false').lower() == 'true'
+
+    @property
+    def active_providers(self):
+        """Execution providers really used by the policy backend."""
+        return self.backend.active_providers
+
+    def encode(self, instruction: str) -> Tuple[np.ndarray, np.ndarray]:
+        """Embeddings [1,16,E] and mask [1,16] for an instruction (cached)."""
+        hit = self._cache.get(instruction)
+        if hit is not None:
+            self._cache.move_to_end(instruction)
+            return hit
+        t0 = time.perf_counter()
+        emb, mask = self.text_encoder.encode(instruction)
+        self.last_encode_ms = (time.perf_counter() - t0) * 1e3
+        self._cache[instruction] = (emb, mask)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return emb, mask
+
+    def predict(self, image: np.ndarray, instruction: str) -> Prediction:
+        """Tokens for one rgb8 300×300 image and an instruction."""
+        h, w = mc.IMAGE_SIZE
+        if image.shape != (h, w, 3) or image.dtype != np.uint8:
+            raise ValueError(f'expected image uint8 [{h}, {w}, 3], found {image.dtype} '
+                             f'{list(image.shape)}')
+        emb, mask = self.encode(instruction)
+        feeds: Dict[str, np.ndarray] = {'image': image[None], 'text_embeddings': emb,
+                                        'text_mask': mask}
+        t0 = time.perf_counter()
+        logits = self.backend.run(feeds)[mc.POLICY_OUTPUT]
+        model_ms = (time.perf_counter() - t0) * 1e3
+        if logits.shape != (1, mc.NUM_ACTION_TOKENS, mc.NUM_BINS):
+            raise ValueError(f'policy returned logits of shape {logits.shape}, expected '
+                             f'(1, {mc.NUM_ACTION_TOKENS}, {mc.NUM_BINS})')
+        if not np.all(np.isfinite(logits)):
+            raise ValueError('policy returned NaN or infinite logits')
+        tokens = np.argmax(logits[0], axis=-1).astype(np.uint8)
+        return Prediction(tokens=tokens, logits=logits[0], model_ms=model_ms)

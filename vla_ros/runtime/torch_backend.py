@@ -1,0 +1,134 @@
+"""PyTorch backend: runs the RT-1 module itself, for development and parity checks.
+
+``model_file_path`` is either an exported ``policy.onnx`` (the torch model is rebuilt from the
+``manifest.json`` beside it: config, decoding and, for untrained exports, the seeded weights;
+a trained export also needs ``extra['checkpoint']``), or a checkpoint file
+(``.safetensors``/``.pt``) with ``extra['config']``. The rebuilt weights must hash to the
+``weights_sha256`` the export recorded, so the torch model is the one the ONNX file holds.
+torch is imported only when this backend is created: nodes never need it.
+"""
+
+import json
+import os
+from typing import Dict, List
+
+import numpy as np
+
+from ..core import model_contract as mc
+from .base import Backend, BackendError, BackendOptions
+
+MANIFEST_FILE = 'manifest.json'
+
+
+def _policy_specs(text_dim: int):
+    h, w = mc.IMAGE_SIZE
+    inputs = [mc.TensorSpec('image', 'uint8', (None, h, w, 3)),
+              mc.TensorSpec('text_embeddings', 'float32', (None, mc.MAX_TEXT_TOKENS, text_dim)),
+              mc.TensorSpec('text_mask', 'float32', (None, mc.MAX_TEXT_TOKENS))]
+    outputs = [mc.TensorSpec(mc.POLICY_OUTPUT, 'float32',
+                             (None, mc.NUM_ACTION_TOKENS, mc.NUM_BINS))]
+    return inputs, outputs
+
+
+class TorchBackend(Backend):
+    """Runs ``vla_ros.model.rt1.RT1Policy`` in eager PyTorch."""
+
+    name = 'torch'
+
+    def __init__(self, options: BackendOptions):
+        try:
+            import torch
+            from ..model.config import get_config
+            from ..model.rt1 import build_policy, weights_sha256
+            from ..tools.export import load_checkpoint
+        except ImportError as exc:
+            raise BackendError('the torch backend needs PyTorch (the training extra); use '
+                               'backend onnxruntime on a robot') from exc
+        self._torch = torch
+        path = options.model_file_path
+        extra = dict(options.extra)
+        if not os.path.isfile(path):
+            raise BackendError(f'model file not found: {path!r}')
+        if path.endswith('.onnx'):
+            manifest_path = os.path.join(os.path.dirname(os.path.abspath(path)), MANIFEST_FILE)
+            try:
+                with open(manifest_path, 'r', encoding='utf-8') as stream:
+                    manifest = json.load(stream)
+                config_name = manifest['config']
+                decoding = extra.get('decoding', manifest['decoding'])
+                metadata = dict(manifest['policy_metadata'])
+            except (OSError, KeyError, ValueError) as exc:
+                raise BackendError(f'the torch backend rebuilds the model from '
+                                   f'{manifest_path!r}, which is missing or malformed: {exc}')
+            checkpoint = extra.get('checkpoint', '')
+            if manifest.get('trained') and not checkpoint:
+                raise BackendError(f'{path!r} holds trained weights; pass the checkpoint it '
+                                   "was exported from as extra['checkpoint']")
+        else:
+            config_name = extra.get('config', '')
+            if not config_name:
+                raise BackendError(f"checkpoint {path!r} needs extra['config'] (seed|tiny)")
+            decoding = extra.get('decoding', 'single')
+            checkpoint, metadata = path, {}
+        try:
+            config = get_config(config_name)
+            state = load_checkpoint(checkpoint) if checkpoint else None
+            self._model = build_policy(config, decoding, state)
+        except (ValueError, SystemExit) as exc:
+            raise BackendError(f'cannot build the torch model: {exc}') from exc
+        weights = weights_sha256(self._model)
+        if metadata and metadata.get(mc.META_WEIGHTS) != weights:
+            raise BackendError(
+                f'the rebuilt torch weights (sha256 {weights[:16]}) differ from the exported '
+                f'ones ({str(metadata.get(mc.META_WEIGHTS))[:16]}); pass the same checkpoint')
+        if not metadata:
+            metadata = {mc.META_CONTRACT: mc.CONTRACT_VERSION, mc.META_CONFIG: config.name,
+                        mc.META_WEIGHTS: weights, mc.META_TEXT_DIM: str(config.text_dim),
+                        mc.META_IMAGE_SIZE: f'{mc.IMAGE_SIZE[0]},{mc.IMAGE_SIZE[1]}'}
+        self._metadata = metadata
+        device = extra.get('device', 'cpu')
+        if device.startswith('cuda') and not torch.cuda.is_available():
+            if options.require_accelerator:
+                raise BackendError(f'device {device!r} requested with require_accelerator '
+                                   'but torch sees no CUDA device')
+            device = 'cpu'
+        self._device = torch.device(device)
+        self._model.to(self._device)
+        if options.intra_op_threads > 0:
+            # Process-wide in torch; this backend is for development processes only.
+            torch.set_num_threads(int(options.intra_op_threads))
+        self._inputs, self._outputs = _policy_specs(config.text_dim)
+
+    @property
+    def model(self):
+        """The torch module (eval mode)."""
+        return self._model
+
+    @property
+    def inputs(self) -> List[mc.TensorSpec]:
+        """Input tensors (the same contract as the exported ONNX)."""
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> List[mc.TensorSpec]:
+        """Output tensors."""
+        return list(self._outputs)
+
+    @property
+    def metadata(self) -> Dict[str, str]:
+        """The exported model's metadata (from the manifest), or a minimal set."""
+        return dict(self._metadata)
+
+    @property
+    def active_providers(self) -> List[str]:
+        """The torch device in use."""
+        return [f'torch:{self._device}']
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """One inference without gradients."""
+        torch = self._torch
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self._device)
+                for name in mc.POLICY_INPUTS]
+        with torch.inference_mode():
+            logits = self._model(*args)
+        return {mc.POLICY_OUTPUT: logits.float().cpu().numpy()}

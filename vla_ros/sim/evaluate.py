@@ -1,0 +1,196 @@
+"""Evaluate the scripted expert (or any action source) on the simulated tasks.
+
+Runs, in one process, the same chain the ROS graph runs:
+
+    expert action (11-D) → ActionTokenizer.tokenize → uint8 tokens (what inference_node
+    publishes) → ActionTokenizer.detokenize (detokenizer_node) → ControlLoop at 20 Hz
+    (interpolation_node, parameters from config/vla_ros.yaml) → simulated controllers.
+
+Usage::
+
+    python -m vla_ros.sim.evaluate --episodes 20
+    python -m vla_ros.sim.evaluate --tasks pick_block push_block --episodes 5 --json out.json
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from vla_ros.core.action_space import ActionSpace, ActionTokenizer
+from vla_ros.core.control import ControlConfig, ControlLoop
+from vla_ros.core.interpolation import JointLimits
+from vla_ros.sim.robot import Robot
+from vla_ros.sim.tasks import CONTROL_PERIOD, POLICY_PERIOD, TASK_NAMES, TaskEnv
+
+
+def _share_file(*parts: str) -> str:
+    from vla_ros.paths import share_file
+    return share_file(*parts)
+
+
+def _per_joint(values, n: int) -> np.ndarray:
+    a = np.asarray(values, dtype=float).ravel()
+    return np.full(n, a[0]) if a.size == 1 else a
+
+
+def control_config(params_file: Optional[str] = None, robot: Optional[Robot] = None
+                   ) -> ControlConfig:
+    """The interpolation node's ControlConfig, read from its section of the params file.
+
+    Falls back to the robot's own limits for anything the file does not set, so the
+    evaluation tracks whatever the deployed graph would run.
+    """
+    import yaml
+    params: Dict = {}
+    path = params_file or _share_file('config', 'vla_ros.yaml')
+    if os.path.isfile(path):
+        with open(path, 'r', encoding='utf-8') as stream:
+            data = yaml.safe_load(stream) or {}
+        params = (data.get('interpolation_node') or {}).get('ros__parameters') or {}
+    base = robot.joint_limits() if robot is not None else None
+
+    def pick(name, fallback):
+        return _per_joint(params[name], 7) if name in params else fallback
+
+    limits = JointLimits(
+        position_min=pick('joint_position_min', base.position_min if base else np.full(7, -np.pi)),
+        position_max=pick('joint_position_max', base.position_max if base else np.full(7, np.pi)),
+        velocity_max=pick('joint_velocity_max', base.velocity_max if base else np.full(7, 1.5)),
+        acceleration_max=pick('joint_acceleration_max',
+                              base.acceleration_max if base else np.full(7, 6.0)))
+    kwargs = {k: params[k] for k in ('control_frequency', 'inference_frequency',
+                                     'interpolation', 'command_timeout') if k in params}
+    for k in ('base_max_velocity', 'base_max_acceleration', 'base_max_deceleration'):
+        if k in params:
+            kwargs[k] = np.asarray(params[k], dtype=float)
+    return ControlConfig(joint_limits=limits, **kwargs)
+
+
+class Pipeline:
+    """Tokenizer round trip + control loop + simulator, stepped in lockstep."""
+
+    def __init__(self, env: TaskEnv, tokenizer: ActionTokenizer, config: ControlConfig):
+        if abs(config.control_period - env.control_period) > 1e-12:
+            raise ValueError(f'control period {config.control_period} s of the control loop '
+                             f'differs from the simulator\'s {env.control_period} s')
+        self.env = env
+        self.tokenizer = tokenizer
+        self.config = config
+        self.ticks_per_target = int(round(config.control_frequency
+                                          / config.inference_frequency))
+        self.loop: Optional[ControlLoop] = None
+
+    def start(self):
+        """Fresh control loop that takes the measured state, as the node does at start-up."""
+        robot = self.env.robot
+        self.loop = ControlLoop(self.config)
+        now = robot.time
+        arm = robot.arm_positions()
+        self.loop.start(arm, now, robot.gripper_closure())
+        self.loop.set_enabled(True, arm, now)
+
+    def run_episode(self, act: Callable[[], np.ndarray],
+                    on_tick: Optional[Callable[[int, np.ndarray], None]] = None) -> Dict:
+        """Run until success or time limit; ``act`` is called at the policy rate."""
+        env = self.env
+        self.start()
+        tick = 0
+        tokens = None
+        while not env.done:
+            now = env.robot.time
+            if tick % self.ticks_per_target == 0:
+                tokens = self.tokenizer.tokenize(act())
+                target = self.tokenizer.detokenize(tokens)
+                self.loop.on_target(target[:7], target[7:10], target[10], now)
+            cmd = self.loop.tick(now)
+            env.apply(cmd.arm_positions, cmd.base_velocity, cmd.gripper)
+            if on_tick is not None:
+                on_tick(tick, tokens)
+            env.control_step()
+            tick += 1
+        status = env.status()
+        status['sim_time'] = round(env.elapsed, 3)
+        return status
+
+
+def evaluate(tasks: Sequence[str], episodes: int, first_seed: int = 0,
+             params_file: Optional[str] = None, action_space_file: Optional[str] = None,
+             progress: Callable[[str], None] = None) -> Dict:
+    """Run the expert over ``episodes`` seeds per task; returns per-task results."""
+    from vla_ros.sim.expert import ScriptedExpert
+    space = ActionSpace.from_yaml(action_space_file
+                                  or _share_file('config', 'action_space.yaml'))
+    tokenizer = ActionTokenizer(space)
+    robot = Robot()
+    env = TaskEnv(robot, CONTROL_PERIOD)
+    pipeline = Pipeline(env, tokenizer, control_config(params_file, robot))
+    expert = ScriptedExpert(robot, tokenizer, POLICY_PERIOD)
+    results: Dict = {}
+    for task in tasks:
+        runs: List[Dict] = []
+        for seed in range(first_seed, first_seed + episodes):
+            episode = env.reset(task, seed)
+            expert.reset(episode)
+            status = pipeline.run_episode(expert.act)
+            runs.append(status)
+            if progress is not None:
+                progress(f'{task:16s} seed {seed:4d}  {"ok  " if status["success"] else "FAIL"}'
+                         f'  {status["sim_time"]:6.2f} s  {episode.instruction}')
+        ok = [r for r in runs if r['success']]
+        results[task] = {
+            'episodes': len(runs), 'successes': len(ok),
+            'success_rate': len(ok) / len(runs) if runs else 0.0,
+            'mean_time_to_success': (float(np.mean([r['sim_time'] for r in ok]))
+                                     if ok else None),
+            'failed_seeds': [r['seed'] for r in runs if not r['success']],
+        }
+    robot.close()
+    return results
+
+
+def format_table(results: Dict) -> str:
+    """Plain-text table of per-task success."""
+    lines = [f'{"task":16s} {"success":>9s} {"rate":>7s} {"mean t (s)":>11s}  failed seeds']
+    for task, r in results.items():
+        t = r['mean_time_to_success']
+        lines.append(f'{task:16s} {r["successes"]:4d}/{r["episodes"]:<4d} '
+                     f'{100 * r["success_rate"]:6.1f}% {("%.2f" % t) if t else "-":>11s}  '
+                     f'{r["failed_seeds"] or ""}')
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point; exit status 1 when a task is below ``--require``."""
+    parser = argparse.ArgumentParser(
+        prog='python -m vla_ros.sim.evaluate',
+        description='Success rate of the scripted expert through tokenizer → control loop → '
+                    'MuJoCo, per task, over seeded episodes.')
+    parser.add_argument('--episodes', type=int, default=20, help='episodes (seeds) per task')
+    parser.add_argument('--first-seed', type=int, default=0)
+    parser.add_argument('--tasks', nargs='+', default=TASK_NAMES, choices=TASK_NAMES)
+    parser.add_argument('--params-file', default=None,
+                        help='parameters YAML (default: config/vla_ros.yaml)')
+    parser.add_argument('--require', type=float, default=0.0,
+                        help='minimum success rate per task (0..1) for exit status 0')
+    parser.add_argument('--json', default=None, help='also write the results here')
+    parser.add_argument('--quiet', action='store_true', help='no per-episode lines')
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    results = evaluate(args.tasks, args.episodes, args.first_seed, args.params_file,
+                       progress=None if args.quiet else print)
+    print(format_table(results))
+    print(f'wall time {time.monotonic() - start:.1f} s')
+    if args.json:
+        with open(args.json, 'w', encoding='utf-8') as stream:
+            json.dump(results, stream, indent=2)
+    worst = min(r['success_rate'] for r in results.values())
+    return 0 if worst >= args.require else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Scripted expert: solves every task through the 11-D RT-1 action space at 5 Hz.
+
+The expert reads privileged simulator state (object and marker poses, the measured tool
+pose) and produces exactly what a policy would: absolute joint targets for the 7 arm joints
+(from IK along straight Cartesian segments), a base twist in the base frame and a
+gripper command. Joint targets are chosen among the values the action tokenizer can
+represent (``ArmIK.refine_quantised``), so the 256-bin quantisation costs millimetres, not
+centimetres. Each task is a small phase machine that advances on measured progress, so
+the expert copes with lag from the interpolator and with blocks that shift when touched.
+"""
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from vla_ros.core.action_space import ActionTokenizer
+from vla_ros.sim.ik import ArmIK, tool_down_rotation
+from vla_ros.sim.robot import HOME_ARM, Robot
+from vla_ros.sim.tasks import BLOCK_HALF, Episode, POLICY_PERIOD
+
+# Tool centre point heights relative to the block centre for each phase (m). The finger
+# tips are 15 mm below the tool centre point.
+PREGRASP_ABOVE = 0.12
+GRASP_ABOVE = 0.008
+CARRY_Z = 0.58
+PUSH_Z = 0.428
+# Cartesian speeds (m/s) of the commanded waypoint.
+FAST = 0.30
+SLOW = 0.12
+PUSH_SPEED = 0.08
+# Base driving: proportional gain (1/s), speed cap (m/s) and stop radius (m).
+DRIVE_GAIN = 1.2
+DRIVE_SPEED = 0.35
+DRIVE_STOP = 0.02
+
+
+def _wrap(angle: float) -> float:
+    return (angle + math.pi) % (2.0 * math.pi) - math.pi
+
+
+class ScriptedExpert:
+    """Phase-machine expert for the tasks in ``vla_ros.sim.tasks``."""
+
+    def __init__(self, robot: Robot, tokenizer: Optional[ActionTokenizer] = None,
+                 period: float = POLICY_PERIOD):
+        self.robot = robot
+        self.tokenizer = tokenizer
+        self.period = float(period)
+        self.ik = ArmIK(robot, rest=HOME_ARM)
+        if tokenizer is not None:
+            self._step = tokenizer.space.bin_width[:7]
+        self.episode: Optional[Episode] = None
+
+    # -- helpers ------------------------------------------------------------------------
+    def _quantise(self, q: np.ndarray) -> np.ndarray:
+        full = np.zeros(11)
+        full[:7] = q
+        return self.tokenizer.detokenize(self.tokenizer.tokenize(full))[:7]
+
+    def reset(self, episode: Episode):
+        """Start on a new episode (call after ``TaskEnv.reset``)."""
+        self.episode = episode
+        self.phase = 'start'
+        self.phase_steps = 0
+        self.q_solution = self.robot.arm_positions()
+        self.q_target = self.q_solution.copy()
+        self.waypoint, _ = self.robot.tcp_pose()
+        self.gripper = self.robot.gripper_closure() >= 0.5
+        self.base = np.zeros(3)
+        self.grasp_yaw = None
+        self.tcp_offset = np.zeros(3)
+
+    def _goto(self, phase: str):
+        self.phase = phase
+        self.phase_steps = 0
+
+    def _neutral_yaw(self, xy) -> float:
+        # With arm_joint_7 at zero the tool's x axis points back at the shoulder; choosing
+        # the symmetric grasp yaw nearest that keeps the wrist far from its limits.
+        shoulder = self.robot.data.body('arm_link_1').xpos
+        return math.atan2(xy[1] - shoulder[1], xy[0] - shoulder[0]) + math.pi
+
+    def _nearest_yaw(self, yaw: float, symmetry: float, xy) -> float:
+        neutral = self._neutral_yaw(xy)
+        k = round(_wrap(neutral - yaw) / symmetry)
+        return yaw + k * symmetry
+
+    def _move(self, goal: np.ndarray, yaw: float, speed: float, tol: float) -> bool:
+        """Step the waypoint toward ``goal``; True once commanded and measured are there."""
+        delta = goal - self.waypoint
+        dist = np.linalg.norm(delta)
+        limit = speed * self.period
+        self.waypoint = goal.copy() if dist <= limit else self.waypoint + delta * (limit / dist)
+        rot = tool_down_rotation(yaw)
+        odom = self.robot.odometry()
+        self.ik.sync_base((odom.x, odom.y, odom.yaw))
+        result = self.ik.solve(self.waypoint, rot, self.q_solution)
+        self.q_solution = result.q
+        if self.tokenizer is not None:
+            self.q_target = self.ik.refine_quantised(result.q, self.waypoint, rot,
+                                                     self._quantise, self._step)
+        else:
+            self.q_target = result.q
+        measured, _ = self.robot.tcp_pose()
+        return bool(dist <= limit and np.linalg.norm(measured - goal) <= tol)
+
+    def _block(self) -> np.ndarray:
+        return self.robot.body_position(f'block_{self.episode.params["colour"]}')
+
+    def _block_yaw(self) -> float:
+        xmat = self.robot.data.body(f'block_{self.episode.params["colour"]}').xmat
+        return math.atan2(xmat[3], xmat[0])
+
+    def _action(self) -> np.ndarray:
+        a = np.zeros(11)
+        a[:7] = self.q_target
+        a[7:10] = self.base
+        a[10] = 1.0 if self.gripper else 0.0
+        return a
+
+    # -- the policy ---------------------------------------------------------------------
+    def act(self) -> np.ndarray:
+        """Return the next 11-D action (call once per policy period)."""
+        if self.episode is None:
+            raise RuntimeError('call reset(episode) before act()')
+        task = self.episode.task
+        self.phase_steps += 1
+        getattr(self, f'_act_{task}')()
+        return self._action()
+
+    def _grasp_sequence(self, after: str) -> bool:
+        """Shared pick phases; returns True once the block is grasped and lifted a little."""
+        block = self._block()
+        if self.phase == 'start':
+            self.grasp_yaw = self._nearest_yaw(self._block_yaw(), math.pi / 2, block)
+            self.gripper = False
+            self._goto('pregrasp')
+        if self.phase == 'pregrasp':
+            goal = block + (0.0, 0.0, PREGRASP_ABOVE)
+            # Re-aim at the block while approaching: it may have been nudged.
+            self.grasp_yaw = self._nearest_yaw(self._block_yaw(), math.pi / 2, block)
+            if self._move(goal, self.grasp_yaw, FAST, 0.02):
+                self._goto('descend')
+        elif self.phase == 'descend':
+            goal = block + (0.0, 0.0, GRASP_ABOVE)
+            if self._move(goal, self.grasp_yaw, SLOW, 0.008) or self.phase_steps > 20:
+                self._goto('close')
+        elif self.phase == 'close':
+            self.gripper = True
+            if self.phase_steps >= 3:
+                self.tcp_offset = block - self.robot.tcp_pose()[0]
+                self._goto(after)
+                return True
+        return False
+
+    def _act_pick_block(self):
+        if self._grasp_sequence('lift'):
+            return
+        if self.phase == 'lift':
+            goal = self.waypoint.copy()
+            goal[2] = self.episode.params['block_start'][2] + 0.16
+            self._move(goal, self.grasp_yaw, SLOW, 0.01)
+
+    def _act_place_in_bowl(self):
+        if self._grasp_sequence('lift'):
+            return
+        bowl = self.robot.body_position('bowl')
+        if self.phase == 'lift':
+            goal = self.waypoint.copy()
+            goal[2] = CARRY_Z
+            if self._move(goal, self.grasp_yaw, SLOW, 0.03):
+                self._goto('carry')
+        elif self.phase == 'carry':
+            # Aim the block, not the tool, at the bowl's centre (the grasp is rarely centred).
+            offset = self._block() - self.robot.tcp_pose()[0]
+            goal = np.array([bowl[0] - offset[0], bowl[1] - offset[1], CARRY_Z])
+            if self._move(goal, self.grasp_yaw, FAST, 0.015):
+                self._goto('lower')
+        elif self.phase == 'lower':
+            offset = self._block() - self.robot.tcp_pose()[0]
+            goal = np.array([bowl[0] - offset[0], bowl[1] - offset[1], bowl[2] + 0.10])
+            if self._move(goal, self.grasp_yaw, SLOW, 0.015) or self.phase_steps > 15:
+                self._goto('release')
+        elif self.phase == 'release':
+            self.gripper = False
+            if self.phase_steps >= 3:
+                self._goto('retreat')
+        elif self.phase == 'retreat':
+            goal = self.waypoint.copy()
+            goal[2] = CARRY_Z + 0.04
+            self._move(goal, self.grasp_yaw, SLOW, 0.02)
+
+    def _act_push_block(self):
+        sign = self.episode.params['sign']
+        start = np.asarray(self.episode.params['block_start'])
+        block = self._block()
+        # Push with the closed fingers' broad face: tool x along the push direction.
+        if self.phase == 'start':
+            self.gripper = True
+            self.grasp_yaw = self._nearest_yaw(math.pi / 2, math.pi, block)
+            self._goto('above')
+        behind = BLOCK_HALF * math.sqrt(2.0) + 0.011 + 0.02
+        if self.phase == 'above':
+            goal = np.array([block[0], block[1] - sign * behind, PUSH_Z + 0.09])
+            if self._move(goal, self.grasp_yaw, FAST, 0.02):
+                self._goto('lower')
+        elif self.phase == 'lower':
+            goal = np.array([block[0], block[1] - sign * behind, PUSH_Z])
+            if self._move(goal, self.grasp_yaw, SLOW, 0.01) or self.phase_steps > 15:
+                self._goto('push')
+        elif self.phase == 'push':
+            moved = sign * (block[1] - start[1])
+            # Keep the tool lined up with the block's centre as it slides.
+            goal = np.array([block[0], start[1] + sign * (0.125 - BLOCK_HALF - 0.011),
+                             PUSH_Z])
+            reached = self._move(goal, self.grasp_yaw, PUSH_SPEED, 0.01)
+            if moved >= 0.115 or (reached and self.phase_steps > 5):
+                self._goto('retreat')
+        elif self.phase == 'retreat':
+            goal = self.waypoint.copy()
+            goal[2] = PUSH_Z + 0.1
+            self._move(goal, self.grasp_yaw, SLOW, 0.02)
+
+    def _act_drive_to_marker(self):
+        marker = self.robot.body_position(f'marker_{self.episode.params["colour"]}')
+        odom = self.robot.odometry()
+        dx, dy = marker[0] - odom.x, marker[1] - odom.y
+        # World error into the base frame (the action's base twist is base-frame).
+        c, s = math.cos(odom.yaw), math.sin(odom.yaw)
+        ex, ey = c * dx + s * dy, -s * dx + c * dy
+        dist = math.hypot(ex, ey)
+        if dist < DRIVE_STOP:
+            self.base = np.zeros(3)
+        else:
+            speed = min(DRIVE_SPEED, DRIVE_GAIN * dist)
+            self.base = np.array([ex / dist * speed, ey / dist * speed, 0.0])
+        self.q_target = self._hold_arm()
+
+    def _act_gripper(self):
+        self.gripper = bool(self.episode.params['close'])
+        self.q_target = self._hold_arm()
+
+    def _hold_arm(self) -> np.ndarray:
+        q = self.q_solution if self.phase_steps > 1 else self.robot.arm_positions()
+        self.q_solution = q
+        return self._quantise(q) if self.tokenizer is not None else q.copy()

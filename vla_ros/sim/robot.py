@@ -1,0 +1,241 @@
+"""MuJoCo physics wrapper for the simulated mobile manipulator.
+
+``Robot`` owns the model and data of ``assets/robot.xml`` and exposes what a ros2_control
+hardware interface would: arm position targets, a base twist in the base frame, a gripper
+command in 0 (open) .. 1 (closed), joint states, odometry and the head camera image. It
+knows nothing about tasks or ROS; ``tasks.py`` places objects, the nodes publish.
+"""
+
+from dataclasses import dataclass
+import math
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from vla_ros.core.interpolation import JointLimits
+
+ASSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets')
+DEFAULT_MODEL = os.path.join(ASSET_DIR, 'robot.xml')
+
+ARM_JOINTS = tuple(f'arm_joint_{i}' for i in range(1, 8))
+GRIPPER_JOINT = 'gripper'
+JOINT_STATE_NAMES = ARM_JOINTS + (GRIPPER_JOINT,)
+BASE_JOINTS = ('base_x', 'base_y', 'base_yaw')
+FINGER_JOINTS = ('finger_left', 'finger_right')
+CAMERA = 'head_camera'
+IMAGE_SIZE = 300
+
+# Finger travel (m) from closed to fully open, per finger (the slide joints' range).
+FINGER_OPEN = 0.045
+# Joint velocity / acceleration limits (rad/s, rad/s^2). MuJoCo has no velocity limit, so
+# the control loop enforces them, as the arm's own controller would on hardware.
+ARM_VELOCITY_LIMITS = np.array([1.5, 1.5, 1.5, 1.5, 2.0, 2.0, 2.0])
+ARM_ACCELERATION_LIMITS = np.array([6.0, 6.0, 6.0, 6.0, 8.0, 8.0, 8.0])
+# Ready pose: tool pointing down above the table centre, elbow up, far from every limit.
+HOME_ARM = np.array([0.0, 0.35, 0.0, 2.2, 0.0, 0.59, 0.0])
+
+
+@dataclass(frozen=True)
+class Odometry:
+    """Planar base state: pose in the odom (world) frame, twist in the base frame."""
+
+    x: float
+    y: float
+    yaw: float
+    vx: float
+    vy: float
+    wz: float
+
+
+def _require_mujoco():
+    try:
+        import mujoco
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError(
+            'vla_ros.sim needs the MuJoCo wheel: pip install mujoco (or the vla_ros[sim] '
+            'extra)') from exc
+    return mujoco
+
+
+class Robot:
+    """The simulated robot plus its scene; one MuJoCo model, one data, one renderer."""
+
+    def __init__(self, model_path: str = DEFAULT_MODEL, image_size: int = IMAGE_SIZE):
+        self.mujoco = mujoco = _require_mujoco()
+        self.model = mujoco.MjModel.from_xml_path(model_path)
+        self.data = mujoco.MjData(self.model)
+        self.image_size = int(image_size)
+        self._renderer = None
+        m = self.model
+        jid = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, n) for n in ARM_JOINTS]
+        self.arm_qpos = np.array([m.jnt_qposadr[j] for j in jid])
+        self.arm_dof = np.array([m.jnt_dofadr[j] for j in jid])
+        self.arm_range = m.jnt_range[jid].copy()
+        fid = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, n) for n in FINGER_JOINTS]
+        self.finger_qpos = np.array([m.jnt_qposadr[j] for j in fid])
+        self.finger_dof = np.array([m.jnt_dofadr[j] for j in fid])
+        bid = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, n) for n in BASE_JOINTS]
+        self.base_qpos = np.array([m.jnt_qposadr[j] for j in bid])
+        self.base_dof = np.array([m.jnt_dofadr[j] for j in bid])
+
+        def act(name):
+            return mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_ACTUATOR, name)
+        self.arm_act = np.array([act(n) for n in ARM_JOINTS])
+        self.finger_act = np.array([act(n) for n in FINGER_JOINTS])
+        self.base_act = np.array([act(n) for n in BASE_JOINTS])
+        self.tcp_site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, 'tcp')
+        self.camera_id = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA)
+        self._base_cmd = np.zeros(3)
+        self.reset()
+
+    # -- properties --------------------------------------------------------------------
+    @property
+    def timestep(self) -> float:
+        """Physics step in seconds."""
+        return float(self.model.opt.timestep)
+
+    @property
+    def time(self) -> float:
+        """Simulated time since the last reset, seconds."""
+        return float(self.data.time)
+
+    def joint_limits(self) -> JointLimits:
+        """Arm limits in the form the control loop takes."""
+        return JointLimits(self.arm_range[:, 0].copy(), self.arm_range[:, 1].copy(),
+                           ARM_VELOCITY_LIMITS.copy(), ARM_ACCELERATION_LIMITS.copy())
+
+    def steps_per(self, period: float) -> int:
+        """Physics steps in ``period`` seconds; raises unless it is a whole multiple."""
+        ratio = period / self.timestep
+        n = int(round(ratio))
+        if n < 1 or abs(ratio - n) > 1e-6:
+            raise ValueError(
+                f'period {period} s is not a whole multiple of the physics timestep '
+                f'{self.timestep} s (ratio {ratio:.6g}); choose a period that is')
+        return n
+
+    # -- reset and commands -------------------------------------------------------------
+    def reset(self, arm: Optional[Sequence[float]] = None, gripper: float = 0.0,
+              base: Sequence[float] = (0.0, 0.0, 0.0)):
+        """Put the robot at rest: arm at ``arm`` (HOME_ARM), gripper, base pose x, y, yaw.
+
+        Objects keep the poses in the model's defaults; tasks move them after this call.
+        """
+        mujoco = self.mujoco
+        mujoco.mj_resetData(self.model, self.data)
+        arm = HOME_ARM if arm is None else np.asarray(arm, dtype=float)
+        self.data.qpos[self.arm_qpos] = arm
+        self.data.qpos[self.finger_qpos] = FINGER_OPEN * (1.0 - float(gripper))
+        self.data.qpos[self.base_qpos] = np.asarray(base, dtype=float)
+        self.data.ctrl[self.arm_act] = arm
+        self.set_gripper(gripper)
+        self.set_base_twist((0.0, 0.0, 0.0))
+        mujoco.mj_forward(self.model, self.data)
+
+    def set_arm_targets(self, positions: Sequence[float]):
+        """Command the 7 arm joint positions (forward position controller semantics)."""
+        q = np.asarray(positions, dtype=float)
+        if q.shape != (7,) or not np.all(np.isfinite(q)):
+            raise ValueError(f'expected 7 finite arm positions, found {positions!r}')
+        self.data.ctrl[self.arm_act] = np.clip(q, self.arm_range[:, 0], self.arm_range[:, 1])
+
+    def set_gripper(self, closed: float):
+        """Command the gripper: 0 open .. 1 closed (values outside are clipped)."""
+        g = float(np.clip(closed, 0.0, 1.0)) if math.isfinite(closed) else 0.0
+        self.data.ctrl[self.finger_act] = FINGER_OPEN * (1.0 - g)
+
+    def set_base_twist(self, twist: Sequence[float]):
+        """Command the base: vx, vy (m/s) and wz (rad/s) in the base frame."""
+        v = np.asarray(twist, dtype=float)
+        if v.shape != (3,) or not np.all(np.isfinite(v)):
+            raise ValueError(f'expected a finite base twist [vx, vy, wz], found {twist!r}')
+        self._base_cmd = v.copy()
+        self._apply_base()
+
+    def _apply_base(self):
+        # The planar joints are world-frame, the command is base-frame: rotate by yaw.
+        vx, vy, wz = self._base_cmd
+        yaw = self.data.qpos[self.base_qpos[2]]
+        c, s = math.cos(yaw), math.sin(yaw)
+        self.data.ctrl[self.base_act] = (c * vx - s * vy, s * vx + c * vy, wz)
+
+    def step(self, n: int = 1):
+        """Advance ``n`` physics steps."""
+        mujoco = self.mujoco
+        if not np.any(self._base_cmd[2:]) and not np.any(self.data.qvel[self.base_dof[2:]]):
+            # No rotation: the world-frame command stays valid, step in one native call.
+            mujoco.mj_step(self.model, self.data, nstep=int(n))
+            return
+        for _ in range(int(n)):
+            self._apply_base()
+            mujoco.mj_step(self.model, self.data)
+
+    # -- state --------------------------------------------------------------------------
+    def arm_positions(self) -> np.ndarray:
+        """Measured arm joint positions, rad [7]."""
+        return self.data.qpos[self.arm_qpos].copy()
+
+    def gripper_closure(self) -> float:
+        """Measured gripper closure: 0 fully open .. 1 fully closed (mean of both fingers)."""
+        return float(1.0 - np.mean(self.data.qpos[self.finger_qpos]) / FINGER_OPEN)
+
+    def joint_state(self):
+        """Names, positions, velocities and efforts of arm_joint_1..7 and the gripper.
+
+        The gripper's position is the 0..1 closure (the unit the gripper command uses), its
+        velocity the closure rate and its effort the mean finger force (N).
+        """
+        d = self.data
+        pos = np.empty(8)
+        vel = np.empty(8)
+        eff = np.empty(8)
+        pos[:7] = d.qpos[self.arm_qpos]
+        vel[:7] = d.qvel[self.arm_dof]
+        eff[:7] = d.actuator_force[self.arm_act]
+        pos[7] = self.gripper_closure()
+        vel[7] = -float(np.mean(d.qvel[self.finger_dof])) / FINGER_OPEN
+        eff[7] = float(np.mean(d.actuator_force[self.finger_act]))
+        return JOINT_STATE_NAMES, pos, vel, eff
+
+    def odometry(self) -> Odometry:
+        """Base pose (world) and twist (base frame), from the planar joints."""
+        x, y, yaw = self.data.qpos[self.base_qpos]
+        wx, wy, wz = self.data.qvel[self.base_dof]
+        c, s = math.cos(yaw), math.sin(yaw)
+        return Odometry(float(x), float(y), float(yaw), float(c * wx + s * wy),
+                        float(-s * wx + c * wy), float(wz))
+
+    def tcp_pose(self):
+        """Tool centre point position (world, m) and rotation matrix [3, 3]."""
+        return (self.data.site_xpos[self.tcp_site].copy(),
+                self.data.site_xmat[self.tcp_site].reshape(3, 3).copy())
+
+    def body_position(self, name: str) -> np.ndarray:
+        """World position of a named body (after the last step)."""
+        return self.data.body(name).xpos.copy()
+
+    # -- camera -------------------------------------------------------------------------
+    def render(self) -> np.ndarray:
+        """Render the head camera: uint8 [H, W, 3] RGB (H = W = image_size)."""
+        if self._renderer is None:
+            # Created lazily: physics-only users (evaluate, tests) need no GL context.
+            self._renderer = self.mujoco.Renderer(self.model, self.image_size, self.image_size)
+            flags = self._renderer.scene.flags
+            flags[self.mujoco.mjtRndFlag.mjRND_SHADOW] = False
+            flags[self.mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+        self._renderer.update_scene(self.data, camera=self.camera_id)
+        return self._renderer.render()
+
+    def camera_intrinsics(self):
+        """Pinhole intrinsics of the head camera: fx, fy, cx, cy (pixels), width, height."""
+        fovy = math.radians(float(self.model.cam_fovy[self.camera_id]))
+        f = 0.5 * self.image_size / math.tan(0.5 * fovy)
+        c = 0.5 * self.image_size
+        return f, f, c, c, self.image_size, self.image_size
+
+    def close(self):
+        """Free the GL context (safe to call twice)."""
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None

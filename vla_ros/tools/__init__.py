@@ -1,0 +1,1 @@
+"""Implementations of the ``vla-ros`` verbs (export, bench, ...)."""

@@ -1,0 +1,160 @@
+"""`vla-ros up`: start the graph's nodes as separate processes, the way ros2 launch would.
+
+launch/launch_ros are not installable on this workplace, so this small supervisor stands in
+for them: one process per node, logs forwarded with the node name, and everything stopped
+cleanly on Ctrl-C or as soon as one node exits unexpectedly.
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, List, Optional, Sequence, TextIO
+
+from ..graph import NodeSpec, pipeline_nodes, ros_args
+from ..paths import default_params_file
+
+
+def child_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """Environment for node processes: loopback discovery, unbuffered logs, and malloc
+    thresholds that stop glibc from page-faulting on every ~1 MB image message."""
+    env = dict(os.environ)
+    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    env.setdefault('PYTHONUNBUFFERED', '1')
+    env.setdefault('RCUTILS_COLORIZED_OUTPUT', '0')
+    env.setdefault('RCUTILS_CONSOLE_OUTPUT_FORMAT', '[{severity}] [{name}]: {message}')
+    env.setdefault('MALLOC_MMAP_THRESHOLD_', str(16 * 1024 * 1024))
+    env.setdefault('MALLOC_TRIM_THRESHOLD_', str(64 * 1024 * 1024))
+    env.setdefault('MUJOCO_GL', 'egl')
+    env.update(extra or {})
+    return env
+
+
+class ProcessGroup:
+    """A set of node processes supervised together."""
+
+    def __init__(self, params_file: str = '', namespace: str = '', use_sim_time: bool = False,
+                 log_level: str = 'info', env: Optional[Dict[str, str]] = None,
+                 log: TextIO = sys.stdout, quiet: bool = False):
+        self.params_file = params_file
+        self.namespace = namespace
+        self.use_sim_time = use_sim_time
+        self.log_level = log_level
+        self.env = child_env(env)
+        self.log = log
+        self.quiet = quiet
+        self.procs: Dict[str, subprocess.Popen] = {}
+        self.lines: Dict[str, List[str]] = {}
+        self._threads: List[threading.Thread] = []
+        self._stopping = False
+        self._lock = threading.Lock()
+
+    def command(self, spec: NodeSpec) -> List[str]:
+        """The argv that starts one node."""
+        return [sys.executable, '-m', f'vla_ros.nodes.{spec.executable}'] + ros_args(
+            spec, self.params_file, self.namespace, self.use_sim_time, self.log_level)
+
+    def start(self, spec: NodeSpec) -> subprocess.Popen:
+        """Start one node and a thread forwarding its output."""
+        proc = subprocess.Popen(self.command(spec), env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                start_new_session=True)
+        self.procs[spec.name] = proc
+        self.lines[spec.name] = []
+        t = threading.Thread(target=self._forward, args=(spec.name, proc), daemon=True)
+        t.start()
+        self._threads.append(t)
+        return proc
+
+    def start_all(self, specs: Sequence[NodeSpec]):
+        """Start every node in order."""
+        for spec in specs:
+            self.start(spec)
+
+    def _forward(self, name: str, proc: subprocess.Popen):
+        for line in proc.stdout:
+            line = line.rstrip('\n')
+            with self._lock:
+                buf = self.lines[name]
+                buf.append(line)
+                del buf[:-2000]
+                if not self.quiet:
+                    print(f'[{name}] {line}', file=self.log, flush=True)
+
+    def failed(self) -> Optional[str]:
+        """Name and exit code of a node that exited while it should be running."""
+        for name, proc in self.procs.items():
+            code = proc.poll()
+            if code is not None and not self._stopping:
+                return f'{name} exited with code {code}'
+        return None
+
+    def kill(self, name: str, sig=signal.SIGKILL):
+        """Send ``sig`` to one node (tests use this to simulate a crash)."""
+        self.procs[name].send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> Dict[str, Optional[int]]:
+        """SIGINT every node (rclpy shuts down cleanly), escalate after ``timeout`` s."""
+        self._stopping = True
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(3.0)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for t in self._threads:
+            t.join(timeout=2.0)
+        return {name: proc.returncode for name, proc in self.procs.items()}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def main(argv: Sequence[str] = None) -> int:
+    """`vla-ros up [--sim] [--params-file F] ...`: run until Ctrl-C or a node dies."""
+    parser = argparse.ArgumentParser(prog='vla-ros up', description=__doc__.split('\n')[0])
+    parser.add_argument('--params-file', default=default_params_file())
+    parser.add_argument('--namespace', default='')
+    parser.add_argument('--use-sim-time', action='store_true')
+    parser.add_argument('--log-level', default='info')
+    parser.add_argument('--sim', action='store_true', help='also start sim_node (MuJoCo)')
+    parser.add_argument('--model-file-path', default='', help='policy ONNX for inference_node')
+    parser.add_argument('--duration', type=float, default=0.0,
+                        help='stop after this many seconds (0: run until Ctrl-C)')
+    args = parser.parse_args(argv)
+    overrides = {'inference_node': {'model_file_path': args.model_file_path}} \
+        if args.model_file_path else {}
+    group = ProcessGroup(args.params_file, args.namespace, args.use_sim_time or args.sim,
+                         args.log_level)
+    group.start_all(pipeline_nodes(with_sim=args.sim, overrides=overrides))
+    code = 0
+    start = time.monotonic()
+    try:
+        while True:
+            problem = group.failed()
+            if problem:
+                print(f'vla-ros up: {problem}; stopping the graph', file=sys.stderr)
+                code = 1
+                break
+            if args.duration and time.monotonic() - start > args.duration:
+                break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    codes = group.stop()
+    print(f'vla-ros up: stopped ({", ".join(f"{n}={c}" for n, c in codes.items())})')
+    return code
