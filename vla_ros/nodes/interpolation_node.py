@@ -185,9 +185,9 @@ class InterpolationNode(Node):
         idx = self._arm_indices(msg.name)
         if idx is None or len(msg.position) != len(msg.name):
             self.diag.count('joint_states_rejected')
-            self.get_logger().warn(f'joint_states lacks positions for {self.params.'
-                                   f'arm_joint_names}: found names {list(msg.name)}',
-                                   throttle_duration_sec=5.0)
+            expected = list(self.params.arm_joint_names)
+            self.get_logger().warn(f'joint_states lacks positions for {expected}: found '
+                                   f'names {list(msg.name)}', throttle_duration_sec=5.0)
             return
         q = np.asarray(msg.position, dtype=float)[idx]
         if not np.all(np.isfinite(q)):

@@ -56,14 +56,12 @@ class Policy:
         self.backend = create_backend(backend, options)
         self.metadata = mc.check_policy(self.backend.inputs, self.backend.outputs,
                                         self.backend.metadata, space)
-        # The text encoder always runs on ONNX Runtime (CPU is plenty for 16 tokens, once
-        # per new instruction); one intra-op thread keeps it off the policy's cores.
-        text_options = BackendOptions(model_file_path=files.text_encoder,
-                                      providers=('CPUExecutionProvider',),
-                                      intra_op_threads=1, allow_spinning=False)
-        self.text_encoder = TextEncoder(files.text_encoder, files.tokenizer, text_options)
-        mc.check_text_encoder(self.text_encoder.inputs, self.text_encoder.outputs,
-                              self.text_encoder.metadata, self.metadata)
+        # The text encoder always runs on ONNX Runtime's CPU provider: 16 tokens, once per
+        # new instruction; one intra-op thread keeps it off the policy's cores.
+        self.text_encoder = TextEncoder(files.text_encoder, files.tokenizer,
+                                        policy_metadata=self.metadata,
+                                        providers=('CPUExecutionProvider',),
+                                        intra_op_threads=1)
         self._cache: 'OrderedDict[str, Tuple[np.ndarray, np.ndarray]]' = OrderedDict()
         self._cache_size = int(cache_size)
         self.last_encode_ms = 0.0

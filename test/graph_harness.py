@@ -1,0 +1,125 @@
+"""A real rclpy node that plays camera, operator and robot around the pipeline under test."""
+
+import threading
+import time
+from typing import Callable, List, Tuple
+
+from geometry_msgs.msg import Twist
+import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float64MultiArray, String
+from std_srvs.srv import SetBool
+
+from vla_ros.conversions import array_to_image
+from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
+
+JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
+
+
+class Harness(Node):
+    """Publishes images, joint states, instruction, e-stop; records controller commands."""
+
+    def __init__(self, name: str = 'test_harness'):
+        super().__init__(name)
+        self.lock = threading.Lock()
+        self.arm: List[Tuple[float, np.ndarray]] = []
+        self.base: List[Tuple[float, np.ndarray]] = []
+        self.gripper: List[Tuple[float, float]] = []
+        self.vla_images: List[Tuple[float, Image]] = []
+        self.image_pub = self.create_publisher(Image, 'camera/image_raw', SENSOR_QOS)
+        self.joint_pub = self.create_publisher(JointState, 'joint_states', SENSOR_QOS)
+        self.instruction_pub = self.create_publisher(String, 'vla/instruction', LATCHED_QOS)
+        self.estop_pub = self.create_publisher(Bool, 'vla/estop', LATCHED_QOS)
+        self.enable_client = self.create_client(SetBool, 'vla/enable')
+        self.create_subscription(Float64MultiArray, 'arm_controller/commands',
+                                 self._record(self.arm, lambda m: np.array(m.data)),
+                                 COMMAND_QOS)
+        self.create_subscription(Twist, 'cmd_vel', self._record(
+            self.base, lambda m: np.array([m.linear.x, m.linear.y, m.angular.z])), COMMAND_QOS)
+        self.create_subscription(Float64MultiArray, 'gripper_controller/commands',
+                                 self._record(self.gripper, lambda m: float(m.data[0])),
+                                 COMMAND_QOS)
+        self.create_subscription(Image, 'vla/image', self._record(self.vla_images, lambda m: m),
+                                 LATEST_IMAGE_QOS)
+        self.image = np.zeros((300, 300, 3), np.uint8)
+        self.joint_positions = np.zeros(7)
+        self.camera_enabled = True
+        self.create_timer(0.1, self._publish_image)
+        self.create_timer(0.02, self._publish_joints)
+        self._executor = SingleThreadedExecutor()
+        self._executor.add_node(self)
+        self._running = True
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self):
+        while self._running and rclpy.ok():
+            try:
+                self._executor.spin_once(timeout_sec=0.05)
+            except Exception:  # context shut down while spinning
+                break
+
+    def _record(self, store: list, convert: Callable):
+        def callback(msg):
+            with self.lock:
+                store.append((time.monotonic(), convert(msg)))
+        return callback
+
+    def _publish_image(self):
+        if self.camera_enabled:
+            stamp = self.get_clock().now().to_msg()
+            self.image_pub.publish(array_to_image(self.image, 'rgb8', stamp, 'camera'))
+
+    def _publish_joints(self):
+        msg = JointState()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.name = JOINTS
+        msg.position = [float(v) for v in self.joint_positions]
+        self.joint_pub.publish(msg)
+
+    def set_color(self, r: int, g: int, b: int):
+        """Make every camera frame one uniform colour."""
+        self.image = np.empty((300, 300, 3), np.uint8)
+        self.image[...] = (r, g, b)
+
+    def instruct(self, text: str):
+        """Publish the (latched) instruction."""
+        self.instruction_pub.publish(String(data=text))
+
+    def latest(self, store: list):
+        """Newest recorded (time, value) or None."""
+        with self.lock:
+            return store[-1] if store else None
+
+    def since(self, store: list, t0: float) -> list:
+        """All recorded (time, value) after monotonic time t0."""
+        with self.lock:
+            return [x for x in store if x[0] >= t0]
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Poll ``predicate`` until true or ``timeout`` s pass."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return predicate()
+
+    def call_enable(self, value: bool, timeout: float = 5.0):
+        """Call vla/enable; returns the response."""
+        assert self.enable_client.wait_for_service(timeout_sec=timeout)
+        future = self.enable_client.call_async(SetBool.Request(data=value))
+        end = time.monotonic() + timeout
+        while not future.done() and time.monotonic() < end:
+            time.sleep(0.01)
+        return future.result()
+
+    def close(self):
+        """Stop spinning and destroy the node."""
+        self._running = False
+        self._thread.join(timeout=2.0)
+        self._executor.shutdown(timeout_sec=1.0)
+        self.destroy_node()

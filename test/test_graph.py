@@ -1,0 +1,172 @@
+"""The four nodes as real processes on real DDS, driven by a real harness node.
+
+The policy is the known-function test model (vla_ros.tools.test_model), so the commands
+the controllers receive can be predicted exactly from the image colour and instruction.
+"""
+
+import signal
+import time
+
+import numpy as np
+import pytest
+import rclpy
+
+from graph_harness import Harness
+from vla_ros.core.action_space import ActionTokenizer
+from vla_ros.graph import pipeline_nodes
+from vla_ros.tools.test_model import expected_tokens
+from vla_ros.tools.up import ProcessGroup
+
+TIMEOUT = 0.5
+PERIOD = 0.05
+DECEL = 2.0
+
+
+@pytest.fixture(scope='module')
+def ros():
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+def _start(params_file, model_dir, **interp):
+    overrides = {'inference_node': {'model_file_path': f'{model_dir}/policy.onnx'},
+                 'interpolation_node': dict(command_timeout=TIMEOUT, **interp)}
+    group = ProcessGroup(params_file, quiet=True)
+    group.start_all(pipeline_nodes(overrides=overrides))
+    return group
+
+
+
+
+@pytest.fixture
+def graph(ros, params_file, test_model_dir):
+    harness = Harness()
+    group = _start(params_file, test_model_dir)
+    yield harness, group
+    harness.close()
+    group.stop()
+    for name, lines in group.lines.items():  # shown by pytest when a test fails
+        print(f'--- {name} ---')
+        print('\n'.join(lines[-30:]))
+
+
+def _expected(action_space, test_model_dir, rgb, instruction):
+    from vla_ros.runtime.text_encoder import TextEncoder
+    enc = TextEncoder(f'{test_model_dir}/text_encoder.onnx')
+    emb, mask = enc.encode(instruction)
+    image = np.empty((300, 300, 3), np.uint8)
+    image[...] = rgb
+    return ActionTokenizer(action_space).detokenize(expected_tokens(image, emb, mask))
+
+
+def _flowing(harness, since, timeout=30.0):
+    return harness.wait_for(lambda: len(harness.since(harness.base, since)) > 10, timeout)
+
+
+def test_commands_match_the_known_model(graph, action_space, test_model_dir):
+    harness, group = graph
+    rgb, text = (150, 190, 110), 'close the gripper'
+    harness.set_color(*rgb)
+    harness.instruct(text)
+    expected = _expected(action_space, test_model_dir, rgb, text)
+    assert expected[10] == 1.0 and expected[9] == 0.0  # closed, inside the deadband
+
+    def converged():
+        arm, base, grip = (harness.latest(s) for s in (harness.arm, harness.base,
+                                                        harness.gripper))
+        return (arm is not None and base is not None and grip is not None
+                and np.allclose(arm[1], expected[:7], atol=1e-6)
+                and np.allclose(base[1], expected[7:10], atol=1e-6) and grip[1] == 1.0)
+
+    assert harness.wait_for(converged, 40.0), (
+        group.failed(), harness.latest(harness.arm), harness.latest(harness.base), expected)
+    # Commands keep flowing at the control rate.
+    t0 = time.monotonic()
+    time.sleep(1.0)
+    n = len(harness.since(harness.arm, t0))
+    assert 15 <= n <= 25, n
+    # A new instruction changes the gripper without restarting anything.
+    harness.instruct('open the gripper')
+    assert harness.wait_for(lambda: harness.latest(harness.gripper)[1] == 0.0, 5.0)
+    assert group.failed() is None
+
+
+def test_killing_inference_stops_base_and_holds_arm(graph):
+    harness, group = graph
+    harness.set_color(150, 230, 110)  # vx ≈ 0.40 m/s
+    harness.instruct('drive to the marker')
+    assert harness.wait_for(
+        lambda: (harness.latest(harness.base) or (0, np.zeros(3)))[1][0] > 0.35, 40.0)
+    vx = harness.latest(harness.base)[1][0]
+    group.kill('inference_node', signal.SIGKILL)
+    t_kill = time.monotonic()
+    assert harness.wait_for(lambda: harness.latest(harness.base)[1][0] == 0.0
+                            and harness.latest(harness.base)[0] > t_kill, 5.0)
+    zero_at = next(t for t, v in harness.since(harness.base, t_kill) if np.all(v == 0.0))
+    # watchdog + one control period + the ramp at the deceleration limit (+ DDS slack)
+    allowed = TIMEOUT + PERIOD + vx / DECEL + 0.1
+    assert zero_at - t_kill <= allowed, (zero_at - t_kill, allowed)
+    ramp = [v[0] for t, v in harness.since(harness.base, t_kill)]
+    assert np.all(np.diff(ramp) <= 1e-12)  # never speeds up again
+    assert np.all(np.abs(np.diff(ramp)) <= DECEL * PERIOD + 1e-9)
+    t_hold = time.monotonic()
+    time.sleep(0.5)
+    held = [v for t, v in harness.since(harness.arm, t_hold)]
+    assert len(held) >= 5 and all(np.array_equal(h, held[0]) for h in held)
+    assert all(np.all(v == 0) for t, v in harness.since(harness.base, t_hold))
+
+
+def test_estop_stops_within_one_period_and_latches(graph):
+    harness, group = graph
+    harness.set_color(150, 230, 110)
+    harness.instruct('drive to the marker')
+    assert harness.wait_for(
+        lambda: (harness.latest(harness.base) or (0, np.zeros(3)))[1][0] > 0.35, 40.0)
+    from std_msgs.msg import Bool
+    t0 = time.monotonic()
+    harness.estop_pub.publish(Bool(data=True))
+    assert harness.wait_for(lambda: harness.latest(harness.base)[1][0] == 0.0, 2.0)
+    zero_at = next(t for t, v in harness.since(harness.base, t0) if np.all(v == 0.0))
+    assert zero_at - t0 <= PERIOD + 0.05, zero_at - t0
+    # Latched: the policy keeps producing targets, nothing moves, enable is refused.
+    t1 = time.monotonic()
+    time.sleep(1.0)
+    after = harness.since(harness.base, t1)
+    assert len(after) >= 15 and all(np.all(v == 0) for t, v in after)
+    arms = [v for t, v in harness.since(harness.arm, t1)]
+    assert all(np.array_equal(a, arms[0]) for a in arms)
+    assert harness.call_enable(True).success is False
+    # Clearing the e-stop alone does not move the robot; enabling does.
+    harness.estop_pub.publish(Bool(data=False))
+    time.sleep(0.5)
+    assert harness.latest(harness.base)[1][0] == 0.0
+    assert harness.call_enable(True).success is True
+    assert harness.wait_for(lambda: harness.latest(harness.base)[1][0] > 0.1, 5.0)
+
+
+def test_garbage_images_do_not_kill_camera_node(graph):
+    from sensor_msgs.msg import Image
+    harness, group = graph
+    harness.camera_enabled = False
+    garbage = [
+        Image(height=300, width=300, encoding='rgb8', step=900, data=b'\x01' * 100),
+        Image(height=10, width=10, encoding='yuv-weird', step=20, data=b'\x00' * 200),
+        Image(height=0, width=0, encoding='rgb8', step=0, data=b''),
+        Image(height=10, width=10, encoding='rgb8', step=5, data=b'\x00' * 300),
+    ]
+    for _ in range(5):
+        for msg in garbage:
+            harness.image_pub.publish(msg)
+            time.sleep(0.01)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    assert harness.since(harness.vla_images, t0) == []
+    assert group.procs['camera_node'].poll() is None
+    harness.set_color(10, 20, 30)
+    harness.camera_enabled = True
+    assert harness.wait_for(lambda: len(harness.since(harness.vla_images, t0)) >= 3, 10.0)
+    img = harness.since(harness.vla_images, t0)[-1][1]
+    assert (img.encoding, img.height, img.width) == ('rgb8', 300, 300)
+    assert bytes(img.data[:3]) == bytes([10, 20, 30])
+    assert group.procs['camera_node'].poll() is None
