@@ -1,0 +1,215 @@
+"""`vla-ros bench pipeline`: run the four nodes for a fixed time and print their timing.
+
+A driver node in this process plays the camera and the robot (joint_states); the nodes run
+as separate processes exactly as `vla-ros up` starts them. Figures come from two places:
+the nodes' own /diagnostics (timer period jitter measured inside each process, camera
+stamp → first command latency measured by interpolation_node) and this process's arrival
+times of vla/action_tokens and arm commands (what a consumer sees).
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from ..graph import pipeline_nodes
+from ..paths import default_action_space_file, default_model_dir, default_params_file
+from .up import ProcessGroup
+
+
+def _percentiles(values: List[float]) -> Dict[str, float]:
+    if not values:
+        return {'p50': float('nan'), 'p99': float('nan'), 'max': float('nan')}
+    a = np.asarray(values)
+    return {'p50': float(np.percentile(a, 50)), 'p99': float(np.percentile(a, 99)),
+            'max': float(a.max())}
+
+
+def _arrival_stats(times: List[float], nominal: float) -> Dict[str, float]:
+    if len(times) < 3:
+        return {'rate_hz': float('nan'), 'count': len(times)}
+    periods = np.diff(np.asarray(times))
+    out = {'rate_hz': float(1.0 / periods.mean()), 'count': len(times)}
+    out.update({f'jitter_{k}_ms': v * 1e3 for k, v in
+                _percentiles(list(np.abs(periods - 1.0 / nominal))).items()})
+    return out
+
+
+def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz: float,
+              warmup: float, params_file: str, timing: str = '') -> Dict:
+    """Start the graph, drive it for ``warmup + duration`` s, return the figures."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Float64MultiArray, String, UInt8MultiArray
+
+    from ..conversions import array_to_image
+    from ..nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
+
+    width, height = (int(v) for v in camera_size.lower().split('x'))
+    overrides = {'inference_node': {'model_file_path': model_file_path}}
+    if timing:
+        overrides['interpolation_node'] = {'timing': timing}
+    group = ProcessGroup(params_file, quiet=True)
+    rclpy.init()
+    node = Node('vla_bench_driver')
+    lock = threading.Lock()
+    tokens_t: List[float] = []
+    arm_t: List[float] = []
+    diags: Dict[str, Dict[str, str]] = {}
+    recording = threading.Event()
+
+    def stamp(store):
+        def cb(_msg):
+            if recording.is_set():
+                with lock:
+                    store.append(time.monotonic())
+        return cb
+
+    def on_diag(msg):
+        for status in msg.status:
+            if status.hardware_id == 'vla_ros':
+                diags[status.name.split('/')[-1]] = {kv.key: kv.value for kv in status.values}
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image_pub = node.create_publisher(Image, 'camera/image_raw', SENSOR_QOS)
+    joint_pub = node.create_publisher(JointState, 'joint_states', SENSOR_QOS)
+    instr_pub = node.create_publisher(String, 'vla/instruction', LATCHED_QOS)
+    node.create_subscription(UInt8MultiArray, 'vla/action_tokens', stamp(tokens_t), COMMAND_QOS)
+    node.create_subscription(Float64MultiArray, 'arm_controller/commands', stamp(arm_t),
+                             COMMAND_QOS)
+    node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)
+
+    def publish_image():
+        image_pub.publish(array_to_image(frame, 'rgb8', node.get_clock().now().to_msg(),
+                                         'camera'))
+
+    def publish_joints():
+        msg = JointState()
+        msg.header.stamp = node.get_clock().now().to_msg()
+        msg.name = [f'arm_joint_{i}' for i in range(1, 8)]
+        msg.position = [0.0] * 7
+        joint_pub.publish(msg)
+
+    node.create_timer(1.0 / camera_hz, publish_image)
+    node.create_timer(0.01, publish_joints)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    try:
+        group.start_all(pipeline_nodes(overrides=overrides))
+        spin.start()
+        instr_pub.publish(String(data='pick up the red block'))
+        t_end = time.monotonic() + 60.0
+        while not tokens_t and time.monotonic() < t_end:  # wait for the first tokens
+            recording.set()
+            time.sleep(0.1)
+            if group.failed():
+                raise RuntimeError(group.failed() + '\n' + '\n'.join(
+                    f'[{n}] {line}' for n, ls in group.lines.items() for line in ls[-10:]))
+        recording.clear()
+        time.sleep(warmup)
+        with lock:
+            tokens_t.clear()
+            arm_t.clear()
+        recording.set()
+        time.sleep(duration)
+        recording.clear()
+        time.sleep(1.2)  # one more diagnostics period
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+        group.stop()
+    return {
+        'duration_s': duration, 'camera': f'{width}x{height} @ {camera_hz:g} Hz',
+        'inference_arrivals': _arrival_stats(tokens_t, 5.0),
+        'control_arrivals': _arrival_stats(arm_t, 20.0),
+        'diagnostics': diags,
+    }
+
+
+def _f(d: Dict, key: str) -> float:
+    try:
+        return float(d.get(key, 'nan'))
+    except ValueError:
+        return float('nan')
+
+
+def report(res: Dict) -> str:
+    """Human-readable table."""
+    inf = res['diagnostics'].get('inference_node', {})
+    ctl = res['diagnostics'].get('interpolation_node', {})
+    ia, ca = res['inference_arrivals'], res['control_arrivals']
+    lines = [
+        f'vla-ros bench pipeline: {res["duration_s"]:g} s measured, camera {res["camera"]}, '
+        f'model {inf.get("model_config", "?")} on {inf.get("active_providers", "?")}',
+        '',
+        f'{"":30}{"rate Hz":>10}{"target":>8}{"jitter p50":>12}{"p99":>8}{"max":>8}  (ms)',
+        f'{"inference timer (in node)":30}{_f(inf, "rate_hz"):>10.3f}{5.0:>8.2f}'
+        f'{"":>12}{_f(inf, "jitter_ms_p99"):>8.2f}{"":>8}',
+        f'{"control timer (in node)":30}{_f(ctl, "rate_hz"):>10.3f}{20.0:>8.2f}'
+        f'{_f(ctl, "jitter_ms_p50"):>12.2f}{_f(ctl, "jitter_ms_p99"):>8.2f}'
+        f'{_f(ctl, "jitter_ms_max"):>8.2f}',
+        f'{"vla/action_tokens arrivals":30}{ia.get("rate_hz", float("nan")):>10.3f}{5.0:>8.2f}'
+        f'{ia.get("jitter_p50_ms", float("nan")):>12.2f}{ia.get("jitter_p99_ms", float("nan")):>8.2f}'
+        f'{ia.get("jitter_max_ms", float("nan")):>8.2f}',
+        f'{"arm command arrivals":30}{ca.get("rate_hz", float("nan")):>10.3f}{20.0:>8.2f}'
+        f'{ca.get("jitter_p50_ms", float("nan")):>12.2f}{ca.get("jitter_p99_ms", float("nan")):>8.2f}'
+        f'{ca.get("jitter_max_ms", float("nan")):>8.2f}',
+        '',
+        f'camera stamp → first command reflecting it: p50 {_f(ctl, "latency_ms_p50"):.1f} ms, '
+        f'p99 {_f(ctl, "latency_ms_p99"):.1f} ms (target p50 ≤ 220 ms)',
+        f'policy run: p50 {_f(inf, "model_ms_p50"):.2f} ms, p99 {_f(inf, "model_ms_p99"):.2f} ms;'
+        f' control tick work p99 {_f(ctl, "tick_ms_p99"):.3f} ms',
+    ]
+    return '\n'.join(lines)
+
+
+def main(argv: Sequence[str] = None) -> int:
+    """Command line."""
+    parser = argparse.ArgumentParser(prog='vla-ros bench pipeline',
+                                     description=__doc__.split('\n')[0])
+    parser.add_argument('--duration', type=float, default=30.0, help='seconds measured')
+    parser.add_argument('--warmup', type=float, default=3.0)
+    parser.add_argument('--model', default='test',
+                        help="'test' (known-function test model), 'default' (shipped "
+                             "rt1_tiny) or a policy.onnx path")
+    parser.add_argument('--camera-size', default='300x300')
+    parser.add_argument('--camera-hz', type=float, default=10.0)
+    parser.add_argument('--params-file', default=default_params_file())
+    parser.add_argument('--timing', default='thread',
+                        help='interpolation_node timing mode(s), comma separated, run one '
+                             'after the other for a side-by-side comparison: thread,timer')
+    parser.add_argument('--json', default='', help='also write the figures to this file')
+    args = parser.parse_args(argv)
+    if args.model == 'test':
+        from ..core.action_space import ActionSpace
+        from . import test_model
+        folder = tempfile.mkdtemp(prefix='vla_bench_model_')
+        test_model.write(folder, ActionSpace.from_yaml(default_action_space_file()))
+        model = os.path.join(folder, 'policy.onnx')
+    elif args.model == 'default':
+        model = os.path.join(default_model_dir(), 'policy.onnx')
+    else:
+        model = args.model
+    results = {}
+    for timing in [t.strip() for t in args.timing.split(',') if t.strip()]:
+        res = run_bench(args.duration, model, args.camera_size, args.camera_hz, args.warmup,
+                        args.params_file, timing)
+        results[timing] = res
+        print(f'== interpolation_node timing: {timing}')
+        print(report(res))
+        print(flush=True)
+    if args.json:
+        with open(args.json, 'w', encoding='utf-8') as f:
+            json.dump(results, f, indent=2)
+    return 0
