@@ -17,13 +17,13 @@ from vla_ros.paths import default_action_space_file, default_params_file  # noqa
 
 @pytest.fixture(scope='session')
 def action_space() -> ActionSpace:
-    """The shipped action space (config/action_space.yaml)."""
+    """Load the shipped action space (config/action_space.yaml)."""
     return ActionSpace.from_yaml(default_action_space_file())
 
 
 @pytest.fixture(scope='session')
 def params_file() -> str:
-    """The shipped parameters file."""
+    """Return the shipped parameters file."""
     return default_params_file()
 
 

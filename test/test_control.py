@@ -166,9 +166,9 @@ def test_bad_targets_raise_and_change_nothing():
 
 
 @pytest.mark.parametrize('kw,match', [
-    (dict(control_frequency=20.0, inference_frequency=3.0), 'whole number'),
-    (dict(command_timeout=0.0), 'command_timeout'),
-    (dict(base_max_velocity=np.array([0.5, -1, 0.5])), 'base_max_velocity'),
+    ({'control_frequency': 20.0, 'inference_frequency': 3.0}, 'whole number'),
+    ({'command_timeout': 0.0}, 'command_timeout'),
+    ({'base_max_velocity': np.array([0.5, -1, 0.5])}, 'base_max_velocity'),
 ])
 def test_bad_configuration_is_rejected(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -7,11 +7,10 @@ the controllers receive can be predicted exactly from the image colour and instr
 import signal
 import time
 
+from graph_harness import Harness
 import numpy as np
 import pytest
 import rclpy
-
-from graph_harness import Harness
 from vla_ros.core.action_space import ActionTokenizer
 from vla_ros.graph import pipeline_nodes
 from vla_ros.tools.test_model import expected_tokens
@@ -35,8 +34,6 @@ def _start(params_file, model_dir, **interp):
     group = ProcessGroup(params_file, quiet=True)
     group.start_all(pipeline_nodes(overrides=overrides))
     return group
-
-
 
 
 @pytest.fixture
@@ -73,8 +70,8 @@ def test_commands_match_the_known_model(graph, action_space, test_model_dir):
     assert expected[10] == 1.0 and expected[9] == 0.0  # closed, inside the deadband
 
     def converged():
-        arm, base, grip = (harness.latest(s) for s in (harness.arm, harness.base,
-                                                        harness.gripper))
+        arm, base, grip = (harness.latest(s)
+                           for s in (harness.arm, harness.base, harness.gripper))
         return (arm is not None and base is not None and grip is not None
                 and np.allclose(arm[1], expected[:7], atol=1e-6)
                 and np.allclose(base[1], expected[7:10], atol=1e-6) and grip[1] == 1.0)

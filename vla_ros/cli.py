@@ -1,4 +1,4 @@
-"""The `vla-ros` command: one verb per job, each implemented in vla_ros.tools."""
+"""Command line entry point: one verb per job, each implemented in vla_ros.tools."""
 
 import importlib
 import os
@@ -24,7 +24,7 @@ def _usage() -> str:
 
 
 def main(argv: Sequence[str] = None) -> int:
-    """Dispatch to the verb's main(argv)."""
+    """Run one verb by handing the remaining arguments to its module."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ('-h', '--help'):
         print(_usage())

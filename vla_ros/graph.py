@@ -33,7 +33,7 @@ class NodeSpec:
 
 def pipeline_nodes(with_sim: bool = False, overrides: Dict[str, Dict[str, object]] = None
                    ) -> List[NodeSpec]:
-    """The nodes to start; ``overrides`` adds parameters per node name."""
+    """Return the nodes to start; ``overrides`` adds parameters per node name."""
     overrides = overrides or {}
     specs = [SIM] + list(PIPELINE) if with_sim else list(PIPELINE)
     return [NodeSpec(exe, name, parameters=dict(overrides.get(name, {})))

@@ -24,8 +24,10 @@ class ImageError(ValueError):
 
 def decode(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
            data) -> np.ndarray:
-    """Return the pixels of an Image message as a native-endian numpy array (a copy-free view
-    where possible)."""
+    """Return the pixels of an Image message as a native-endian numpy array.
+
+    The result is a copy-free view of ``data`` when rows are unpadded.
+    """
     if encoding not in ENCODINGS:
         raise ImageError(f'unsupported encoding {encoding!r}; supported: {sorted(ENCODINGS)}')
     if height <= 0 or width <= 0:

@@ -39,7 +39,7 @@ class JointLimits:
 
     @classmethod
     def uniform(cls, n: int, pos: Tuple[float, float], vel: float, acc: float):
-        """Same limits on every joint."""
+        """Build limits that are the same on every joint."""
         return cls(np.full(n, float(pos[0])), np.full(n, float(pos[1])), np.full(n, float(vel)),
                    np.full(n, float(acc)))
 

@@ -74,9 +74,9 @@ class Freshness:
         self.stamp = float(stamp)
 
     def age(self, now: float) -> float:
-        """Seconds since the newest sample (inf when none)."""
+        """Return seconds since the newest sample (inf when none)."""
         return float('inf') if self.stamp is None else now - self.stamp
 
     def fresh(self, now: float) -> bool:
-        """True when a sample exists and is not older than ``max_age``."""
+        """Tell whether a sample exists and is not older than ``max_age``."""
         return self.age(now) <= self.max_age

@@ -11,12 +11,12 @@ import time
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
+from .common import (ConfigError, declare, Diagnostics, exit_with, LATEST_IMAGE_QOS, now_s,
+                     run, SENSOR_QOS)
 from ..conversions import array_to_image, image_to_rgb8, time_to_ns
 from ..core.image import ImageError, Resizer
 from ..core.model_contract import IMAGE_SIZE
 from ..core.stats import RateMonitor, WindowStats
-from .common import ConfigError, declare, Diagnostics, exit_with, LATEST_IMAGE_QOS, now_s, run
-from .common import SENSOR_QOS
 
 
 @dataclass(frozen=True)

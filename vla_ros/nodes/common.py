@@ -6,15 +6,15 @@ import threading
 from typing import Callable, Dict, Optional, Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                ParameterType)
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
                              SingleThreadedExecutor)
 from rclpy.node import Node
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                ParameterType)
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, qos_profile_sensor_data, QoSProfile,
+                       ReliabilityPolicy)
 
 # Every process the project starts keeps DDS discovery on this host unless told otherwise.
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
@@ -86,7 +86,7 @@ class Diagnostics:
             self.counters[key] = self.counters.get(key, 0) + n
             return self.counters[key]
 
-    def set(self, key: str, value):
+    def set(self, key: str, value):  # noqa: A003 - mirrors dict-like usage
         """Set a reported value."""
         if isinstance(value, float):
             value = f'{value:.6g}'
@@ -94,7 +94,7 @@ class Diagnostics:
             self.values[key] = str(value)
 
     def status(self) -> DiagnosticStatus:
-        """The node's current DiagnosticStatus."""
+        """Build the node's current DiagnosticStatus."""
         with self._lock:
             items = {**{k: str(v) for k, v in self.counters.items()}, **self.values}
             reason, error = self.reason, self.error
@@ -119,12 +119,12 @@ class Diagnostics:
 
 
 def now_s(node: Node) -> float:
-    """The node's clock (sim time when use_sim_time) in seconds."""
+    """Return the node's clock (sim time when use_sim_time) in seconds."""
     return node.get_clock().now().nanoseconds * 1e-9
 
 
 def exclusive_group() -> MutuallyExclusiveCallbackGroup:
-    """A new mutually exclusive callback group."""
+    """Return a new mutually exclusive callback group."""
     return MutuallyExclusiveCallbackGroup()
 
 

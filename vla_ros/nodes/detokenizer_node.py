@@ -13,13 +13,13 @@ from rclpy.node import Node
 from std_msgs.msg import Float64, UInt8MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exit_with, now_s, run,
+                     STRING_ARRAY)
 from ..conversions import msg_to_tokens, ns_to_time
 from ..core.action_space import (ActionSpace, ActionSpaceError, ActionTokenizer, ARM, BASE,
                                  GRIPPER, NUM_DIMENSIONS)
-from ..paths import default_action_space_file
-from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exit_with, now_s, run,
-                     STRING_ARRAY)
 from ..core.stats import RateMonitor
+from ..paths import default_action_space_file
 
 DEFAULT_JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
 

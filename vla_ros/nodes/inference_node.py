@@ -8,23 +8,22 @@ model run. No fresh image or no instruction → nothing is published and diagnos
 from dataclasses import dataclass
 import os
 import threading
-import time
 from typing import Optional, Tuple
 
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import String, UInt8MultiArray
 
+from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exclusive_group, exit_with,
+                     LATCHED_QOS, LATEST_IMAGE_QOS, now_s, run, STRING_ARRAY)
 from ..conversions import image_to_rgb8, time_to_ns, tokens_to_msg
 from ..core.action_space import ActionSpace, ActionSpaceError
 from ..core.image import ImageError
 from ..core.model_contract import ContractError, IMAGE_SIZE
 from ..core.stats import RateMonitor, WindowStats
 from ..paths import default_action_space_file, default_model_dir
-from ..runtime import BACKENDS, BackendError, BackendOptions
+from ..runtime import BackendError, BackendOptions, BACKENDS
 from ..runtime.policy import Policy, PolicyFiles
-from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exclusive_group, exit_with,
-                     LATCHED_QOS, LATEST_IMAGE_QOS, now_s, run, STRING_ARRAY)
 
 
 @dataclass(frozen=True)

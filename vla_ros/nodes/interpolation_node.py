@@ -20,13 +20,13 @@ from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from visualization_msgs.msg import Marker, MarkerArray
 
+from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, DOUBLE_ARRAY,
+                     exclusive_group, exit_with, LATCHED_QOS, now_s, run, SENSOR_QOS,
+                     STRING_ARRAY)
 from ..conversions import time_to_ns
 from ..core.control import Command, ControlConfig, ControlLoop
 from ..core.interpolation import JointLimits, MODES
 from ..core.stats import RateMonitor, WindowStats
-from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, DOUBLE_ARRAY,
-                     exclusive_group, exit_with, LATCHED_QOS, now_s, run, SENSOR_QOS,
-                     STRING_ARRAY)
 
 DEFAULT_JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
 ARM_OUTPUTS = ('commands', 'joint_trajectory')

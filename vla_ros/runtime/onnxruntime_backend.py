@@ -5,8 +5,8 @@ from typing import Dict, List
 
 import numpy as np
 
-from ..core.model_contract import TensorSpec
 from .base import Backend, BackendError, BackendOptions
+from ..core.model_contract import TensorSpec
 
 ACCELERATOR_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider')
 

@@ -12,9 +12,9 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from . import BackendOptions, create_backend
 from ..core import model_contract as mc
 from ..core.action_space import ActionSpace
-from . import BackendOptions, create_backend
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from .up import ProcessGroup
 from ..graph import pipeline_nodes
 from ..paths import default_action_space_file, default_model_dir, default_params_file
-from .up import ProcessGroup
 
 
 def _percentiles(values: List[float]) -> Dict[str, float]:
@@ -149,6 +149,7 @@ def report(res: Dict) -> str:
     inf = res['diagnostics'].get('inference_node', {})
     ctl = res['diagnostics'].get('interpolation_node', {})
     ia, ca = res['inference_arrivals'], res['control_arrivals']
+    nan = float('nan')
     lines = [
         f'vla-ros bench pipeline: {res["duration_s"]:g} s measured, camera {res["camera"]}, '
         f'model {inf.get("model_config", "?")} on {inf.get("active_providers", "?")}',
@@ -159,12 +160,12 @@ def report(res: Dict) -> str:
         f'{"control timer (in node)":30}{_f(ctl, "rate_hz"):>10.3f}{20.0:>8.2f}'
         f'{_f(ctl, "jitter_ms_p50"):>12.2f}{_f(ctl, "jitter_ms_p99"):>8.2f}'
         f'{_f(ctl, "jitter_ms_max"):>8.2f}',
-        f'{"vla/action_tokens arrivals":30}{ia.get("rate_hz", float("nan")):>10.3f}{5.0:>8.2f}'
-        f'{ia.get("jitter_p50_ms", float("nan")):>12.2f}{ia.get("jitter_p99_ms", float("nan")):>8.2f}'
-        f'{ia.get("jitter_max_ms", float("nan")):>8.2f}',
-        f'{"arm command arrivals":30}{ca.get("rate_hz", float("nan")):>10.3f}{20.0:>8.2f}'
-        f'{ca.get("jitter_p50_ms", float("nan")):>12.2f}{ca.get("jitter_p99_ms", float("nan")):>8.2f}'
-        f'{ca.get("jitter_max_ms", float("nan")):>8.2f}',
+        f'{"vla/action_tokens arrivals":30}{ia.get("rate_hz", nan):>10.3f}{5.0:>8.2f}'
+        f'{ia.get("jitter_p50_ms", nan):>12.2f}{ia.get("jitter_p99_ms", nan):>8.2f}'
+        f'{ia.get("jitter_max_ms", nan):>8.2f}',
+        f'{"arm command arrivals":30}{ca.get("rate_hz", nan):>10.3f}{20.0:>8.2f}'
+        f'{ca.get("jitter_p50_ms", nan):>12.2f}{ca.get("jitter_p99_ms", nan):>8.2f}'
+        f'{ca.get("jitter_max_ms", nan):>8.2f}',
         '',
         f'camera stamp → first command reflecting it: p50 {_f(ctl, "latency_ms_p50"):.1f} ms, '
         f'p99 {_f(ctl, "latency_ms_p99"):.1f} ms (target p50 ≤ 220 ms)',
@@ -181,8 +182,8 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument('--duration', type=float, default=30.0, help='seconds measured')
     parser.add_argument('--warmup', type=float, default=3.0)
     parser.add_argument('--model', default='test',
-                        help="'test' (known-function test model), 'default' (shipped "
-                             "rt1_tiny) or a policy.onnx path")
+                        help='test (known-function test model), default (shipped rt1_tiny) '
+                             'or a policy.onnx path')
     parser.add_argument('--camera-size', default='300x300')
     parser.add_argument('--camera-hz', type=float, default=10.0)
     parser.add_argument('--params-file', default=default_params_file())

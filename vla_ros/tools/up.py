@@ -19,8 +19,11 @@ from ..paths import default_params_file
 
 
 def child_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    """Environment for node processes: loopback discovery, unbuffered logs, and malloc
-    thresholds that stop glibc from page-faulting on every ~1 MB image message."""
+    """Return the environment for node processes.
+
+    Loopback discovery, unbuffered logs, and malloc thresholds that stop glibc from
+    page-faulting on every ~1 MB image message.
+    """
     env = dict(os.environ)
     env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     env.setdefault('PYTHONUNBUFFERED', '1')
@@ -53,7 +56,7 @@ class ProcessGroup:
         self._lock = threading.Lock()
 
     def command(self, spec: NodeSpec) -> List[str]:
-        """The argv that starts one node."""
+        """Return the argv that starts one node."""
         return [sys.executable, '-m', f'vla_ros.nodes.{spec.executable}'] + ros_args(
             spec, self.params_file, self.namespace, self.use_sim_time, self.log_level)
 
