@@ -1,0 +1,83 @@
+"""
+Start-up configuration errors and process supervision.
+
+Bad configuration stops a node with a clear message and a non-zero exit; `vla-ros up`
+stops the whole graph when one node dies.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vla_ros.graph import pipeline_nodes
+from vla_ros.tools.up import child_env, ProcessGroup
+
+
+def _run_node(module, *ros_args, timeout=30.0):
+    cmd = [sys.executable, '-m', f'vla_ros.nodes.{module}', '--ros-args', *ros_args]
+    return subprocess.run(cmd, env=child_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize('module,args,needle', [
+    ('interpolation_node', ['-p', 'inference_frequency:=3.0'], 'whole number'),
+    ('interpolation_node', ['-p', 'joint_velocity_max:=[1.0, -2.0]'], 'joint_velocity_max'),
+    ('interpolation_node', ['-p', 'arm_output:=effort'], "'effort'"),
+    ('camera_node', ['-p', 'resize_mode:=zoom'], "'zoom'"),
+    ('camera_node', ['-p', 'output_width:=224'], '224x300'),
+    ('inference_node', ['-p', 'model_file_path:=/nonexistent/policy.onnx'],
+     '/nonexistent/policy.onnx'),
+    ('inference_node', ['-p', 'backend:=tflite'], "'tflite'"),
+    ('detokenizer_node', ['-p', 'action_space_file:=/nonexistent.yaml'], '/nonexistent.yaml'),
+])
+def test_bad_parameter_exits_with_message(module, args, needle, test_model_dir):
+    extra = []
+    if module == 'inference_node' and 'model_file_path' not in args[1]:
+        extra = ['-p', f'model_file_path:={test_model_dir}/policy.onnx']
+    res = _run_node(module, *extra, *args)
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    out = res.stdout + res.stderr
+    assert 'bad configuration' in out and needle in out, out
+
+
+def test_out_of_range_parameter_is_refused():
+    res = _run_node('interpolation_node', '-p', 'command_timeout:=99.0')
+    assert res.returncode == 2
+    assert 'command_timeout' in res.stdout + res.stderr
+
+
+def test_up_stops_everything_when_a_node_dies(params_file, test_model_dir):
+    overrides = {'inference_node': {'model_file_path': f'{test_model_dir}/policy.onnx'}}
+    group = ProcessGroup(params_file, quiet=True)
+    group.start_all(pipeline_nodes(overrides=overrides))
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not all(
+                any('publishing' in line or 'policy' in line or 'Hz' in line
+                    or 'action space' in line for line in group.lines[n])
+                for n in group.procs):
+            time.sleep(0.2)
+        assert group.failed() is None
+        group.kill('detokenizer_node', signal.SIGKILL)
+        time.sleep(0.5)
+        assert 'detokenizer_node exited' in (group.failed() or '')
+    finally:
+        codes = group.stop(timeout=10.0)
+    assert codes['detokenizer_node'] == -signal.SIGKILL
+    # the others stopped on SIGINT, cleanly
+    assert all(codes[n] == 0 for n in codes if n != 'detokenizer_node'), codes
+
+
+def test_up_command_runs_and_stops_on_its_own(test_model_dir):
+    env = child_env()
+    res = subprocess.run(
+        [sys.executable, '-m', 'vla_ros.cli', 'up', '--duration', '4',
+         '--model-file-path', f'{test_model_dir}/policy.onnx'],
+        env=env, capture_output=True, text=True, timeout=60,
+        cwd=os.path.dirname(os.path.abspath(__file__)))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert '[interpolation_node]' in res.stdout and 'vla-ros up: stopped' in res.stdout
