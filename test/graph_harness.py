@@ -4,13 +4,14 @@ import threading
 import time
 from typing import Callable, List, Tuple
 
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Twist
 import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, Float64MultiArray, String
+from std_msgs.msg import Bool, Float64MultiArray, String, UInt8MultiArray
 from std_srvs.srv import SetBool
 
 from vla_ros.conversions import array_to_image
@@ -29,6 +30,8 @@ class Harness(Node):
         self.base: List[Tuple[float, np.ndarray]] = []
         self.gripper: List[Tuple[float, float]] = []
         self.vla_images: List[Tuple[float, Image]] = []
+        self.tokens: List[Tuple[float, bytes]] = []
+        self.diagnostics: dict = {}
         self.image_pub = self.create_publisher(Image, 'camera/image_raw', SENSOR_QOS)
         self.joint_pub = self.create_publisher(JointState, 'joint_states', SENSOR_QOS)
         self.instruction_pub = self.create_publisher(String, 'vla/instruction', LATCHED_QOS)
@@ -44,6 +47,9 @@ class Harness(Node):
                                  COMMAND_QOS)
         self.create_subscription(Image, 'vla/image', self._record(self.vla_images, lambda m: m),
                                  LATEST_IMAGE_QOS)
+        self.create_subscription(UInt8MultiArray, 'vla/action_tokens',
+                                 self._record(self.tokens, lambda m: bytes(m.data)), COMMAND_QOS)
+        self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         self.image = np.zeros((300, 300, 3), np.uint8)
         self.joint_positions = np.zeros(7)
         self.camera_enabled = True
@@ -67,6 +73,11 @@ class Harness(Node):
             with self.lock:
                 store.append((time.monotonic(), convert(msg)))
         return callback
+
+    def _on_diagnostics(self, msg):
+        with self.lock:
+            for status in msg.status:
+                self.diagnostics[status.name.split('/')[-1]] = status
 
     def _publish_image(self):
         if self.camera_enabled:

@@ -180,3 +180,14 @@ def test_rate_limiter_brakes_faster_than_it_accelerates():
     r.reset(np.array([1.0]))
     assert r.step(np.array([0.0]), 0.1)[0] == pytest.approx(0.6)
     assert r.step(np.array([1.0]), 0.1)[0] == pytest.approx(0.7)
+
+
+def test_image_freshness_watchdog():
+    from vla_ros.core.stats import Freshness
+    f = Freshness(0.5)
+    assert not f.fresh(10.0) and f.age(10.0) == float('inf')
+    f.update(9.6)
+    assert f.fresh(10.0)
+    assert not f.fresh(10.2)
+    with pytest.raises(ValueError):
+        Freshness(0.0)

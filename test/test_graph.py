@@ -167,3 +167,25 @@ def test_garbage_images_do_not_kill_camera_node(graph):
     assert (img.encoding, img.height, img.width) == ('rgb8', 300, 300)
     assert bytes(img.data[:3]) == bytes([10, 20, 30])
     assert group.procs['camera_node'].poll() is None
+
+
+def test_stale_camera_stops_inference_and_says_why(graph):
+    harness, group = graph
+    harness.set_color(100, 128, 128)
+    harness.instruct('pick up the red block')
+    assert harness.wait_for(lambda: len(harness.tokens) >= 3, 40.0)
+    harness.camera_enabled = False
+    t_off = time.monotonic()
+    time.sleep(1.5)
+    last = harness.latest(harness.tokens)[0]
+    # max_image_age 0.5 s + one inference period (+ DDS slack)
+    assert last - t_off <= 0.5 + 0.2 + 0.1, last - t_off
+    assert harness.wait_for(
+        lambda: 'old' in getattr(harness.diagnostics.get('inference_node'), 'message', ''),
+        3.0), harness.diagnostics.get('inference_node')
+    status = harness.diagnostics['inference_node']
+    assert status.level == status.WARN
+    values = {kv.key: kv.value for kv in status.values}
+    assert int(values['skipped']) > 0 and int(values['published']) >= 3
+    # and the base, with no new targets, is brought to rest by the watchdog
+    assert harness.wait_for(lambda: np.all(harness.latest(harness.base)[1] == 0.0), 3.0)

@@ -12,7 +12,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from .common import (ConfigError, declare, Diagnostics, exit_with, LATEST_IMAGE_QOS, now_s,
-                     run, SENSOR_QOS)
+                     run)
 from ..conversions import array_to_image, image_to_rgb8, time_to_ns
 from ..core.image import ImageError, Resizer
 from ..core.model_contract import IMAGE_SIZE
@@ -62,7 +62,8 @@ class CameraNode(Node):
         self._rate = RateMonitor(p.expected_frequency)
         self._convert_ms = WindowStats(500)
         self._pub = self.create_publisher(Image, 'vla/image', LATEST_IMAGE_QOS)
-        self.create_subscription(Image, 'camera/image_raw', self._on_image, SENSOR_QOS)
+        # Best effort like a camera driver's sensor-data QoS, but depth 1: newest frame only.
+        self.create_subscription(Image, 'camera/image_raw', self._on_image, LATEST_IMAGE_QOS)
         self.create_timer(1.0, self._report)
         self.get_logger().info(
             f'publishing vla/image rgb8 {p.output_width}x{p.output_height} ({p.resize_mode})')

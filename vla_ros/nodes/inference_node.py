@@ -20,7 +20,7 @@ from ..conversions import image_to_rgb8, time_to_ns, tokens_to_msg
 from ..core.action_space import ActionSpace, ActionSpaceError
 from ..core.image import ImageError
 from ..core.model_contract import ContractError, IMAGE_SIZE
-from ..core.stats import RateMonitor, WindowStats
+from ..core.stats import Freshness, RateMonitor, WindowStats
 from ..paths import default_action_space_file, default_model_dir
 from ..runtime import BackendError, BackendOptions, BACKENDS
 from ..runtime.policy import Policy, PolicyFiles
@@ -122,6 +122,7 @@ class InferenceNode(Node):
         self.diag.set('backend', p.backend)
         self.diag.set('model_config', meta.get('vla_ros.config', ''))
         self._rate = RateMonitor(p.inference_frequency)
+        self._image_age = Freshness(p.max_image_age)
         self._model_ms = WindowStats(500)
         self._age_ms = WindowStats(500)
         self._pub = self.create_publisher(UInt8MultiArray, 'vla/action_tokens', COMMAND_QOS)
@@ -169,8 +170,9 @@ class InferenceNode(Node):
         if msg is None:
             return self._skip('no image received on vla/image')
         stamp_ns = time_to_ns(msg.header.stamp)
-        age = now - stamp_ns * 1e-9
-        if age > self.params.max_image_age:
+        self._image_age.update(stamp_ns * 1e-9)
+        age = self._image_age.age(now)
+        if not self._image_age.fresh(now):
             return self._skip(f'newest image is {age:.3f} s old (max_image_age '
                               f'{self.params.max_image_age} s)')
         if instruction is None:

@@ -1,0 +1,182 @@
+"""sim_node as a real process: sensor rates, /clock, commands, the reset service."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip('mujoco')
+
+import rclpy  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
+from std_msgs.msg import Float64MultiArray, String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS  # noqa: E402
+
+
+class Probe(Node):
+    """Records what sim_node publishes and talks to its services."""
+
+    def __init__(self):
+        super().__init__('sim_probe')
+        self.lock = threading.Lock()
+        self.images, self.states, self.clocks, self.infos = [], [], [], []
+        self.status, self.instruction = None, None
+        self.create_subscription(Image, 'camera/image_raw', self._keep(self.images), SENSOR_QOS)
+        self.create_subscription(CameraInfo, 'camera/camera_info', self._keep(self.infos),
+                                 SENSOR_QOS)
+        self.create_subscription(JointState, 'joint_states', self._keep(self.states),
+                                 SENSOR_QOS)
+        self.create_subscription(Clock, '/clock', self._keep(self.clocks),
+                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+        self.create_subscription(String, 'sim/task_status', self._on_status, LATCHED_QOS)
+        self.create_subscription(String, 'vla/instruction', self._on_instruction, LATCHED_QOS)
+        self.arm_pub = self.create_publisher(Float64MultiArray, 'arm_controller/commands',
+                                             COMMAND_QOS)
+        self.grip_pub = self.create_publisher(Float64MultiArray, 'gripper_controller/commands',
+                                              COMMAND_QOS)
+        self.reset_client = self.create_client(Trigger, 'sim/reset')
+        self.param_client = self.create_client(SetParameters, 'sim_node/set_parameters')
+
+    def _keep(self, store):
+        def callback(msg):
+            with self.lock:
+                store.append((time.monotonic(), msg))
+        return callback
+
+    def _on_status(self, msg):
+        self.status = json.loads(msg.data)
+
+    def _on_instruction(self, msg):
+        self.instruction = msg.data
+
+    def rate(self, store, since):
+        with self.lock:
+            t = [s for s, _ in store if s >= since]
+        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 2 else 0.0
+
+
+def _wait(executor, predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.05)
+        if predicate():
+            return True
+    return False
+
+
+def _call(executor, client, request, timeout=10.0):
+    assert client.wait_for_service(timeout_sec=timeout), f'{client.srv_name} not available'
+    future = client.call_async(request)
+    assert _wait(executor, future.done, timeout), f'{client.srv_name} did not answer'
+    return future.result()
+
+
+@pytest.fixture(scope='module')
+def sim():
+    """A sim_node process and a probe node in this process (same private domain)."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'vla_ros.nodes.sim_node', '--ros-args', '-p', 'task:=pick_block',
+         '-p', 'seed:=1'], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rclpy.init()
+    probe = Probe()
+    executor = SingleThreadedExecutor()
+    executor.add_node(probe)
+    try:
+        if not _wait(executor, lambda: len(probe.states) > 10 and len(probe.images) > 2, 30.0):
+            proc.terminate()
+            pytest.fail('sim_node published nothing; its output:\n' + proc.communicate()[0])
+        yield probe, executor, proc
+    finally:
+        probe.destroy_node()
+        rclpy.try_shutdown()
+        proc.send_signal(2)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_sensor_rates_and_clock(sim):
+    probe, executor, _ = sim
+    start = time.monotonic()
+    _wait(executor, lambda: False, 4.0)
+    camera, joints = probe.rate(probe.images, start), probe.rate(probe.states, start)
+    assert camera >= 10.0, f'camera at {camera:.1f} Hz'
+    assert joints >= 100.0, f'joint_states at {joints:.1f} Hz'
+    _, image = probe.images[-1]
+    assert (image.width, image.height, image.encoding) == (300, 300, 'rgb8')
+    assert len(image.data) == 300 * 300 * 3
+    _, info = probe.infos[-1]
+    assert info.k[0] > 0 and info.width == 300
+    _, state = probe.states[-1]
+    assert list(state.name) == [f'arm_joint_{i}' for i in range(1, 8)] + ['gripper']
+    clock = [c.clock.sec + c.clock.nanosec * 1e-9 for _, c in probe.clocks[-200:]]
+    assert len(clock) > 50 and np.all(np.diff(clock) > 0), '/clock must advance'
+    # Real-time factor ~1: sim time advanced about as much as wall time.
+    sim_span = clock[-1] - clock[0]
+    wall_span = probe.clocks[-1][0] - probe.clocks[-len(clock)][0]
+    assert 0.8 < sim_span / wall_span < 1.25
+
+
+def test_reset_service_with_task_and_seed(sim):
+    probe, executor, _ = sim
+    assert _wait(executor, lambda: probe.instruction is not None, 5.0)
+    request = SetParameters.Request()
+    request.parameters = [Parameter('task', value='gripper').to_parameter_msg(),
+                          Parameter('seed', value=5).to_parameter_msg()]
+    result = _call(executor, probe.param_client, request)
+    assert all(r.successful for r in result.results)
+    response = _call(executor, probe.reset_client, Trigger.Request())
+    assert response.success, response.message
+    episode = json.loads(response.message)
+    assert episode['task'] == 'gripper' and episode['seed'] == 5
+    assert _wait(executor, lambda: probe.instruction == episode['instruction'], 5.0)
+    assert _wait(executor, lambda: probe.status and probe.status['task'] == 'gripper', 5.0)
+    # Same seed, same episode.
+    again = json.loads(_call(executor, probe.reset_client, Trigger.Request()).message)
+    assert again['instruction'] == episode['instruction']
+    # A bad task name is refused by the parameter callback.
+    bad = SetParameters.Request()
+    bad.parameters = [Parameter('task', value='fly_away').to_parameter_msg()]
+    assert not _call(executor, probe.param_client, bad).results[0].successful
+
+
+def test_commands_move_the_robot(sim):
+    probe, executor, _ = sim
+    request = SetParameters.Request()
+    request.parameters = [Parameter('task', value='gripper').to_parameter_msg(),
+                          Parameter('seed', value=0).to_parameter_msg()]
+    _call(executor, probe.param_client, request)
+    _call(executor, probe.reset_client, Trigger.Request())
+    assert _wait(executor, lambda: probe.status and probe.status['task'] == 'gripper', 5.0)
+    close = probe.instruction == 'close the gripper'
+    _wait(executor, lambda: False, 0.5)  # past the post-reset command hold
+    with probe.lock:
+        q0 = np.array(probe.states[-1][1].position[:7])
+    target = q0.copy()
+    target[0] += 0.2
+    for _ in range(20):
+        probe.arm_pub.publish(Float64MultiArray(data=target.tolist()))
+        probe.grip_pub.publish(Float64MultiArray(data=[1.0 if close else 0.0]))
+        _wait(executor, lambda: False, 0.05)
+
+    def done():
+        with probe.lock:
+            q = np.array(probe.states[-1][1].position)
+        return abs(q[0] - target[0]) < 0.02 and probe.status['success']
+    assert _wait(executor, done, 5.0), f'robot did not follow: status {probe.status}'
