@@ -10,7 +10,7 @@ NODES = ('camera_node', 'inference_node', 'detokenizer_node', 'interpolation_nod
          'sim_node')
 # Model artifacts up to this size are installed into share/ (larger ones stay where
 # `vla-ros export` wrote them and are found through the model_file_path parameter).
-MAX_DATA_FILE = 64 * 1024 * 1024
+MAX_DATA_FILE = 512 * 1024 * 1024
 
 
 def _tree(folder):
@@ -30,7 +30,7 @@ setup(
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),
-    ] + _tree('launch') + _tree('config') + _tree('models'),
+    ] + _tree('launch') + _tree('config') + _tree('models') + _tree('description'),
     install_requires=['setuptools', 'numpy', 'pyyaml', 'onnxruntime'],
     extras_require={'train': ['torch', 'safetensors'], 'sim': ['mujoco']},
     zip_safe=True,

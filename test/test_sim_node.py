@@ -12,12 +12,12 @@ import pytest
 
 pytest.importorskip('mujoco')
 
+from rcl_interfaces.srv import SetParameters  # noqa: E402
 import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
@@ -85,12 +85,15 @@ def _call(executor, client, request, timeout=10.0):
 
 
 @pytest.fixture(scope='module')
-def sim():
-    """A sim_node process and a probe node in this process (same private domain)."""
+def sim(tmp_path_factory):
+    """Start sim_node as a process; a probe node here (same private domain) watches it."""
     env = dict(os.environ, PYTHONUNBUFFERED='1')
+    log_path = tmp_path_factory.mktemp('sim_node') / 'sim_node.log'
+    log = open(log_path, 'w')
     proc = subprocess.Popen(
         [sys.executable, '-m', 'vla_ros.nodes.sim_node', '--ros-args', '-p', 'task:=pick_block',
-         '-p', 'seed:=1'], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         '-p', 'seed:=1'], env=env, stdout=log,
+        stderr=subprocess.STDOUT, text=True)
     rclpy.init()
     probe = Probe()
     executor = SingleThreadedExecutor()
@@ -98,7 +101,8 @@ def sim():
     try:
         if not _wait(executor, lambda: len(probe.states) > 10 and len(probe.images) > 2, 30.0):
             proc.terminate()
-            pytest.fail('sim_node published nothing; its output:\n' + proc.communicate()[0])
+            proc.wait(10)
+            pytest.fail('sim_node published nothing; its output:\n' + log_path.read_text())
         yield probe, executor, proc
     finally:
         probe.destroy_node()
@@ -109,6 +113,8 @@ def sim():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
+    assert proc.returncode == 0, 'sim_node did not stop cleanly:\n' + log_path.read_text()
 
 
 def test_sensor_rates_and_clock(sim):

@@ -40,7 +40,7 @@ def _per_joint(values, n: int) -> np.ndarray:
 
 def control_config(params_file: Optional[str] = None, robot: Optional[Robot] = None
                    ) -> ControlConfig:
-    """The interpolation node's ControlConfig, read from its section of the params file.
+    """Build the interpolation node's ControlConfig from its section of the params file.
 
     Falls back to the robot's own limits for anything the file does not set, so the
     evaluation tracks whatever the deployed graph would run.
@@ -77,7 +77,7 @@ class Pipeline:
     def __init__(self, env: TaskEnv, tokenizer: ActionTokenizer, config: ControlConfig):
         if abs(config.control_period - env.control_period) > 1e-12:
             raise ValueError(f'control period {config.control_period} s of the control loop '
-                             f'differs from the simulator\'s {env.control_period} s')
+                             f'differs from the simulator period {env.control_period} s')
         self.env = env
         self.tokenizer = tokenizer
         self.config = config

@@ -47,7 +47,7 @@ class ScriptedExpert:
         self.robot = robot
         self.tokenizer = tokenizer
         self.period = float(period)
-        self.ik = ArmIK(robot, rest=HOME_ARM)
+        self.ik = ArmIK(robot, rest=HOME_ARM, posture_gain=0.3)
         if tokenizer is not None:
             self._step = tokenizer.space.bin_width[:7]
         self.episode: Optional[Episode] = None

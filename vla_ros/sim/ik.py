@@ -22,7 +22,7 @@ class IKResult:
 
     @property
     def ok(self) -> bool:
-        """True when within 2 mm and ~1 degree of the target."""
+        """Return True when within 2 mm and ~1 degree of the target."""
         return self.position_error < 2e-3 and self.orientation_error < 0.02
 
 
@@ -87,14 +87,19 @@ class ArmIK:
             err = np.concatenate([position - p, orientation_error(r, rotation)])
             if np.linalg.norm(err[:3]) < 1e-4 and np.linalg.norm(err[3:]) < 1e-3:
                 break
+            # mj_jac* read cdof, which mj_comPos computes (mj_kinematics alone does not).
+            mj.mj_comPos(self.model, self.data)
             mj.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self.robot.tcp_site)
             jac = np.vstack([self._jacp[:, dof], self._jacr[:, dof]])
             # Step size limited so a far target does not throw the arm through a flip.
             if np.linalg.norm(err[:3]) > 0.1:
                 err[:3] *= 0.1 / np.linalg.norm(err[:3])
             jjt = jac @ jac.T + (self.damping ** 2) * np.eye(6)
-            pinv = jac.T @ np.linalg.solve(jjt, np.eye(6))
-            dq = pinv @ err + (eye - pinv @ jac) @ (self.posture_gain * (self.rest - q))
+            dq = jac.T @ np.linalg.solve(jjt, err)
+            # The posture pull goes through the exact null-space projector: projecting with
+            # the damped inverse would leak it into the task and leave a steady error.
+            null = eye - np.linalg.pinv(jac, rcond=1e-3) @ jac
+            dq += null @ (self.posture_gain * (self.rest - q))
             q = np.clip(q + dq, self.low, self.high)
         p, r = self.forward(q)
         return IKResult(q, float(np.linalg.norm(position - p)),

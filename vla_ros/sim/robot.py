@@ -32,8 +32,9 @@ FINGER_OPEN = 0.045
 # the control loop enforces them, as the arm's own controller would on hardware.
 ARM_VELOCITY_LIMITS = np.array([1.5, 1.5, 1.5, 1.5, 2.0, 2.0, 2.0])
 ARM_ACCELERATION_LIMITS = np.array([6.0, 6.0, 6.0, 6.0, 8.0, 8.0, 8.0])
-# Ready pose: tool pointing down above the table centre, elbow up, far from every limit.
-HOME_ARM = np.array([0.0, 0.35, 0.0, 2.2, 0.0, 0.59, 0.0])
+# Ready pose: tool pointing down above the near edge of the table, elbow swung out to the
+# right so it does not hide the gripper from the head camera (mounted up and to the left).
+HOME_ARM = np.array([-0.661, 0.452, 0.697, 2.176, -0.471, 0.665, 0.366])
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class Robot:
 
     @property
     def time(self) -> float:
-        """Simulated time since the last reset, seconds."""
+        """Return the simulated time since the last reset, seconds."""
         return float(self.data.time)
 
     def joint_limits(self) -> JointLimits:
@@ -199,7 +200,7 @@ class Robot:
         return JOINT_STATE_NAMES, pos, vel, eff
 
     def odometry(self) -> Odometry:
-        """Base pose (world) and twist (base frame), from the planar joints."""
+        """Return the base pose (world) and twist (base frame) from the planar joints."""
         x, y, yaw = self.data.qpos[self.base_qpos]
         wx, wy, wz = self.data.qvel[self.base_dof]
         c, s = math.cos(yaw), math.sin(yaw)
@@ -239,3 +240,72 @@ class Robot:
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
+
+
+class RealTimePacer:
+    """How many fixed chunks of simulated time to run now so sim time tracks wall time.
+
+    Sim time advances in chunks of ``chunk`` seconds; the target is
+    ``real_time_factor`` × elapsed wall time. When the simulation falls more than
+    ``max_lag`` seconds of sim time behind (an overloaded machine), it re-anchors instead
+    of bursting to catch up, and counts the event: the achieved real-time factor drops,
+    the stream of chunks stays evenly spaced.
+    """
+
+    def __init__(self, chunk: float, real_time_factor: float = 1.0, max_lag: float = 0.1):
+        if not (chunk > 0 and real_time_factor > 0 and max_lag >= chunk):
+            raise ValueError(f'need chunk > 0, real_time_factor > 0 and max_lag >= chunk; found '
+                             f'{chunk}, {real_time_factor}, {max_lag}')
+        self.chunk = float(chunk)
+        self.real_time_factor = float(real_time_factor)
+        self.max_lag = float(max_lag)
+        self.resyncs = 0
+        self._wall0 = None
+        self._sim0 = 0.0
+
+    def start(self, wall: float, sim: float):
+        """Anchor: sim time ``sim`` corresponds to wall time ``wall``."""
+        self._wall0, self._sim0 = float(wall), float(sim)
+
+    def due(self, wall: float, sim: float) -> int:
+        """Return how many chunks to run now (0 when the simulation is ahead)."""
+        if self._wall0 is None:
+            self.start(wall, sim)
+        lag = self._sim0 + self.real_time_factor * (wall - self._wall0) - sim
+        if lag > self.max_lag:
+            self.resyncs += 1
+            self.start(wall, sim)
+            return 1
+        return max(0, int(math.floor(lag / self.chunk + 1e-9)))
+
+    def wait_time(self, wall: float, sim: float) -> float:
+        """Wall seconds until the next chunk is due (0 when one is due now)."""
+        if self._wall0 is None:
+            return 0.0
+        lag = self._sim0 + self.real_time_factor * (wall - self._wall0) - sim
+        return max(0.0, (self.chunk - lag) / self.real_time_factor)
+
+
+class ArmTrajectory:
+    """Linear sampling of a joint trajectory, as joint_trajectory_controller would.
+
+    ``times`` are absolute (sim) times of the points; before the first point the arm moves
+    linearly from ``start_positions`` (the command in force when the trajectory arrived);
+    after the last point it holds the last point.
+    """
+
+    def __init__(self, start_time: float, start_positions: Sequence[float],
+                 times: Sequence[float], positions: Sequence[Sequence[float]]):
+        t = np.asarray(times, dtype=float)
+        q = np.asarray(positions, dtype=float)
+        if t.ndim != 1 or q.shape != (len(t), 7) or len(t) == 0:
+            raise ValueError(f'expected N times and N x 7 positions, found {t.shape} and '
+                             f'{q.shape}')
+        if np.any(np.diff(t) <= 0) or not np.all(np.isfinite(q)):
+            raise ValueError('trajectory times must increase and positions be finite')
+        self.times = np.concatenate([[float(start_time)], np.maximum(t, start_time)])
+        self.positions = np.vstack([np.asarray(start_positions, dtype=float), q])
+
+    def sample(self, now: float) -> np.ndarray:
+        """Commanded positions at ``now``."""
+        return np.array([np.interp(now, self.times, self.positions[:, j]) for j in range(7)])

@@ -72,7 +72,7 @@ class Task:
         return True
 
     def check(self, robot: Robot, episode: Episode) -> bool:
-        """True when the task is achieved in the robot's current state."""
+        """Return True when the task is achieved in the robot's current state."""
         raise NotImplementedError
 
 
@@ -150,8 +150,9 @@ class PushBlock(Task):
         if not (-0.30 <= y_from and y_to <= 0.30):
             return False
         others = [q for c, q in blocks.items() if c != params['colour']] + [bowl]
-        for q, clearance in zip(others, [0.06] * (len(others) - 1) + [0.12]):
-            if abs(q[0] - p[0]) < clearance + 0.03 and y_from - clearance < q[1] < y_to + clearance:
+        clearances = [0.06] * (len(others) - 1) + [0.12]
+        for q, gap in zip(others, clearances):
+            if abs(q[0] - p[0]) < gap + 0.03 and y_from - gap < q[1] < y_to + gap:
                 return False
         return True
 
@@ -298,7 +299,7 @@ class TaskEnv:
 
     @property
     def done(self) -> bool:
-        """True once the episode succeeded or ran out of time."""
+        """Return True once the episode succeeded or ran out of time."""
         return self.episode.success or self.elapsed >= self.episode.time_limit - 1e-9
 
     def update(self) -> bool:
@@ -319,5 +320,5 @@ class TaskEnv:
         return self.update()
 
     def status(self) -> Dict:
-        """The active episode's status as a JSON-friendly dict."""
+        """Return the active episode's status as a JSON-friendly dict."""
         return self.episode.to_dict(self.robot.time)

@@ -1,0 +1,573 @@
+"""sim_node: the MuJoCo robot, seen from ROS the way a real one with ros2_control is.
+
+Inputs are what the controllers take (forward position commands or a joint trajectory for
+the arm, a base twist with a timeout, a gripper command); outputs are what the robot
+drivers publish (camera image + info, joint states, odometry) plus ``/clock``, so the rest
+of the graph can run on sim time at any real-time factor.
+
+Simulated time advances in fixed chunks (one joint_states/clock message each); a pacer on
+the steady clock keeps sim time at ``real_time_factor`` × wall time. Like ros2_control's
+controller_manager and Gazebo's physics loop, stepping runs on a dedicated thread rather than
+an executor timer: at 250 Hz the rclpy executor's per-wake-up cost (~1.5 ms with this many
+entities) would eat most of a core. The executor serves only commands, services and
+diagnostics. The camera renders on its own thread too (it owns the EGL context) from a
+snapshot of the state, so a slow frame never delays physics.
+
+Episodes: parameters ``task`` and ``seed`` (changeable at run time) and the ``sim/reset``
+service (std_srvs/Trigger) start a new one; ``vla/instruction`` (latched) and
+``sim/task_status`` (JSON) tell the graph what is being asked and how it is going.
+"""
+
+from dataclasses import dataclass
+import json
+import math
+import queue
+import threading
+import time
+from typing import Optional
+
+from geometry_msgs.msg import Twist, TwistStamped
+from nav_msgs.msg import Odometry
+import numpy as np
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock as ClockMsg
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Float64MultiArray, String, UInt8MultiArray
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exclusive_group,
+                     exit_with, LATCHED_QOS, run, SENSOR_QOS)
+from ..conversions import array_to_image, ns_to_time, time_to_ns, tokens_to_msg
+from ..core.stats import RateMonitor
+
+CLOCK_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def _whole(numerator: float, denominator: float, what: str) -> int:
+    ratio = numerator / denominator
+    n = int(round(ratio))
+    if n < 1 or abs(ratio - n) > 1e-6:
+        raise ConfigError(f'{what}: {numerator:g} s is not a whole multiple of {denominator:g} s '
+                          f'(ratio {ratio:.6g}); pick frequencies whose periods divide evenly')
+    return n
+
+
+@dataclass(frozen=True)
+class SimParams:
+    """Validated parameters of sim_node (frequencies in Hz, times in s)."""
+
+    model_file_path: str
+    task: str
+    seed: int
+    real_time_factor: float
+    publish_frequency: float
+    camera_frequency: float
+    odom_frequency: float
+    status_frequency: float
+    image_size: int
+    cmd_vel_timeout: float
+    cmd_vel_stamped: bool
+    reset_command_hold: float
+    expert_actions: bool
+    policy_frequency: float
+    action_space_file: str
+    camera_frame_id: str
+    base_frame_id: str
+    odom_frame_id: str
+
+    def __post_init__(self):
+        from vla_ros.sim.tasks import TASK_NAMES
+        if self.task not in TASK_NAMES:
+            raise ConfigError(f'task must be one of {TASK_NAMES}, found {self.task!r}')
+        if self.seed < 0:
+            raise ConfigError(f'seed must be >= 0, found {self.seed}')
+        for name in ('real_time_factor', 'publish_frequency', 'camera_frequency',
+                     'odom_frequency', 'status_frequency', 'policy_frequency',
+                     'cmd_vel_timeout'):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f'{name} must be a finite number > 0, found {value}')
+
+
+class CameraWorker(threading.Thread):
+    """Renders snapshots of the simulation on one thread (the EGL context is per thread)."""
+
+    def __init__(self, model, camera_id: int, size: int, publish):
+        super().__init__(name='sim_camera', daemon=True)
+        self._model = model
+        self._camera_id = camera_id
+        self._size = size
+        self._publish = publish
+        self._slot: 'queue.Queue' = queue.Queue(maxsize=1)
+        self.dropped = 0
+        self.error: Optional[str] = None
+        self.render_ms = 0.0
+
+    def submit(self, qpos: np.ndarray, mocap_pos: np.ndarray, stamp_ns: int):
+        """Queue a frame; an unrendered older one is replaced (and counted as dropped)."""
+        try:
+            self._slot.put_nowait((qpos, mocap_pos, stamp_ns))
+        except queue.Full:
+            try:
+                self._slot.get_nowait()
+                self.dropped += 1
+            except queue.Empty:
+                pass
+            self._slot.put_nowait((qpos, mocap_pos, stamp_ns))
+
+    def stop(self):
+        """Ask the thread to finish (it frees its GL context itself)."""
+        self.submit(None, None, -1)
+
+    def run(self):
+        import mujoco
+        try:
+            data = mujoco.MjData(self._model)
+            renderer = mujoco.Renderer(self._model, self._size, self._size)
+            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+        except Exception as exc:  # no EGL, no GPU driver, ...
+            self.error = f'cannot create the camera renderer: {exc}'
+            return
+        try:
+            while True:
+                qpos, mocap_pos, stamp_ns = self._slot.get()
+                if qpos is None:
+                    break
+                t0 = time.perf_counter()
+                data.qpos[:] = qpos
+                data.mocap_pos[:] = mocap_pos
+                mujoco.mj_kinematics(self._model, data)
+                mujoco.mj_camlight(self._model, data)
+                renderer.update_scene(data, camera=self._camera_id)
+                image = renderer.render()
+                self.render_ms = (time.perf_counter() - t0) * 1e3
+                try:
+                    self._publish(image, stamp_ns)
+                except Exception as exc:  # the context went away (shutdown) or worse
+                    self.error = f'camera publishing stopped: {exc}'
+                    break
+        finally:
+            renderer.close()
+
+
+class SimNode(Node):
+    """MuJoCo simulation of the mobile manipulator and its task episodes."""
+
+    def __init__(self):
+        super().__init__('sim_node')
+        from vla_ros.sim.robot import (ARM_JOINTS, JOINT_STATE_NAMES, DEFAULT_MODEL,
+                                       RealTimePacer, Robot)
+        from vla_ros.sim.tasks import TASK_NAMES, TaskEnv, POLICY_PERIOD, CONTROL_PERIOD
+
+        def d(*a, **k):
+            return declare(self, *a, **k)
+        self.params = p = SimParams(
+            model_file_path=d('model_file_path', '', 'MJCF of robot and scene; empty: the '
+                              'packaged vla_ros/sim/assets/robot.xml.'),
+            task=d('task', 'pick_block', f'Task of the next episode, one of {TASK_NAMES}; '
+                   'applied by sim/reset.', read_only=False),
+            seed=d('seed', 0, 'Seed of the next episode (same seed, same episode); applied '
+                   'by sim/reset.', read_only=False, low=0, high=2 ** 31 - 1),
+            real_time_factor=d('real_time_factor', 1.0, 'Sim seconds per wall second; above 1 '
+                               'only when the graph runs on sim time (use_sim_time).',
+                               low=0.01, high=100.0),
+            publish_frequency=d('publish_frequency', 250.0, 'joint_states and /clock rate in '
+                                'sim Hz; its period must be a whole number of physics steps.',
+                                low=1.0, high=1000.0),
+            camera_frequency=d('camera_frequency', 12.5, 'camera/image_raw rate in sim Hz; '
+                               'a whole number of publish periods.', low=0.1, high=100.0),
+            odom_frequency=d('odom_frequency', 50.0, 'odom rate in sim Hz.', low=0.1,
+                             high=1000.0),
+            status_frequency=d('status_frequency', 5.0, 'sim/task_status rate in sim Hz.',
+                               low=0.1, high=100.0),
+            image_size=d('image_size', 300, 'Camera image width and height in pixels.',
+                         low=16, high=2048),
+            cmd_vel_timeout=d('cmd_vel_timeout', 0.5, 'Base stops when no cmd_vel is newer '
+                              'than this (sim s), like diff_drive_controller.', low=0.01,
+                              high=10.0),
+            cmd_vel_stamped=d('cmd_vel_stamped', False, 'Subscribe TwistStamped on cmd_vel.'),
+            reset_command_hold=d('reset_command_hold', 0.3, 'After a reset, ignore commands '
+                                 'for this long (sim s) so upstream loops can re-sync to the '
+                                 'new joint states.', low=0.0, high=10.0),
+            expert_actions=d('expert_actions', False, 'Run the scripted expert here and '
+                             'publish its vla/action_tokens (replaces inference_node).'),
+            policy_frequency=d('policy_frequency', 5.0, 'Expert action rate in sim Hz.',
+                               low=0.1, high=100.0),
+            action_space_file=d('action_space_file', '', 'Action space YAML for the expert; '
+                                'empty: share/vla_ros/config/action_space.yaml.'),
+            camera_frame_id=d('camera_frame_id', 'head_camera_optical_frame', 'frame_id of '
+                              'images and camera_info.'),
+            base_frame_id=d('base_frame_id', 'base_link', 'Child frame of odom.'),
+            odom_frame_id=d('odom_frame_id', 'odom', 'Frame of odom.'),
+        )
+        try:
+            self.robot = robot = Robot(p.model_file_path or DEFAULT_MODEL, p.image_size)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f'cannot load model {p.model_file_path!r}: {exc}') from exc
+        except Exception as exc:  # mujoco.FatalError and XML errors
+            raise ConfigError(f'cannot load model {p.model_file_path!r}: {exc}') from exc
+        step = robot.timestep
+        self.chunk = 1.0 / p.publish_frequency
+        try:
+            self.steps_per_chunk = robot.steps_per(self.chunk)
+            robot.steps_per(CONTROL_PERIOD)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        self.camera_every = _whole(1.0 / p.camera_frequency, self.chunk, 'camera period')
+        self.odom_every = _whole(1.0 / p.odom_frequency, self.chunk, 'odom period')
+        self.status_every = _whole(1.0 / p.status_frequency, self.chunk, 'status period')
+        self.policy_every = _whole(1.0 / p.policy_frequency, self.chunk, 'policy period')
+        self.env = TaskEnv(robot, CONTROL_PERIOD)
+        self._arm_names = ARM_JOINTS
+        self._state_names = list(JOINT_STATE_NAMES)
+
+        self.expert = self.tokenizer = None
+        if p.expert_actions:
+            from vla_ros.core.action_space import ActionSpace, ActionTokenizer
+            from vla_ros.paths import default_action_space_file
+            from vla_ros.sim.expert import ScriptedExpert
+            try:
+                space = ActionSpace.from_yaml(p.action_space_file or default_action_space_file())
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+            self.tokenizer = ActionTokenizer(space)
+            self.expert = ScriptedExpert(robot, self.tokenizer, 1.0 / p.policy_frequency)
+            if abs(1.0 / p.policy_frequency - POLICY_PERIOD) > 1e-9:
+                self.get_logger().warn('expert tuned for 5 Hz; policy_frequency differs')
+
+        # Sim state is touched by the stepping timer and the reset service only, under
+        # this lock; command callbacks only write the small pending-command fields.
+        self._lock = threading.Lock()
+        self._cmd_lock = threading.Lock()
+        self._clock_offset = 0.0
+        self._chunk_index = 0
+        self._arm_cmd: Optional[np.ndarray] = None
+        self._trajectory = None
+        self._base_cmd = np.zeros(3)
+        self._base_cmd_time = -math.inf
+        self._grip_cmd: Optional[float] = None
+        self._ignore_until = -math.inf
+        self._last_success = False
+        self.diag = Diagnostics(self)
+        self._js_rate = RateMonitor(p.publish_frequency * p.real_time_factor)
+        self._cam_rate = RateMonitor(p.camera_frequency * p.real_time_factor)
+        self._rtf_window = (time.monotonic(), 0.0)
+        self.real_time_factor = 0.0
+
+        self._clock_pub = self.create_publisher(ClockMsg, '/clock', CLOCK_QOS)
+        self._js_pub = self.create_publisher(JointState, 'joint_states', SENSOR_QOS)
+        self._odom_pub = self.create_publisher(Odometry, 'odom', 10)
+        self._image_pub = self.create_publisher(Image, 'camera/image_raw', SENSOR_QOS)
+        self._info_pub = self.create_publisher(CameraInfo, 'camera/camera_info', SENSOR_QOS)
+        self._status_pub = self.create_publisher(String, 'sim/task_status', LATCHED_QOS)
+        self._instruction_pub = self.create_publisher(String, 'vla/instruction', LATCHED_QOS)
+        self._tokens_pub = (self.create_publisher(UInt8MultiArray, 'vla/action_tokens',
+                                                  COMMAND_QOS) if self.expert else None)
+
+        inputs = exclusive_group()
+        self.create_subscription(Float64MultiArray, 'arm_controller/commands', self._on_arm,
+                                 COMMAND_QOS, callback_group=inputs)
+        self.create_subscription(JointTrajectory, 'arm_controller/joint_trajectory',
+                                 self._on_trajectory, COMMAND_QOS, callback_group=inputs)
+        self.create_subscription(TwistStamped if p.cmd_vel_stamped else Twist, 'cmd_vel',
+                                 self._on_cmd_vel, COMMAND_QOS, callback_group=inputs)
+        self.create_subscription(Float64MultiArray, 'gripper_controller/commands',
+                                 self._on_gripper, COMMAND_QOS, callback_group=inputs)
+        self.create_service(Trigger, 'sim/reset', self._on_reset, callback_group=inputs)
+        self.add_on_set_parameters_callback(self._check_params)
+
+        self._camera_info = self._make_camera_info()
+        self.camera = CameraWorker(robot.model, robot.camera_id, p.image_size,
+                                   self._publish_image)
+        self.camera.start()
+        self._pacer = RealTimePacer(self.chunk, p.real_time_factor, max_lag=0.1)
+        self._reset_episode(p.task, p.seed)
+        # Pacing and reports run on the steady clock: with use_sim_time this node's ROS clock
+        # would be driven by the /clock it publishes itself.
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(1.0, self._report, callback_group=inputs, clock=self._steady)
+        self._stop = threading.Event()
+        self._loop_thread = threading.Thread(target=self._loop, name='sim_loop', daemon=True)
+        self._loop_thread.start()
+        self.get_logger().info(
+            f'MuJoCo {step * 1e3:g} ms physics, joint_states+clock {p.publish_frequency:g} Hz '
+            f'({self.steps_per_chunk} steps), camera {p.camera_frequency:g} Hz, real-time '
+            f'factor {p.real_time_factor:g}, task {p.task!r} seed {p.seed}'
+            + (', expert publishing vla/action_tokens' if self.expert else ''))
+
+    # -- time ---------------------------------------------------------------------------
+    def sim_time(self) -> float:
+        """Continuous sim time in seconds (MuJoCo's clock restarts at every reset)."""
+        return self._clock_offset + self.robot.time
+
+    def _stamp(self, t: Optional[float] = None):
+        return ns_to_time(int(round((self.sim_time() if t is None else t) * 1e9)))
+
+    # -- parameters and services ----------------------------------------------------------
+    def _check_params(self, params):
+        from vla_ros.sim.tasks import TASK_NAMES
+        for param in params:
+            if param.name == 'task' and param.value not in TASK_NAMES:
+                return SetParametersResult(successful=False, reason=(
+                    f'task must be one of {TASK_NAMES}, found {param.value!r}'))
+            if param.name == 'seed' and (param.type_ != Parameter.Type.INTEGER
+                                         or param.value < 0):
+                return SetParametersResult(successful=False,
+                                           reason=f'seed must be an integer >= 0, found '
+                                                  f'{param.value!r}')
+        return SetParametersResult(successful=True)
+
+    def _on_reset(self, request, response):
+        task = self.get_parameter('task').value
+        seed = int(self.get_parameter('seed').value)
+        try:
+            episode = self._reset_episode(task, seed)
+        except ValueError as exc:
+            response.success, response.message = False, str(exc)
+            return response
+        response.success = True
+        response.message = json.dumps({'task': episode.task, 'seed': episode.seed,
+                                       'instruction': episode.instruction,
+                                       'sim_time': round(self.sim_time(), 6)})
+        return response
+
+    def _reset_episode(self, task: str, seed: int):
+        with self._lock:
+            self._clock_offset += self.robot.time
+            episode = self.env.reset(task, seed)
+            if self.expert is not None:
+                self.expert.reset(episode)
+            with self._cmd_lock:
+                self._arm_cmd = None
+                self._trajectory = None
+                self._base_cmd = np.zeros(3)
+                self._grip_cmd = None
+                self._ignore_until = self.sim_time() + self.params.reset_command_hold
+            self._last_success = False
+            status = self.env.status()
+        self._instruction_pub.publish(String(data=episode.instruction))
+        self._publish_status(status)
+        self.get_logger().info(f'episode: {task} seed {seed}: "{episode.instruction}"')
+        return episode
+
+    # -- command inputs (controller semantics) ------------------------------------------
+    def _accepting(self) -> bool:
+        return self.sim_time() >= self._ignore_until
+
+    def _on_arm(self, msg: Float64MultiArray):
+        q = np.asarray(msg.data, dtype=float)
+        if q.shape != (7,) or not np.all(np.isfinite(q)):
+            self.diag.count('arm_commands_rejected')
+            self.get_logger().warn(f'arm_controller/commands needs 7 finite positions, found '
+                                   f'{list(msg.data)}', throttle_duration_sec=2.0)
+            return
+        if not self._accepting():
+            self.diag.count('commands_ignored_after_reset')
+            return
+        with self._cmd_lock:
+            self._arm_cmd = q
+            self._trajectory = None
+
+    def _on_trajectory(self, msg: JointTrajectory):
+        from vla_ros.sim.robot import ArmTrajectory
+        try:
+            idx = [list(msg.joint_names).index(n) for n in self._arm_names]
+        except ValueError:
+            self.diag.count('trajectories_rejected')
+            self.get_logger().warn(f'joint_trajectory must name {list(self._arm_names)}, '
+                                   f'found {list(msg.joint_names)}', throttle_duration_sec=2.0)
+            return
+        if not msg.points or not self._accepting():
+            return
+        now = self.sim_time()
+        start = time_to_ns(msg.header.stamp) * 1e-9 or now
+        try:
+            times = [start + p.time_from_start.sec + p.time_from_start.nanosec * 1e-9
+                     for p in msg.points]
+            positions = [[p.positions[i] for i in idx] for p in msg.points]
+            with self._cmd_lock:
+                current = (self._arm_cmd if self._arm_cmd is not None
+                           else self.robot.data.ctrl[self.robot.arm_act].copy())
+                self._trajectory = ArmTrajectory(now, current, times, positions)
+        except (ValueError, IndexError) as exc:
+            self.diag.count('trajectories_rejected')
+            self.get_logger().warn(f'rejected joint_trajectory: {exc}',
+                                   throttle_duration_sec=2.0)
+
+    def _on_cmd_vel(self, msg):
+        twist = msg.twist if isinstance(msg, TwistStamped) else msg
+        v = np.array([twist.linear.x, twist.linear.y, twist.angular.z])
+        if not np.all(np.isfinite(v)):
+            self.diag.count('cmd_vel_rejected')
+            return
+        if not self._accepting():
+            return
+        with self._cmd_lock:
+            self._base_cmd = v
+            self._base_cmd_time = self.sim_time()
+
+    def _on_gripper(self, msg: Float64MultiArray):
+        if len(msg.data) != 1 or not math.isfinite(msg.data[0]):
+            self.diag.count('gripper_commands_rejected')
+            self.get_logger().warn(f'gripper_controller/commands needs 1 value in 0..1, found '
+                                   f'{list(msg.data)}', throttle_duration_sec=2.0)
+            return
+        if not self._accepting():
+            return
+        with self._cmd_lock:
+            self._grip_cmd = float(msg.data[0])
+
+    def _apply_commands(self, now: float):
+        with self._cmd_lock:
+            arm = (self._trajectory.sample(now) if self._trajectory is not None
+                   else self._arm_cmd)
+            base = (self._base_cmd if now - self._base_cmd_time <= self.params.cmd_vel_timeout
+                    else np.zeros(3))
+            grip = self._grip_cmd
+        if arm is not None:
+            self.robot.set_arm_targets(arm)
+        self.robot.set_base_twist(base)
+        if grip is not None:
+            self.robot.set_gripper(grip)
+
+    # -- the simulation loop --------------------------------------------------------------
+    def _loop(self):
+        pacer = self._pacer
+        try:
+            while not self._stop.is_set() and self.context.ok():
+                wall = time.monotonic()
+                for _ in range(pacer.due(wall, self.sim_time())):
+                    self._advance(wall)
+                self._stop.wait(pacer.wait_time(time.monotonic(), self.sim_time()))
+        except Exception as exc:
+            # Ctrl-C shuts the context down under a running publish; that is no error.
+            if self.context.ok() and not self._stop.is_set():
+                self.diag.error = f'simulation loop stopped: {exc!r}'
+                self.get_logger().fatal(self.diag.error)
+                raise
+
+    def _advance(self, wall: float):
+        robot = self.robot
+        tokens = None
+        with self._lock:
+            now = self.sim_time()
+            self._apply_commands(now)
+            robot.step(self.steps_per_chunk)
+            success = self.env.update()
+            self._chunk_index += 1
+            k = self._chunk_index
+            t = self.sim_time()
+            names, pos, vel, eff = robot.joint_state()
+            odom = robot.odometry() if k % self.odom_every == 0 else None
+            if k % self.camera_every == 0:
+                self.camera.submit(robot.data.qpos.copy(), robot.data.mocap_pos.copy(),
+                                   int(round(t * 1e9)))
+            if self.expert is not None and k % self.policy_every == 0:
+                tokens = self.tokenizer.tokenize(self.expert.act())
+            status = (self.env.status() if k % self.status_every == 0
+                      or success != self._last_success else None)
+            self._last_success = success
+        stamp = self._stamp(t)
+        self._clock_pub.publish(ClockMsg(clock=stamp))
+        js = JointState()
+        js.header.stamp = stamp
+        js.name = self._state_names
+        js.position, js.velocity, js.effort = pos.tolist(), vel.tolist(), eff.tolist()
+        self._js_pub.publish(js)
+        self._js_rate.tick(wall)
+        if odom is not None:
+            self._publish_odom(odom, stamp)
+        if tokens is not None:
+            self._tokens_pub.publish(tokens_to_msg(tokens, int(round(t * 1e9))))
+        if status is not None:
+            self._publish_status(status)
+
+    # -- outputs --------------------------------------------------------------------------
+    def _publish_status(self, status):
+        status['sim_time'] = round(self.sim_time(), 3)
+        status['real_time_factor'] = round(self.real_time_factor, 3)
+        self._status_pub.publish(String(data=json.dumps(status, sort_keys=True)))
+
+    def _publish_odom(self, odom, stamp):
+        msg = Odometry()
+        msg.header.stamp = stamp
+        msg.header.frame_id = self.params.odom_frame_id
+        msg.child_frame_id = self.params.base_frame_id
+        msg.pose.pose.position.x, msg.pose.pose.position.y = odom.x, odom.y
+        msg.pose.pose.orientation.z = math.sin(odom.yaw / 2)
+        msg.pose.pose.orientation.w = math.cos(odom.yaw / 2)
+        msg.twist.twist.linear.x, msg.twist.twist.linear.y = odom.vx, odom.vy
+        msg.twist.twist.angular.z = odom.wz
+        self._odom_pub.publish(msg)
+
+    def _publish_image(self, image: np.ndarray, stamp_ns: int):
+        if not self.context.ok():
+            return
+        stamp = ns_to_time(stamp_ns)
+        self._image_pub.publish(array_to_image(image, 'rgb8', stamp=stamp,
+                                               frame_id=self.params.camera_frame_id))
+        self._camera_info.header.stamp = stamp
+        self._info_pub.publish(self._camera_info)
+        self._cam_rate.tick(time.monotonic())
+
+    def _make_camera_info(self) -> CameraInfo:
+        fx, fy, cx, cy, w, h = self.robot.camera_intrinsics()
+        info = CameraInfo()
+        info.header.frame_id = self.params.camera_frame_id
+        info.width, info.height = w, h
+        info.distortion_model = 'plumb_bob'
+        info.d = [0.0] * 5
+        info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+        info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+        info.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+        return info
+
+    def _report(self):
+        wall = time.monotonic()
+        w0, s0 = self._rtf_window
+        sim = self.sim_time()
+        if wall > w0 and sim >= s0:
+            self.real_time_factor = (sim - s0) / (wall - w0)
+        self._rtf_window = (wall, sim)
+        self.diag.set('real_time_factor', self.real_time_factor)
+        self.diag.set('sim_time', sim)
+        self.diag.set('joint_states_rate_hz', self._js_rate.summary()['rate_hz'])
+        self.diag.set('camera_rate_hz', self._cam_rate.summary()['rate_hz'])
+        self.diag.set('camera_render_ms', self.camera.render_ms)
+        self.diag.set('camera_frames_dropped', self.camera.dropped)
+        self.diag.set('pacer_resyncs', self._pacer.resyncs)
+        if self.camera.error:
+            self.diag.error = self.camera.error
+            self.get_logger().error(self.camera.error, throttle_duration_sec=10.0)
+        elif self.real_time_factor < 0.9 * self.params.real_time_factor:
+            self.diag.reason = (f'real-time factor {self.real_time_factor:.2f} below the '
+                                f'requested {self.params.real_time_factor:g}')
+        else:
+            self.diag.reason = ''
+
+    def destroy_node(self):
+        """Stop the simulation and camera threads before the node goes."""
+        stop = getattr(self, '_stop', None)
+        if stop is not None:
+            stop.set()
+            self._loop_thread.join(timeout=2.0)
+        camera = getattr(self, 'camera', None)
+        if camera is not None:
+            camera.stop()
+            camera.join(timeout=2.0)
+        super().destroy_node()
+
+
+def main(args=None):
+    """Run sim_node."""
+    exit_with(run(SimNode, args, threads=1))
+
+
+if __name__ == '__main__':
+    main()
