@@ -1,4 +1,5 @@
-"""Launch the vla_ros pipeline on a robot: `ros2 launch vla_ros vla_pipeline.launch.py`.
+"""
+Launch the vla_ros pipeline on a robot: `ros2 launch vla_ros vla_pipeline.launch.py`.
 
 The node list and remappings come from vla_ros.graph, the same data `vla-ros up` uses.
 """

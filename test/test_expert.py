@@ -1,4 +1,5 @@
-"""The scripted expert solves every task through tokenize → detokenize → ControlLoop → sim.
+"""
+The scripted expert solves every task through tokenize → detokenize → ControlLoop → sim.
 
 ``python -m vla_ros.sim.evaluate --episodes 20`` is the full figure; this keeps to a few
 seeds per task so the suite stays fast.

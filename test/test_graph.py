@@ -1,4 +1,5 @@
-"""The four nodes as real processes on real DDS, driven by a real harness node.
+"""
+The four nodes as real processes on real DDS, driven by a real harness node.
 
 The policy is the known-function test model (vla_ros.tools.test_model), so the commands
 the controllers receive can be predicted exactly from the image colour and instruction.

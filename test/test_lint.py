@@ -1,5 +1,9 @@
-"""Linters are tests: ament's flake8 (99 columns, single quotes, import order, docstrings)
-and pep257 configuration over the package, launch files and tests."""
+"""
+Linters are tests.
+
+ament's flake8 (99 columns, single quotes, import order, docstrings) and pep257
+configuration, over the package, the launch files and the tests.
+"""
 
 import os
 

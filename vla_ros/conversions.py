@@ -52,7 +52,8 @@ def ns_to_time(ns: int) -> Time:
 
 
 def tokens_to_msg(tokens: np.ndarray, stamp_ns: int) -> UInt8MultiArray:
-    """11 tokens → UInt8MultiArray with a labelled layout carrying the source image stamp.
+    """
+    11 tokens → UInt8MultiArray with a labelled layout carrying the source image stamp.
 
     std_msgs has no stamped byte array; the second layout dimension (size 1) carries the
     camera stamp as its label so that latency can be measured end to end.

@@ -1,4 +1,5 @@
-"""The pipeline graph as data: one definition for `ros2 launch` and for `vla-ros up`.
+"""
+The pipeline graph as data: one definition for `ros2 launch` and for `vla-ros up`.
 
 Both launchers read ``pipeline_nodes``: the executable names, the parameters file and the
 remappings. Keeping them here means a robot launch and a local run cannot drift apart.

@@ -1,4 +1,5 @@
-"""The RT-1 action space and its 256-bin tokenizer (DESIGN.md section 6).
+"""
+The RT-1 action space and its 256-bin tokenizer (DESIGN.md section 6).
 
 Pure numpy: no rclpy, no messages. The bounds come from ``config/action_space.yaml``; this
 module only knows how to validate them and how to turn values into bins and back.
@@ -175,7 +176,8 @@ class ActionSpace:
 
 
 class ActionTokenizer:
-    """Turns 11-D continuous actions into uint8 tokens and back.
+    """
+    Turns 11-D continuous actions into uint8 tokens and back.
 
     The gripper is a binary dimension: ``detokenize`` gives 1.0 (closed) for tokens at or
     above ``gripper_threshold`` and 0.0 (open) below; ``tokenize`` maps values >= 0.5 to the

@@ -1,4 +1,5 @@
-"""The 20 Hz control loop: interpolation plus every safety rule of DESIGN.md section 8.
+"""
+The 20 Hz control loop: interpolation plus every safety rule of DESIGN.md section 8.
 
 ``ControlLoop`` is what the interpolation node runs each tick. It owns the watchdog on
 targets, the latched e-stop and the enable gate, so every rule is testable without ROS:
@@ -100,7 +101,7 @@ class ControlLoop:
 
     @property
     def started(self) -> bool:
-        """True once a measured joint state has been taken."""
+        """Tell whether a measured joint state has been taken."""
         return self.arm.initialised
 
     def start(self, measured_arm: np.ndarray, now: float, measured_gripper: float = None):

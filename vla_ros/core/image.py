@@ -1,4 +1,5 @@
-"""sensor_msgs/Image fields <-> numpy, with cv_bridge's semantics, and the model resize.
+"""
+sensor_msgs/Image fields <-> numpy, with cv_bridge's semantics, and the model resize.
 
 No message import here: callers pass the message fields. ``decode`` honours ``step`` row
 padding and ``is_bigendian`` and returns a native-endian array shaped (H, W) or (H, W, C)
@@ -24,7 +25,8 @@ class ImageError(ValueError):
 
 def decode(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
            data) -> np.ndarray:
-    """Return the pixels of an Image message as a native-endian numpy array.
+    """
+    Return the pixels of an Image message as a native-endian numpy array.
 
     The result is a copy-free view of ``data`` when rows are unpadded.
     """
@@ -70,7 +72,8 @@ def encode(array: np.ndarray, encoding: str) -> Tuple[int, int, int, bytes]:
 
 
 def to_rgb8(img: np.ndarray, encoding: str) -> np.ndarray:
-    """Convert a decoded image to rgb8 (H, W, 3) uint8 as cv_bridge would.
+    """
+    Convert a decoded image to rgb8 (H, W, 3) uint8 as cv_bridge would.
 
     16-bit images are scaled by 255/65535 (cv_bridge's bit-depth scaling); 32FC1 is taken
     as intensity in [0, 1] (values outside clip, NaN becomes 0).
@@ -95,7 +98,8 @@ def to_rgb8(img: np.ndarray, encoding: str) -> np.ndarray:
 
 
 class Resizer:
-    """Bilinear resize to a fixed size, with optional centre crop to the target aspect.
+    """
+    Bilinear resize to a fixed size, with optional centre crop to the target aspect.
 
     Index and weight tables are cached per input shape, so the steady-state cost is a few
     gathers and multiply-adds.

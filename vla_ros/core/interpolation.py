@@ -1,4 +1,5 @@
-"""Trajectory shaping between 5 Hz policy targets and 20 Hz controller commands.
+"""
+Trajectory shaping between 5 Hz policy targets and 20 Hz controller commands.
 
 ``ArmInterpolator`` plans, for every new target, a segment from the current *commanded*
 state to the target over one inference period, then passes every tick through a limiter
@@ -45,7 +46,8 @@ class JointLimits:
 
 
 def _quintic(q0, v0, a0, q1, duration):
-    """Coefficients of the quintic from (q0, v0, a0) to (q1, 0, 0) in ``duration`` seconds.
+    """
+    Coefficients of the quintic from (q0, v0, a0) to (q1, 0, 0) in ``duration`` seconds.
 
     With v0 = a0 = 0 this is the minimum-jerk profile; otherwise it is the minimum-jerk
     segment that starts with the current motion, which is what keeps re-planning smooth.
@@ -59,7 +61,8 @@ def _quintic(q0, v0, a0, q1, duration):
 
 
 class RateLimiter:
-    """Moves a vector toward a goal with bounded magnitude, rise and fall rates.
+    """
+    Moves a vector toward a goal with bounded magnitude, rise and fall rates.
 
     ``accel`` bounds how fast a component may grow in magnitude, ``decel`` how fast it may
     shrink (stopping is usually allowed to be quicker than starting).
@@ -130,7 +133,7 @@ class ArmInterpolator:
 
     @property
     def goal(self):
-        """The target being tracked, or None while holding."""
+        """Return the target being tracked, or None while holding."""
         return None if self._goal is None else self._goal.copy()
 
     def set_target(self, target: np.ndarray, now: float) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""camera_node: camera/image_raw (any supported encoding) → vla/image (rgb8 300×300).
+"""
+camera_node: camera/image_raw (any supported encoding) → vla/image (rgb8 300×300).
 
 Only the newest frame matters: the subscription keeps one and the node converts on a worker
 callback, so a slow conversion never queues stale frames. Malformed frames are dropped

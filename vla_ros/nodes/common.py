@@ -37,7 +37,8 @@ class ConfigError(ValueError):
 
 def declare(node: Node, name: str, default, description: str, *, read_only: bool = True,
             low=None, high=None, type_=None):
-    """Declare one parameter with a descriptor and return its value.
+    """
+    Declare one parameter with a descriptor and return its value.
 
     ``low``/``high`` become a floating-point or integer range in the descriptor (shown by
     ``ros2 param describe``); rclpy rejects out-of-range values set at start-up.
@@ -64,7 +65,8 @@ DOUBLE_ARRAY = ParameterType.PARAMETER_DOUBLE_ARRAY
 
 
 class Diagnostics:
-    """Counters and values published on /diagnostics once per ``period`` seconds.
+    """
+    Counters and values published on /diagnostics once per ``period`` seconds.
 
     Nodes call ``count`` for events (drops, rejections) and ``set`` for values (rates,
     latencies, the current reason for not acting); level is WARN while a reason is set.
@@ -130,7 +132,8 @@ def exclusive_group() -> MutuallyExclusiveCallbackGroup:
 
 def run(factory: Callable[[], Node], args: Optional[Sequence[str]] = None,
         threads: int = 2) -> int:
-    """Init rclpy, build the node, spin a multi-threaded executor, shut down cleanly.
+    """
+    Init rclpy, build the node, spin a multi-threaded executor, shut down cleanly.
 
     Returns the process exit code: 0 on a normal stop, 2 on bad configuration.
     """

@@ -1,4 +1,5 @@
-"""detokenizer_node: vla/action_tokens (11 × uint8) → arm, base and gripper targets.
+"""
+detokenizer_node: vla/action_tokens (11 × uint8) → arm, base and gripper targets.
 
 Outputs keep the source image stamp. Arrays of the wrong length or with a malformed layout
 are rejected with a throttled warning and a counter; nothing is published for them.

@@ -1,4 +1,5 @@
-"""inference_node: newest vla/image + latched vla/instruction → vla/action_tokens at 5 Hz.
+"""
+inference_node: newest vla/image + latched vla/instruction → vla/action_tokens at 5 Hz.
 
 The policy runs on a timer in its own callback group; image and instruction callbacks only
 store the newest message (and encode a new instruction once), so they never wait behind a

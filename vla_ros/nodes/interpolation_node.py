@@ -1,4 +1,5 @@
-"""interpolation_node: 5 Hz targets → smooth, limited 20 Hz controller commands.
+"""
+interpolation_node: 5 Hz targets → smooth, limited 20 Hz controller commands.
 
 The control timer has its own callback group so it never waits behind target, joint-state
 or service callbacks. All rules (limits, watchdog, e-stop, enable gate) live in

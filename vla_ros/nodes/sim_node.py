@@ -1,4 +1,5 @@
-"""sim_node: the MuJoCo robot, seen from ROS the way a real one with ros2_control is.
+"""
+sim_node: the MuJoCo robot, seen from ROS the way a real one with ros2_control is.
 
 Inputs are what the controllers take (forward position commands or a joint trajectory for
 the arm, a base twist with a timeout, a gripper command); outputs are what the robot

@@ -35,22 +35,22 @@ class Backend:
 
     @property
     def inputs(self) -> List[TensorSpec]:
-        """Input tensors of the loaded model."""
+        """Return the input tensors of the loaded model."""
         raise NotImplementedError
 
     @property
     def outputs(self) -> List[TensorSpec]:
-        """Output tensors of the loaded model."""
+        """Return the output tensors of the loaded model."""
         raise NotImplementedError
 
     @property
     def metadata(self) -> Dict[str, str]:
-        """Model metadata (custom metadata_props of the ONNX file)."""
+        """Return the custom metadata_props of the model."""
         raise NotImplementedError
 
     @property
     def active_providers(self) -> List[str]:
-        """Execution providers / devices really in use (not merely requested)."""
+        """Return the providers / devices really in use (not merely requested)."""
         raise NotImplementedError
 
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

@@ -23,7 +23,8 @@ def _spec(arg) -> TensorSpec:
 
 
 def provider_options(options: BackendOptions) -> List:
-    """Build the providers list for InferenceSession, with per-provider options.
+    """
+    Build the providers list for InferenceSession, with per-provider options.
 
     The TensorRT EP caches engines and timing data next to the model (never a fixed /tmp
     path); the EP itself keys cached engines by model hash, TensorRT version and GPU.
@@ -100,27 +101,27 @@ class OnnxRuntimeBackend(Backend):
 
     @property
     def inputs(self) -> List[TensorSpec]:
-        """Input tensors of the loaded model."""
+        """Return the input tensors of the loaded model."""
         return list(self._inputs)
 
     @property
     def outputs(self) -> List[TensorSpec]:
-        """Output tensors of the loaded model."""
+        """Return the output tensors of the loaded model."""
         return list(self._outputs)
 
     @property
     def metadata(self) -> Dict[str, str]:
-        """ONNX metadata_props."""
+        """Return the ONNX metadata_props."""
         return dict(self._metadata)
 
     @property
     def requested_providers(self) -> List[str]:
-        """Providers the configuration asked for."""
+        """Return the providers the configuration asked for."""
         return list(self._requested)
 
     @property
     def active_providers(self) -> List[str]:
-        """Providers onnxruntime really uses (after any silent fallback)."""
+        """Return the providers onnxruntime really uses (after any silent fallback)."""
         return list(self._active)
 
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
-"""A loaded, validated policy: backend + text encoder + action decoding.
+"""
+A loaded, validated policy: backend + text encoder + action decoding.
 
 The inference node, the demo and the benchmarks all go through ``Policy`` so the contract
 checks, the per-instruction embedding cache and the argmax decoding exist once.
@@ -68,12 +69,12 @@ class Policy:
 
     @property
     def trained(self) -> bool:
-        """Whether the model metadata says the weights were trained."""
+        """Tell whether the model metadata says the weights were trained."""
         return self.metadata.get(mc.META_TRAINED, 'false').lower() == 'true'
 
     @property
     def active_providers(self):
-        """Execution providers really used by the policy backend."""
+        """Return the execution providers really used by the policy backend."""
         return self.backend.active_providers
 
     def encode(self, instruction: str) -> Tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""Evaluate the scripted expert (or any action source) on the simulated tasks.
+"""
+Evaluate the scripted expert (or any action source) on the simulated tasks.
 
 Runs, in one process, the same chain the ROS graph runs:
 
@@ -40,7 +41,8 @@ def _per_joint(values, n: int) -> np.ndarray:
 
 def control_config(params_file: Optional[str] = None, robot: Optional[Robot] = None
                    ) -> ControlConfig:
-    """Build the interpolation node's ControlConfig from its section of the params file.
+    """
+    Build the interpolation node's ControlConfig from its section of the params file.
 
     Falls back to the robot's own limits for anything the file does not set, so the
     evaluation tracks whatever the deployed graph would run.

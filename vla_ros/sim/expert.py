@@ -1,4 +1,5 @@
-"""Scripted expert: solves every task through the 11-D RT-1 action space at 5 Hz.
+"""
+Scripted expert: solves every task through the 11-D RT-1 action space at 5 Hz.
 
 The expert reads privileged simulator state (object and marker poses, the measured tool
 pose) and produces exactly what a policy would: absolute joint targets for the 7 arm joints

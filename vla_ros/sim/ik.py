@@ -1,4 +1,5 @@
-"""Damped least-squares inverse kinematics for the simulated arm's tool centre point.
+"""
+Damped least-squares inverse kinematics for the simulated arm's tool centre point.
 
 Works on its own ``MjData`` copy of the model, so solving never disturbs the simulation.
 The base pose is an input (the arm is solved in the world frame for wherever the base is);
@@ -107,7 +108,8 @@ class ArmIK:
 
     def refine_quantised(self, q: np.ndarray, position, rotation, quantise,
                          step: np.ndarray, passes: int = 3) -> np.ndarray:
-        """Pick the quantised joint vector nearest the pose, not merely nearest ``q``.
+        """
+        Pick the quantised joint vector nearest the pose, not merely nearest ``q``.
 
         ``quantise`` maps joint values to what the action tokenizer will deliver;
         ``step`` is one bin per joint. Rounding each joint alone can add up to a

@@ -1,4 +1,5 @@
-"""MuJoCo physics wrapper for the simulated mobile manipulator.
+"""
+MuJoCo physics wrapper for the simulated mobile manipulator.
 
 ``Robot`` owns the model and data of ``assets/robot.xml`` and exposes what a ros2_control
 hardware interface would: arm position targets, a base twist in the base frame, a gripper
@@ -119,7 +120,8 @@ class Robot:
     # -- reset and commands -------------------------------------------------------------
     def reset(self, arm: Optional[Sequence[float]] = None, gripper: float = 0.0,
               base: Sequence[float] = (0.0, 0.0, 0.0)):
-        """Put the robot at rest: arm at ``arm`` (HOME_ARM), gripper, base pose x, y, yaw.
+        """
+        Put the robot at rest: arm at ``arm`` (HOME_ARM), gripper, base pose x, y, yaw.
 
         Objects keep the poses in the model's defaults; tasks move them after this call.
         """
@@ -182,7 +184,8 @@ class Robot:
         return float(1.0 - np.mean(self.data.qpos[self.finger_qpos]) / FINGER_OPEN)
 
     def joint_state(self):
-        """Names, positions, velocities and efforts of arm_joint_1..7 and the gripper.
+        """
+        Names, positions, velocities and efforts of arm_joint_1..7 and the gripper.
 
         The gripper's position is the 0..1 closure (the unit the gripper command uses), its
         velocity the closure rate and its effort the mean finger force (N).
@@ -243,7 +246,8 @@ class Robot:
 
 
 class RealTimePacer:
-    """How many fixed chunks of simulated time to run now so sim time tracks wall time.
+    """
+    How many fixed chunks of simulated time to run now so sim time tracks wall time.
 
     Sim time advances in chunks of ``chunk`` seconds; the target is
     ``real_time_factor`` × elapsed wall time. When the simulation falls more than
@@ -287,7 +291,8 @@ class RealTimePacer:
 
 
 class ArmTrajectory:
-    """Linear sampling of a joint trajectory, as joint_trajectory_controller would.
+    """
+    Linear sampling of a joint trajectory, as joint_trajectory_controller would.
 
     ``times`` are absolute (sim) times of the points; before the first point the arm moves
     linearly from ``start_positions`` (the command in force when the trajectory arrived);

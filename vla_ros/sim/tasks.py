@@ -1,4 +1,5 @@
-"""Language-conditioned tabletop tasks for the simulated robot (RT-1 style).
+"""
+Language-conditioned tabletop tasks for the simulated robot (RT-1 style).
 
 Each task has an instruction, a seeded reset distribution, a success check and a time
 limit, kept apart from the physics (``robot.py``), as dm_control's composer separates a
@@ -245,7 +246,8 @@ def _sample_markers(rng: np.random.Generator) -> Dict[str, np.ndarray]:
 
 
 class TaskEnv:
-    """A robot plus the active task: seeded resets, control steps, success bookkeeping.
+    """
+    A robot plus the active task: seeded resets, control steps, success bookkeeping.
 
     ``control_period`` must be a whole multiple of the physics timestep (checked here, as
     dm_control checks it), so every command is held for the same number of physics steps.

@@ -1,4 +1,5 @@
-"""`vla-ros bench pipeline`: run the four nodes for a fixed time and print their timing.
+"""
+`vla-ros bench pipeline`: run the four nodes for a fixed time and print their timing.
 
 A driver node in this process plays the camera and the robot (joint_states); the nodes run
 as separate processes exactly as `vla-ros up` starts them. Figures come from two places:

@@ -1,4 +1,5 @@
-"""`vla-ros demo`: the closed loop in simulation, headless, with a report folder.
+"""
+`vla-ros demo`: the closed loop in simulation, headless, with a report folder.
 
 Starts sim_node and the four pipeline nodes as separate processes (``tools/up.py``), all on
 sim time, runs a few seeded episodes of every task and writes ``runs/<timestamp>/``:

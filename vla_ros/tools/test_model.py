@@ -1,4 +1,5 @@
-"""A small, real ONNX policy whose tokens are a known function of image and instruction.
+"""
+A small, real ONNX policy whose tokens are a known function of image and instruction.
 
 Used by the graph tests and the pipeline benchmark: it satisfies the full I/O contract
 (``image`` uint8 [B,300,300,3], ``text_embeddings`` [B,16,E], ``text_mask`` [B,16] →

@@ -1,4 +1,5 @@
-"""`vla-ros up`: start the graph's nodes as separate processes, the way ros2 launch would.
+"""
+`vla-ros up`: start the graph's nodes as separate processes, the way ros2 launch would.
 
 launch/launch_ros are not installable on this workplace, so this small supervisor stands in
 for them: one process per node, logs forwarded with the node name, and everything stopped
@@ -19,7 +20,8 @@ from ..paths import default_params_file
 
 
 def child_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    """Return the environment for node processes.
+    """
+    Return the environment for node processes.
 
     Loopback discovery, unbuffered logs, and malloc thresholds that stop glibc from
     page-faulting on every ~1 MB image message.
