@@ -35,6 +35,11 @@ def default_action_space_file() -> str:
     return share_file('config', 'action_space.yaml')
 
 
+def default_dds_profile() -> str:
+    """config/fastdds_large_shm.xml (large shared-memory segment, UDP on loopback)."""
+    return share_file('config', 'fastdds_large_shm.xml')
+
+
 def default_model_dir() -> str:
     """models/rt1_tiny (produced by `make models`)."""
     return share_file('models', 'rt1_tiny')

@@ -20,7 +20,8 @@ import numpy as np
 
 from .up import ProcessGroup
 from ..graph import pipeline_nodes
-from ..paths import default_action_space_file, default_model_dir, default_params_file
+from ..paths import (default_action_space_file, default_dds_profile, default_model_dir,
+                     default_params_file)
 
 
 def _percentiles(values: List[float]) -> Dict[str, float]:
@@ -42,7 +43,8 @@ def _arrival_stats(times: List[float], nominal: float) -> Dict[str, float]:
 
 
 def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz: float,
-              warmup: float, params_file: str, timing: str = '') -> Dict:
+              warmup: float, params_file: str, timing: str = '', dds_profile: bool = True
+              ) -> Dict:
     """Start the graph, drive it for ``warmup + duration`` s, return the figures."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -58,7 +60,10 @@ def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz
     overrides = {'inference_node': {'model_file_path': model_file_path}}
     if timing:
         overrides['interpolation_node'] = {'timing': timing}
-    group = ProcessGroup(params_file, quiet=True)
+    group = ProcessGroup(params_file, quiet=True, dds_profile=dds_profile)
+    saved_profile = os.environ.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
+    if dds_profile:  # the driver plays the camera driver: same transport set-up
+        os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = default_dds_profile()
     rclpy.init()
     node = Node('vla_bench_driver')
     lock = threading.Lock()
@@ -89,7 +94,11 @@ def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz
                              COMMAND_QOS)
     node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)
 
+    sent = [0]
+
     def publish_image():
+        if recording.is_set():
+            sent[0] += 1
         image_pub.publish(array_to_image(frame, 'rgb8', node.get_clock().now().to_msg(),
                                          'camera'))
 
@@ -121,20 +130,26 @@ def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz
         with lock:
             tokens_t.clear()
             arm_t.clear()
+        received_before = int(diags.get('camera_node', {}).get('published', 0))
         recording.set()
         time.sleep(duration)
         recording.clear()
         time.sleep(1.2)  # one more diagnostics period
+        received = int(diags.get('camera_node', {}).get('published', 0)) - received_before
     finally:
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
         group.stop()
+        os.environ.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
+        if saved_profile is not None:
+            os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = saved_profile
     return {
         'duration_s': duration, 'camera': f'{width}x{height} @ {camera_hz:g} Hz',
         'inference_arrivals': _arrival_stats(tokens_t, 5.0),
         'control_arrivals': _arrival_stats(arm_t, 20.0),
-        'diagnostics': diags,
+        'diagnostics': diags, 'frames_sent': sent[0], 'frames_converted': received,
+        'dds_profile': dds_profile,
     }
 
 
@@ -168,6 +183,10 @@ def report(res: Dict) -> str:
         f'{ca.get("jitter_p50_ms", nan):>12.2f}{ca.get("jitter_p99_ms", nan):>8.2f}'
         f'{ca.get("jitter_max_ms", nan):>8.2f}',
         '',
+        f'camera frames: sent {res["frames_sent"]}, converted by camera_node '
+        f'{res["frames_converted"]} (Fast DDS large-SHM profile '
+        f'{"on" if res["dds_profile"] else "off"}); conversion p50 '
+        f'{_f(res["diagnostics"].get("camera_node", {}), "convert_ms_p50"):.2f} ms',
         f'camera stamp → first command reflecting it: p50 {_f(ctl, "latency_ms_p50"):.1f} ms, '
         f'p99 {_f(ctl, "latency_ms_p99"):.1f} ms (target p50 ≤ 220 ms)',
         f'policy run: p50 {_f(inf, "model_ms_p50"):.2f} ms, p99 {_f(inf, "model_ms_p99"):.2f} ms;'
@@ -188,9 +207,12 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument('--camera-size', default='300x300')
     parser.add_argument('--camera-hz', type=float, default=10.0)
     parser.add_argument('--params-file', default=default_params_file())
-    parser.add_argument('--timing', default='thread',
+    parser.add_argument('--timing', default='timer',
                         help='interpolation_node timing mode(s), comma separated, run one '
                              'after the other for a side-by-side comparison: thread,timer')
+    parser.add_argument('--dds-profile', default='on',
+                        help='on, off, or on,off: run with/without the shipped Fast DDS '
+                             'large-shared-memory profile, side by side')
     parser.add_argument('--json', default='', help='also write the figures to this file')
     args = parser.parse_args(argv)
     if args.model == 'test':
@@ -204,13 +226,17 @@ def main(argv: Sequence[str] = None) -> int:
     else:
         model = args.model
     results = {}
-    for timing in [t.strip() for t in args.timing.split(',') if t.strip()]:
-        res = run_bench(args.duration, model, args.camera_size, args.camera_hz, args.warmup,
-                        args.params_file, timing)
-        results[timing] = res
-        print(f'== interpolation_node timing: {timing}')
-        print(report(res))
-        print(flush=True)
+    timings = [t.strip() for t in args.timing.split(',') if t.strip()]
+    profiles = [p.strip() == 'on' for p in args.dds_profile.split(',') if p.strip()]
+    for timing in timings:
+        for profile in profiles:
+            res = run_bench(args.duration, model, args.camera_size, args.camera_hz,
+                            args.warmup, args.params_file, timing, profile)
+            label = f'timing {timing}, DDS profile {"on" if profile else "off"}'
+            results[label] = res
+            print(f'== {label}')
+            print(report(res))
+            print(flush=True)
     if args.json:
         with open(args.json, 'w', encoding='utf-8') as f:
             json.dump(results, f, indent=2)

@@ -16,10 +16,11 @@ import time
 from typing import Dict, List, Optional, Sequence, TextIO
 
 from ..graph import NodeSpec, pipeline_nodes, ros_args
-from ..paths import default_params_file
+from ..paths import default_dds_profile, default_params_file
 
 
-def child_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+def child_env(extra: Optional[Dict[str, str]] = None, dds_profile: bool = True
+              ) -> Dict[str, str]:
     """
     Return the environment for node processes.
 
@@ -34,6 +35,10 @@ def child_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     env.setdefault('MALLOC_MMAP_THRESHOLD_', str(16 * 1024 * 1024))
     env.setdefault('MALLOC_TRIM_THRESHOLD_', str(64 * 1024 * 1024))
     env.setdefault('MUJOCO_GL', 'egl')
+    # Only when the user has not chosen a DDS setup of their own.
+    if dds_profile and 'FASTRTPS_DEFAULT_PROFILES_FILE' not in env \
+            and env.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp') == 'rmw_fastrtps_cpp':
+        env['FASTRTPS_DEFAULT_PROFILES_FILE'] = default_dds_profile()
     env.update(extra or {})
     return env
 
@@ -43,12 +48,12 @@ class ProcessGroup:
 
     def __init__(self, params_file: str = '', namespace: str = '', use_sim_time: bool = False,
                  log_level: str = 'info', env: Optional[Dict[str, str]] = None,
-                 log: TextIO = sys.stdout, quiet: bool = False):
+                 log: TextIO = sys.stdout, quiet: bool = False, dds_profile: bool = True):
         self.params_file = params_file
         self.namespace = namespace
         self.use_sim_time = use_sim_time
         self.log_level = log_level
-        self.env = child_env(env)
+        self.env = child_env(env, dds_profile)
         self.log = log
         self.quiet = quiet
         self.procs: Dict[str, subprocess.Popen] = {}
@@ -138,13 +143,16 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument('--log-level', default='info')
     parser.add_argument('--sim', action='store_true', help='also start sim_node (MuJoCo)')
     parser.add_argument('--model-file-path', default='', help='policy ONNX for inference_node')
+    parser.add_argument('--no-dds-profile', action='store_true',
+                        help='do not set FASTRTPS_DEFAULT_PROFILES_FILE to the shipped '
+                             'large-shared-memory profile')
     parser.add_argument('--duration', type=float, default=0.0,
                         help='stop after this many seconds (0: run until Ctrl-C)')
     args = parser.parse_args(argv)
     overrides = {'inference_node': {'model_file_path': args.model_file_path}} \
         if args.model_file_path else {}
     group = ProcessGroup(args.params_file, args.namespace, args.use_sim_time or args.sim,
-                         args.log_level)
+                         args.log_level, dds_profile=not args.no_dds_profile)
     group.start_all(pipeline_nodes(with_sim=args.sim, overrides=overrides))
     code = 0
     start = time.monotonic()
