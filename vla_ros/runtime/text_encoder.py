@@ -9,8 +9,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..core import model_contract as mc
 from .base import BackendError, BackendOptions
+from ..core import model_contract as mc
 
 TOKENIZER_FILE = 'tokenizer.json'
 
@@ -54,22 +54,22 @@ class TextEncoder:
 
     @property
     def encoder_id(self) -> str:
-        """The text encoder identifier from the model metadata."""
+        """Return the text encoder identifier from the model metadata."""
         return self._backend.metadata.get(mc.META_TEXT_ENCODER, '')
 
     @property
     def active_providers(self):
-        """Execution providers the text encoder session really uses."""
+        """Return the execution providers the text encoder session really uses."""
         return self._backend.active_providers
 
     def tokenize(self, text: str) -> Tuple[np.ndarray, np.ndarray]:
-        """``input_ids`` and ``attention_mask`` int64 [1, 16]."""
+        """Return ``input_ids`` and ``attention_mask`` int64 [1, 16]."""
         enc = self._tokenizer.encode(text)
         return (np.asarray([enc.ids], dtype=np.int64),
                 np.asarray([enc.attention_mask], dtype=np.int64))
 
     def encode(self, text: str) -> Tuple[np.ndarray, np.ndarray]:
-        """Token embeddings float32 [1, 16, E] and mask float32 [1, 16] for one instruction."""
+        """Return token embeddings float32 [1, 16, E] and mask float32 [1, 16]."""
         ids, mask = self.tokenize(text)
         out = self._backend.run({mc.TEXT_INPUTS[0]: ids, mc.TEXT_INPUTS[1]: mask})
         return (np.ascontiguousarray(out[mc.TEXT_OUTPUT], dtype=np.float32),

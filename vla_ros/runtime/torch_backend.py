@@ -14,8 +14,8 @@ from typing import Dict, List
 
 import numpy as np
 
-from ..core import model_contract as mc
 from .base import Backend, BackendError, BackendOptions
+from ..core import model_contract as mc
 
 MANIFEST_FILE = 'manifest.json'
 
@@ -101,31 +101,31 @@ class TorchBackend(Backend):
 
     @property
     def model(self):
-        """The torch module (eval mode)."""
+        """Return the torch module (eval mode)."""
         return self._model
 
     @property
     def inputs(self) -> List[mc.TensorSpec]:
-        """Input tensors (the same contract as the exported ONNX)."""
+        """Return the input tensors (the same contract as the exported ONNX)."""
         return list(self._inputs)
 
     @property
     def outputs(self) -> List[mc.TensorSpec]:
-        """Output tensors."""
+        """Return the output tensors."""
         return list(self._outputs)
 
     @property
     def metadata(self) -> Dict[str, str]:
-        """The exported model's metadata (from the manifest), or a minimal set."""
+        """Return the metadata recorded in the manifest, or a minimal set."""
         return dict(self._metadata)
 
     @property
     def active_providers(self) -> List[str]:
-        """The torch device in use."""
+        """Return the torch device in use."""
         return [f'torch:{self._device}']
 
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """One inference without gradients."""
+        """Run one inference without gradients."""
         torch = self._torch
         args = [torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self._device)
                 for name in mc.POLICY_INPUTS]

@@ -15,13 +15,14 @@ same command writes the same bytes on every run (the Makefile relies on it).
 import argparse
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
-import warnings
 from typing import Dict, List, Optional
+import warnings
 
 import numpy as np
 
@@ -45,7 +46,7 @@ CALIBRATION_INSTRUCTIONS = (
 
 
 def default_action_space_path() -> str:
-    """``config/action_space.yaml`` of the current directory, else of this source tree."""
+    """Return ``config/action_space.yaml`` of the current directory, else of this source tree."""
     here = os.path.join('config', 'action_space.yaml')
     if os.path.isfile(here):
         return here
@@ -54,7 +55,7 @@ def default_action_space_path() -> str:
 
 
 def file_sha256(path: str) -> str:
-    """SHA-256 of a file's bytes."""
+    """Return the SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, 'rb') as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b''):
@@ -63,7 +64,7 @@ def file_sha256(path: str) -> str:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    """Command-line options of ``vla-ros export``."""
+    """Parse the command-line options of ``vla-ros export``."""
     parser = argparse.ArgumentParser(
         prog='vla-ros export', description='Export the RT-1 policy and text encoder to ONNX.')
     parser.add_argument('--config', required=True, choices=('seed', 'tiny'),
@@ -83,7 +84,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def load_checkpoint(path: str) -> Dict:
-    """State dict from a .safetensors file or a torch checkpoint (tensors only)."""
+    """Load a state dict from a .safetensors file or a torch checkpoint (tensors only)."""
     import torch
     if not os.path.isfile(path):
         raise SystemExit(f'checkpoint not found: {path!r}')
@@ -123,7 +124,7 @@ def _set_metadata(path: str, metadata: Dict[str, str]) -> None:
 
 def policy_metadata(config, space: ActionSpace, encoder: str, weights: str, trained: bool,
                     decoding: str) -> Dict[str, str]:
-    """The metadata every exported policy carries (DESIGN.md section 7)."""
+    """Return the metadata every exported policy carries (DESIGN.md section 7)."""
     return {
         mc.META_CONTRACT: mc.CONTRACT_VERSION,
         mc.META_ACTION_SPACE: space.to_json(),
@@ -175,12 +176,12 @@ class _Calibration:
         self._iter = iter(feeds)
 
     def get_next(self):
-        """Next feed dictionary, or None at the end (onnxruntime's reader protocol)."""
+        """Return the next feed dictionary, or None at the end (onnxruntime's reader protocol)."""
         return next(self._iter, None)
 
 
 def quantize_int8(fp32_path: str, out_path: str, text_feeds, metadata: Dict[str, str]) -> None:
-    """Static INT8 (QDQ, per-channel weights) copy of the policy."""
+    """Write a static INT8 (QDQ, per-channel weights) copy of the policy."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -188,12 +189,20 @@ def quantize_int8(fp32_path: str, out_path: str, text_feeds, metadata: Dict[str,
     class Reader(_Calibration, CalibrationDataReader):
         pass
 
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = os.path.join(tmp, 'pre.onnx')
-        quant_pre_process(fp32_path, pre, skip_symbolic_shape=True)
-        quantize_static(pre, out_path, Reader(text_feeds), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    # The quantiser logs a warning per LayerNorm weight ("axis out of range" for per-channel
+    # on a 1-D tensor, which it then quantises per tensor): noise, not a problem.
+    root.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            pre = os.path.join(tmp, 'pre.onnx')
+            quant_pre_process(fp32_path, pre, skip_symbolic_shape=True)
+            quantize_static(pre, out_path, Reader(text_feeds), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     _set_metadata(out_path, dict(metadata, **{META_VARIANT: 'int8-static-qdq-per-channel'}))
 
 
