@@ -191,3 +191,14 @@ def test_image_freshness_watchdog():
     assert not f.fresh(10.2)
     with pytest.raises(ValueError):
         Freshness(0.0)
+
+
+def test_follows_measured_pose_until_first_target():
+    loop = _loop()
+    loop.set_enabled(False)
+    loop.set_enabled(True, np.zeros(7), 1.0)  # cached measurement is stale (pre-reset)
+    loop.on_measured(np.full(7, 0.4))  # the real pose arrives after enabling
+    assert np.allclose(loop.tick(1.05).arm_positions, 0.4)
+    loop.on_target(np.full(7, 0.45), np.zeros(3), None, 1.05)
+    loop.on_measured(np.full(7, 0.1))  # once tracking, measurements do not move the plan
+    assert loop.tick(1.10).arm_positions[0] > 0.4

@@ -114,6 +114,17 @@ class ControlLoop:
         self._last_arm = None
         self._last_base = None
 
+    def on_measured(self, measured_arm: np.ndarray):
+        """
+        Follow the measured arm pose until the first target after start or enable.
+
+        A joint_states message published before a reset (or before an operator moved the
+        arm by hand) can still be the cached one when motion is enabled; re-syncing on every
+        measurement until a target arrives means the first segment starts where the arm is.
+        """
+        if self.started and self._last_arm is None and not self.estop:
+            self.arm.reset(measured_arm)
+
     def set_enabled(self, enabled: bool, measured_arm: np.ndarray = None, now: float = 0.0):
         """Open or close the motion gate; opening re-syncs to the measured state if given."""
         if enabled and self.estop:

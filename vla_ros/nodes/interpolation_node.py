@@ -212,6 +212,7 @@ class InterpolationNode(Node):
             return
         with self._lock:
             self._measured = q
+            self.loop.on_measured(q)
             if not self.loop.started:
                 self.loop.start(q, now_s(self))
                 self.get_logger().info('first joint_states: holding the measured arm pose')
