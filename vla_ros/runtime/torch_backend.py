@@ -1,4 +1,5 @@
-"""PyTorch backend: runs the RT-1 module itself, for development and parity checks.
+"""
+PyTorch backend: runs the RT-1 module itself, for development and parity checks.
 
 ``model_file_path`` is either an exported ``policy.onnx`` (the torch model is rebuilt from the
 ``manifest.json`` beside it: config, decoding and, for untrained exports, the seeded weights;

@@ -1,4 +1,5 @@
-"""``vla-ros export``: write the RT-1 policy, the text encoder and their tokenizer as ONNX.
+"""
+``vla-ros export``: write the RT-1 policy, the text encoder and their tokenizer as ONNX.
 
 Output directory (what the inference node loads)::
 
