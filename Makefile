@@ -29,7 +29,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 setup: $(STAMP)
 
 # Model artifacts are generated, never committed; the seeds make them byte-reproducible.
-$(MODEL): $(STAMP) $(shell find vla_ros/model vla_ros/tools -name '*.py' 2>/dev/null)
+$(MODEL): $(STAMP) $(shell find vla_ros/model -name '*.py' 2>/dev/null) vla_ros/tools/export.py \
+		config/action_space.yaml
 	PYTHONPATH=$(CURDIR) $(PY) -m vla_ros.cli export --config tiny --out $(MODEL_DIR)
 
 models: $(MODEL)

@@ -192,3 +192,48 @@ def test_stale_camera_stops_inference_and_says_why(graph):
     assert int(values['skipped']) > 0 and int(values['published']) >= 3
     # and the base, with no new targets, is brought to rest by the watchdog
     assert harness.wait_for(lambda: np.all(harness.latest(harness.base)[1] == 0.0), 3.0)
+
+
+@pytest.fixture(scope='module')
+def rt1_tiny_dir(tmp_path_factory):
+    """The shipped default model if installed, else a fresh `vla-ros export` of tiny."""
+    import os
+    from vla_ros.paths import default_model_dir
+    folder = default_model_dir()
+    if os.path.isfile(os.path.join(folder, 'policy.onnx')):
+        return folder
+    pytest.importorskip('torch')
+    from vla_ros.tools import export
+    out = str(tmp_path_factory.mktemp('rt1_tiny'))
+    assert export.main(['--config', 'tiny', '--out', out]) == 0
+    return out
+
+
+def test_graph_runs_the_exported_rt1_tiny(ros, params_file, rt1_tiny_dir, action_space):
+    """The same graph with the real (untrained) RT-1 tiny export and its MiniLM encoder."""
+    from vla_ros.runtime.policy import Policy, PolicyFiles
+    rgb, text = (90, 140, 60), 'pick up the green block'
+    image = np.empty((300, 300, 3), np.uint8)
+    image[...] = rgb
+    # ONNX Runtime on the CPU is deterministic: the node must command exactly this.
+    policy = Policy(PolicyFiles.from_paths(f'{rt1_tiny_dir}/policy.onnx'), action_space)
+    expected = ActionTokenizer(action_space).detokenize(policy.predict(image, text).tokens)
+    harness = Harness()
+    group = _start(params_file, rt1_tiny_dir)
+    try:
+        harness.set_color(*rgb)
+        harness.instruct(text)
+        assert harness.wait_for(lambda: len(harness.tokens) >= 2, 60.0), group.failed()
+        tokens = np.frombuffer(harness.latest(harness.tokens)[1], np.uint8)
+        assert np.array_equal(tokens, policy.predict(image, text).tokens)
+
+        def converged():
+            arm, base = harness.latest(harness.arm), harness.latest(harness.base)
+            return (arm is not None and base is not None
+                    and np.allclose(arm[1], expected[:7], atol=1e-6)
+                    and np.allclose(base[1], expected[7:10], atol=1e-6))
+        assert harness.wait_for(converged, 30.0), (harness.latest(harness.arm), expected)
+        assert group.failed() is None
+    finally:
+        harness.close()
+        group.stop()
