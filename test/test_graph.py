@@ -196,7 +196,7 @@ def test_stale_camera_stops_inference_and_says_why(graph):
 
 @pytest.fixture(scope='module')
 def rt1_tiny_dir(tmp_path_factory):
-    """The shipped default model if installed, else a fresh `vla-ros export` of tiny."""
+    """Return the shipped default model if installed, else a fresh export of tiny."""
     import os
     from vla_ros.paths import default_model_dir
     folder = default_model_dir()

@@ -95,7 +95,7 @@ class CameraNode(Node):
 
 def main(args=None):
     """Run camera_node."""
-    exit_with(run(CameraNode, args, threads=1))
+    exit_with(run(CameraNode, args))
 
 
 if __name__ == '__main__':

@@ -131,11 +131,15 @@ def exclusive_group() -> MutuallyExclusiveCallbackGroup:
 
 
 def run(factory: Callable[[], Node], args: Optional[Sequence[str]] = None,
-        threads: int = 2) -> int:
+        threads: int = 1) -> int:
     """
-    Init rclpy, build the node, spin a multi-threaded executor, shut down cleanly.
+    Init rclpy, build the node, spin an executor, shut down cleanly.
 
-    Returns the process exit code: 0 on a normal stop, 2 on bad configuration.
+    Nodes use a SingleThreadedExecutor (``threads=1``): every vla_ros callback is short or,
+    for inference, the only one that matters, and rclpy's MultiThreadedExecutor stalled the
+    20 Hz timer for 160-620 ms at a time here (p99 period jitter 13-390 ms against 0.6-2.4
+    ms single-threaded; README, "Timing"). Returns the process exit code: 0 on a normal
+    stop, 2 on bad configuration.
     """
     rclpy.init(args=args)
     node = None

@@ -114,7 +114,7 @@ class DetokenizerNode(Node):
 
 def main(args=None):
     """Run detokenizer_node."""
-    exit_with(run(DetokenizerNode, args, threads=1))
+    exit_with(run(DetokenizerNode, args))
 
 
 if __name__ == '__main__':

@@ -1,9 +1,10 @@
 """
 inference_node: newest vla/image + latched vla/instruction → vla/action_tokens at 5 Hz.
 
-The policy runs on a timer in its own callback group; image and instruction callbacks only
-store the newest message (and encode a new instruction once), so they never wait behind a
-model run. No fresh image or no instruction → nothing is published and diagnostics say why.
+The policy runs on a 5 Hz timer. The image callback only keeps the newest message and the
+instruction callback encodes a new instruction once, so the model never waits behind
+image work and never re-encodes text per frame. No fresh image or no instruction → nothing
+is published and diagnostics say why.
 """
 
 from dataclasses import dataclass
@@ -206,7 +207,7 @@ class InferenceNode(Node):
 
 def main(args=None):
     """Run inference_node."""
-    exit_with(run(InferenceNode, args, threads=2))
+    exit_with(run(InferenceNode, args))
 
 
 if __name__ == '__main__':

@@ -1,10 +1,14 @@
 """
 interpolation_node: 5 Hz targets → smooth, limited 20 Hz controller commands.
 
-The control timer has its own callback group so it never waits behind target, joint-state
-or service callbacks. All rules (limits, watchdog, e-stop, enable gate) live in
-``core.control.ControlLoop``; this node wires topics to it and stamps commands at publish
-time (controllers such as diff_drive_controller drop stale stamps).
+Every input callback is a few microseconds of bookkeeping, so one single-threaded executor
+serves them and the control timer without delaying it (rclpy's MultiThreadedExecutor was
+measured to stall the timer for hundreds of ms; see nodes/common.run). The groups are kept
+so the node still behaves if composed into a multi-threaded executor.
+
+All rules (limits, watchdog, e-stop, enable gate) live in ``core.control.ControlLoop``; this
+node wires topics to it and stamps commands at publish time (controllers such as
+diff_drive_controller drop stale stamps).
 """
 
 from dataclasses import dataclass
@@ -31,7 +35,6 @@ from ..core.stats import RateMonitor, WindowStats
 
 DEFAULT_JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
 ARM_OUTPUTS = ('commands', 'joint_trajectory')
-TIMINGS = ('timer', 'thread')
 
 
 def _array(values, n: int, name: str) -> np.ndarray:
@@ -54,11 +57,8 @@ class InterpolationParams:
     base_frame_id: str
     start_enabled: bool
     marker_frequency: float
-    timing: str
 
     def __post_init__(self):
-        if self.timing not in TIMINGS:
-            raise ConfigError(f'timing must be one of {TIMINGS}, found {self.timing!r}')
         if len(self.arm_joint_names) != 7 or len(set(self.arm_joint_names)) != 7:
             raise ConfigError(f'arm_joint_names must be 7 distinct names, found '
                               f'{list(self.arm_joint_names)}')
@@ -125,9 +125,6 @@ class InterpolationNode(Node):
                             '(otherwise call the vla/enable service).'),
             marker_frequency=d('marker_frequency', 5.0, 'vla/markers rate in Hz.', low=0.1,
                                high=50.0),
-            timing=d('timing', 'timer', 'thread: a dedicated control thread sleeping to '
-                     'absolute deadlines (wall clock only); timer: an rclpy timer (always used '
-                     'with use_sim_time).'),
         )
         self.loop = ControlLoop(control)
         self._lock = threading.Lock()
@@ -167,16 +164,7 @@ class InterpolationNode(Node):
         self.create_subscription(String, 'vla/instruction', self._on_instruction,
                                  LATCHED_QOS, callback_group=inputs)
         self.create_service(SetBool, 'vla/enable', self._on_enable, callback_group=inputs)
-        self._running = True
-        self._thread = None
-        sim_time = self.get_parameter('use_sim_time').value
-        if p.timing == 'thread' and not sim_time:
-            self._thread = threading.Thread(target=self._control_thread, name='vla_control',
-                                            daemon=True)
-            self._thread.start()
-        else:
-            self.create_timer(control.control_period, self._tick,
-                              callback_group=exclusive_group())
+        self.create_timer(control.control_period, self._tick, callback_group=exclusive_group())
         self.create_timer(1.0 / p.marker_frequency, self._publish_markers,
                           callback_group=inputs)
         self.create_timer(1.0, self._report, callback_group=inputs)
@@ -289,35 +277,6 @@ class InterpolationNode(Node):
         return response
 
     # -- the 20 Hz tick -----------------------------------------------------------------
-    def _control_thread(self):
-        # Absolute deadlines: a late tick does not push every later tick back (no drift),
-        # and the loop never waits behind executor callbacks.
-        period = self.params.control.control_period
-        deadline = time.monotonic()
-        while self._running:
-            deadline += period
-            delay = deadline - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            elif delay < -period:
-                self.diag.count('control_overruns')
-                deadline = time.monotonic()
-            if not self._running:
-                break
-            try:
-                self._tick()
-            except Exception as exc:  # publishing after shutdown, or a bug: never silent
-                if self._running:
-                    self.get_logger().error(f'control tick failed: {exc!r}',
-                                            throttle_duration_sec=1.0)
-
-    def destroy_node(self):
-        """Stop the control thread before the publishers go away."""
-        self._running = False
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
-        return super().destroy_node()
-
     def _tick(self):
         t0 = time.perf_counter()
         now = now_s(self)
@@ -410,7 +369,7 @@ class InterpolationNode(Node):
 
 def main(args=None):
     """Run interpolation_node."""
-    exit_with(run(InterpolationNode, args, threads=2))
+    exit_with(run(InterpolationNode, args))
 
 
 if __name__ == '__main__':

@@ -567,7 +567,7 @@ class SimNode(Node):
 
 def main(args=None):
     """Run sim_node."""
-    exit_with(run(SimNode, args, threads=1))
+    exit_with(run(SimNode, args))
 
 
 if __name__ == '__main__':

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..core import model_contract as mc
 from ..core.action_space import ActionSpace
+from ..paths import default_action_space_file
 
 OPSET = 17  # LayerNormalization is a single op from 17; TensorRT 10 parses up to 20.
 META_DECODING = 'vla_ros.decoding'
@@ -47,12 +48,8 @@ CALIBRATION_INSTRUCTIONS = (
 
 
 def default_action_space_path() -> str:
-    """Return ``config/action_space.yaml`` of the current directory, else of this source tree."""
-    here = os.path.join('config', 'action_space.yaml')
-    if os.path.isfile(here):
-        return here
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(root, 'config', 'action_space.yaml')
+    """Return the installed ``config/action_space.yaml`` (the source tree's when run there)."""
+    return default_action_space_file()
 
 
 def file_sha256(path: str) -> str:

@@ -19,7 +19,7 @@ from ..graph import NodeSpec, pipeline_nodes, ros_args
 from ..paths import default_dds_profile, default_params_file
 
 
-def child_env(extra: Optional[Dict[str, str]] = None, dds_profile: bool = True
+def child_env(extra: Optional[Dict[str, str]] = None, dds_profile: bool = False
               ) -> Dict[str, str]:
     """
     Return the environment for node processes.
@@ -48,7 +48,7 @@ class ProcessGroup:
 
     def __init__(self, params_file: str = '', namespace: str = '', use_sim_time: bool = False,
                  log_level: str = 'info', env: Optional[Dict[str, str]] = None,
-                 log: TextIO = sys.stdout, quiet: bool = False, dds_profile: bool = True):
+                 log: TextIO = sys.stdout, quiet: bool = False, dds_profile: bool = False):
         self.params_file = params_file
         self.namespace = namespace
         self.use_sim_time = use_sim_time
@@ -143,16 +143,16 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument('--log-level', default='info')
     parser.add_argument('--sim', action='store_true', help='also start sim_node (MuJoCo)')
     parser.add_argument('--model-file-path', default='', help='policy ONNX for inference_node')
-    parser.add_argument('--no-dds-profile', action='store_true',
-                        help='do not set FASTRTPS_DEFAULT_PROFILES_FILE to the shipped '
-                             'large-shared-memory profile')
+    parser.add_argument('--dds-profile', action='store_true',
+                        help='set FASTRTPS_DEFAULT_PROFILES_FILE to the shipped '
+                             'large-shared-memory profile (config/fastdds_large_shm.xml)')
     parser.add_argument('--duration', type=float, default=0.0,
                         help='stop after this many seconds (0: run until Ctrl-C)')
     args = parser.parse_args(argv)
     overrides = {'inference_node': {'model_file_path': args.model_file_path}} \
         if args.model_file_path else {}
     group = ProcessGroup(args.params_file, args.namespace, args.use_sim_time or args.sim,
-                         args.log_level, dds_profile=not args.no_dds_profile)
+                         args.log_level, dds_profile=args.dds_profile)
     group.start_all(pipeline_nodes(with_sim=args.sim, overrides=overrides))
     code = 0
     start = time.monotonic()
