@@ -139,8 +139,10 @@ def run(factory: Callable[[], Node], args: Optional[Sequence[str]] = None,
     for inference, the only one that matters, and rclpy's MultiThreadedExecutor stalled the
     20 Hz timer for 160-620 ms at a time here (p99 period jitter 13-390 ms against 0.6-2.4
     ms single-threaded; README, "Timing"). Returns the process exit code: 0 on a normal
-    stop, 2 on bad configuration.
+    stop, 2 on bad configuration. ``VLA_ROS_EXECUTOR_THREADS`` overrides ``threads`` (used by
+    `vla-ros bench pipeline --executor-threads` to reproduce that comparison).
     """
+    threads = int(os.environ.get('VLA_ROS_EXECUTOR_THREADS', threads))
     rclpy.init(args=args)
     node = None
     code = 0

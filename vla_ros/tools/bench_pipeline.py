@@ -43,7 +43,8 @@ def _arrival_stats(times: List[float], nominal: float) -> Dict[str, float]:
 
 
 def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz: float,
-              warmup: float, params_file: str, dds_profile: bool = False) -> Dict:
+              warmup: float, params_file: str, dds_profile: bool = False,
+              executor_threads: int = 1) -> Dict:
     """Start the graph, drive it for ``warmup + duration`` s, return the figures."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -57,7 +58,8 @@ def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz
 
     width, height = (int(v) for v in camera_size.lower().split('x'))
     overrides = {'inference_node': {'model_file_path': model_file_path}}
-    group = ProcessGroup(params_file, quiet=True, dds_profile=dds_profile)
+    group = ProcessGroup(params_file, quiet=True, dds_profile=dds_profile,
+                         env={'VLA_ROS_EXECUTOR_THREADS': str(executor_threads)})
     saved_profile = os.environ.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
     if dds_profile:  # the driver plays the camera driver: same transport set-up
         os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = default_dds_profile()
@@ -153,7 +155,7 @@ def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz
         'control_arrivals': _arrival_stats(arm_t, 20.0),
         'diagnostics': diags, 'frames_sent': len(sent),
         'frames_converted': len(sent & converted),
-        'dds_profile': dds_profile,
+        'dds_profile': dds_profile, 'executor_threads': executor_threads,
     }
 
 
@@ -172,7 +174,8 @@ def report(res: Dict) -> str:
     nan = float('nan')
     lines = [
         f'vla-ros bench pipeline: {res["duration_s"]:g} s measured, camera {res["camera"]}, '
-        f'model {inf.get("model_config", "?")} on {inf.get("active_providers", "?")}',
+        f'model {inf.get("model_config", "?")} on {inf.get("active_providers", "?")}, '
+        f'{"single" if res["executor_threads"] == 1 else "multi"}-threaded executors',
         '',
         f'{"":30}{"rate Hz":>10}{"target":>8}{"jitter p50":>12}{"p99":>8}{"max":>8}  (ms)',
         f'{"inference timer (in node)":30}{_f(inf, "rate_hz"):>10.3f}{5.0:>8.2f}'
@@ -214,6 +217,9 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument('--dds-profile', default='off',
                         help='on, off, or on,off: run with/without the shipped Fast DDS '
                              'large-shared-memory profile, side by side')
+    parser.add_argument('--executor-threads', default='1',
+                        help='rclpy executor threads per node, e.g. 2,1 to compare '
+                             'MultiThreadedExecutor (2) with SingleThreadedExecutor (1)')
     parser.add_argument('--json', default='', help='also write the figures to this file')
     args = parser.parse_args(argv)
     if args.model == 'test':
@@ -227,13 +233,15 @@ def main(argv: Sequence[str] = None) -> int:
     else:
         model = args.model
     results = {}
-    for profile in [p.strip() == 'on' for p in args.dds_profile.split(',') if p.strip()]:
-        res = run_bench(args.duration, model, args.camera_size, args.camera_hz, args.warmup,
-                        args.params_file, profile)
-        label = f'Fast DDS large-SHM profile {"on" if profile else "off"}'
-        results[label] = res
-        print(report(res))
-        print(flush=True)
+    profiles = [p.strip() == 'on' for p in args.dds_profile.split(',') if p.strip()]
+    for threads in [int(t) for t in args.executor_threads.split(',') if t.strip()]:
+        for profile in profiles:
+            res = run_bench(args.duration, model, args.camera_size, args.camera_hz,
+                            args.warmup, args.params_file, profile, threads)
+            label = f'executor threads {threads}, DDS profile {"on" if profile else "off"}'
+            results[label] = res
+            print(report(res))
+            print(flush=True)
     if args.json:
         with open(args.json, 'w', encoding='utf-8') as f:
             json.dump(results, f, indent=2)
