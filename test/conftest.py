@@ -8,7 +8,8 @@ import pytest
 # Before any rclpy import: discovery stays on this host and this run gets its own domain
 # so parallel runs (or a developer's graph) never cross-talk.
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(120, 200)))
+# 1..101 keeps DDS ports below Linux's ephemeral range (domain IDs above 101 can collide).
+os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(20, 101)))
 os.environ.setdefault('MUJOCO_GL', 'egl')
 
 from vla_ros.core.action_space import ActionSpace  # noqa: E402

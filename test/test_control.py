@@ -11,6 +11,8 @@ VEL, ACC = 1.5, 6.0
 
 
 def _loop(mode='linear', **kw):
+    # Tests of other rules keep joint_states "fresh" forever; the staleness rule has its own.
+    kw.setdefault('state_timeout', 1e9)
     cfg = c.ControlConfig(JointLimits.uniform(7, (-3.0, 3.0), VEL, ACC), interpolation=mode,
                           **kw)
     loop = c.ControlLoop(cfg)
@@ -193,12 +195,81 @@ def test_image_freshness_watchdog():
         Freshness(0.0)
 
 
-def test_follows_measured_pose_until_first_target():
+def test_resyncs_once_to_the_first_measurement_after_enable():
     loop = _loop()
     loop.set_enabled(False)
     loop.set_enabled(True, np.zeros(7), 1.0)  # cached measurement is stale (pre-reset)
-    loop.on_measured(np.full(7, 0.4))  # the real pose arrives after enabling
+    loop.on_measured(np.full(7, 0.4), 1.0)  # the real pose arrives after enabling
     assert np.allclose(loop.tick(1.05).arm_positions, 0.4)
-    loop.on_target(np.full(7, 0.45), np.zeros(3), None, 1.05)
-    loop.on_measured(np.full(7, 0.1))  # once tracking, measurements do not move the plan
-    assert loop.tick(1.10).arm_positions[0] > 0.4
+    loop.on_measured(np.full(7, 0.39), 1.05)  # sagging: not followed (no creep)
+    assert np.allclose(loop.tick(1.10).arm_positions, 0.4)
+
+
+def test_start_outside_limits_does_not_jump():
+    cfg = c.ControlConfig(JointLimits.uniform(7, (-3.0, 3.0), VEL, ACC), state_timeout=1e9)
+    loop = c.ControlLoop(cfg)
+    loop.start(np.full(7, 3.3), 0.0)
+    loop.set_enabled(True)
+    q_prev = np.full(7, 3.3)
+    for i in range(1, 40):
+        if i % 4 == 1:
+            loop.on_target(np.full(7, 2.0), np.zeros(3), None, i * DT)
+        loop.on_measured(q_prev, i * DT)
+        q = loop.tick(i * DT).arm_positions
+        assert np.all(np.abs(q - q_prev) <= VEL * DT + 1e-9)
+        q_prev = q
+    assert np.allclose(q_prev, 2.0, atol=1e-3)
+
+
+def test_clock_jumping_back_makes_targets_stale():
+    loop = _loop()
+    loop.on_measured(np.zeros(7), 100.0)
+    loop.on_target(np.zeros(7), np.array([0.5, 0, 0]), None, 100.0)
+    for i in range(10):
+        loop.tick(100.0 + i * DT)
+    loop.on_measured(np.zeros(7), 3.0)  # sim restarted: time is 3 s again
+    cmds = [loop.tick(3.0 + i * DT) for i in range(1, 10)]
+    assert cmds[0].state == c.TIMEOUT
+    assert cmds[-1].base_velocity[0] == 0.0
+
+
+def test_stale_joint_states_hold_arm_and_stop_base():
+    loop = _loop(state_timeout=0.5)
+    loop.on_measured(np.zeros(7), 0.0)
+    loop.on_target(np.full(7, 0.5), np.array([0.4, 0, 0]), None, 0.0)
+    t = 0.0
+    for _ in range(8):
+        t += DT
+        loop.on_measured(np.zeros(7), t)
+        loop.on_target(np.full(7, 0.5), np.array([0.4, 0, 0]), None, t)
+        cmd = loop.tick(t)
+    held = cmd.arm_positions.copy()
+    for _ in range(20):  # joint_states stop arriving; targets keep coming
+        t += DT
+        loop.on_target(np.full(7, 0.5), np.array([0.4, 0, 0]), None, t)
+        cmd = loop.tick(t)
+    assert cmd.state == c.STATE_STALE
+    assert np.all(cmd.base_velocity == 0.0)
+    assert np.all(np.abs(cmd.arm_positions - held) <= VEL * 0.5 + 1e-9)
+    assert np.array_equal(loop.tick(t + DT).arm_positions, cmd.arm_positions)
+
+
+def test_base_sign_change_respects_the_acceleration_limit():
+    r = RateLimiter(np.array([0.5]), np.array([1.5]), np.array([3.0]))
+    r.reset(np.array([0.01]))
+    prev = 0.01
+    for _ in range(10):
+        v = r.step(np.array([-0.5]), DT)[0]
+        # through zero: at most decel for the part above zero, accel for the rest
+        assert abs(v) <= 1.5 * DT + 1e-12 or abs(v - prev) <= 1.5 * DT + 1e-12
+        prev = v
+    assert prev == pytest.approx(-0.5)
+
+
+def test_from_params_uses_node_defaults_and_rejects_bad_values():
+    cfg = c.ControlConfig.from_params({})
+    assert cfg.interpolation == 'linear' and cfg.joint_limits.velocity_max.shape == (7,)
+    with pytest.raises(ValueError, match='joint_velocity_max'):
+        c.ControlConfig.from_params({'joint_velocity_max': [1.0, 2.0]})
+    with pytest.raises(ValueError, match='interpolation'):
+        c.ControlConfig.from_params({'interpolation': 'cubic'})

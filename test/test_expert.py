@@ -25,7 +25,7 @@ def setup(action_space, params_file):
     robot = Robot()
     env = TaskEnv(robot)
     tokenizer = ActionTokenizer(action_space)
-    pipeline = Pipeline(env, tokenizer, control_config(params_file, robot))
+    pipeline = Pipeline(env, tokenizer, control_config(params_file))
     yield env, pipeline, ScriptedExpert(robot, tokenizer), tokenizer
     robot.close()
 

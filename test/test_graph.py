@@ -31,7 +31,8 @@ def ros():
 
 def _start(params_file, model_dir, **interp):
     overrides = {'inference_node': {'model_file_path': f'{model_dir}/policy.onnx'},
-                 'interpolation_node': dict(command_timeout=TIMEOUT, **interp)}
+                 'interpolation_node': dict(command_timeout=TIMEOUT, start_enabled=True,
+                                            **interp)}
     group = ProcessGroup(params_file, quiet=True)
     group.start_all(pipeline_nodes(overrides=overrides))
     return group

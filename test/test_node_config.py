@@ -25,7 +25,8 @@ def _run_node(module, *ros_args, timeout=30.0):
 
 @pytest.mark.parametrize('module,args,needle', [
     ('interpolation_node', ['-p', 'inference_frequency:=3.0'], 'whole number'),
-    ('interpolation_node', ['-p', 'joint_velocity_max:=[1.0, -2.0]'], 'joint_velocity_max'),
+    ('interpolation_node', ['-p', 'joint_velocity_max:=[-2.0]'], 'velocity_max'),
+    ('interpolation_node', ['-p', 'joint_velocity_max:=[1.0, 2.0]'], '1 or 7'),
     ('interpolation_node', ['-p', 'arm_output:=effort'], "'effort'"),
     ('camera_node', ['-p', 'resize_mode:=zoom'], "'zoom'"),
     ('camera_node', ['-p', 'output_width:=224'], '224x300'),

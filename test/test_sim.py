@@ -46,7 +46,7 @@ def test_reset_is_seeded(env, task):
 
 def _rollout(env, action_space, task, seed, ticks=40):
     tokenizer = ActionTokenizer(action_space)
-    pipeline = Pipeline(env, tokenizer, control_config(None, env.robot))
+    pipeline = Pipeline(env, tokenizer, control_config(None))
     expert = ScriptedExpert(env.robot, tokenizer)
     episode = env.reset(task, seed)
     expert.reset(episode)
@@ -75,9 +75,9 @@ def test_control_period_is_whole_multiple_of_physics_step(env):
     assert robot.steps_per(0.05) == 25
     assert robot.steps_per(0.2) == 100
     assert env.steps_per_control == 25
-    with pytest.raises(ValueError, match='whole multiple'):
+    with pytest.raises(ValueError, match='whole number'):
         robot.steps_per(0.003)
-    with pytest.raises(ValueError, match='whole multiple'):
+    with pytest.raises(ValueError, match='whole number'):
         TaskEnv(robot, control_period=0.0501)
 
 

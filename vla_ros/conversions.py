@@ -2,7 +2,7 @@
 
 from typing import Optional, Tuple
 
-from builtin_interfaces.msg import Time
+from builtin_interfaces.msg import Duration, Time
 import numpy as np
 from sensor_msgs.msg import Image
 from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
@@ -49,6 +49,12 @@ def time_to_ns(stamp: Time) -> int:
 def ns_to_time(ns: int) -> Time:
     """Integer nanoseconds → builtin_interfaces/Time."""
     return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def duration_msg(seconds: float) -> Duration:
+    """Seconds → builtin_interfaces/Duration (nanosec always below 1e9)."""
+    ns = int(round(seconds * 1e9))
+    return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
 def tokens_to_msg(tokens: np.ndarray, stamp_ns: int) -> UInt8MultiArray:

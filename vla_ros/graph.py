@@ -64,3 +64,23 @@ def _param_text(value) -> str:
     if isinstance(value, (list, tuple)):
         return '[' + ','.join(_param_text(v) for v in value) + ']'
     return str(value)
+
+
+def node_params(params_file: str, node: str) -> Dict[str, object]:
+    """
+    Return the ``ros__parameters`` of one node from a parameters file.
+
+    Accepts the key forms rcl accepts for a node in any namespace: ``/**/<node>``,
+    ``<node>`` and ``/**`` (parameters for every node, overridden by the node's own).
+    """
+    import yaml
+    if not params_file:
+        from .paths import default_params_file
+        params_file = default_params_file()
+    with open(params_file, 'r', encoding='utf-8') as stream:
+        data = yaml.safe_load(stream) or {}
+    out: Dict[str, object] = {}
+    for key in ('/**', node, f'/{node}', f'/**/{node}'):
+        section = data.get(key) or {}
+        out.update(section.get('ros__parameters') or {})
+    return out

@@ -19,6 +19,17 @@ NUM_DIMENSIONS = 11
 ARM = slice(0, 7)
 BASE = slice(7, 10)
 GRIPPER = 10
+# Joint names the arm dimensions map to unless configured otherwise.
+DEFAULT_ARM_JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
+
+
+def check_arm_joint_names(names) -> tuple:
+    """Return the 7 arm joint names as a tuple; raise ValueError unless 7 distinct names."""
+    names = tuple(names)
+    if len(names) != NUM_ARM_JOINTS or len(set(names)) != NUM_ARM_JOINTS:
+        raise ValueError(f'arm_joint_names must be {NUM_ARM_JOINTS} distinct names, found '
+                         f'{list(names)}')
+    return names
 
 
 class ActionSpaceError(ValueError):

@@ -5,6 +5,7 @@ The 20 Hz control loop: interpolation plus every safety rule of DESIGN.md sectio
 targets, the latched e-stop and the enable gate, so every rule is testable without ROS:
 
 * no measured joint state yet → no command at all (we do not know where the arm is);
+* measured joint state older than ``state_timeout`` → arm held, base ramps to zero;
 * e-stop → base velocity zero and arm held at once; latched until cleared, and clearing
   it leaves the motion gate closed until motion is enabled again;
 * disabled → arm held, base ramps to zero within its deceleration limit;
@@ -13,13 +14,42 @@ targets, the latched e-stop and the enable gate, so every rule is testable witho
 """
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 
-from .interpolation import ArmInterpolator, JointLimits, RateLimiter
+from .interpolation import ArmInterpolator, JointLimits, MODES, RateLimiter
+
+# interpolation_node's parameter defaults (the node declares exactly these).
+PARAM_DEFAULTS = {
+    'control_frequency': 20.0, 'inference_frequency': 5.0, 'interpolation': 'linear',
+    'command_timeout': 0.5, 'state_timeout': 0.5,
+    'joint_position_min': [-np.pi], 'joint_position_max': [np.pi],
+    'joint_velocity_max': [1.5], 'joint_acceleration_max': [6.0],
+    'base_max_velocity': [0.5, 0.5, 0.5], 'base_max_acceleration': [1.0, 1.0, 1.5],
+    'base_max_deceleration': [2.0, 2.0, 3.0],
+}
+
+
+def whole_ratio(numerator: float, denominator: float, what: str) -> int:
+    """
+    Return numerator / denominator as an int >= 1, else raise ValueError naming ``what``.
+
+    Used for every rate relation that must divide evenly: control vs inference frequency,
+    control period vs physics step, publish periods vs the simulation chunk.
+    """
+    if not (numerator > 0 and denominator > 0):
+        raise ValueError(f'{what}: both must be > 0, found {numerator:g} and {denominator:g}')
+    ratio = numerator / denominator
+    n = int(round(ratio))
+    if n < 1 or abs(ratio - n) > 1e-6:
+        raise ValueError(f'{what} must be a whole number >= 1, found {numerator:g} / '
+                         f'{denominator:g} = {ratio:.6g}')
+    return n
+
 
 WAITING = 'waiting_for_joint_states'
+STATE_STALE = 'joint_states_stale'
 ESTOP = 'estop'
 DISABLED = 'disabled'
 TIMEOUT = 'target_timeout'
@@ -36,6 +66,7 @@ class ControlConfig:
     inference_frequency: float = 5.0
     interpolation: str = 'min_jerk'
     command_timeout: float = 0.5
+    state_timeout: float = 0.5
     base_max_velocity: np.ndarray = field(
         default_factory=lambda: np.array([0.5, 0.5, 0.5]))
     base_max_acceleration: np.ndarray = field(
@@ -48,17 +79,47 @@ class ControlConfig:
             raise ValueError(
                 f'frequencies must be > 0, found control_frequency={self.control_frequency}, '
                 f'inference_frequency={self.inference_frequency}')
-        ratio = self.control_frequency / self.inference_frequency
-        if abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 1:
-            raise ValueError(
-                f'control_frequency / inference_frequency must be a whole number >= 1, found '
-                f'{self.control_frequency} / {self.inference_frequency} = {ratio:g}')
-        if not self.command_timeout > 0:
-            raise ValueError(f'command_timeout must be > 0 s, found {self.command_timeout}')
+        whole_ratio(self.control_frequency, self.inference_frequency,
+                    'control_frequency / inference_frequency')
+        for name in ('command_timeout', 'state_timeout'):
+            if not getattr(self, name) > 0:
+                raise ValueError(f'{name} must be > 0 s, found {getattr(self, name)}')
         for name in ('base_max_velocity', 'base_max_acceleration', 'base_max_deceleration'):
             v = np.asarray(getattr(self, name), dtype=float)
             if v.shape != (3,) or np.any(~np.isfinite(v)) or np.any(v <= 0):
                 raise ValueError(f'{name} must be 3 finite values > 0, found {list(v)}')
+
+    @classmethod
+    def from_params(cls, params: Dict) -> 'ControlConfig':
+        """
+        Build from interpolation_node parameter values (the YAML section or the node's).
+
+        Joint limits take 1 value (all joints) or 7; missing keys get the node's defaults.
+        Raises ValueError naming the parameter and quoting the bad value.
+        """
+        p = {**PARAM_DEFAULTS, **params}
+
+        def array(name, n):
+            a = np.asarray(list(p[name]), dtype=float)
+            if a.shape == (1,):
+                a = np.full(n, a[0])
+            if a.shape != (n,) or not np.all(np.isfinite(a)):
+                raise ValueError(f'{name} must be 1 or {n} finite numbers, found '
+                                 f'{list(p[name])}')
+            return a
+        if p['interpolation'] not in MODES:
+            raise ValueError(f'interpolation must be one of {MODES}, found '
+                             f'{p["interpolation"]!r}')
+        limits = JointLimits(array('joint_position_min', 7), array('joint_position_max', 7),
+                             array('joint_velocity_max', 7), array('joint_acceleration_max', 7))
+        return cls(joint_limits=limits, control_frequency=float(p['control_frequency']),
+                   inference_frequency=float(p['inference_frequency']),
+                   interpolation=str(p['interpolation']),
+                   command_timeout=float(p['command_timeout']),
+                   state_timeout=float(p['state_timeout']),
+                   base_max_velocity=array('base_max_velocity', 3),
+                   base_max_acceleration=array('base_max_acceleration', 3),
+                   base_max_deceleration=array('base_max_deceleration', 3))
 
     @property
     def control_period(self) -> float:
@@ -93,6 +154,8 @@ class ControlLoop:
         self.gripper = 0.0
         self._base_goal = np.zeros(3)
         self.gripper_commanded = False
+        self._resync = False
+        self._measured_at: Optional[float] = None
         self._last_arm: Optional[float] = None
         self._last_base: Optional[float] = None
         self.enabled = False
@@ -108,29 +171,35 @@ class ControlLoop:
         """Take the measured joint state as the commanded state (no jump at start)."""
         self.arm.reset(measured_arm)
         self.base.reset()
+        self._measured_at = now
         if measured_gripper is not None and np.isfinite(measured_gripper):
             self.gripper = float(np.clip(measured_gripper, 0.0, 1.0))
         self._base_goal = np.zeros(3)
         self._last_arm = None
         self._last_base = None
 
-    def on_measured(self, measured_arm: np.ndarray):
+    def on_measured(self, measured_arm: np.ndarray, now: float):
         """
-        Follow the measured arm pose until the first target after start or enable.
+        Record a joint-state measurement; re-sync to it once after start or enable.
 
-        A joint_states message published before a reset (or before an operator moved the
-        arm by hand) can still be the cached one when motion is enabled; re-syncing on every
-        measurement until a target arrives means the first segment starts where the arm is.
+        The measurement cached when motion is enabled can predate a reset (or an operator
+        moving the arm by hand), so the first one received after enabling replaces the
+        commanded state. Only once: following every measurement would let a position
+        controller with steady-state error sag under gravity.
         """
-        if self.started and self._last_arm is None and not self.estop:
+        self._measured_at = now
+        if self._resync and self.started and not self.estop:
             self.arm.reset(measured_arm)
+            self._resync = False
 
     def set_enabled(self, enabled: bool, measured_arm: np.ndarray = None, now: float = 0.0):
         """Open or close the motion gate; opening re-syncs to the measured state if given."""
         if enabled and self.estop:
             return False
-        if enabled and not self.enabled and measured_arm is not None:
-            self.arm.reset(measured_arm)
+        if enabled and not self.enabled:
+            if measured_arm is not None:
+                self.arm.reset(measured_arm)
+            self._resync = True
             self._last_arm = None
             self._last_base = None
         if not enabled:
@@ -200,8 +269,9 @@ class ControlLoop:
             ok = self.on_gripper_target(gripper, now) and ok
         return ok
 
-    def _fresh(self, stamp: Optional[float], now: float) -> bool:
-        return stamp is not None and now - stamp <= self.config.command_timeout
+    def _fresh(self, stamp: Optional[float], now: float, timeout: float) -> bool:
+        # A stamp in the future means the clock jumped back (sim reset, bag loop): stale.
+        return stamp is not None and 0.0 <= now - stamp <= timeout
 
     def tick(self, now: float) -> Optional[Command]:
         """Compute the command for time ``now``; None until a joint state was measured."""
@@ -216,8 +286,14 @@ class ControlLoop:
         if not self.enabled:
             self.state = DISABLED
             return self._command(self.arm.position.copy(), self.base.step(np.zeros(3), dt))
-        arm_fresh = self._fresh(self._last_arm, now)
-        base_fresh = self._fresh(self._last_base, now)
+        if not self._fresh(self._measured_at, now, self.config.state_timeout):
+            if self.state != STATE_STALE:
+                self.arm.hold()
+            self.state = STATE_STALE
+            return self._command(self.arm.position.copy(), self.base.step(np.zeros(3), dt))
+        timeout = self.config.command_timeout
+        arm_fresh = self._fresh(self._last_arm, now, timeout)
+        base_fresh = self._fresh(self._last_base, now, timeout)
         if not arm_fresh and self.arm.goal is not None:
             # Stale arm target: stop where the command is now rather than finish the segment.
             self.arm.hold()

@@ -82,12 +82,18 @@ class RateLimiter:
     def step(self, goal: np.ndarray, dt: float) -> np.ndarray:
         """Advance one tick of ``dt`` seconds toward ``goal``; returns the new value."""
         goal = np.clip(np.asarray(goal, dtype=float), -self.maximum, self.maximum)
-        delta = goal - self.value
-        # Shrinking magnitude (toward zero, or through it) may use the deceleration limit.
-        shrinking = np.sign(delta) != np.sign(self.value)
-        shrinking &= self.value != 0
-        rate = np.where(shrinking, self.decel, self.accel)
-        self.value = self.value + np.clip(delta, -rate * dt, rate * dt)
+        v = self.value
+        shrinking = (v != 0) & (np.sign(goal - v) != np.sign(v))
+        # Magnitude shrinks at the deceleration limit, but only down to zero: past zero the
+        # value grows again, and the rest of the tick is limited by the acceleration limit.
+        to_zero = np.where(shrinking, np.minimum(np.abs(v), np.abs(goal - v)), 0.0)
+        t_zero = np.minimum(to_zero / self.decel, dt)
+        stop = v - np.sign(v) * np.minimum(to_zero, self.decel * dt)
+        rest = np.where(shrinking, dt - t_zero, dt)
+        start = np.where(shrinking, stop, v)
+        step = np.clip(goal - start, -self.accel * rest, self.accel * rest)
+        crossing = shrinking & (np.abs(goal - v) > np.abs(v))
+        self.value = np.where(shrinking & ~crossing, stop, start + step)
         return self.value.copy()
 
 
@@ -165,7 +171,14 @@ class ArmInterpolator:
     def step(self, now: float, dt: float) -> np.ndarray:
         """Advance to time ``now`` (one tick of ``dt``); returns commanded positions."""
         lim = self.limits
-        wanted_v = (self._desired(now) - self.position) / dt
+        desired = self._desired(now)
+        if self._goal is not None:
+            # Never pull back against the goal: when momentum carried the command past the
+            # planned point (a re-plan from a moving state), coast toward the goal instead of
+            # reversing, which would hunt around the target.
+            desired = np.clip(desired, np.minimum(self.position, self._goal),
+                              np.maximum(self.position, self._goal))
+        wanted_v = (desired - self.position) / dt
         # Acceleration limit first (keeps velocity continuous), then the velocity limit.
         dv = np.clip(wanted_v - self.velocity, -lim.acceleration_max * dt,
                      lim.acceleration_max * dt)
@@ -181,7 +194,10 @@ class ArmInterpolator:
             toward = np.sign(v) == np.sign(remaining)
             v = np.where(toward, np.clip(v, -cap, cap), v)
         q = self.position + v * dt
-        clipped = np.clip(q, lim.position_min, lim.position_max)
+        # A pose measured outside the limits is left at the limit-respecting speed toward
+        # the (clipped) goal rather than snapped inside in one tick.
+        clipped = np.clip(q, np.minimum(lim.position_min, self.position),
+                          np.maximum(lim.position_max, self.position))
         v = np.where(clipped != q, 0.0, v)
         self.acceleration = (v - self.velocity) / dt
         self.velocity = v

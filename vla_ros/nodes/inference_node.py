@@ -189,6 +189,11 @@ class InferenceNode(Node):
             self.diag.count('rejected_input')
             self.get_logger().warn(f'not publishing: {exc}', throttle_duration_sec=2.0)
             return self._skip(str(exc))
+        except Exception as exc:  # runtime errors (ORT, CUDA, TensorRT) must not kill the node
+            self.diag.count('inference_errors')
+            self.get_logger().error(f'inference failed, not publishing: {exc!r}',
+                                    throttle_duration_sec=2.0)
+            return self._skip(f'inference failed: {exc}')
         self._pub.publish(tokens_to_msg(pred.tokens, stamp_ns))
         self.diag.reason = ''
         self.diag.count('published')

@@ -28,22 +28,13 @@ from visualization_msgs.msg import Marker, MarkerArray
 from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, DOUBLE_ARRAY,
                      exclusive_group, exit_with, LATCHED_QOS, now_s, run, SENSOR_QOS,
                      STRING_ARRAY)
-from ..conversions import time_to_ns
-from ..core.control import Command, ControlConfig, ControlLoop
-from ..core.interpolation import JointLimits, MODES
+from ..conversions import duration_msg, time_to_ns
+from ..core.action_space import check_arm_joint_names, DEFAULT_ARM_JOINTS
+from ..core.control import Command, ControlConfig, ControlLoop, PARAM_DEFAULTS
+from ..core.interpolation import MODES
 from ..core.stats import RateMonitor, WindowStats
 
-DEFAULT_JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
 ARM_OUTPUTS = ('commands', 'joint_trajectory')
-
-
-def _array(values, n: int, name: str) -> np.ndarray:
-    a = np.asarray(list(values), dtype=float)
-    if a.shape == (1,):
-        a = np.full(n, a[0])
-    if a.shape != (n,) or not np.all(np.isfinite(a)):
-        raise ConfigError(f'{name} must be 1 or {n} finite numbers, found {list(values)}')
-    return a
 
 
 @dataclass(frozen=True)
@@ -59,9 +50,10 @@ class InterpolationParams:
     marker_frequency: float
 
     def __post_init__(self):
-        if len(self.arm_joint_names) != 7 or len(set(self.arm_joint_names)) != 7:
-            raise ConfigError(f'arm_joint_names must be 7 distinct names, found '
-                              f'{list(self.arm_joint_names)}')
+        try:
+            check_arm_joint_names(self.arm_joint_names)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         if self.arm_output not in ARM_OUTPUTS:
             raise ConfigError(f'arm_output must be one of {ARM_OUTPUTS}, found '
                               f'{self.arm_output!r}')
@@ -73,47 +65,48 @@ class InterpolationNode(Node):
     def __init__(self):
         super().__init__('interpolation_node')
         d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
-        pi = float(np.pi)
+        D = PARAM_DEFAULTS  # noqa: N806 - one table of defaults, shared with ControlConfig
+        values = {
+            'joint_position_min': d('joint_position_min', D['joint_position_min'],
+                                    'Lower joint limits (rad), 1 value for all or 7.',
+                                    type_=DOUBLE_ARRAY),
+            'joint_position_max': d('joint_position_max', D['joint_position_max'],
+                                    'Upper joint limits (rad), 1 or 7 values.',
+                                    type_=DOUBLE_ARRAY),
+            'joint_velocity_max': d('joint_velocity_max', D['joint_velocity_max'],
+                                    'Joint speed limits (rad/s), 1 or 7 values.',
+                                    type_=DOUBLE_ARRAY),
+            'joint_acceleration_max': d('joint_acceleration_max', D['joint_acceleration_max'],
+                                        'Joint acceleration limits (rad/s^2), 1 or 7 values.',
+                                        type_=DOUBLE_ARRAY),
+            'control_frequency': d('control_frequency', D['control_frequency'],
+                                   'Command rate in Hz.', low=1.0, high=1000.0),
+            'inference_frequency': d('inference_frequency', D['inference_frequency'],
+                                     'Policy rate in Hz; control_frequency must be a whole '
+                                     'multiple.', low=0.1, high=100.0),
+            'interpolation': d('interpolation', D['interpolation'], f'One of {MODES}.'),
+            'command_timeout': d('command_timeout', D['command_timeout'], 'No target newer '
+                                 'than this (s) → base ramps to zero, arm and gripper hold.',
+                                 low=0.01, high=10.0),
+            'state_timeout': d('state_timeout', D['state_timeout'], 'No joint_states newer '
+                               'than this (s) → arm held, base ramps to zero.', low=0.01,
+                               high=10.0),
+            'base_max_velocity': d('base_max_velocity', D['base_max_velocity'], 'vx, vy (m/s), '
+                                   'wz (rad/s) limits.', type_=DOUBLE_ARRAY),
+            'base_max_acceleration': d('base_max_acceleration', D['base_max_acceleration'],
+                                       'Base acceleration limits (m/s^2, rad/s^2).',
+                                       type_=DOUBLE_ARRAY),
+            'base_max_deceleration': d('base_max_deceleration', D['base_max_deceleration'],
+                                       'Base deceleration limits (m/s^2, rad/s^2).',
+                                       type_=DOUBLE_ARRAY),
+        }
         try:
-            limits = JointLimits(
-                position_min=_array(d('joint_position_min', [-pi], 'Lower joint limits (rad), '
-                                      '1 value for all or 7.', type_=DOUBLE_ARRAY), 7,
-                                    'joint_position_min'),
-                position_max=_array(d('joint_position_max', [pi], 'Upper joint limits (rad).',
-                                      type_=DOUBLE_ARRAY), 7, 'joint_position_max'),
-                velocity_max=_array(d('joint_velocity_max', [1.5], 'Joint speed limits '
-                                      '(rad/s).', type_=DOUBLE_ARRAY), 7, 'joint_velocity_max'),
-                acceleration_max=_array(d('joint_acceleration_max', [6.0], 'Joint '
-                                          'acceleration limits (rad/s^2).', type_=DOUBLE_ARRAY),
-                                        7, 'joint_acceleration_max'))
-            control = ControlConfig(
-                joint_limits=limits,
-                control_frequency=d('control_frequency', 20.0, 'Command rate in Hz.',
-                                    low=1.0, high=1000.0),
-                inference_frequency=d('inference_frequency', 5.0, 'Policy rate in Hz; '
-                                      'control_frequency must be a whole multiple.',
-                                      low=0.1, high=100.0),
-                interpolation=d('interpolation', 'linear', f'One of {MODES}.'),
-                command_timeout=d('command_timeout', 0.5, 'No target newer than this (s) → '
-                                  'base ramps to zero, arm and gripper hold.', low=0.01,
-                                  high=10.0),
-                base_max_velocity=_array(d('base_max_velocity', [0.5, 0.5, 0.5], 'vx, vy '
-                                           '(m/s), wz (rad/s) limits.', type_=DOUBLE_ARRAY),
-                                         3, 'base_max_velocity'),
-                base_max_acceleration=_array(d('base_max_acceleration', [1.0, 1.0, 1.5],
-                                               'Base acceleration limits (m/s^2, rad/s^2).',
-                                               type_=DOUBLE_ARRAY), 3, 'base_max_acceleration'),
-                base_max_deceleration=_array(d('base_max_deceleration', [2.0, 2.0, 3.0],
-                                               'Base deceleration limits (m/s^2, rad/s^2).',
-                                               type_=DOUBLE_ARRAY), 3, 'base_max_deceleration'))
+            control = ControlConfig.from_params(values)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-        if control.interpolation not in MODES:
-            raise ConfigError(f'interpolation must be one of {MODES}, found '
-                              f'{control.interpolation!r}')
         p = self.params = InterpolationParams(
             control=control,
-            arm_joint_names=tuple(d('arm_joint_names', DEFAULT_JOINTS, 'The 7 arm joints in '
+            arm_joint_names=tuple(d('arm_joint_names', DEFAULT_ARM_JOINTS, 'The 7 arm joints in '
                                     'action order (as in joint_states).', type_=STRING_ARRAY)),
             arm_output=d('arm_output', 'commands', 'commands: Float64MultiArray on '
                          'arm_controller/commands; joint_trajectory: JointTrajectory on '
@@ -200,7 +193,7 @@ class InterpolationNode(Node):
             return
         with self._lock:
             self._measured = q
-            self.loop.on_measured(q)
+            self.loop.on_measured(q, now_s(self))
             if not self.loop.started:
                 self.loop.start(q, now_s(self))
                 self.get_logger().info('first joint_states: holding the measured arm pose')
@@ -249,6 +242,8 @@ class InterpolationNode(Node):
     def _on_estop(self, msg: Bool):
         with self._lock:
             self.loop.set_estop(bool(msg.data))
+            if msg.data:  # a pending start_enabled / enable request dies with the e-stop
+                self._want_enabled = False
         if msg.data:
             self.get_logger().error('E-STOP: base stopped, arm held; latched until vla/estop '
                                     'false and motion re-enabled')
@@ -305,7 +300,7 @@ class InterpolationNode(Node):
             traj.joint_names = list(self.params.arm_joint_names)
             period = self.params.control.control_period
             point = JointTrajectoryPoint(positions=arm)
-            point.time_from_start.nanosec = int(period * 1e9)
+            point.time_from_start = duration_msg(period)
             traj.points = [point]
             self._arm_pub.publish(traj)
         twist = Twist()

@@ -44,18 +44,17 @@ from trajectory_msgs.msg import JointTrajectory
 from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exclusive_group,
                      exit_with, LATCHED_QOS, run, SENSOR_QOS)
 from ..conversions import array_to_image, ns_to_time, time_to_ns, tokens_to_msg
+from ..core.control import whole_ratio
 from ..core.stats import RateMonitor
 
 CLOCK_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def _whole(numerator: float, denominator: float, what: str) -> int:
-    ratio = numerator / denominator
-    n = int(round(ratio))
-    if n < 1 or abs(ratio - n) > 1e-6:
-        raise ConfigError(f'{what}: {numerator:g} s is not a whole multiple of {denominator:g} s '
-                          f'(ratio {ratio:.6g}); pick frequencies whose periods divide evenly')
-    return n
+    try:
+        return whole_ratio(numerator, denominator, f'{what} / simulation chunk')
+    except ValueError as exc:
+        raise ConfigError(f'{exc}; pick frequencies whose periods divide evenly') from exc
 
 
 @dataclass(frozen=True)
@@ -329,7 +328,7 @@ class SimNode(Node):
         seed = int(self.get_parameter('seed').value)
         try:
             episode = self._reset_episode(task, seed)
-        except ValueError as exc:
+        except Exception as exc:  # a failed reset answers the caller; it must not kill the node
             response.success, response.message = False, str(exc)
             return response
         response.success = True

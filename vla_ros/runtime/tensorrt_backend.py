@@ -16,7 +16,6 @@ against the ONNX graph) need neither and are tested on machines without a GPU.
 """
 
 from dataclasses import asdict, dataclass
-import hashlib
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .base import Backend, BackendError, BackendOptions
-from ..core.model_contract import TensorSpec
+from ..core.model_contract import file_sha256, TensorSpec
 
 KEY_FORMAT = 1
 
@@ -69,15 +68,6 @@ class EngineKey:
     def to_json(self) -> str:
         """Canonical JSON written next to the engine."""
         return json.dumps(dict(asdict(self), format=KEY_FORMAT), indent=2, sort_keys=True)
-
-
-def file_sha256(path: str) -> str:
-    """Return the SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def key_file(engine_path: str) -> str:

@@ -15,7 +15,6 @@ Usage::
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
@@ -24,7 +23,7 @@ import numpy as np
 
 from vla_ros.core.action_space import ActionSpace, ActionTokenizer
 from vla_ros.core.control import ControlConfig, ControlLoop
-from vla_ros.core.interpolation import JointLimits
+from vla_ros.graph import node_params
 from vla_ros.sim.robot import Robot
 from vla_ros.sim.tasks import CONTROL_PERIOD, POLICY_PERIOD, TASK_NAMES, TaskEnv
 
@@ -34,43 +33,9 @@ def _share_file(*parts: str) -> str:
     return share_file(*parts)
 
 
-def _per_joint(values, n: int) -> np.ndarray:
-    a = np.asarray(values, dtype=float).ravel()
-    return np.full(n, a[0]) if a.size == 1 else a
-
-
-def control_config(params_file: Optional[str] = None, robot: Optional[Robot] = None
-                   ) -> ControlConfig:
-    """
-    Build the interpolation node's ControlConfig from its section of the params file.
-
-    Falls back to the robot's own limits for anything the file does not set, so the
-    evaluation tracks whatever the deployed graph would run.
-    """
-    import yaml
-    params: Dict = {}
-    path = params_file or _share_file('config', 'vla_ros.yaml')
-    if os.path.isfile(path):
-        with open(path, 'r', encoding='utf-8') as stream:
-            data = yaml.safe_load(stream) or {}
-        params = (data.get('interpolation_node') or {}).get('ros__parameters') or {}
-    base = robot.joint_limits() if robot is not None else None
-
-    def pick(name, fallback):
-        return _per_joint(params[name], 7) if name in params else fallback
-
-    limits = JointLimits(
-        position_min=pick('joint_position_min', base.position_min if base else np.full(7, -np.pi)),
-        position_max=pick('joint_position_max', base.position_max if base else np.full(7, np.pi)),
-        velocity_max=pick('joint_velocity_max', base.velocity_max if base else np.full(7, 1.5)),
-        acceleration_max=pick('joint_acceleration_max',
-                              base.acceleration_max if base else np.full(7, 6.0)))
-    kwargs = {k: params[k] for k in ('control_frequency', 'inference_frequency',
-                                     'interpolation', 'command_timeout') if k in params}
-    for k in ('base_max_velocity', 'base_max_acceleration', 'base_max_deceleration'):
-        if k in params:
-            kwargs[k] = np.asarray(params[k], dtype=float)
-    return ControlConfig(joint_limits=limits, **kwargs)
+def control_config(params_file: Optional[str] = None) -> ControlConfig:
+    """Build the interpolation node's ControlConfig from its section of the params file."""
+    return ControlConfig.from_params(node_params(params_file, 'interpolation_node'))
 
 
 class Pipeline:
@@ -105,6 +70,7 @@ class Pipeline:
         tokens = None
         while not env.done:
             now = env.robot.time
+            self.loop.on_measured(env.robot.arm_positions(), now)  # as joint_states does
             if tick % self.ticks_per_target == 0:
                 tokens = self.tokenizer.tokenize(act())
                 target = self.tokenizer.detokenize(tokens)
@@ -130,7 +96,7 @@ def evaluate(tasks: Sequence[str], episodes: int, first_seed: int = 0,
     tokenizer = ActionTokenizer(space)
     robot = Robot()
     env = TaskEnv(robot, CONTROL_PERIOD)
-    pipeline = Pipeline(env, tokenizer, control_config(params_file, robot))
+    pipeline = Pipeline(env, tokenizer, control_config(params_file))
     expert = ScriptedExpert(robot, tokenizer, POLICY_PERIOD)
     results: Dict = {}
     for task in tasks:

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from vla_ros.core.control import whole_ratio
 from vla_ros.core.interpolation import JointLimits
 
 ASSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets')
@@ -109,13 +110,7 @@ class Robot:
 
     def steps_per(self, period: float) -> int:
         """Physics steps in ``period`` seconds; raises unless it is a whole multiple."""
-        ratio = period / self.timestep
-        n = int(round(ratio))
-        if n < 1 or abs(ratio - n) > 1e-6:
-            raise ValueError(
-                f'period {period} s is not a whole multiple of the physics timestep '
-                f'{self.timestep} s (ratio {ratio:.6g}); choose a period that is')
-        return n
+        return whole_ratio(period, self.timestep, 'period / physics timestep')
 
     # -- reset and commands -------------------------------------------------------------
     def reset(self, arm: Optional[Sequence[float]] = None, gripper: float = 0.0,

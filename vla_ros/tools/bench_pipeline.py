@@ -57,7 +57,8 @@ def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz
     from ..nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
 
     width, height = (int(v) for v in camera_size.lower().split('x'))
-    overrides = {'inference_node': {'model_file_path': model_file_path}}
+    overrides = {'inference_node': {'model_file_path': model_file_path},
+                 'interpolation_node': {'start_enabled': True}}
     group = ProcessGroup(params_file, quiet=True, dds_profile=dds_profile,
                          env={'VLA_ROS_EXECUTOR_THREADS': str(executor_threads)})
     saved_profile = os.environ.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)

@@ -14,7 +14,6 @@ same command writes the same bytes on every run (the Makefile relies on it).
 """
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ import numpy as np
 
 from ..core import model_contract as mc
 from ..core.action_space import ActionSpace
+from ..core.model_contract import file_sha256
 from ..paths import default_action_space_file
 
 OPSET = 17  # LayerNormalization is a single op from 17; TensorRT 10 parses up to 20.
@@ -50,15 +50,6 @@ CALIBRATION_INSTRUCTIONS = (
 def default_action_space_path() -> str:
     """Return the installed ``config/action_space.yaml`` (the source tree's when run there)."""
     return default_action_space_file()
-
-
-def file_sha256(path: str) -> str:
-    """Return the SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:

@@ -171,9 +171,8 @@ def write(out_dir: str, space: ActionSpace) -> str:
     build_tokenizer().save(os.path.join(out_dir, 'tokenizer.json'))
     files = {}
     for name in ('policy.onnx', 'text_encoder.onnx', 'tokenizer.json'):
-        with open(os.path.join(out_dir, name), 'rb') as f:
-            data = f.read()
-        files[name] = {'sha256': hashlib.sha256(data).hexdigest(), 'bytes': len(data)}
+        path = os.path.join(out_dir, name)
+        files[name] = {'sha256': mc.file_sha256(path), 'bytes': os.path.getsize(path)}
     with open(os.path.join(out_dir, 'manifest.json'), 'w', encoding='utf-8') as f:
         json.dump({'config': 'test_model', 'contract_version': mc.CONTRACT_VERSION,
                    'text_encoder': TEXT_ENCODER_ID, 'files': files}, f, indent=2,

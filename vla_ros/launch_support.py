@@ -1,0 +1,56 @@
+"""
+launch_ros helpers shared by launch/vla_pipeline.launch.py and launch/vla_sim.launch.py.
+
+Imported only by launch files (it needs launch and launch_ros, which a robot has and this
+workplace cannot install); the node list itself is data in vla_ros.graph.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from .graph import pipeline_nodes
+
+
+def launch_arguments():
+    """Return the declared arguments shared by the pipeline and simulation launches."""
+    share = get_package_share_directory('vla_ros')
+    return [
+        DeclareLaunchArgument('params_file',
+                              default_value=os.path.join(share, 'config', 'vla_ros.yaml'),
+                              description='Parameters file (one /**/<node> key per node).'),
+        DeclareLaunchArgument('namespace', default_value='',
+                              description='Namespace for all nodes.'),
+        DeclareLaunchArgument('use_sim_time', default_value='false',
+                              description='Use /clock (simulation or bag replay).'),
+        DeclareLaunchArgument('log_level', default_value='info',
+                              description='Log level for all nodes.'),
+        DeclareLaunchArgument('model_file_path', default_value='',
+                              description='Exported policy ONNX for inference_node; empty: '
+                                          'the params file, else share/vla_ros/models/'
+                                          'rt1_tiny.'),
+    ]
+
+
+def node_actions(context, with_sim=False):
+    """Build one Node action per graph node from the resolved launch arguments."""
+    params_file = LaunchConfiguration('params_file').perform(context)
+    namespace = LaunchConfiguration('namespace').perform(context)
+    use_sim_time = LaunchConfiguration('use_sim_time').perform(context).lower() == 'true'
+    log_level = LaunchConfiguration('log_level').perform(context)
+    model_file_path = LaunchConfiguration('model_file_path').perform(context)
+    actions = []
+    for spec in pipeline_nodes(with_sim=with_sim):
+        parameters = [params_file, {'use_sim_time': use_sim_time or with_sim}]
+        # Only an explicit argument overrides a model path set in the params file.
+        if spec.name == 'inference_node' and model_file_path:
+            parameters.append({'model_file_path': model_file_path})
+        actions.append(Node(
+            package='vla_ros', executable=spec.executable, name=spec.name,
+            namespace=namespace, output='screen', parameters=parameters,
+            remappings=list(spec.remappings),
+            arguments=['--ros-args', '--log-level', log_level]))
+    return actions
