@@ -84,7 +84,7 @@ def test_commands_match_the_known_model(graph, action_space, test_model_dir):
     t0 = time.monotonic()
     time.sleep(1.0)
     n = len(harness.since(harness.arm, t0))
-    assert 15 <= n <= 25, n
+    assert 12 <= n <= 25, n  # 20 Hz; slack for a loaded machine
     # A new instruction changes the gripper without restarting anything.
     harness.instruct('open the gripper')
     assert harness.wait_for(lambda: harness.latest(harness.gripper)[1] == 0.0, 5.0)
