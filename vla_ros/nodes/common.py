@@ -1,6 +1,7 @@
 """What every vla_ros node shares: parameter declaration, diagnostics, the main() idiom."""
 
 import os
+import re
 import sys
 import threading
 from typing import Callable, Dict, Optional, Sequence
@@ -150,7 +151,8 @@ def run(factory: Callable[[], Node], args: Optional[Sequence[str]] = None,
         executor.add_node(node)
         executor.spin()
     except ConfigError as exc:
-        name = getattr(factory, '__name__', 'node')
+        # The node object may not exist yet; CameraNode → camera_node names the logger.
+        name = re.sub(r'(?<!^)(?=[A-Z])', '_', getattr(factory, '__name__', 'node')).lower()
         (node.get_logger().fatal if node else
          rclpy.logging.get_logger(name).fatal)(f'bad configuration: {exc}')
         code = 2
