@@ -168,9 +168,10 @@ def test_commands_move_the_robot(sim):
     request.parameters = [Parameter('task', value='gripper').to_parameter_msg(),
                           Parameter('seed', value=0).to_parameter_msg()]
     _call(executor, probe.param_client, request)
-    _call(executor, probe.reset_client, Trigger.Request())
+    reply = _call(executor, probe.reset_client, Trigger.Request())
     assert _wait(executor, lambda: probe.status and probe.status['task'] == 'gripper', 5.0)
-    close = probe.instruction == 'close the gripper'
+    # The reset reply names this episode's instruction (the latched topic may lag behind).
+    close = json.loads(reply.message)['instruction'] == 'close the gripper'
     _wait(executor, lambda: False, 0.5)  # past the post-reset command hold
     with probe.lock:
         q0 = np.array(probe.states[-1][1].position[:7])
@@ -185,4 +186,7 @@ def test_commands_move_the_robot(sim):
         with probe.lock:
             q = np.array(probe.states[-1][1].position)
         return abs(q[0] - target[0]) < 0.02 and probe.status['success']
-    assert _wait(executor, done, 5.0), f'robot did not follow: status {probe.status}'
+    with probe.lock:
+        last = (probe.states[-1][0], list(probe.states[-1][1].position))
+    assert _wait(executor, done, 5.0), (f'robot did not follow: status {probe.status}, '
+                                        f'target {target.tolist()}, last state {last}')

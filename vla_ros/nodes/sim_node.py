@@ -442,15 +442,21 @@ class SimNode(Node):
         try:
             while not self._stop.is_set() and self.context.ok():
                 wall = time.monotonic()
-                for _ in range(pacer.due(wall, self.sim_time())):
+                for _ in range(pacer.due(wall, self._locked_sim_time())):
                     self._advance(wall)
-                self._stop.wait(pacer.wait_time(time.monotonic(), self.sim_time()))
+                self._stop.wait(pacer.wait_time(time.monotonic(), self._locked_sim_time()))
         except Exception as exc:
             # Ctrl-C shuts the context down under a running publish; that is no error.
             if self.context.ok() and not self._stop.is_set():
                 self.diag.error = f'simulation loop stopped: {exc!r}'
                 self.get_logger().fatal(self.diag.error)
                 raise
+
+    def _locked_sim_time(self) -> float:
+        # A reset moves the clock offset and the robot time in two steps; read between them
+        # and sim time looks twice as far ahead, which parks the pacer for seconds.
+        with self._lock:
+            return self.sim_time()
 
     def _advance(self, wall: float):
         robot = self.robot
