@@ -29,24 +29,32 @@ class BackendOptions:
 
 
 class Backend:
-    """A loaded model: tensor specs, metadata, ``run`` on named numpy arrays."""
+    """
+    A loaded model: tensor specs, metadata, ``run`` on named numpy arrays.
+
+    Subclasses fill ``_inputs``, ``_outputs`` (TensorSpec lists) and ``_metadata`` when they
+    load, and implement ``active_providers`` and ``run``.
+    """
 
     name = 'abstract'
+    _inputs: List[TensorSpec] = []
+    _outputs: List[TensorSpec] = []
+    _metadata: Dict[str, str] = {}
 
     @property
     def inputs(self) -> List[TensorSpec]:
         """Return the input tensors of the loaded model."""
-        raise NotImplementedError
+        return list(self._inputs)
 
     @property
     def outputs(self) -> List[TensorSpec]:
         """Return the output tensors of the loaded model."""
-        raise NotImplementedError
+        return list(self._outputs)
 
     @property
     def metadata(self) -> Dict[str, str]:
-        """Return the custom metadata_props of the model."""
-        raise NotImplementedError
+        """Return the model's metadata (the ONNX metadata_props the exporter wrote)."""
+        return dict(self._metadata)
 
     @property
     def active_providers(self) -> List[str]:

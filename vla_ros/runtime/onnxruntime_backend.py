@@ -100,21 +100,6 @@ class OnnxRuntimeBackend(Backend):
         self._output_names = [o.name for o in self._outputs]
 
     @property
-    def inputs(self) -> List[TensorSpec]:
-        """Return the input tensors of the loaded model."""
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> List[TensorSpec]:
-        """Return the output tensors of the loaded model."""
-        return list(self._outputs)
-
-    @property
-    def metadata(self) -> Dict[str, str]:
-        """Return the ONNX metadata_props."""
-        return dict(self._metadata)
-
-    @property
     def requested_providers(self) -> List[str]:
         """Return the providers the configuration asked for."""
         return list(self._requested)

@@ -295,21 +295,6 @@ class TensorRTBackend(Backend):
 
     # -- interface -----------------------------------------------------------------------
     @property
-    def inputs(self) -> List[TensorSpec]:
-        """Return the input tensors of the engine."""
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> List[TensorSpec]:
-        """Return the output tensors of the engine."""
-        return list(self._outputs)
-
-    @property
-    def metadata(self) -> Dict[str, str]:
-        """Return the metadata of the ONNX model the engine was built from."""
-        return dict(self._metadata)
-
-    @property
     def active_providers(self) -> List[str]:
         """Return the GPU and precision in use."""
         return [f'TensorRT {self.key.tensorrt_version} {self.key.precision} on '

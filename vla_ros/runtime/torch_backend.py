@@ -106,21 +106,6 @@ class TorchBackend(Backend):
         return self._model
 
     @property
-    def inputs(self) -> List[mc.TensorSpec]:
-        """Return the input tensors (the same contract as the exported ONNX)."""
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> List[mc.TensorSpec]:
-        """Return the output tensors."""
-        return list(self._outputs)
-
-    @property
-    def metadata(self) -> Dict[str, str]:
-        """Return the metadata recorded in the manifest, or a minimal set."""
-        return dict(self._metadata)
-
-    @property
     def active_providers(self) -> List[str]:
         """Return the torch device in use."""
         return [f'torch:{self._device}']
