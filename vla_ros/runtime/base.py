@@ -53,7 +53,7 @@ class Backend:
 
     @property
     def metadata(self) -> Dict[str, str]:
-        """Return the model's metadata (the ONNX metadata_props the exporter wrote)."""
+        """Return the model's metadata: the key-value pairs the exporter wrote."""
         return dict(self._metadata)
 
     @property
