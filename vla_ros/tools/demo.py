@@ -54,6 +54,7 @@ class Recorder:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
+        from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import Twist
         from nav_msgs.msg import Odometry
         from rcl_interfaces.srv import SetParameters
@@ -75,6 +76,8 @@ class Recorder:
         self.frame_count = 0
         self.image_times: List[float] = []
         self.state_times: List[float] = []
+        self.arm_times: List[float] = []
+        self.diagnostics: Dict[str, Dict[str, str]] = {}
         self.measured: List = []     # (sim t, arm q[7])
         self.commanded: List = []    # (sim t, arm q[7])
         self.base_cmd: List = []     # (sim t, vx, vy, wz)
@@ -87,6 +90,7 @@ class Recorder:
                                  COMMAND_QOS)
         node.create_subscription(Twist, 'cmd_vel', self._on_cmd_vel, COMMAND_QOS)
         node.create_subscription(Odometry, 'odom', self._on_odom, 10)
+        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         node.create_subscription(String, 'sim/task_status', self._on_status, LATCHED_QOS)
         node.create_subscription(UInt8MultiArray, 'vla/action_tokens', self._on_tokens,
                                  COMMAND_QOS)
@@ -132,7 +136,15 @@ class Recorder:
 
     def _on_arm(self, msg):
         with self.lock:
+            self.arm_times.append(time.monotonic())
             self.commanded.append((self.sim_now, np.array(msg.data)))
+
+    def _on_diagnostics(self, msg):
+        with self.lock:
+            for status in msg.status:
+                if status.hardware_id == 'vla_ros':
+                    self.diagnostics[status.name.split('/')[-1]] = {
+                        kv.key: kv.value for kv in status.values}
 
     def _on_cmd_vel(self, msg):
         with self.lock:
@@ -322,7 +334,15 @@ def summary_markdown(summary: Dict) -> str:
     r = summary['rates_hz']
     lines.append(f'- rates seen by the demo (wall Hz): camera/image_raw {r["camera"]:.1f}, '
                  f'joint_states {r["joint_states"]:.1f}, vla/action_tokens '
-                 f'{r["action_tokens"]:.2f}')
+                 f'{r["action_tokens"]:.2f}, arm_controller/commands {r["arm_commands"]:.2f}')
+    f = summary['pipeline']
+    if f:
+        lines.append(
+            '- pipeline, from the node diagnostics (sim clock, 4 ms /clock steps): inference '
+            f'{f["inference_rate_hz"]} Hz, model run p50/p99 {f["model_ms_p50"]}/'
+            f'{f["model_ms_p99"]} ms; control {f["control_rate_hz"]} Hz, period jitter p99 '
+            f'{f["control_jitter_ms_p99"]} ms; camera stamp → first command p50/p99 '
+            f'{f["latency_ms_p50"]}/{f["latency_ms_p99"]} ms')
     lines += ['', '| task | success | rate |', '|---|---|---|']
     for task, t in summary['tasks'].items():
         lines.append(f'| {task} | {t["successes"]}/{t["episodes"]} | '
@@ -334,6 +354,21 @@ def summary_markdown(summary: Dict) -> str:
                      f'{"yes" if e["success"] else "no"} | {e["episode_time"]:.1f} |')
     lines += ['', 'Files: ' + ', '.join(summary['files']), '']
     return '\n'.join(lines)
+
+
+def _pipeline_figures(diagnostics: Dict[str, Dict[str, str]]) -> Dict[str, str]:
+    """Pick the inference/control figures out of the latest /diagnostics of the nodes."""
+    inf = diagnostics.get('inference_node', {})
+    ctl = diagnostics.get('interpolation_node', {})
+    return {
+        'inference_rate_hz': inf.get('rate_hz', 'n/a'),
+        'model_ms_p50': inf.get('model_ms_p50', 'n/a'),
+        'model_ms_p99': inf.get('model_ms_p99', 'n/a'),
+        'control_rate_hz': ctl.get('rate_hz', 'n/a'),
+        'control_jitter_ms_p99': ctl.get('jitter_ms_p99', 'n/a'),
+        'latency_ms_p50': ctl.get('latency_ms_p50', 'n/a'),
+        'latency_ms_p99': ctl.get('latency_ms_p99', 'n/a'),
+    }
 
 
 def main(argv: Sequence[str] = None) -> int:
@@ -434,11 +469,15 @@ def main(argv: Sequence[str] = None) -> int:
         wall = time.monotonic() - measure_from
         rates = {'camera': _rate(rec.image_times, measure_from),
                  'joint_states': _rate(rec.state_times, measure_from),
-                 'action_tokens': (rec.tokens - tokens_from) / wall if wall > 0 else 0.0}
+                 'action_tokens': (rec.tokens - tokens_from) / wall if wall > 0 else 0.0,
+                 'arm_commands': _rate(rec.arm_times, measure_from)}
+        with rec.lock:
+            pipeline = _pipeline_figures(rec.diagnostics)
         rtf = float(rec.status.get('real_time_factor', 0.0))
     except (RuntimeError, KeyboardInterrupt) as exc:
         print(f'vla-ros demo: stopped early: {exc}', file=sys.stderr)
-        rates = {'camera': 0.0, 'joint_states': 0.0, 'action_tokens': 0.0}
+        rates = {'camera': 0.0, 'joint_states': 0.0, 'action_tokens': 0.0, 'arm_commands': 0.0}
+        pipeline = {}
         rtf = 0.0
         code = 1
     finally:
@@ -465,7 +504,8 @@ def main(argv: Sequence[str] = None) -> int:
         'wall_time_s': time.monotonic() - t_start,
         'action_source': source, 'model_trained': trained, 'model_note': note,
         'real_time_factor_requested': args.real_time_factor, 'real_time_factor': rtf,
-        'rates_hz': rates, 'tasks': tasks, 'episodes': episodes, 'node_exit_codes': codes,
+        'rates_hz': rates, 'pipeline': pipeline, 'tasks': tasks, 'episodes': episodes,
+        'node_exit_codes': codes,
         'files': files, 'completed': code == 0,
     }
     with open(os.path.join(out, 'summary.json'), 'w', encoding='utf-8') as stream:
