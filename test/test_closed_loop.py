@@ -1,0 +1,74 @@
+"""
+Closed loop through real processes: sim_node ↔ detokenizer_node → interpolation_node.
+
+sim_node runs the scripted expert (it publishes vla/action_tokens in place of
+inference_node), so a success shows the tokens, the detokenizer, the 20 Hz loop and the
+simulated controllers work together on sim time. Then the pipeline goes silent and the
+robot must stop.
+"""
+
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from vla_ros.graph import pipeline_nodes
+from vla_ros.tools.demo import Recorder
+from vla_ros.tools.up import ProcessGroup
+
+
+@pytest.fixture
+def loop(params_file):
+    overrides = {'sim_node': {'expert_actions': True}}
+    specs = [s for s in pipeline_nodes(with_sim=True, overrides=overrides)
+             if s.name not in ('inference_node', 'camera_node')]
+    group = ProcessGroup(params_file, use_sim_time=True, quiet=True)
+    group.start_all(specs)
+    rec = Recorder(video_tasks=())
+    yield rec, group
+    rec.close()
+    group.stop()
+    for name, lines in group.lines.items():  # shown by pytest when a test fails
+        print(f'--- {name} ---')
+        print('\n'.join(lines[-20:]))
+
+
+def _wait(predicate, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_expert_completes_a_task_through_the_nodes(loop):
+    rec, group = loop
+    assert _wait(lambda: rec.enable.service_is_ready() and rec.reset.service_is_ready(), 60)
+    episode = rec.start_episode('pick_block', 3)
+    status = rec.wait_done('pick_block', 3, timeout=60.0)
+    assert status.get('success'), (episode, status, group.failed())
+    assert group.failed() is None
+
+
+def test_robot_stops_when_the_pipeline_goes_silent(loop):
+    rec, group = loop
+    assert _wait(lambda: rec.enable.service_is_ready() and rec.reset.service_is_ready(), 60)
+    rec.start_episode('drive_to_marker', 2)
+
+    def driving():
+        with rec.lock:
+            return bool(rec.base_meas) and np.hypot(*rec.base_meas[-1][1:3]) > 0.1
+    assert _wait(driving, 30.0), rec.base_meas[-5:]
+    group.kill('detokenizer_node', signal.SIGKILL)  # no more targets reach the loop
+    with rec.lock:
+        t_kill = rec.sim_now
+    # command_timeout 0.5 s + the ramp at the deceleration limit (≤ 0.25 s) + the base's
+    # response, all in sim time
+    assert _wait(lambda: rec.sim_now > t_kill + 2.0, 30.0)
+    with rec.lock:
+        after = [(t, np.hypot(vx, vy)) for t, vx, vy, wz in rec.base_meas if t > t_kill + 1.5]
+        cmds = [(t, vx, vy, wz) for t, vx, vy, wz in rec.base_cmd if t > t_kill + 1.0]
+    assert cmds and all(vx == vy == wz == 0.0 for t, vx, vy, wz in cmds)
+    assert after and max(v for t, v in after) < 0.01, after[:5]
