@@ -20,6 +20,23 @@ from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SEN
 JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` s pass; return its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def print_logs(group, lines: int = 30):
+    """Print the tail of every node's log (pytest shows it when a test fails)."""
+    for name, output in group.lines.items():
+        print(f'--- {name} ---')
+        print('\n'.join(output[-lines:]))
+
+
 class Harness(Node):
     """Publishes images, joint states, instruction, e-stop; records controller commands."""
 
@@ -112,12 +129,7 @@ class Harness(Node):
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Poll ``predicate`` until true or ``timeout`` s pass."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return predicate()
+        return wait_for(predicate, timeout)
 
     def call_enable(self, value: bool, timeout: float = 5.0):
         """Call vla/enable; returns the response."""

@@ -8,8 +8,8 @@ robot must stop.
 """
 
 import signal
-import time
 
+from graph_harness import print_logs, wait_for
 import numpy as np
 import pytest
 
@@ -29,23 +29,12 @@ def loop(params_file):
     yield rec, group
     rec.close()
     group.stop()
-    for name, lines in group.lines.items():  # shown by pytest when a test fails
-        print(f'--- {name} ---')
-        print('\n'.join(lines[-20:]))
-
-
-def _wait(predicate, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+    print_logs(group)
 
 
 def test_expert_completes_a_task_through_the_nodes(loop):
     rec, group = loop
-    assert _wait(lambda: rec.enable.service_is_ready() and rec.reset.service_is_ready(), 60)
+    assert wait_for(lambda: rec.enable.service_is_ready() and rec.reset.service_is_ready(), 60)
     episode = rec.start_episode('pick_block', 3)
     status = rec.wait_done('pick_block', 3, timeout=60.0)
     assert status.get('success'), (episode, status, group.failed())
@@ -54,19 +43,19 @@ def test_expert_completes_a_task_through_the_nodes(loop):
 
 def test_robot_stops_when_the_pipeline_goes_silent(loop):
     rec, group = loop
-    assert _wait(lambda: rec.enable.service_is_ready() and rec.reset.service_is_ready(), 60)
+    assert wait_for(lambda: rec.enable.service_is_ready() and rec.reset.service_is_ready(), 60)
     rec.start_episode('drive_to_marker', 2)
 
     def driving():
         with rec.lock:
             return bool(rec.base_meas) and np.hypot(*rec.base_meas[-1][1:3]) > 0.1
-    assert _wait(driving, 30.0), rec.base_meas[-5:]
+    assert wait_for(driving, 30.0), rec.base_meas[-5:]
     group.kill('detokenizer_node', signal.SIGKILL)  # no more targets reach the loop
     with rec.lock:
         t_kill = rec.sim_now
     # command_timeout 0.5 s + the ramp at the deceleration limit (≤ 0.25 s) + the base's
     # response, all in sim time
-    assert _wait(lambda: rec.sim_now > t_kill + 2.0, 30.0)
+    assert wait_for(lambda: rec.sim_now > t_kill + 2.0, 30.0)
     with rec.lock:
         after = [(t, np.hypot(vx, vy)) for t, vx, vy, wz in rec.base_meas if t > t_kill + 1.5]
         cmds = [(t, vx, vy, wz) for t, vx, vy, wz in rec.base_cmd if t > t_kill + 1.0]

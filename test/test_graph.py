@@ -8,7 +8,7 @@ the controllers receive can be predicted exactly from the image colour and instr
 import signal
 import time
 
-from graph_harness import Harness
+from graph_harness import Harness, print_logs
 import numpy as np
 import pytest
 import rclpy
@@ -45,9 +45,7 @@ def graph(ros, params_file, test_model_dir):
     yield harness, group
     harness.close()
     group.stop()
-    for name, lines in group.lines.items():  # shown by pytest when a test fails
-        print(f'--- {name} ---')
-        print('\n'.join(lines[-30:]))
+    print_logs(group)
 
 
 def _expected(action_space, test_model_dir, rgb, instruction):
