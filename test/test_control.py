@@ -191,6 +191,10 @@ def test_image_freshness_watchdog():
     f.update(9.6)
     assert f.fresh(10.0)
     assert not f.fresh(10.2)
+    f.update(10.3)  # slightly ahead (clock skew): accepted
+    assert f.fresh(10.0)
+    f.update(25.0)  # far in the future: the clock jumped back, not fresh
+    assert not f.fresh(10.0)
     with pytest.raises(ValueError):
         Freshness(0.0)
 

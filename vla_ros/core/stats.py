@@ -78,5 +78,11 @@ class Freshness:
         return float('inf') if self.stamp is None else now - self.stamp
 
     def fresh(self, now: float) -> bool:
-        """Tell whether a sample exists and is not older than ``max_age``."""
-        return self.age(now) <= self.max_age
+        """
+        Tell whether a sample exists and is not older than ``max_age``.
+
+        A stamp from the future is tolerated up to ``max_age`` (clock skew between the
+        camera's computer and this one); further ahead, the clock jumped or the stamp is
+        garbage, and the sample counts as stale.
+        """
+        return -self.max_age <= self.age(now) <= self.max_age
