@@ -102,8 +102,9 @@ def test_killing_inference_stops_base_and_holds_arm(graph):
                             and harness.latest(harness.base)[0] > t_kill, 5.0)
     zero_at = next(t for t, v in harness.since(harness.base, t_kill) if np.all(v == 0.0))
     # watchdog + one control period + the ramp at the deceleration limit, plus slack for
-    # scheduling on a loaded 2-core machine
-    allowed = TIMEOUT + PERIOD + vx / DECEL + 0.25
+    # scheduling on a loaded 2-core machine (measured from the harness's side: its own
+    # receive delays count too; 0.25 s of slack was exceeded once in CI, at 0.39 s)
+    allowed = TIMEOUT + PERIOD + vx / DECEL + 0.5
     assert zero_at - t_kill <= allowed, (zero_at - t_kill, allowed)
     ramp = [v[0] for t, v in harness.since(harness.base, t_kill)]
     assert np.all(np.diff(ramp) <= 1e-12)  # never speeds up again
