@@ -274,6 +274,17 @@ def write_video(frames, out_dir: str, fps: float) -> Optional[str]:
     return 'camera.gif'
 
 
+def _finish(plt, fig, axes, out_dir: str, name: str, title: str, xlabel: str) -> str:
+    """Label, save and close one figure; return its file name."""
+    axes[0].legend(loc='upper right', fontsize=8)
+    axes[-1].set_xlabel(xlabel)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, name), dpi=90)
+    plt.close(fig)
+    return name
+
+
 def write_plots(rec: Recorder, out_dir: str, episodes: List[Dict]) -> List[str]:
     """Commanded vs measured arm joints and base velocity, against sim time."""
     import matplotlib
@@ -296,13 +307,9 @@ def write_plots(rec: Recorder, out_dir: str, episodes: List[Dict]) -> List[str]:
             ax.set_ylabel(f'joint {j + 1} (rad)')
             for e in episodes:
                 ax.axvline(e['start_sim_time'], color='0.7', lw=0.6)
-        axes[0].legend(loc='upper right', fontsize=8)
-        axes[-1].set_xlabel('sim time (s); grey lines: episode starts')
-        fig.suptitle('Arm: commanded vs measured joint positions')
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, 'arm_joints.png'), dpi=90)
-        plt.close(fig)
-        files.append('arm_joints.png')
+        files.append(_finish(plt, fig, axes, out_dir, 'arm_joints.png',
+                             'Arm: commanded vs measured joint positions',
+                             'sim time (s); grey lines: episode starts'))
     if base_meas:
         fig, axes = plt.subplots(3, 1, figsize=(11, 7), sharex=True)
         bm = np.array(base_meas)
@@ -312,13 +319,9 @@ def write_plots(rec: Recorder, out_dir: str, episodes: List[Dict]) -> List[str]:
             if len(bc):
                 ax.plot(bc[:, 0], bc[:, i + 1], lw=0.8, ls='--', label='commanded (cmd_vel)')
             ax.set_ylabel(name)
-        axes[0].legend(loc='upper right', fontsize=8)
-        axes[-1].set_xlabel('sim time (s)')
-        fig.suptitle('Base: commanded vs measured velocity (base frame)')
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, 'base_velocity.png'), dpi=90)
-        plt.close(fig)
-        files.append('base_velocity.png')
+        files.append(_finish(plt, fig, axes, out_dir, 'base_velocity.png',
+                             'Base: commanded vs measured velocity (base frame)',
+                             'sim time (s)'))
     return files
 
 
