@@ -232,16 +232,46 @@ def _sample_layout(rng: np.random.Generator):
     raise RuntimeError('could not place the objects on the table')  # pragma: no cover
 
 
-def _sample_markers(rng: np.random.Generator) -> Dict[str, np.ndarray]:
-    """Markers beside and behind the robot, where driving there cannot hit the table."""
-    markers = {}
+# Where the target marker of "drive to the <colour> marker" is drawn: on the floor beside
+# the robot, inside the head camera's view at the start of the episode (a memoryless image
+# policy must see where to go), and reachable on a straight line without touching the
+# table (the base front stays behind the table's front edge).
+TARGET_MARKER_X = (-0.10, 0.08)
+TARGET_MARKER_Y = (0.45, 1.00)
+# Margin (px) the target marker's centre keeps from the image border at the start.
+MARKER_VIEW_MARGIN = 25.0
+
+
+def _sample_markers(rng: np.random.Generator, robot: Robot,
+                    target: Optional[str] = None) -> Dict[str, np.ndarray]:
+    """
+    Place the floor markers; ``target`` (a colour) lands where the camera sees it.
+
+    The other markers are distractors beside and behind the robot (seen or not). The
+    camera check uses the camera pose of the robot at its start pose (``robot`` after
+    ``Robot.reset``), so the draw depends only on the seed.
+    """
+    markers: Dict[str, np.ndarray] = {}
+    if target is not None:
+        size = robot.image_size
+        for _ in range(1000):
+            p = np.array([rng.uniform(*TARGET_MARKER_X),
+                          rng.choice([-1.0, 1.0]) * rng.uniform(*TARGET_MARKER_Y)])
+            uv = robot.project((p[0], p[1], 0.0))
+            if uv is not None and np.all(uv >= MARKER_VIEW_MARGIN) and np.all(
+                    uv <= size - MARKER_VIEW_MARGIN):
+                markers[target] = p
+                break
+        else:  # pragma: no cover - about half the area is in view
+            raise RuntimeError('no visible place for the target marker')
     while len(markers) < len(MARKER_COLOURS):
         if rng.uniform() < 0.7:
             p = np.array([rng.uniform(-0.5, 0.1), rng.choice([-1.0, 1.0]) * rng.uniform(0.6, 1.1)])
         else:
             p = np.array([rng.uniform(-1.1, -0.6), rng.uniform(-0.8, 0.8)])
         if all(np.linalg.norm(p - q) > 0.45 for q in markers.values()):
-            markers[MARKER_COLOURS[len(markers)]] = p
+            colour = next(c for c in MARKER_COLOURS if c not in markers)
+            markers[colour] = p
     return markers
 
 
@@ -274,9 +304,10 @@ class TaskEnv:
                 break
         else:  # pragma: no cover - the distributions leave plenty of room
             raise RuntimeError(f'no valid layout for task {task!r} seed {seed}')
-        markers = _sample_markers(rng)
         robot = self.robot
         robot.reset(gripper=self.task.initial_gripper(params))
+        markers = _sample_markers(rng, robot, params['colour'] if task == 'drive_to_marker'
+                                  else None)
         d = robot.data
         for colour, p in blocks.items():
             qadr = robot.model.joint(f'block_{colour}').qposadr[0]
