@@ -277,3 +277,60 @@ def test_from_params_uses_node_defaults_and_rejects_bad_values():
         c.ControlConfig.from_params({'joint_velocity_max': [1.0, 2.0]})
     with pytest.raises(ValueError, match='interpolation'):
         c.ControlConfig.from_params({'interpolation': 'cubic'})
+
+
+def _assert_within_limits(positions, lo, hi, q0, v0=None):
+    """Every tick: position, velocity and acceleration (from commanded positions) in limits."""
+    q = np.vstack([q0[None], positions])
+    v = np.diff(q, axis=0) / DT
+    v = np.vstack([np.zeros((1, q.shape[1])) if v0 is None else v0[None], v])
+    a = np.diff(v, axis=0) / DT
+    assert np.all(q >= lo - 1e-12) and np.all(q <= hi + 1e-12), (q.min(), q.max())
+    assert np.all(np.abs(v) <= VEL + 1e-9), np.abs(v).max()
+    assert np.all(np.abs(a) <= ACC + 1e-6), np.abs(a).max()
+
+
+@pytest.mark.parametrize('mode', ['linear', 'min_jerk'])
+@pytest.mark.parametrize('target', [3.5, 9.0, -100.0])
+def test_braking_onto_a_position_limit_respects_the_acceleration_limit(mode, target):
+    # Issue 7.5: min_jerk braked onto the limit at 6.17 rad/s^2 (6.72 seen through nodes).
+    loop = _loop(mode)
+    out = []
+    for i in range(1, 120):
+        if i % 4 == 1:
+            loop.on_target(np.full(7, target), np.zeros(3), None, i * DT)
+        out.append(loop.tick(i * DT).arm_positions)
+    _assert_within_limits(np.array(out), -3.0, 3.0, np.zeros(7))
+    assert np.allclose(out[-1], np.clip(target, -3.0, 3.0))
+
+
+def test_limits_hold_on_every_tick_for_random_targets_and_rates():
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        lo, hi = -rng.uniform(0.5, 3.2), rng.uniform(0.5, 3.2)
+        cfg = c.ControlConfig(JointLimits.uniform(7, (lo, hi), VEL, ACC), state_timeout=1e9,
+                              interpolation=('linear', 'min_jerk')[trial % 2])
+        loop = c.ControlLoop(cfg)
+        q0 = rng.uniform(lo, hi, 7)
+        loop.start(q0, 0.0)
+        loop.set_enabled(True)
+        every = int(rng.choice([3, 4, 5, 8]))
+        out = []
+        for i in range(1, 120):
+            if i % every == 1:
+                loop.on_target(rng.uniform(-4, 4, 7) * rng.choice([1, 3]), np.zeros(3), None,
+                               i * DT)
+            out.append(loop.tick(i * DT).arm_positions)
+        _assert_within_limits(np.array(out), lo, hi, q0)
+
+
+def test_stopping_speed_is_self_consistent():
+    from vla_ros.core.interpolation import stopping_speed
+    for d in (0.0, 1e-4, 0.015, 0.0427, 0.3, 2.0):
+        v = float(stopping_speed(np.array([d]), np.array([ACC]), DT)[0])
+        # brake at the limit from v: the distance covered is exactly d
+        covered, u = 0.0, v
+        while u > 1e-12:
+            covered += u * DT
+            u -= ACC * DT
+        assert covered == pytest.approx(d, abs=1e-12)

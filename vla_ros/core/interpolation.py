@@ -180,26 +180,51 @@ class ArmInterpolator:
                               np.maximum(self.position, self._goal))
         wanted_v = (desired - self.position) / dt
         # Acceleration limit first (keeps velocity continuous), then the velocity limit.
-        dv = np.clip(wanted_v - self.velocity, -lim.acceleration_max * dt,
-                     lim.acceleration_max * dt)
+        a_dt = lim.acceleration_max * dt
+        dv = np.clip(wanted_v - self.velocity, -a_dt, a_dt)
         v = np.clip(self.velocity + dv, -lim.velocity_max, lim.velocity_max)
-        # Brake early enough to stop at the goal, but never harder than the limit allows.
+        # Brake early enough to stop at the goal and before either position limit, but never
+        # harder than the acceleration limit allows (slowing by more than a*dt is a jerk).
+        floor = np.abs(self.velocity) - a_dt
+        acc = lim.acceleration_max
         if self._goal is not None:
             remaining = self._goal - self.position
-            # Fastest speed from which a tick-by-tick stop at the limit ends at the goal:
-            # v^2 / (2 a) + v dt / 2 = |remaining|.
-            a = lim.acceleration_max
-            v_stop = a * (np.sqrt(0.25 * dt * dt + 2.0 * np.abs(remaining) / a) - 0.5 * dt)
-            cap = np.maximum(v_stop, np.abs(self.velocity) - lim.acceleration_max * dt)
-            toward = np.sign(v) == np.sign(remaining)
-            v = np.where(toward, np.clip(v, -cap, cap), v)
+            # Exactly at the goal, motion either way goes past it.
+            toward = np.where(remaining != 0, np.sign(remaining), np.sign(v))
+            v = _cap_speed(v, toward, np.abs(remaining), floor, acc, dt)
+        v = _cap_speed(v, 1.0, lim.position_max - self.position, floor, acc, dt)
+        v = _cap_speed(v, -1.0, self.position - lim.position_min, floor, acc, dt)
         q = self.position + v * dt
-        # A pose measured outside the limits is left at the limit-respecting speed toward
-        # the (clipped) goal rather than snapped inside in one tick.
+        # Safety net (the caps above make it a no-op from any state reached inside the
+        # limits): a pose measured outside the limits is left at the limit-respecting speed
+        # toward the (clipped) goal rather than snapped inside in one tick.
         clipped = np.clip(q, np.minimum(lim.position_min, self.position),
                           np.maximum(lim.position_max, self.position))
-        v = np.where(clipped != q, 0.0, v)
+        v = np.where(clipped != q, (clipped - self.position) / dt, v)
         self.acceleration = (v - self.velocity) / dt
         self.velocity = v
         self.position = clipped
         return self.position.copy()
+
+
+def stopping_speed(distance: np.ndarray, acceleration: np.ndarray, dt: float) -> np.ndarray:
+    """
+    Return the fastest speed from which a stop at the acceleration limit ends in ``distance``.
+
+    The stop slows by at most ``acceleration * dt`` per tick and positions advance by
+    ``v * dt`` per tick (``distance`` >= 0). Braking at the limit from a speed in
+    ((n-1) a dt, n a dt] covers D(v) = dt (n v - a dt n (n-1) / 2) in n ticks, linear in v, so
+    for a distance the number of ticks n is the smallest with a dt^2 n (n+1) / 2 >= distance
+    and the speed solves D(v) = distance. The rule is self-consistent: after one tick at that
+    speed, the speed allowed for the remaining distance is exactly a dt lower.
+    """
+    d = np.maximum(np.asarray(distance, dtype=float), 0.0)
+    step = np.asarray(acceleration, dtype=float) * dt * dt
+    n = np.maximum(np.ceil((np.sqrt(1.0 + 8.0 * d / step) - 1.0) / 2.0 - 1e-12), 1.0)
+    return (d / dt + step / dt * n * (n - 1) / 2.0) / n
+
+
+def _cap_speed(v, direction, distance, floor, acceleration, dt):
+    """Limit speed in ``direction`` (+1/-1) to what can still stop within ``distance``."""
+    cap = np.maximum(stopping_speed(distance, acceleration, dt), floor)
+    return np.where(np.sign(v) == direction, np.clip(v, -cap, cap), v)
