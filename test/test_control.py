@@ -334,3 +334,47 @@ def test_stopping_speed_is_self_consistent():
             covered += u * DT
             u -= ACC * DT
         assert covered == pytest.approx(d, abs=1e-12)
+
+
+def _cruise(loop, target=2.5):
+    """Stream a far target until the arm moves at the velocity limit; return (t, q, v)."""
+    q_prev = loop.arm.position.copy()
+    for i in range(1, 13):
+        loop.on_measured(q_prev, i * DT)  # (the first one re-syncs, at rest)
+        if i % 4 == 1:
+            loop.on_target(np.full(7, target), np.zeros(3), None, i * DT)
+        q = loop.tick(i * DT).arm_positions
+        v, q_prev = (q - q_prev) / DT, q
+    assert np.allclose(v, VEL)
+    return 12 * DT, q, v
+
+
+@pytest.mark.parametrize('mode', ['linear', 'min_jerk'])
+@pytest.mark.parametrize('how', ['target_timeout', 'state_stale', 'disabled'])
+def test_stopping_a_moving_arm_brakes_within_the_acceleration_limit(mode, how):
+    # Issue 7.4: tokens stopping at 1.5 rad/s halted the arm in one tick (30 rad/s^2).
+    loop = _loop(mode, command_timeout=0.5, state_timeout=0.5 if how == 'state_stale' else 1e9)
+    t, q0, v0 = _cruise(loop)
+    if how == 'disabled':
+        loop.set_enabled(False)
+    out, states = [], []
+    for _ in range(30):
+        t += DT
+        if how == 'target_timeout':
+            loop.on_measured(q0, t)
+        cmd = loop.tick(t)
+        out.append(cmd.arm_positions)
+        states.append(cmd.state)
+    assert {'target_timeout': c.TIMEOUT, 'state_stale': c.STATE_STALE,
+            'disabled': c.DISABLED}[how] in states
+    _assert_within_limits(np.array(out), -3.0, 3.0, q0, v0)
+    # at rest after v/a (0.25 s) from the moment the stop began, then held exactly
+    assert np.array_equal(out[-1], out[-10])
+    assert np.all(out[-1] - q0 <= VEL ** 2 / (2 * ACC) + VEL * (0.5 + 2 * DT) + 1e-9)
+
+
+def test_estop_still_stops_the_arm_in_one_tick():
+    loop = _loop()
+    t, q0, _ = _cruise(loop)
+    loop.set_estop(True)
+    assert np.array_equal(loop.tick(t + DT).arm_positions, q0)

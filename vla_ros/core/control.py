@@ -5,12 +5,18 @@ The 20 Hz control loop: interpolation plus every safety rule of DESIGN.md sectio
 targets, the latched e-stop and the enable gate, so every rule is testable without ROS:
 
 * no measured joint state yet → no command at all (we do not know where the arm is);
-* measured joint state older than ``state_timeout`` → arm held, base ramps to zero;
-* e-stop → base velocity zero and arm held at once; latched until cleared, and clearing
-  it leaves the motion gate closed until motion is enabled again;
-* disabled → arm held, base ramps to zero within its deceleration limit;
-* no target newer than ``command_timeout`` → base ramps to zero, arm and gripper hold;
+* measured joint state older than ``state_timeout`` → arm brakes to rest, base ramps to
+  zero;
+* e-stop → base velocity zero and arm held at once (one tick); latched until cleared, and
+  clearing it leaves the motion gate closed until motion is enabled again;
+* disabled → arm brakes to rest within its acceleration limit, base ramps to zero within
+  its deceleration limit;
+* no target newer than ``command_timeout`` → base ramps to zero, the arm brakes to rest
+  within its acceleration limit, the gripper holds;
 * otherwise → track the newest target within the limits.
+
+Only the e-stop stops the arm in one tick; every other stop brakes at the acceleration
+limit (a moving arm halted in one 50 ms tick sees 30 rad/s² for 1.5 rad/s).
 """
 
 from dataclasses import dataclass, field
@@ -203,7 +209,7 @@ class ControlLoop:
             self._last_arm = None
             self._last_base = None
         if not enabled:
-            self.arm.hold()
+            self.arm.brake()
         self.enabled = bool(enabled)
         return True
 
@@ -285,19 +291,19 @@ class ControlLoop:
             return self._command(self.arm.position.copy())
         if not self.enabled:
             self.state = DISABLED
-            return self._command(self.arm.position.copy(), self.base.step(np.zeros(3), dt))
+            return self._command(self.arm.step(now, dt), self.base.step(np.zeros(3), dt))
         if not self._fresh(self._measured_at, now, self.config.state_timeout):
-            if self.state != STATE_STALE:
-                self.arm.hold()
+            self.arm.brake()
             self.state = STATE_STALE
-            return self._command(self.arm.position.copy(), self.base.step(np.zeros(3), dt))
+            return self._command(self.arm.step(now, dt), self.base.step(np.zeros(3), dt))
         timeout = self.config.command_timeout
         arm_fresh = self._fresh(self._last_arm, now, timeout)
         base_fresh = self._fresh(self._last_base, now, timeout)
-        if not arm_fresh and self.arm.goal is not None:
-            # Stale arm target: stop where the command is now rather than finish the segment.
-            self.arm.hold()
-        arm = self.arm.step(now, dt) if arm_fresh else self.arm.position.copy()
+        if not arm_fresh:
+            # Stale arm target: brake to rest from where the command is now (within the
+            # acceleration limit) rather than finish the segment.
+            self.arm.brake()
+        arm = self.arm.step(now, dt)
         base = self.base.step(self._base_goal if base_fresh else np.zeros(3), dt)
         if arm_fresh or base_fresh:
             self.state = TRACKING

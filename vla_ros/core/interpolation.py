@@ -131,11 +131,26 @@ class ArmInterpolator:
         self.initialised = True
 
     def hold(self):
-        """Stop at the current commanded position at once (e-stop, timeout, disable)."""
+        """Stop at the current commanded position at once, in one tick (the e-stop)."""
         self.velocity[:] = 0.0
         self.acceleration[:] = 0.0
         self._coeffs = None
         self._goal = None
+
+    def brake(self):
+        """
+        Drop the target and come to rest within the acceleration limit (timeouts, disable).
+
+        The next ``step`` calls slow every joint by at most ``acceleration_max * dt`` per tick
+        (and never past a position limit) until it stands still, then hold there.
+        """
+        self._coeffs = None
+        self._goal = None
+
+    @property
+    def moving(self) -> bool:
+        """Tell whether any joint is still commanded to move."""
+        return bool(np.any(self.velocity != 0.0))
 
     @property
     def goal(self):
