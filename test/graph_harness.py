@@ -5,7 +5,7 @@ import time
 from typing import Callable, List, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import Twist
+from geometry_msgs.msg import Twist, TwistStamped
 import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
@@ -13,8 +13,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String, UInt8MultiArray
 from std_srvs.srv import SetBool
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from vla_ros.conversions import array_to_image
+from vla_ros.conversions import array_to_image, ns_to_time
 from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
 
 JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
@@ -53,6 +54,10 @@ class Harness(Node):
         self.joint_pub = self.create_publisher(JointState, 'joint_states', SENSOR_QOS)
         self.instruction_pub = self.create_publisher(String, 'vla/instruction', LATCHED_QOS)
         self.estop_pub = self.create_publisher(Bool, 'vla/estop', LATCHED_QOS)
+        self.arm_target_pub = self.create_publisher(JointTrajectory, 'vla/arm_target',
+                                                    COMMAND_QOS)
+        self.base_target_pub = self.create_publisher(TwistStamped, 'vla/base_target',
+                                                     COMMAND_QOS)
         self.enable_client = self.create_client(SetBool, 'vla/enable')
         self.create_subscription(Float64MultiArray, 'arm_controller/commands',
                                  self._record(self.arm, lambda m: np.array(m.data)),
@@ -68,6 +73,7 @@ class Harness(Node):
                                  self._record(self.tokens, lambda m: bytes(m.data)), COMMAND_QOS)
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         self.image = np.zeros((300, 300, 3), np.uint8)
+        self.joint_names = list(JOINTS)
         self.joint_positions = np.zeros(7)
         self.camera_enabled = True
         self.create_timer(0.1, self._publish_image)
@@ -104,9 +110,28 @@ class Harness(Node):
     def _publish_joints(self):
         msg = JointState()
         msg.header.stamp = self.get_clock().now().to_msg()
-        msg.name = JOINTS
+        msg.name = list(self.joint_names)
         msg.position = [float(v) for v in self.joint_positions]
         self.joint_pub.publish(msg)
+
+    def send_target(self, arm, base, stamp_ns: int):
+        """Publish an arm and a base target stamped ``stamp_ns`` (as the detokenizer does)."""
+        stamp = ns_to_time(stamp_ns)
+        twist = TwistStamped()
+        twist.header.stamp = stamp
+        vx, vy, wz = (float(v) for v in base)
+        twist.twist.linear.x, twist.twist.linear.y, twist.twist.angular.z = vx, vy, wz
+        self.base_target_pub.publish(twist)
+        traj = JointTrajectory(joint_names=JOINTS, points=[JointTrajectoryPoint(
+            positions=[float(v) for v in arm])])
+        traj.header.stamp = stamp
+        self.arm_target_pub.publish(traj)
+
+    def diagnostic_values(self, node: str) -> dict:
+        """Return the newest /diagnostics key-values of ``node`` (empty when none yet)."""
+        with self.lock:
+            status = self.diagnostics.get(node)
+        return {} if status is None else {kv.key: kv.value for kv in status.values}
 
     def set_color(self, r: int, g: int, b: int):
         """Make every camera frame one uniform colour."""

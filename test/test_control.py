@@ -378,3 +378,49 @@ def test_estop_still_stops_the_arm_in_one_tick():
     t, q0, _ = _cruise(loop)
     loop.set_estop(True)
     assert np.array_equal(loop.tick(t + DT).arm_positions, q0)
+
+
+@pytest.mark.parametrize('offset,kind', [(1e6, 'future'), (-1e6, 'old'), (None, 'unstamped'),
+                                         (0.2, 'future'), (-0.51, 'old')])
+def test_targets_are_judged_by_their_source_stamp(offset, kind):
+    # Issue 7.3: targets stamped 1e6 s ahead, 1e6 s behind or 0 moved the arm.
+    now = 1000.0
+    loop = _loop()
+    stamp = 0.0 if offset is None else now + offset
+    with pytest.raises(c.StaleTarget) as err:
+        loop.on_arm_target(np.full(7, 0.5), now, stamp)
+    assert err.value.kind == kind
+    with pytest.raises(c.StaleTarget):
+        loop.on_base_target(np.array([0.4, 0, 0]), now, stamp)
+    with pytest.raises(c.StaleTarget):
+        loop.on_target(np.full(7, 0.5), np.array([0.4, 0, 0]), 1.0, now, stamp)
+    assert loop.gripper == 0.0  # the gripper part of a stale whole target is dropped too
+    for i in range(1, 10):
+        cmd = loop.tick(now + i * DT)
+        assert np.all(cmd.arm_positions == 0.0) and np.all(cmd.base_velocity == 0.0)
+    assert cmd.state == c.HOLDING
+
+
+def test_the_target_watchdog_counts_from_the_source_stamp():
+    loop = _loop(command_timeout=0.5)
+    now = 10.0
+    assert loop.on_target(np.full(7, 0.1), np.array([0.2, 0, 0]), None, now, now - 0.4)
+    assert loop.tick(now + DT).state == c.TRACKING  # 0.45 s after the camera saw it
+    assert loop.tick(now + 3 * DT).state == c.TIMEOUT  # 0.55 s, though it arrived 0.15 s ago
+    # slightly ahead (clock skew within the tolerance) is executed
+    assert loop.on_target(np.full(7, 0.1), np.zeros(3), None, now + 0.2, now + 0.25)
+    assert loop.tick(now + 0.25).state == c.TRACKING
+
+
+def test_future_stamp_tolerance_is_validated():
+    with pytest.raises(ValueError, match='future_stamp_tolerance'):
+        c.ControlConfig(JointLimits.uniform(7, (-3, 3), VEL, ACC), future_stamp_tolerance=-1)
+
+
+def test_joint_indices_reject_duplicated_and_missing_names():
+    names = ['j1', 'j2', 'j3']
+    assert list(c.joint_indices(['j3', 'x', 'j1', 'j2'], names)) == [2, 3, 0]
+    with pytest.raises(ValueError, match=r"\['j2'\] appear more than once"):
+        c.joint_indices(['j1', 'j2', 'j3', 'j2'], names)
+    with pytest.raises(ValueError, match=r"no positions for \['j3'\]"):
+        c.joint_indices(['j1', 'j2'], names)

@@ -12,7 +12,10 @@ targets, the latched e-stop and the enable gate, so every rule is testable witho
 * disabled → arm brakes to rest within its acceleration limit, base ramps to zero within
   its deceleration limit;
 * no target newer than ``command_timeout`` → base ramps to zero, the arm brakes to rest
-  within its acceleration limit, the gripper holds;
+  within its acceleration limit, the gripper holds. A target's age is judged by the source
+  (camera) stamp it carries, not by when it arrived: a target already older than
+  ``command_timeout``, stamped more than ``future_stamp_tolerance`` in the future, or not
+  stamped at all (0) is not executed (``StaleTarget``);
 * otherwise → track the newest target within the limits.
 
 Only the e-stop stops the arm in one tick; every other stop brakes at the acceleration
@@ -20,7 +23,7 @@ limit (a moving arm halted in one 50 ms tick sees 30 rad/s² for 1.5 rad/s).
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -29,7 +32,7 @@ from .interpolation import ArmInterpolator, JointLimits, MODES, RateLimiter
 # interpolation_node's parameter defaults (the node declares exactly these).
 PARAM_DEFAULTS = {
     'control_frequency': 20.0, 'inference_frequency': 5.0, 'interpolation': 'linear',
-    'command_timeout': 0.5, 'state_timeout': 0.5,
+    'command_timeout': 0.5, 'state_timeout': 0.5, 'future_stamp_tolerance': 0.1,
     'joint_position_min': [-np.pi], 'joint_position_max': [np.pi],
     'joint_velocity_max': [1.5], 'joint_acceleration_max': [6.0],
     'base_max_velocity': [0.5, 0.5, 0.5], 'base_max_acceleration': [1.0, 1.0, 1.5],
@@ -54,6 +57,28 @@ def whole_ratio(numerator: float, denominator: float, what: str) -> int:
     return n
 
 
+def joint_indices(names: Sequence[str], wanted: Sequence[str]) -> np.ndarray:
+    """
+    Return where each of ``wanted`` sits in ``names`` (a joint_states or trajectory message).
+
+    Raises ValueError when a name appears more than once (which copy is the joint?) or a
+    wanted joint is missing.
+    """
+    seen, duplicated = set(), []
+    for name in names:
+        if name in seen and name not in duplicated:
+            duplicated.append(name)
+        seen.add(name)
+    if duplicated:
+        raise ValueError(f'joint names {duplicated} appear more than once in {list(names)}')
+    missing = [n for n in wanted if n not in seen]
+    if missing:
+        raise ValueError(f'no positions for {missing}: found names {list(names)}, expected '
+                         f'{list(wanted)}')
+    lookup = {n: i for i, n in enumerate(names)}
+    return np.array([lookup[n] for n in wanted], dtype=np.intp)
+
+
 WAITING = 'waiting_for_joint_states'
 STATE_STALE = 'joint_states_stale'
 ESTOP = 'estop'
@@ -73,6 +98,8 @@ class ControlConfig:
     interpolation: str = 'min_jerk'
     command_timeout: float = 0.5
     state_timeout: float = 0.5
+    # Clock skew allowed between the camera's computer and this one.
+    future_stamp_tolerance: float = 0.1
     base_max_velocity: np.ndarray = field(
         default_factory=lambda: np.array([0.5, 0.5, 0.5]))
     base_max_acceleration: np.ndarray = field(
@@ -90,6 +117,9 @@ class ControlConfig:
         for name in ('command_timeout', 'state_timeout'):
             if not getattr(self, name) > 0:
                 raise ValueError(f'{name} must be > 0 s, found {getattr(self, name)}')
+        if not 0.0 <= self.future_stamp_tolerance <= self.command_timeout:
+            raise ValueError(f'future_stamp_tolerance must be in [0, command_timeout '
+                             f'{self.command_timeout}] s, found {self.future_stamp_tolerance}')
         for name in ('base_max_velocity', 'base_max_acceleration', 'base_max_deceleration'):
             v = np.asarray(getattr(self, name), dtype=float)
             if v.shape != (3,) or np.any(~np.isfinite(v)) or np.any(v <= 0):
@@ -123,6 +153,7 @@ class ControlConfig:
                    interpolation=str(p['interpolation']),
                    command_timeout=float(p['command_timeout']),
                    state_timeout=float(p['state_timeout']),
+                   future_stamp_tolerance=float(p['future_stamp_tolerance']),
                    base_max_velocity=array('base_max_velocity', 3),
                    base_max_acceleration=array('base_max_acceleration', 3),
                    base_max_deceleration=array('base_max_deceleration', 3))
@@ -136,6 +167,20 @@ class ControlConfig:
     def inference_period(self) -> float:
         """Seconds between policy targets (one interpolation segment)."""
         return 1.0 / self.inference_frequency
+
+
+class StaleTarget(ValueError):
+    """
+    A target whose source stamp says it must not be executed.
+
+    ``kind`` is ``'old'`` (older than command_timeout), ``'future'`` (ahead of this clock by
+    more than future_stamp_tolerance: the clock jumped back or the stamp is garbage) or
+    ``'unstamped'`` (stamp 0).
+    """
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -227,27 +272,58 @@ class ControlLoop:
     def _accepting(self) -> bool:
         return self.started and self.enabled and not self.estop
 
-    def on_arm_target(self, arm: np.ndarray, now: float) -> bool:
-        """Accept 7 joint targets; False when the gate is closed. Raises on bad values."""
+    def check_stamp(self, stamp: Optional[float], now: float) -> float:
+        """
+        Return the time a target counts from: its source stamp, or ``now`` when None.
+
+        None is for in-process callers whose target is as of ``now`` (the sim evaluator).
+        Raises StaleTarget for a stamp of 0, older than command_timeout, or ahead of ``now``
+        by more than future_stamp_tolerance.
+        """
+        if stamp is None:
+            return float(now)
+        stamp = float(stamp)
+        timeout, tolerance = self.config.command_timeout, self.config.future_stamp_tolerance
+        if stamp == 0.0 or not np.isfinite(stamp):
+            raise StaleTarget('unstamped', f'target has no source stamp ({stamp:g}): the '
+                              'camera stamp must travel with it')
+        if now - stamp > timeout:
+            raise StaleTarget('old', f'target stamped {now - stamp:.3f} s ago, older than '
+                              f'command_timeout {timeout:g} s')
+        if stamp - now > tolerance:
+            raise StaleTarget('future', f'target stamped {stamp - now:.3f} s in the future '
+                              f'(tolerance {tolerance:g} s): clock jumped back or bad stamp')
+        return stamp
+
+    def on_arm_target(self, arm: np.ndarray, now: float, stamp: Optional[float] = None
+                      ) -> bool:
+        """
+        Accept 7 joint targets stamped ``stamp`` (source time); False when the gate is closed.
+
+        Raises ValueError on bad values, StaleTarget (a ValueError) on a bad stamp.
+        """
         arm = np.asarray(arm, dtype=float)
         if arm.shape != self.arm.position.shape or not np.all(np.isfinite(arm)):
             raise ValueError(f'expected {self.arm.position.shape[0]} finite joint targets, '
                              f'found {arm!r}')
+        stamp = self.check_stamp(stamp, now)
         if not self._accepting():
             return False
         self.arm.set_target(arm, now)
-        self._last_arm = now
+        self._last_arm = stamp
         return True
 
-    def on_base_target(self, base: np.ndarray, now: float) -> bool:
-        """Accept a base twist (vx, vy, wz); False when the gate is closed."""
+    def on_base_target(self, base: np.ndarray, now: float, stamp: Optional[float] = None
+                       ) -> bool:
+        """Accept a base twist (vx, vy, wz) stamped ``stamp``; False when the gate is closed."""
         base = np.asarray(base, dtype=float)
         if base.shape != (3,) or not np.all(np.isfinite(base)):
             raise ValueError(f'expected 3 finite base velocities, found {base!r}')
+        stamp = self.check_stamp(stamp, now)
         if not self._accepting():
             return False
         self._base_goal = base.copy()
-        self._last_base = now
+        self._last_base = stamp
         return True
 
     def on_gripper_target(self, gripper: float, now: float) -> bool:
@@ -260,8 +336,8 @@ class ControlLoop:
         self.gripper_commanded = True
         return True
 
-    def on_target(self, arm, base, gripper, now: float) -> bool:
-        """Accept a whole 11-D target (arm, base, gripper or None)."""
+    def on_target(self, arm, base, gripper, now: float, stamp: Optional[float] = None) -> bool:
+        """Accept a whole 11-D target (arm, base, gripper or None) stamped ``stamp``."""
         arm = np.asarray(arm, dtype=float)
         base = np.asarray(base, dtype=float)
         for values, n in ((arm, 7), (base, 3)):
@@ -269,15 +345,18 @@ class ControlLoop:
                 raise ValueError(f'expected {n} finite values, found {values!r}')
         if gripper is not None and not np.isfinite(gripper):
             raise ValueError(f'gripper target must be finite, found {gripper!r}')
-        ok = self.on_arm_target(arm, now)
-        ok = self.on_base_target(base, now) and ok
+        self.check_stamp(stamp, now)
+        ok = self.on_arm_target(arm, now, stamp)
+        ok = self.on_base_target(base, now, stamp) and ok
         if gripper is not None:
             ok = self.on_gripper_target(gripper, now) and ok
         return ok
 
-    def _fresh(self, stamp: Optional[float], now: float, timeout: float) -> bool:
-        # A stamp in the future means the clock jumped back (sim reset, bag loop): stale.
-        return stamp is not None and 0.0 <= now - stamp <= timeout
+    def _fresh(self, stamp: Optional[float], now: float, timeout: float,
+               ahead: float = 0.0) -> bool:
+        # A stamp in the future (beyond ``ahead``, the tolerated clock skew) means the clock
+        # jumped back (sim reset, bag loop): stale.
+        return stamp is not None and -ahead <= now - stamp <= timeout
 
     def tick(self, now: float) -> Optional[Command]:
         """Compute the command for time ``now``; None until a joint state was measured."""
@@ -297,8 +376,9 @@ class ControlLoop:
             self.state = STATE_STALE
             return self._command(self.arm.step(now, dt), self.base.step(np.zeros(3), dt))
         timeout = self.config.command_timeout
-        arm_fresh = self._fresh(self._last_arm, now, timeout)
-        base_fresh = self._fresh(self._last_base, now, timeout)
+        ahead = self.config.future_stamp_tolerance
+        arm_fresh = self._fresh(self._last_arm, now, timeout, ahead)
+        base_fresh = self._fresh(self._last_base, now, timeout, ahead)
         if not arm_fresh:
             # Stale arm target: brake to rest from where the command is now (within the
             # acceleration limit) rather than finish the segment.

@@ -30,11 +30,17 @@ from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, DOUBLE_ARRA
                      STRING_ARRAY)
 from ..conversions import duration_msg, time_to_ns
 from ..core.action_space import check_arm_joint_names, DEFAULT_ARM_JOINTS
-from ..core.control import Command, ControlConfig, ControlLoop, PARAM_DEFAULTS
+from ..core.control import (Command, ControlConfig, ControlLoop, joint_indices, PARAM_DEFAULTS,
+                            StaleTarget)
 from ..core.interpolation import MODES
 from ..core.stats import RateMonitor, WindowStats
 
 ARM_OUTPUTS = ('commands', 'joint_trajectory')
+
+
+def _stamp_s(header) -> float:
+    """Return a header's stamp in seconds (0.0 when unstamped)."""
+    return time_to_ns(header.stamp) * 1e-9
 
 
 @dataclass(frozen=True)
@@ -86,8 +92,12 @@ class InterpolationNode(Node):
                                      'multiple.', low=0.1, high=100.0),
             'interpolation': d('interpolation', D['interpolation'], f'One of {MODES}.'),
             'command_timeout': d('command_timeout', D['command_timeout'], 'No target newer '
-                                 'than this (s) → base ramps to zero, arm and gripper hold.',
-                                 low=0.01, high=10.0),
+                                 'than this (s, by its source stamp) → base ramps to zero, '
+                                 'arm brakes to rest, gripper holds.', low=0.01, high=10.0),
+            'future_stamp_tolerance': d('future_stamp_tolerance', D['future_stamp_tolerance'],
+                                        'Targets stamped up to this far (s) in the future are '
+                                        'executed (clock skew); further ahead, rejected.',
+                                        low=0.0, high=10.0),
             'state_timeout': d('state_timeout', D['state_timeout'], 'No joint_states newer '
                                'than this (s) → arm held, base ramps to zero.', low=0.01,
                                high=10.0),
@@ -122,8 +132,9 @@ class InterpolationNode(Node):
         self.loop = ControlLoop(control)
         self._lock = threading.Lock()
         self._measured: Optional[np.ndarray] = None
-        self._index_cache: Dict[Tuple[str, ...], Optional[np.ndarray]] = {}
+        self._index_cache: Dict[Tuple[str, ...], object] = {}
         self._pending_latency: Optional[int] = None
+        self._last_rejection: Tuple[float, str] = (-1e9, '')
         self._instruction = ''
         self.diag = Diagnostics(self)
         self._rate = RateMonitor(control.control_frequency)
@@ -168,24 +179,30 @@ class InterpolationNode(Node):
             f'{"enabled" if p.start_enabled else "disabled until vla/enable"}')
 
     # -- inputs -------------------------------------------------------------------------
-    def _arm_indices(self, names) -> Optional[np.ndarray]:
+    def _arm_indices(self, names) -> np.ndarray:
+        """Return the arm joints' indices in ``names``; ValueError on duplicates, missing."""
         key = tuple(names)
         if key not in self._index_cache:
-            lookup = {n: i for i, n in enumerate(key)}
             try:
-                self._index_cache[key] = np.array(
-                    [lookup[n] for n in self.params.arm_joint_names], dtype=np.intp)
-            except KeyError:
-                self._index_cache[key] = None
-        return self._index_cache[key]
+                self._index_cache[key] = joint_indices(key, self.params.arm_joint_names)
+            except ValueError as exc:
+                self._index_cache[key] = exc
+            while len(self._index_cache) > 64:  # garbage names must not grow memory
+                self._index_cache.pop(next(iter(self._index_cache)))
+        found = self._index_cache[key]
+        if isinstance(found, ValueError):
+            raise found
+        return found
 
     def _on_joint_states(self, msg: JointState):
-        idx = self._arm_indices(msg.name)
-        if idx is None or len(msg.position) != len(msg.name):
-            self.diag.count('joint_states_rejected')
-            expected = list(self.params.arm_joint_names)
-            self.get_logger().warn(f'joint_states lacks positions for {expected}: found '
-                                   f'names {list(msg.name)}', throttle_duration_sec=5.0)
+        try:
+            idx = self._arm_indices(msg.name)
+            if len(msg.position) != len(msg.name):
+                raise ValueError(f'{len(msg.position)} positions for {len(msg.name)} names')
+        except ValueError as exc:
+            n = self.diag.count('joint_states_rejected')
+            self.get_logger().warn(f'rejecting joint_states ({n} so far): {exc}',
+                                   throttle_duration_sec=5.0)
             return
         q = np.asarray(msg.position, dtype=float)[idx]
         if not np.all(np.isfinite(q)):
@@ -201,6 +218,15 @@ class InterpolationNode(Node):
                     self.loop.set_enabled(True, q, now_s(self))
 
     def _reject(self, what: str, exc: Exception):
+        if isinstance(exc, StaleTarget):
+            # Judged by the source stamp it carries: not executed, counted, and said why.
+            n = self.diag.count('rejected_stale_targets')
+            self.diag.count(f'rejected_stale_targets_{exc.kind}')
+            self._last_rejection = (time.monotonic(), f'{what} rejected: {exc}')
+            self.diag.set('last_rejected_target', f'{what}: {exc}')
+            self.get_logger().warn(f'not executing {what} ({n} so far): {exc}',
+                                   throttle_duration_sec=2.0)
+            return
         n = self.diag.count('rejected_targets')
         self.get_logger().warn(f'rejecting {what} ({n} so far): {exc}',
                                throttle_duration_sec=2.0)
@@ -210,12 +236,12 @@ class InterpolationNode(Node):
             if len(msg.points) != 1:
                 raise ValueError(f'expected 1 trajectory point, found {len(msg.points)}')
             idx = self._arm_indices(msg.joint_names)
-            if idx is None or len(msg.points[0].positions) != len(msg.joint_names):
-                raise ValueError(f'joint names {list(msg.joint_names)} do not cover '
-                                 f'{list(self.params.arm_joint_names)}')
+            if len(msg.points[0].positions) != len(msg.joint_names):
+                raise ValueError(f'{len(msg.points[0].positions)} positions for '
+                                 f'{len(msg.joint_names)} joint names')
             q = np.asarray(msg.points[0].positions, dtype=float)[idx]
             with self._lock:
-                accepted = self.loop.on_arm_target(q, now_s(self))
+                accepted = self.loop.on_arm_target(q, now_s(self), _stamp_s(msg.header))
         except ValueError as exc:
             return self._reject('arm target', exc)
         if accepted:
@@ -228,7 +254,7 @@ class InterpolationNode(Node):
         try:
             with self._lock:
                 self.loop.on_base_target(np.array([t.linear.x, t.linear.y, t.angular.z]),
-                                         now_s(self))
+                                         now_s(self), _stamp_s(msg.header))
         except ValueError as exc:
             self._reject('base target', exc)
 
@@ -286,7 +312,11 @@ class InterpolationNode(Node):
             self._latency_ms.add((self.get_clock().now().nanoseconds - self._pending_latency)
                                  * 1e-6)
             self._pending_latency = None
-        self.diag.reason = '' if cmd.state == 'tracking' else cmd.state
+        reason = '' if cmd.state == 'tracking' else cmd.state
+        seen, why = self._last_rejection
+        if reason and time.monotonic() - seen < 2.0:
+            reason += f' ({why})'
+        self.diag.reason = reason
         self._tick_ms.add((time.perf_counter() - t0) * 1e3)
 
     def _publish(self, cmd: Command):
