@@ -424,3 +424,49 @@ def test_joint_indices_reject_duplicated_and_missing_names():
         c.joint_indices(['j1', 'j2', 'j3', 'j2'], names)
     with pytest.raises(ValueError, match=r"no positions for \['j3'\]"):
         c.joint_indices(['j1', 'j2'], names)
+
+
+def test_clock_watchdog_notices_a_frozen_clock_on_the_steady_clock():
+    w = c.ClockWatchdog(0.5)
+    assert not w.observe(100.0, 0.0)
+    assert not w.observe(100.05, 0.05)
+    assert not w.observe(100.05, 0.5)  # stuck for 0.45 s
+    assert w.observe(100.05, 0.6) and w.stuck_for(0.6) == pytest.approx(0.55)
+    assert not w.observe(3.0, 0.65)  # moving again (here: jumped back, a sim reset)
+    with pytest.raises(ValueError, match='clock_timeout'):
+        c.ClockWatchdog(0.0)
+
+
+def test_frozen_clock_ramps_base_down_brakes_arm_and_resumes_only_on_a_new_target():
+    # Issue 7.1: with /clock lost, no tick ran and the last cmd_vel stayed on the wire.
+    loop = _loop(command_timeout=0.5)
+    t, q0, v0 = _cruise(loop)
+    cmd = None
+    for i in range(12):
+        if i % 4 == 0:
+            loop.on_target(np.full(7, 2.5), np.array([0.4, 0.0, 0.3]), None, t)
+        t += DT
+        loop.on_measured(q0, t)
+        before, cmd = cmd, loop.tick(t)
+    assert cmd.base_velocity[0] == pytest.approx(0.4)
+    assert np.allclose(cmd.arm_positions - before.arm_positions, VEL * DT)  # still moving
+    q_prev, v_prev = cmd.arm_positions, (cmd.arm_positions - before.arm_positions) / DT
+    base = [cmd.base_velocity]
+    arm = []
+    for _ in range(20):  # the same (frozen) time: fresh targets keep "arriving"
+        loop.on_target(np.full(7, 2.5), np.array([0.4, 0.0, 0.3]), None, t)
+        cmd = loop.tick_frozen()
+        assert cmd.state == c.CLOCK_FROZEN
+        base.append(cmd.base_velocity)
+        arm.append(cmd.arm_positions)
+    steps = np.abs(np.diff(np.array(base), axis=0))
+    assert np.all(steps <= np.array([2.0, 2.0, 3.0]) * DT + 1e-12)  # deceleration limits
+    assert np.all(base[-1] == 0.0) and np.all(base[5] == 0.0)  # 0.4 m/s / 2 m/s^2 = 4 ticks
+    _assert_within_limits(np.array(arm), -3.0, 3.0, q_prev, v_prev)
+    assert np.array_equal(arm[-1], arm[-5])  # at rest, held
+    # time moves again: nothing resumes until a new target
+    cmd = loop.tick(t + DT)
+    assert cmd.state == c.HOLDING and np.all(cmd.base_velocity == 0.0)
+    assert np.array_equal(cmd.arm_positions, arm[-1])
+    assert loop.on_target(np.full(7, 2.5), np.array([0.4, 0.0, 0.3]), None, t + DT)
+    assert loop.tick(t + 2 * DT).state == c.TRACKING

@@ -7,12 +7,14 @@ the simulator's /clock. Nothing is mocked: the commands checked are the ones a c
 would receive.
 """
 
+import threading
 import time
 
 from graph_harness import Harness, JOINTS, print_logs
 import numpy as np
 import pytest
 import rclpy
+from rosgraph_msgs.msg import Clock
 from vla_ros.graph import NodeSpec
 from vla_ros.tools.up import ProcessGroup
 
@@ -40,6 +42,33 @@ def harness(ros):
     h.camera_enabled = False
     yield h
     h.close()
+
+
+class SimClock:
+    """/clock from the harness node: sim time follows wall time while running."""
+
+    def __init__(self, node, start_s: float = 1000.0):
+        self._lock = threading.Lock()
+        self._sim_ns = int(start_s * 1e9)
+        self._wall = time.monotonic()
+        self.running = True
+        self._pub = node.create_publisher(Clock, '/clock', 10)
+        node.create_timer(0.01, self._publish)
+
+    def now_ns(self) -> int:
+        """Return the current sim time (frozen while stopped)."""
+        with self._lock:
+            wall = time.monotonic()
+            if self.running:
+                self._sim_ns += int((wall - self._wall) * 1e9)
+            self._wall = wall
+            return self._sim_ns
+
+    def _publish(self):
+        if self.running:
+            msg = Clock()
+            msg.clock.sec, msg.clock.nanosec = divmod(self.now_ns(), 1_000_000_000)
+            self._pub.publish(msg)
 
 
 def _commands_flowing(harness, group):
@@ -106,6 +135,58 @@ def test_duplicated_joint_names_in_joint_states_are_rejected(harness, params_fil
         harness.joint_positions = np.zeros(7)
         assert harness.wait_for(lambda: harness.latest(harness.arm) is not None, 5.0)
         assert np.all(harness.latest(harness.arm)[1] == 0.0)
+        assert group.failed() is None
+    finally:
+        group.stop()
+        print_logs(group)
+
+
+def test_lost_clock_stops_the_base_on_the_steady_clock_and_resumes(harness, params_file):
+    """Issue 7.1: with /clock frozen the 20 Hz timer stalled and cmd_vel stayed at 0.4."""
+    clock = SimClock(harness)
+    group = _interpolation_node(params_file, use_sim_time=True, command_timeout=0.5,
+                                clock_timeout=0.5)
+    arm, base = np.full(7, 0.3), np.array([0.4, 0.0, 0.0])
+
+    def drive(until, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            harness.send_target(arm, base, clock.now_ns())
+            if until():
+                return True
+            time.sleep(0.1)
+        return until()
+
+    def base_vx():
+        return (harness.latest(harness.base) or (0, np.zeros(3)))[1][0]
+    try:
+        _commands_flowing(harness, group)
+        assert drive(lambda: base_vx() >= 0.4 - 1e-9, 10.0), harness.latest(harness.base)
+        vx = base_vx()
+        clock.running = False
+        t_freeze = time.monotonic()
+        # the pipeline keeps sending targets, stamped with the (frozen) sim time
+        drive(lambda: False, 2.0)
+        after = harness.since(harness.base, t_freeze)
+        zero_at = next((t for t, v in after if np.all(v == 0.0)), None)
+        assert zero_at is not None, after[-3:]
+        # clock_timeout + one period + the ramp at the deceleration limit + scheduling slack
+        allowed = 0.5 + PERIOD + vx / DECEL + 0.5
+        assert zero_at - t_freeze <= allowed, (zero_at - t_freeze, allowed)
+        ramp = [v[0] for _, v in after]
+        assert np.all(np.diff(ramp) <= 1e-12)
+        assert np.all(np.abs(np.diff(ramp)) <= DECEL * PERIOD + 1e-9)
+        held = [v for t, v in harness.since(harness.arm, zero_at)]
+        assert len(held) >= 10 and all(np.array_equal(h, held[0]) for h in held)
+        assert all(np.all(v == 0.0) for t, v in harness.since(harness.base, zero_at))
+        status = harness.diagnostics['interpolation_node']
+        assert 'clock frozen' in status.message, status.message
+        assert int(harness.diagnostic_values('interpolation_node')['clock_frozen']) == 1
+        # time moves again: new targets move the robot again
+        clock.running = True
+        assert drive(lambda: base_vx() > 0.1, 5.0), harness.latest(harness.base)
+        assert harness.wait_for(
+            lambda: 'clock frozen' not in harness.diagnostics['interpolation_node'].message, 3.0)
         assert group.failed() is None
     finally:
         group.stop()

@@ -18,6 +18,13 @@ targets, the latched e-stop and the enable gate, so every rule is testable witho
   stamped at all (0) is not executed (``StaleTarget``);
 * otherwise → track the newest target within the limits.
 
+The loop's own time is the caller's (ROS time in the node, sim time under use_sim_time).
+When that clock stops (``/clock`` lost), a tick driven by it never comes, so the node also
+feeds ``ClockWatchdog`` from a steady clock and, once ROS time has not advanced for
+``clock_timeout`` seconds of steady time, calls ``tick_frozen`` instead: base ramps to zero,
+arm brakes to rest, all targets are dropped; motion resumes with the next target once the
+clock moves again.
+
 Only the e-stop stops the arm in one tick; every other stop brakes at the acceleration
 limit (a moving arm halted in one 50 ms tick sees 30 rad/s² for 1.5 rad/s).
 """
@@ -33,6 +40,7 @@ from .interpolation import ArmInterpolator, JointLimits, MODES, RateLimiter
 PARAM_DEFAULTS = {
     'control_frequency': 20.0, 'inference_frequency': 5.0, 'interpolation': 'linear',
     'command_timeout': 0.5, 'state_timeout': 0.5, 'future_stamp_tolerance': 0.1,
+    'clock_timeout': 0.5,
     'joint_position_min': [-np.pi], 'joint_position_max': [np.pi],
     'joint_velocity_max': [1.5], 'joint_acceleration_max': [6.0],
     'base_max_velocity': [0.5, 0.5, 0.5], 'base_max_acceleration': [1.0, 1.0, 1.5],
@@ -86,6 +94,36 @@ DISABLED = 'disabled'
 TIMEOUT = 'target_timeout'
 HOLDING = 'holding'
 TRACKING = 'tracking'
+CLOCK_FROZEN = 'clock_frozen'
+
+
+class ClockWatchdog:
+    """
+    Notice, on a steady clock, that the control clock (ROS time) has stopped advancing.
+
+    Under ``use_sim_time`` ROS time only moves while ``/clock`` arrives; every timer on it
+    stalls with it. The caller samples both clocks from a steady-clock timer; ROS time
+    counts as moving whenever its value changed since the last sample (a jump back, as
+    after a sim reset, is movement too).
+    """
+
+    def __init__(self, timeout: float):
+        if not timeout > 0:
+            raise ValueError(f'clock_timeout must be > 0 s, found {timeout}')
+        self.timeout = float(timeout)
+        self._clock: Optional[float] = None
+        self._moved_at = 0.0
+
+    def observe(self, clock_now: float, steady_now: float) -> bool:
+        """Record one sample of both clocks; return True while the control clock is frozen."""
+        if self._clock is None or clock_now != self._clock:
+            self._clock = clock_now
+            self._moved_at = steady_now
+        return self.stuck_for(steady_now) > self.timeout
+
+    def stuck_for(self, steady_now: float) -> float:
+        """Return steady seconds since the control clock last moved (0 before any sample)."""
+        return 0.0 if self._clock is None else steady_now - self._moved_at
 
 
 @dataclass(frozen=True)
@@ -100,6 +138,8 @@ class ControlConfig:
     state_timeout: float = 0.5
     # Clock skew allowed between the camera's computer and this one.
     future_stamp_tolerance: float = 0.1
+    # Steady-clock seconds without ROS time advancing before the loop stops on its own.
+    clock_timeout: float = 0.5
     base_max_velocity: np.ndarray = field(
         default_factory=lambda: np.array([0.5, 0.5, 0.5]))
     base_max_acceleration: np.ndarray = field(
@@ -114,7 +154,7 @@ class ControlConfig:
                 f'inference_frequency={self.inference_frequency}')
         whole_ratio(self.control_frequency, self.inference_frequency,
                     'control_frequency / inference_frequency')
-        for name in ('command_timeout', 'state_timeout'):
+        for name in ('command_timeout', 'state_timeout', 'clock_timeout'):
             if not getattr(self, name) > 0:
                 raise ValueError(f'{name} must be > 0 s, found {getattr(self, name)}')
         if not 0.0 <= self.future_stamp_tolerance <= self.command_timeout:
@@ -154,6 +194,7 @@ class ControlConfig:
                    command_timeout=float(p['command_timeout']),
                    state_timeout=float(p['state_timeout']),
                    future_stamp_tolerance=float(p['future_stamp_tolerance']),
+                   clock_timeout=float(p['clock_timeout']),
                    base_max_velocity=array('base_max_velocity', 3),
                    base_max_acceleration=array('base_max_acceleration', 3),
                    base_max_deceleration=array('base_max_deceleration', 3))
@@ -392,6 +433,31 @@ class ControlLoop:
         else:
             self.state = TIMEOUT
         return self._command(arm, base)
+
+    def tick_frozen(self) -> Optional[Command]:
+        """
+        Compute one control period's command while the control clock is frozen.
+
+        Called from a steady-clock timer at the control rate instead of ``tick``: the base
+        ramps to zero within its deceleration limit, the arm brakes to rest within its
+        acceleration limit, the gripper holds. Every target is dropped, so once the clock
+        moves again nothing resumes until a new target arrives. None until started.
+        """
+        if not self.started:
+            self.state = WAITING
+            return None
+        self._base_goal = np.zeros(3)
+        self._last_arm = None
+        self._last_base = None
+        self.arm.brake()
+        if self.estop:
+            self.state = ESTOP
+            self.base.reset()
+            return self._command(self.arm.position.copy())
+        self.state = CLOCK_FROZEN
+        dt = self.config.control_period
+        # No target: the interpolator's time argument is unused while it brakes.
+        return self._command(self.arm.step(0.0, dt), self.base.step(np.zeros(3), dt))
 
     def _command(self, arm, base=None) -> Command:
         base = self.base.value.copy() if base is None else base

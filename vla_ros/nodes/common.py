@@ -11,6 +11,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 ParameterType)
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
                              SingleThreadedExecutor)
 from rclpy.node import Node
@@ -64,7 +65,7 @@ DOUBLE_ARRAY = ParameterType.PARAMETER_DOUBLE_ARRAY
 
 class Diagnostics:
     """
-    Counters and values published on /diagnostics once per ``period`` seconds.
+    Counters and values published on /diagnostics once per ``period`` seconds (steady clock).
 
     Nodes call ``count`` for events (drops, rejections) and ``set`` for values (rates,
     latencies, the current reason for not acting); level is WARN while a reason is set.
@@ -78,7 +79,9 @@ class Diagnostics:
         self.reason = ''
         self.error = ''
         self._pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self._timer = node.create_timer(period, self.publish, callback_group=callback_group)
+        # Steady clock: a node whose ROS time stopped (/clock lost) must still say so.
+        self._timer = node.create_timer(period, self.publish, callback_group=callback_group,
+                                        clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def count(self, key: str, n: int = 1) -> int:
         """Add ``n`` to counter ``key``; returns the new total."""

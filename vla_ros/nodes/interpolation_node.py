@@ -18,6 +18,7 @@ from typing import Dict, Optional, Tuple
 
 from geometry_msgs.msg import Twist, TwistStamped
 import numpy as np
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray, String
@@ -30,8 +31,8 @@ from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, DOUBLE_ARRA
                      STRING_ARRAY)
 from ..conversions import duration_msg, time_to_ns
 from ..core.action_space import check_arm_joint_names, DEFAULT_ARM_JOINTS
-from ..core.control import (Command, ControlConfig, ControlLoop, joint_indices, PARAM_DEFAULTS,
-                            StaleTarget)
+from ..core.control import (ClockWatchdog, Command, ControlConfig, ControlLoop, joint_indices,
+                            PARAM_DEFAULTS, StaleTarget)
 from ..core.interpolation import MODES
 from ..core.stats import RateMonitor, WindowStats
 
@@ -99,7 +100,11 @@ class InterpolationNode(Node):
                                         'executed (clock skew); further ahead, rejected.',
                                         low=0.0, high=10.0),
             'state_timeout': d('state_timeout', D['state_timeout'], 'No joint_states newer '
-                               'than this (s) → arm held, base ramps to zero.', low=0.01,
+                               'than this (s) → arm brakes to rest, base ramps to zero.',
+                               low=0.01, high=10.0),
+            'clock_timeout': d('clock_timeout', D['clock_timeout'], 'ROS time (/clock under '
+                               'use_sim_time) not advancing for this long (s, steady '
+                               'clock) → base ramps to zero, arm brakes to rest.', low=0.01,
                                high=10.0),
             'base_max_velocity': d('base_max_velocity', D['base_max_velocity'], 'vx, vy (m/s), '
                                    'wz (rad/s) limits.', type_=DOUBLE_ARRAY),
@@ -168,10 +173,18 @@ class InterpolationNode(Node):
         self.create_subscription(String, 'vla/instruction', self._on_instruction,
                                  LATCHED_QOS, callback_group=inputs)
         self.create_service(SetBool, 'vla/enable', self._on_enable, callback_group=inputs)
-        self.create_timer(control.control_period, self._tick, callback_group=exclusive_group())
+        control_group = exclusive_group()
+        self.create_timer(control.control_period, self._tick, callback_group=control_group)
+        # A timer on ROS time stalls with /clock; this one runs on the steady clock and takes
+        # over (base to zero, arm braked) when ROS time stops moving.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._clock_watch = ClockWatchdog(control.clock_timeout)
+        self._clock_frozen = False
+        self.create_timer(control.control_period, self._watch_clock,
+                          callback_group=control_group, clock=steady)
         self.create_timer(1.0 / p.marker_frequency, self._publish_markers,
                           callback_group=inputs)
-        self.create_timer(1.0, self._report, callback_group=inputs)
+        self.create_timer(1.0, self._report, callback_group=inputs, clock=steady)
         self._want_enabled = p.start_enabled
         self.get_logger().info(
             f'{control.control_frequency:g} Hz {control.interpolation} interpolation, '
@@ -318,6 +331,32 @@ class InterpolationNode(Node):
             reason += f' ({why})'
         self.diag.reason = reason
         self._tick_ms.add((time.perf_counter() - t0) * 1e3)
+
+    def _watch_clock(self):
+        now = now_s(self)
+        frozen = self._clock_watch.observe(now, time.monotonic())
+        if not frozen:
+            if self._clock_frozen:
+                self._clock_frozen = False
+                self.get_logger().warn(f'ROS time moves again ({now:.3f} s): control resumes '
+                                       'with the next target')
+            return
+        stuck = self._clock_watch.stuck_for(time.monotonic())
+        if not self._clock_frozen:
+            self._clock_frozen = True
+            self.diag.count('clock_frozen')
+            sim = self.get_parameter('use_sim_time').value
+            log = self.get_logger().warn if now == 0.0 else self.get_logger().error
+            log(f'clock frozen: ROS time has stayed at {now:.3f} s for {stuck:.2f} s '
+                f'(use_sim_time {sim}: is /clock published?); base ramping to zero, arm '
+                'braking, targets dropped until it moves')
+        with self._lock:
+            cmd = self.loop.tick_frozen()
+        if cmd is None:
+            return
+        self._publish(cmd)
+        self.diag.reason = (f'clock frozen: ROS time stuck at {now:.3f} s for {stuck:.1f} s; '
+                            f'{cmd.state}')
 
     def _publish(self, cmd: Command):
         stamp = self.get_clock().now().to_msg()
