@@ -191,3 +191,36 @@ def test_lost_clock_stops_the_base_on_the_steady_clock_and_resumes(harness, para
     finally:
         group.stop()
         print_logs(group)
+
+
+@pytest.mark.parametrize('tamper', ['weights', 'manifest'])
+def test_inference_node_refuses_a_model_whose_bytes_do_not_match(params_file, test_model_dir,
+                                                                 tmp_path, tamper):
+    """Issue 7.2: corrupted weights / a wrong manifest loaded and produced tokens."""
+    import json
+    import shutil
+    from test_verify import _corrupt_weights
+    from vla_ros.core.model_contract import file_sha256
+    folder = str(tmp_path / 'model')
+    shutil.copytree(test_model_dir, folder)
+    policy = f'{folder}/policy.onnx'
+    with open(f'{folder}/manifest.json', encoding='utf-8') as stream:
+        manifest = json.load(stream)
+    if tamper == 'weights':
+        expected = manifest['artifacts']['policy.onnx']['sha256']
+        _corrupt_weights(policy)
+    else:
+        expected = manifest['artifacts']['policy.onnx']['sha256'] = 'ab' * 32
+        with open(f'{folder}/manifest.json', 'w', encoding='utf-8') as stream:
+            json.dump(manifest, stream)
+    found = file_sha256(policy)
+    group = ProcessGroup(params_file, quiet=True)
+    group.start(NodeSpec('inference_node', 'inference_node',
+                         parameters={'model_file_path': policy}))
+    try:
+        code = group.procs['inference_node'].wait(60.0)
+    finally:
+        group.stop()
+    text = '\n'.join(group.lines['inference_node'])
+    assert code == 2, text
+    assert 'policy.onnx' in text and expected in text and found in text, text

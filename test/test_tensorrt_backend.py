@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from vla_ros.core.model_contract import TensorSpec
+from vla_ros.core.model_contract import file_sha256, TensorSpec
 from vla_ros.runtime import BackendError, BackendOptions, create_backend
 from vla_ros.runtime.tensorrt_backend import (engine_path, EngineKey, key_file, onnx_io_specs,
                                               rebuild_reason, validate_bindings)
@@ -26,11 +26,11 @@ def _engine_specs(specs):
             for s in specs]
 
 
-def _write_engine(path, key):
+def _write_engine(path, key, engine=b'engine'):
     with open(path, 'wb') as stream:
-        stream.write(b'engine')
+        stream.write(engine)
     with open(key_file(path), 'w', encoding='utf-8') as stream:
-        stream.write(key.to_json())
+        stream.write(key.to_json(file_sha256(path)))
 
 
 def test_engine_name_is_keyed_by_model_tensorrt_and_gpu():
@@ -62,6 +62,19 @@ def test_rebuild_decision(tmp_path):
     _write_engine(path, KEY)
     assert rebuild_reason(path, KEY) is None
     assert rebuild_reason(path, KEY, force=True) == 'force_engine_update is set'
+
+
+def test_an_engine_whose_bytes_changed_is_rebuilt_not_run(tmp_path):
+    path = str(tmp_path / KEY.file_name('policy'))
+    _write_engine(path, KEY)
+    with open(path, 'r+b') as stream:
+        stream.write(b'E')  # one byte flipped after the build
+    reason = rebuild_reason(path, KEY)
+    assert reason is not None and 'not the one that was built' in reason
+    assert file_sha256(path) in reason
+    with open(key_file(path), 'w', encoding='utf-8') as stream:
+        stream.write(KEY.to_json())  # a key file without the engine's hash
+    assert 'not the one that was built' in rebuild_reason(path, KEY)
 
 
 @pytest.mark.parametrize('field, value', [

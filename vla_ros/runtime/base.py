@@ -1,7 +1,7 @@
 """The one small interface every inference runtime implements, and the shared options."""
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -25,6 +25,9 @@ class BackendOptions:
     engine_file_path: str = ''
     force_engine_update: bool = False
     fp16: bool = True
+    # No manifest.json beside the model: refuse (True) or load with a warning (False); None
+    # follows the VLA_ROS_REQUIRE_MANIFEST environment variable (runtime/verify.py).
+    require_manifest: Optional[bool] = None
     extra: Dict[str, str] = field(default_factory=dict)
 
 
@@ -32,11 +35,13 @@ class Backend:
     """
     A loaded model: tensor specs, metadata, ``run`` on named numpy arrays.
 
-    Subclasses fill ``_inputs``, ``_outputs`` (TensorSpec lists) and ``_metadata`` when they
-    load, and implement ``active_providers`` and ``run``.
+    Subclasses check the bytes they load (``runtime.verify``; the result is kept in
+    ``verification``), fill ``_inputs``, ``_outputs`` (TensorSpec lists) and ``_metadata``
+    when they load, and implement ``active_providers`` and ``run``.
     """
 
     name = 'abstract'
+    verification = None  # runtime.verify.Verification of the model file
     _inputs: List[TensorSpec] = []
     _outputs: List[TensorSpec] = []
     _metadata: Dict[str, str] = {}

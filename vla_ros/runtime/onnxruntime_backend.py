@@ -6,6 +6,7 @@ from typing import Dict, List
 import numpy as np
 
 from .base import Backend, BackendError, BackendOptions
+from .verify import check_weights, verify_file
 from ..core.model_contract import TensorSpec
 
 ACCELERATOR_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider')
@@ -62,6 +63,8 @@ class OnnxRuntimeBackend(Backend):
         if not options.providers:
             raise BackendError('providers is empty: list execution providers explicitly, '
                                'e.g. [CPUExecutionProvider]')
+        # The bytes must be the exported ones before anything runs them.
+        self.verification = verify_file(options.model_file_path, options.require_manifest)
         available = ort.get_available_providers()
         unknown = [p for p in options.providers if p not in available]
         if unknown and options.require_accelerator:
@@ -95,6 +98,7 @@ class OnnxRuntimeBackend(Backend):
                 f'requested {self._requested}, active {self._active}')
         meta = self._session.get_modelmeta()
         self._metadata = dict(meta.custom_metadata_map)
+        check_weights(self.verification, self._metadata)
         self._inputs = [_spec(a) for a in self._session.get_inputs()]
         self._outputs = [_spec(a) for a in self._session.get_outputs()]
         self._output_names = [o.name for o in self._outputs]

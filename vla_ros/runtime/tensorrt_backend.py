@@ -5,8 +5,11 @@ The engine file name is keyed by everything that makes a serialized engine inval
 ONNX file's sha256, the TensorRT version, the GPU name and its compute capability (plus the
 precision and the largest batch of the optimisation profile). A JSON key file beside the
 engine repeats the key; the engine is rebuilt when any part differs, when the file is
-missing or unreadable, or when ``force_engine_update`` is set. Engines live next to the model
-(or in ``engine_file_path``), never under a fixed /tmp path.
+missing or unreadable, when its bytes do not hash to the ``engine_sha256`` the key file
+recorded at build time (a corrupted cache is rebuilt, never run), or when
+``force_engine_update`` is set. Engines live next to the model (or in ``engine_file_path``),
+never under a fixed /tmp path. The ONNX file itself is checked against its manifest
+(``runtime.verify``) before it is parsed.
 
 Inference uses ``execute_async_v3`` with tensor addresses set per I/O tensor.
 
@@ -24,9 +27,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .base import Backend, BackendError, BackendOptions
+from .verify import check_weights, verify_file
 from ..core.model_contract import file_sha256, TensorSpec
 
-KEY_FORMAT = 1
+# 2: the key file also records the engine's sha256.
+KEY_FORMAT = 2
 
 # onnx.TensorProto element types -> numpy names (the onnx package is not needed for this).
 _ONNX_TYPES = {1: 'float32', 2: 'uint8', 3: 'int8', 5: 'int16', 6: 'int32', 7: 'int64',
@@ -65,9 +70,12 @@ class EngineKey:
         version = re.sub(r'[^0-9A-Za-z.]+', '_', self.tensorrt_version)
         return f'timing.trt{version}.{gpu}.sm{self.compute_capability.replace(".", "")}.cache'
 
-    def to_json(self) -> str:
-        """Canonical JSON written next to the engine."""
-        return json.dumps(dict(asdict(self), format=KEY_FORMAT), indent=2, sort_keys=True)
+    def to_json(self, engine_sha256: str = '') -> str:
+        """Canonical JSON written next to the engine (with the engine's sha256 once built)."""
+        fields = dict(asdict(self), format=KEY_FORMAT)
+        if engine_sha256:
+            fields['engine_sha256'] = engine_sha256
+        return json.dumps(fields, indent=2, sort_keys=True)
 
 
 def key_file(engine_path: str) -> str:
@@ -107,6 +115,10 @@ def rebuild_reason(path: str, key: EngineKey, force: bool = False) -> Optional[s
              if found.get(name) != value]
     if diffs:
         return 'the cached engine was built for something else: ' + ', '.join(diffs)
+    found_sha = file_sha256(path)
+    if found.get('engine_sha256') != found_sha:
+        return (f'the cached engine is not the one that was built: sha256 {found_sha}, key '
+                f'file records {found.get("engine_sha256")}')
     return None
 
 
@@ -205,14 +217,16 @@ class TensorRTBackend(Backend):
         if not options.model_file_path or not os.path.isfile(options.model_file_path):
             raise BackendError(f'model file not found: {options.model_file_path!r}; set '
                                'model_file_path to an exported policy.onnx')
+        self.verification = verify_file(options.model_file_path, options.require_manifest)
         self._onnx_inputs, self._onnx_outputs, self._metadata = onnx_io_specs(
             options.model_file_path)
+        check_weights(self.verification, self._metadata)
         trt, cudart = _import_tensorrt()
         self._trt, self._cudart = trt, cudart
         props = _check(cudart.cudaGetDeviceProperties(0))
         gpu_name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
         max_batch = int(options.extra.get('max_batch', '1'))
-        self.key = EngineKey(file_sha256(options.model_file_path), trt.__version__,
+        self.key = EngineKey(self.verification.sha256, trt.__version__,
                              gpu_name, f'{props.major}.{props.minor}',
                              'fp16' if options.fp16 else 'fp32', max_batch)
         self.engine_path = engine_path(options.model_file_path, self.key,
@@ -275,7 +289,7 @@ class TensorRTBackend(Backend):
             stream.write(serialized)
         os.replace(tmp, self.engine_path)  # never leave a half-written engine
         with open(key_file(self.engine_path), 'w', encoding='utf-8') as stream:
-            stream.write(self.key.to_json() + '\n')
+            stream.write(self.key.to_json(file_sha256(self.engine_path)) + '\n')
         with open(timing_path, 'wb') as stream:
             stream.write(memoryview(config.get_timing_cache().serialize()))
 

@@ -11,6 +11,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from .base import BackendError, BackendOptions
+from .verify import verify_file
 from ..core import model_contract as mc
 
 TOKENIZER_FILE = 'tokenizer.json'
@@ -22,7 +23,7 @@ class TextEncoder:
     def __init__(self, model_file_path: str, tokenizer_path: str = '',
                  policy_metadata: Optional[Dict[str, str]] = None,
                  providers: Sequence[str] = ('CPUExecutionProvider',),
-                 intra_op_threads: int = 1):
+                 intra_op_threads: int = 1, require_manifest: Optional[bool] = None):
         from . import create_backend
         try:
             from tokenizers import Tokenizer
@@ -33,10 +34,13 @@ class TextEncoder:
         if not os.path.isfile(tokenizer_path):
             raise BackendError(f'tokenizer not found: {tokenizer_path!r}; it is written by '
                                '`vla-ros export` next to text_encoder.onnx')
+        # Both files are checked against the manifest beside them (the model by its backend).
+        self.tokenizer_verification = verify_file(tokenizer_path, require_manifest)
         # The policy session lives in the same process: no spinning idle threads.
         self._backend = create_backend('onnxruntime', BackendOptions(
             model_file_path=model_file_path, providers=tuple(providers),
-            intra_op_threads=intra_op_threads, allow_spinning=False))
+            intra_op_threads=intra_op_threads, allow_spinning=False,
+            require_manifest=require_manifest))
         if policy_metadata is not None:
             self.dim = mc.check_text_encoder(self._backend.inputs, self._backend.outputs,
                                              self._backend.metadata, policy_metadata)
@@ -52,6 +56,11 @@ class TextEncoder:
         self._tokenizer.enable_padding(length=mc.MAX_TEXT_TOKENS,
                                        pad_id=self._tokenizer.padding['pad_id']
                                        if self._tokenizer.padding else 0)
+
+    @property
+    def verification(self):
+        """Return the runtime.verify.Verification of the text encoder model file."""
+        return self._backend.verification
 
     @property
     def encoder_id(self) -> str:

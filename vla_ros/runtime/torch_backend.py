@@ -4,8 +4,10 @@ PyTorch backend: runs the RT-1 module itself, for development and parity checks.
 ``model_file_path`` is either an exported ``policy.onnx`` (the torch model is rebuilt from the
 ``manifest.json`` beside it: config, decoding and, for untrained exports, the seeded weights;
 a trained export also needs ``extra['checkpoint']``), or a checkpoint file
-(``.safetensors``/``.pt``) with ``extra['config']``. The rebuilt weights must hash to the
-``weights_sha256`` the export recorded, so the torch model is the one the ONNX file holds.
+(``.safetensors``/``.pt``) with ``extra['config']``. From an export, the ONNX file must match
+its manifest (``runtime.verify``), a checkpoint must hash to the manifest's
+``checkpoint_sha256``, and the rebuilt weights to its ``weights_sha256``, so the torch model
+is the one the ONNX file holds. A bare checkpoint (development) has no manifest to check.
 torch is imported only when this backend is created: nodes never need it.
 """
 
@@ -16,16 +18,19 @@ from typing import Dict, List
 import numpy as np
 
 from .base import Backend, BackendError, BackendOptions
+from .verify import IntegrityError, verify_file
 from ..core import model_contract as mc
 
 MANIFEST_FILE = 'manifest.json'
 
 
-def _policy_specs(text_dim: int):
+def _policy_specs(text_dim: int, state_dim: int = 0):
     h, w = mc.IMAGE_SIZE
     inputs = [mc.TensorSpec('image', 'uint8', (None, h, w, 3)),
               mc.TensorSpec('text_embeddings', 'float32', (None, mc.MAX_TEXT_TOKENS, text_dim)),
               mc.TensorSpec('text_mask', 'float32', (None, mc.MAX_TEXT_TOKENS))]
+    if state_dim:
+        inputs.append(mc.TensorSpec(mc.STATE_INPUT, 'float32', (None, state_dim)))
     outputs = [mc.TensorSpec(mc.POLICY_OUTPUT, 'float32',
                              (None, mc.NUM_ACTION_TOKENS, mc.NUM_BINS))]
     return inputs, outputs
@@ -51,6 +56,7 @@ class TorchBackend(Backend):
         if not os.path.isfile(path):
             raise BackendError(f'model file not found: {path!r}')
         if path.endswith('.onnx'):
+            self.verification = verify_file(path, options.require_manifest)
             manifest_path = os.path.join(os.path.dirname(os.path.abspath(path)), MANIFEST_FILE)
             try:
                 with open(manifest_path, 'r', encoding='utf-8') as stream:
@@ -65,6 +71,12 @@ class TorchBackend(Backend):
             if manifest.get('trained') and not checkpoint:
                 raise BackendError(f'{path!r} holds trained weights; pass the checkpoint it '
                                    "was exported from as extra['checkpoint']")
+            expected = manifest.get('checkpoint_sha256')
+            if checkpoint and expected and mc.file_sha256(checkpoint) != expected:
+                raise IntegrityError(
+                    f'checkpoint {checkpoint} is not the one {path} was exported from: '
+                    f'{manifest_path} expects sha256 {expected}, found '
+                    f'{mc.file_sha256(checkpoint)}')
         else:
             config_name = extra.get('config', '')
             if not config_name:
@@ -79,9 +91,10 @@ class TorchBackend(Backend):
             raise BackendError(f'cannot build the torch model: {exc}') from exc
         weights = weights_sha256(self._model)
         if metadata and metadata.get(mc.META_WEIGHTS) != weights:
-            raise BackendError(
-                f'the rebuilt torch weights (sha256 {weights[:16]}) differ from the exported '
-                f'ones ({str(metadata.get(mc.META_WEIGHTS))[:16]}); pass the same checkpoint')
+            raise IntegrityError(
+                f'the torch weights rebuilt for {path} differ from the exported ones: expected '
+                f'sha256 {metadata.get(mc.META_WEIGHTS)}, found {weights}; pass the '
+                'checkpoint it was exported from')
         if not metadata:
             metadata = {mc.META_CONTRACT: mc.CONTRACT_VERSION, mc.META_CONFIG: config.name,
                         mc.META_WEIGHTS: weights, mc.META_TEXT_DIM: str(config.text_dim),
@@ -98,7 +111,7 @@ class TorchBackend(Backend):
         if options.intra_op_threads > 0:
             # Process-wide in torch; this backend is for development processes only.
             torch.set_num_threads(int(options.intra_op_threads))
-        self._inputs, self._outputs = _policy_specs(config.text_dim)
+        self._inputs, self._outputs = _policy_specs(config.text_dim, config.state_dim)
 
     @property
     def model(self):
@@ -114,7 +127,7 @@ class TorchBackend(Backend):
         """Run one inference without gradients."""
         torch = self._torch
         args = [torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self._device)
-                for name in mc.POLICY_INPUTS]
+                for name in mc.policy_input_names(self.metadata)]
         with torch.inference_mode():
             logits = self._model(*args)
         return {mc.POLICY_OUTPUT: logits.float().cpu().numpy()}

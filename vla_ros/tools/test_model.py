@@ -166,16 +166,20 @@ def write(out_dir: str, space: ActionSpace) -> str:
     """Write policy.onnx, text_encoder.onnx, tokenizer.json, manifest.json; return out_dir."""
     import onnx
     os.makedirs(out_dir, exist_ok=True)
-    onnx.save(build_policy(space), os.path.join(out_dir, 'policy.onnx'))
+    policy = build_policy(space)
+    onnx.save(policy, os.path.join(out_dir, 'policy.onnx'))
     onnx.save(build_text_encoder(), os.path.join(out_dir, 'text_encoder.onnx'))
     build_tokenizer().save(os.path.join(out_dir, 'tokenizer.json'))
     files = {}
     for name in ('policy.onnx', 'text_encoder.onnx', 'tokenizer.json'):
         path = os.path.join(out_dir, name)
         files[name] = {'sha256': mc.file_sha256(path), 'bytes': os.path.getsize(path)}
+    meta = {p.key: p.value for p in policy.metadata_props}
+    # The layout `vla-ros export` writes (runtime/verify.py checks the artifacts against it).
     with open(os.path.join(out_dir, 'manifest.json'), 'w', encoding='utf-8') as f:
-        json.dump({'config': 'test_model', 'contract_version': mc.CONTRACT_VERSION,
-                   'text_encoder': TEXT_ENCODER_ID, 'files': files}, f, indent=2,
+        json.dump({'format': 1, 'config': 'test_model', 'contract_version': mc.CONTRACT_VERSION,
+                   'trained': False, 'weights_sha256': meta[mc.META_WEIGHTS],
+                   'text_encoder': {'id': TEXT_ENCODER_ID}, 'artifacts': files}, f, indent=2,
                   sort_keys=True)
     return out_dir
 
