@@ -6,8 +6,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.deps-stamp
 INSTALLED := $(VENV)/.install-stamp
-MODEL_DIR := models/rt1_tiny
+MODEL_DIR := models/rt1_nano
 MODEL := $(MODEL_DIR)/policy.onnx
+# The shipped trained weights and their recipe (dataset, training, evaluation) are
+# committed; `make` exports them to ONNX (docs/model-card.md: how to regenerate them).
+WEIGHTS := $(MODEL_DIR)/policy.safetensors
+TRAINING_INFO := $(MODEL_DIR)/training.json
 SOURCES := $(shell find vla_ros launch config -type f -not -path '*/__pycache__/*' 2>/dev/null) \
 	setup.py setup.cfg package.xml
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
@@ -28,10 +32,11 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 setup: $(STAMP)
 
-# Model artifacts are generated, never committed; the seeds make them byte-reproducible.
+# ONNX artifacts are generated from the committed weights, never committed themselves.
 $(MODEL): $(STAMP) $(shell find vla_ros/model -name '*.py' 2>/dev/null) vla_ros/tools/export.py \
-		config/action_space.yaml
-	PYTHONPATH=$(CURDIR) $(PY) -m vla_ros.cli export --config tiny --out $(MODEL_DIR)
+		config/action_space.yaml $(WEIGHTS) $(TRAINING_INFO)
+	PYTHONPATH=$(CURDIR) $(PY) -m vla_ros.cli export --config nano --checkpoint $(WEIGHTS) \
+	  --info $(TRAINING_INFO) --action-space config/action_space.yaml --out $(MODEL_DIR)
 
 models: $(MODEL)
 

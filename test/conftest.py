@@ -12,20 +12,46 @@ os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(20, 101)))
 os.environ.setdefault('MUJOCO_GL', 'egl')
 
+import yaml  # noqa: E402
+
 from vla_ros.core.action_space import ActionSpace  # noqa: E402
-from vla_ros.paths import default_action_space_file, default_params_file  # noqa: E402
+from vla_ros.paths import default_action_space_file, default_params_file, share_file  # noqa: E402,E501
+
+
+def absolute_action_space_file() -> str:
+    """config/action_space_absolute.yaml: the chapter's absolute joint space."""
+    return share_file('config', 'action_space_absolute.yaml')
 
 
 @pytest.fixture(scope='session')
-def action_space() -> ActionSpace:
-    """Load the shipped action space (config/action_space.yaml)."""
+def shipped_action_space() -> ActionSpace:
+    """Load the shipped action space (config/action_space.yaml: joint deltas)."""
     return ActionSpace.from_yaml(default_action_space_file())
 
 
 @pytest.fixture(scope='session')
-def params_file() -> str:
+def action_space() -> ActionSpace:
+    """The chapter's absolute action space, which the known-function test model uses."""
+    return ActionSpace.from_yaml(absolute_action_space_file())
+
+
+@pytest.fixture(scope='session')
+def shipped_params_file() -> str:
     """Return the shipped parameters file."""
     return default_params_file()
+
+
+@pytest.fixture(scope='session')
+def params_file(tmp_path_factory) -> str:
+    """The shipped parameters with the absolute action space (for the test model)."""
+    with open(default_params_file(), encoding='utf-8') as stream:
+        params = yaml.safe_load(stream)
+    for node in ('inference_node', 'detokenizer_node', 'sim_node'):
+        section = params.setdefault(f'/**/{node}', {}).setdefault('ros__parameters', {})
+        section['action_space_file'] = absolute_action_space_file()
+    path = tmp_path_factory.mktemp('params') / 'vla_ros_absolute.yaml'
+    path.write_text(yaml.safe_dump(params), encoding='utf-8')
+    return str(path)
 
 
 @pytest.fixture(scope='session')

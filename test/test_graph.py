@@ -196,16 +196,13 @@ def test_stale_camera_stops_inference_and_says_why(graph):
 
 @pytest.fixture(scope='module')
 def rt1_tiny_dir(tmp_path_factory):
-    """Return the shipped default model if installed, else a fresh export of tiny."""
-    import os
-    from vla_ros.paths import default_model_dir
-    folder = default_model_dir()
-    if os.path.isfile(os.path.join(folder, 'policy.onnx')):
-        return folder
+    """A fresh export of the (untrained) RT-1 tiny in the chapter's absolute space."""
     pytest.importorskip('torch')
+    from conftest import absolute_action_space_file
     from vla_ros.tools import export
     out = str(tmp_path_factory.mktemp('rt1_tiny'))
-    assert export.main(['--config', 'tiny', '--out', out]) == 0
+    assert export.main(['--config', 'tiny', '--out', out,
+                        '--action-space', absolute_action_space_file()]) == 0
     return out
 
 

@@ -10,7 +10,10 @@ os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 VERBS = {
     'up': ('vla_ros.tools.up', 'start the pipeline nodes as processes (--sim adds MuJoCo)'),
     'demo': ('vla_ros.tools.demo', 'closed-loop demo in simulation; writes a run folder'),
-    'export': ('vla_ros.tools.export', 'export RT-1 (seed|tiny) + text encoder to ONNX'),
+    'export': ('vla_ros.tools.export', 'export RT-1 (seed|tiny|nano) + text encoder to ONNX'),
+    'collect': ('vla_ros.learning.collect', 'record expert / DAgger demonstrations (sim)'),
+    'train': ('vla_ros.learning.train', 'behaviour cloning of RT-1 on datasets'),
+    'eval': ('vla_ros.learning.evaluate', 'closed-loop success of an exported policy'),
     'bench': (None, 'benchmarks: `bench pipeline` or `bench model`'),
     'test-model': ('vla_ros.tools.test_model', 'write the known-function test policy'),
 }

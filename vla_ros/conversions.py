@@ -1,10 +1,10 @@
 """Messages <-> numpy: the only layer that knows both message types and core types."""
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 from builtin_interfaces.msg import Duration, Time
 import numpy as np
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
 
 from .core import image as core_image
@@ -90,3 +90,27 @@ def msg_to_tokens(msg: UInt8MultiArray, expected: int) -> Tuple[np.ndarray, Opti
             except ValueError:
                 raise ValueError(f'malformed stamp label {d.label!r}')
     return data.copy(), stamp
+
+
+def joint_positions(msg: JointState, names: Sequence[str]) -> np.ndarray:
+    """
+    Positions of ``names`` (in that order) from a JointState. Raises ValueError.
+
+    Rejects messages whose name and position arrays differ in length, that repeat a joint
+    name (which copy would be right?), that lack a wanted joint, or whose wanted positions
+    are not finite.
+    """
+    if len(msg.position) != len(msg.name):
+        raise ValueError(f'{len(msg.name)} names but {len(msg.position)} positions')
+    seen = {}
+    for i, name in enumerate(msg.name):
+        if name in seen:
+            raise ValueError(f'joint {name!r} appears twice')
+        seen[name] = i
+    missing = [n for n in names if n not in seen]
+    if missing:
+        raise ValueError(f'missing joints {missing}')
+    q = np.array([msg.position[seen[n]] for n in names], dtype=np.float64)
+    if not np.all(np.isfinite(q)):
+        raise ValueError(f'non-finite positions {q.tolist()}')
+    return q

@@ -12,7 +12,7 @@ from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from .graph import pipeline_nodes
+from .graph import dds_profile_env, pipeline_nodes
 
 
 def launch_arguments():
@@ -31,7 +31,12 @@ def launch_arguments():
         DeclareLaunchArgument('model_file_path', default_value='',
                               description='Exported policy ONNX for inference_node; empty: '
                                           'the params file, else share/vla_ros/models/'
-                                          'rt1_tiny.'),
+                                          'rt1_nano.'),
+        DeclareLaunchArgument('dds_profile', default_value='true',
+                              description='Give the nodes config/fastdds_large_shm.xml (Fast '
+                                          'DDS shared memory large enough for camera frames) '
+                                          'unless FASTRTPS_DEFAULT_PROFILES_FILE is set; '
+                                          'export it for the camera driver too.'),
     ]
 
 
@@ -42,6 +47,8 @@ def node_actions(context, with_sim=False):
     use_sim_time = LaunchConfiguration('use_sim_time').perform(context).lower() == 'true'
     log_level = LaunchConfiguration('log_level').perform(context)
     model_file_path = LaunchConfiguration('model_file_path').perform(context)
+    dds = LaunchConfiguration('dds_profile').perform(context).lower() == 'true'
+    env = dds_profile_env(os.environ, dds)
     actions = []
     for spec in pipeline_nodes(with_sim=with_sim):
         parameters = [params_file, {'use_sim_time': use_sim_time or with_sim}]
@@ -51,6 +58,6 @@ def node_actions(context, with_sim=False):
         actions.append(Node(
             package='vla_ros', executable=spec.executable, name=spec.name,
             namespace=namespace, output='screen', parameters=parameters,
-            remappings=list(spec.remappings),
+            remappings=list(spec.remappings), additional_env=env,
             arguments=['--ros-args', '--log-level', log_level]))
     return actions

@@ -41,5 +41,5 @@ def default_dds_profile() -> str:
 
 
 def default_model_dir() -> str:
-    """models/rt1_tiny (produced by `make models`)."""
-    return share_file('models', 'rt1_tiny')
+    """models/rt1_nano: the shipped trained policy (exported by `make models`)."""
+    return share_file('models', 'rt1_nano')

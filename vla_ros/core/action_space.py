@@ -13,7 +13,10 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 SCHEMES = ('uniform', 'rt1')
-KINDS = ('position', 'velocity', 'binary')
+KINDS = ('position', 'delta_position', 'velocity', 'binary')
+# How the 7 arm dimensions are read: absolute joint positions (the chapter's RT-1 space) or
+# joint deltas added to the previous *commanded* arm target (``ActionSpace.compose``).
+ARM_KINDS = ('position', 'delta_position')
 NUM_ARM_JOINTS = 7
 NUM_DIMENSIONS = 11
 ARM = slice(0, 7)
@@ -77,9 +80,13 @@ class ActionSpace:
                 f'expected {NUM_DIMENSIONS} dimensions (7 arm, 3 base, 1 gripper), found '
                 f'{len(self.dimensions)}')
         kinds = [d.kind for d in self.dimensions]
-        expected = ['position'] * 7 + ['velocity'] * 3 + ['binary']
+        arm_kind = kinds[0]
+        expected = [arm_kind if arm_kind in ARM_KINDS else 'position'] * 7 \
+            + ['velocity'] * 3 + ['binary']
         if kinds != expected:
-            raise ActionSpaceError(f'expected dimension kinds {expected}, found {kinds}')
+            raise ActionSpaceError(
+                f'expected dimension kinds {expected} (the 7 arm dimensions all one of '
+                f'{ARM_KINDS}), found {kinds}')
         names = [d.name for d in self.dimensions]
         if len(set(names)) != len(names):
             raise ActionSpaceError(f'dimension names must be unique, found {names}')
@@ -178,6 +185,44 @@ class ActionSpace:
     def high(self) -> np.ndarray:
         """Upper bounds, float64 [11]."""
         return np.array([d.high for d in self.dimensions], dtype=np.float64)
+
+    @property
+    def arm_kind(self) -> str:
+        """``position`` (absolute joint targets) or ``delta_position`` (relative)."""
+        return self.dimensions[0].kind
+
+    @property
+    def relative_arm(self) -> bool:
+        """Tell whether arm values are deltas on the previous commanded arm target."""
+        return self.arm_kind == 'delta_position'
+
+    def compose(self, values: Sequence[float], previous_arm: Sequence[float]) -> np.ndarray:
+        """
+        Turn detokenized values [11] into an absolute 11-D target.
+
+        For ``delta_position`` arms the 7 arm values are added to ``previous_arm``, the arm
+        target commanded one policy step earlier (not the measured joints: controller lag
+        is invisible in one frame, the command is known exactly). Absolute arms pass
+        through. Joint limits are the interpolator's job.
+        """
+        out = np.array(values, dtype=np.float64)
+        if out.shape != (NUM_DIMENSIONS,):
+            raise ValueError(f'expected {NUM_DIMENSIONS} values, found shape {out.shape}')
+        if self.relative_arm:
+            prev = np.asarray(previous_arm, dtype=np.float64)
+            if prev.shape != (NUM_ARM_JOINTS,) or not np.all(np.isfinite(prev)):
+                raise ValueError(f'previous arm target must be {NUM_ARM_JOINTS} finite '
+                                 f'values, found {prev}')
+            out[ARM] = prev + out[ARM]
+        return out
+
+    def relative_labels(self, target: Sequence[float],
+                        previous_arm: Sequence[float]) -> np.ndarray:
+        """Inverse of ``compose``: the values that turn ``previous_arm`` into ``target``."""
+        out = np.array(target, dtype=np.float64)
+        if self.relative_arm:
+            out[ARM] = out[ARM] - np.asarray(previous_arm, dtype=np.float64)
+        return out
 
     @property
     def bin_width(self) -> np.ndarray:

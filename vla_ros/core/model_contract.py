@@ -28,6 +28,11 @@ META_TEXT_DIM = 'vla_ros.text_embedding_dim'
 META_CONFIG = 'vla_ros.config'
 META_WEIGHTS = 'vla_ros.weights_sha256'
 META_TRAINED = 'vla_ros.trained'
+# Size of the optional ``state`` input (the previous commanded 11-D target, see
+# core/targets.py); absent or "0": the model takes image and instruction only.
+META_STATE_DIM = 'vla_ros.state_dim'
+STATE_INPUT = 'state'
+STATE_DIM = 11
 
 POLICY_INPUTS = ('image', 'text_embeddings', 'text_mask')
 POLICY_OUTPUT = 'action_logits'
@@ -55,13 +60,37 @@ class TensorSpec:
         return f'{self.name} {self.dtype} [{dims}]'
 
 
-def _expected_policy_inputs(text_dim: Optional[int]) -> List[TensorSpec]:
+def _expected_policy_inputs(text_dim: Optional[int], state_dim: int = 0
+                            ) -> List[TensorSpec]:
     h, w = IMAGE_SIZE
-    return [
+    specs = [
         TensorSpec('image', 'uint8', ('B', h, w, 3)),
         TensorSpec('text_embeddings', 'float32', ('B', MAX_TEXT_TOKENS, text_dim)),
         TensorSpec('text_mask', 'float32', ('B', MAX_TEXT_TOKENS)),
     ]
+    if state_dim:
+        specs.append(TensorSpec(STATE_INPUT, 'float32', ('B', state_dim)))
+    return specs
+
+
+def state_dim(metadata: Dict[str, str]) -> int:
+    """Size of the model's ``state`` input (0: none); ContractError if not servable."""
+    raw = metadata.get(META_STATE_DIM, '0')
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ContractError(f'model metadata {META_STATE_DIM!r}: expected an integer, found '
+                            f'{raw!r}') from None
+    if value not in (0, STATE_DIM):
+        raise ContractError(
+            f'model metadata {META_STATE_DIM!r} is {value}: the nodes can only serve the '
+            f'{STATE_DIM}-D previous commanded target as state (or no state input)')
+    return value
+
+
+def policy_input_names(metadata: Dict[str, str]) -> Tuple[str, ...]:
+    """Input names of a policy in feed order (``state`` last when the model has one)."""
+    return POLICY_INPUTS + ((STATE_INPUT,) if state_dim(metadata) else ())
 
 
 def _shape_matches(expected: Sequence[Dim], found: Sequence[Dim]) -> bool:
@@ -119,7 +148,7 @@ def check_policy(inputs: List[TensorSpec], outputs: List[TensorSpec],
     except (TypeError, ValueError):
         raise ContractError(
             f'model metadata {META_TEXT_DIM!r}: expected an integer, found {text_dim!r}')
-    _check_specs('input', _expected_policy_inputs(text_dim_int), inputs)
+    _check_specs('input', _expected_policy_inputs(text_dim_int, state_dim(metadata)), inputs)
     _check_specs('output', [TensorSpec(POLICY_OUTPUT, 'float32',
                                        ('B', NUM_ACTION_TOKENS, NUM_BINS))], outputs)
     size = metadata.get(META_IMAGE_SIZE)

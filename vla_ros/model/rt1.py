@@ -19,7 +19,7 @@ and masks use -1e4 rather than -inf so an FP16 TensorRT engine cannot produce Na
 
 import hashlib
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -42,10 +42,18 @@ RESIDUAL_GAMMA = 0.5
 
 
 class ImageNormalizer(nn.Module):
-    """uint8 NHWC RGB -> float NCHW, scaled and shifted with the ImageNet statistics."""
+    """
+    uint8 NHWC RGB -> float NCHW, scaled and shifted with the ImageNet statistics.
 
-    def __init__(self):
+    With ``downsample`` > 1 a full-size image (``full_size`` pixels) is average-pooled by
+    that factor; an image that already has the network's size (training batches pooled
+    once on the way into the dataset cache) passes through.
+    """
+
+    def __init__(self, downsample: int = 1, full_size: int = 300):
         super().__init__()
+        self.downsample = int(downsample)
+        self.full_size = int(full_size)
         std = torch.tensor(IMAGE_STD)
         scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
         bias = (-torch.tensor(IMAGE_MEAN) / std).view(1, 3, 1, 1)
@@ -56,6 +64,8 @@ class ImageNormalizer(nn.Module):
         """Normalise a uint8 image batch [B, H, W, 3]."""
         # Transpose while still uint8 (a quarter of the bytes of float32).
         x = image.permute(0, 3, 1, 2).to(torch.float32)
+        if self.downsample > 1 and image.shape[1] == self.full_size:
+            x = F.avg_pool2d(x, self.downsample)
         return x * self.scale + self.bias
 
 
@@ -94,10 +104,11 @@ class ResNetBackbone(nn.Module):
 
     def __init__(self, config: RT1Config):
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, config.stem_width, 7, stride=2, padding=3, bias=False),
-            nn.BatchNorm2d(config.stem_width), nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, stride=2, padding=1))
+        stem = [nn.Conv2d(3, config.stem_width, 7, stride=2, padding=3, bias=False),
+                nn.BatchNorm2d(config.stem_width), nn.ReLU(inplace=True)]
+        if config.stem_pool:
+            stem.append(nn.MaxPool2d(3, stride=2, padding=1))
+        self.stem = nn.Sequential(*stem)
         stages = []
         in_channels = config.stem_width
         for index, (width, blocks) in enumerate(zip(config.stage_widths, config.stage_blocks)):
@@ -115,10 +126,19 @@ class ResNetBackbone(nn.Module):
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
         self.out_channels = in_channels
+        self.stage_channels = [w * Bottleneck.expansion for w in config.stage_widths]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, film: Optional[List[torch.Tensor]] = None
+                ) -> torch.Tensor:
         """Return the feature map [B, C, 19, 19] of a normalised image [B, 3, 300, 300]."""
-        return self.stages(self.stem(x))
+        x = self.stem(x)
+        for index, stage in enumerate(self.stages):
+            x = stage(x)
+            if film is not None:
+                # FiLM: (1 + gamma) * x + beta per channel, from the instruction.
+                gamma, beta = film[index].chunk(2, dim=1)
+                x = x * (1.0 + gamma[:, :, None, None]) + beta[:, :, None, None]
+        return x
 
 
 class TokenLearner(nn.Module):
@@ -239,12 +259,19 @@ class RT1Policy(nn.Module):
         self.config = config
         self.decoding = decoding
         d = config.d_model
-        self.normalizer = ImageNormalizer()
+        self.normalizer = ImageNormalizer(config.input_downsample, config.image_size)
         self.backbone = ResNetBackbone(config)
-        self.token_learner = TokenLearner(self.backbone.out_channels,
+        extra = 2 if config.coord_features else 0
+        self.token_learner = TokenLearner(self.backbone.out_channels + extra,
                                           config.token_learner_hidden,
                                           config.num_image_tokens, d)
         self.text_projection = nn.Linear(config.text_dim, d)
+        # One FiLM generator per backbone stage (zero-initialised: identity at start).
+        self.film = (nn.ModuleList(nn.Linear(d, 2 * c) for c in self.backbone.stage_channels)
+                     if config.film else None)
+        self.state_projection = (nn.Sequential(nn.Linear(config.state_dim, d), nn.GELU(),
+                                               nn.Linear(d, d))
+                                 if config.state_dim else None)
         self.position = nn.Parameter(torch.zeros(1, config.sequence_length, d))
         self.encoder = nn.ModuleList(EncoderLayer(config)
                                      for _ in range(config.encoder_layers))
@@ -283,25 +310,51 @@ class RT1Policy(nn.Module):
         for module in self.modules():
             if isinstance(module, Bottleneck):
                 module.bn3.weight.fill_(RESIDUAL_GAMMA)
+        if self.film is not None:
+            for layer in self.film:
+                nn.init.zeros_(layer.weight)
         nn.init.normal_(self.position, std=0.02, generator=gen)
         # Unit scale, like normalised embeddings: with a pre-LayerNorm decoder, queries of
         # std 0.02 would vanish next to the attention outputs and all 11 slots would agree.
         nn.init.normal_(self.action_queries, std=1.0, generator=gen)
 
     # -- stages -------------------------------------------------------------------------
-    def image_tokens(self, image: torch.Tensor) -> torch.Tensor:
-        """Return the visual tokens [B, 81, d] of a uint8 image batch [B, 300, 300, 3]."""
-        return self.token_learner(self.backbone(self.normalizer(image)))
+    def image_tokens(self, image: torch.Tensor,
+                     text: Optional[torch.Tensor] = None,
+                     text_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Return the visual tokens [B, N, d] of a uint8 image batch [B, 300, 300, 3]."""
+        film = None
+        if self.film is not None:
+            # Masked mean of the projected instruction tokens conditions every stage.
+            weights = text_mask / text_mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+            context = torch.matmul(weights[:, None, :], text)[:, 0]
+            film = [layer(context) for layer in self.film]
+        features = self.backbone(self.normalizer(image), film)
+        if self.config.coord_features:
+            b, _, h, w = features.shape
+            ys = torch.linspace(-1.0, 1.0, h, dtype=features.dtype, device=features.device)
+            xs = torch.linspace(-1.0, 1.0, w, dtype=features.dtype, device=features.device)
+            grid = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)])
+            features = torch.cat([features, grid[None].expand(b, -1, -1, -1)], dim=1)
+        return self.token_learner(features)
 
     def encode(self, image: torch.Tensor, text_embeddings: torch.Tensor,
-               text_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Return the encoder output [B, 97, d] and its additive key bias [B, 1, 1, 97]."""
-        vision = self.image_tokens(image)
+               text_mask: torch.Tensor, state: Optional[torch.Tensor] = None
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Return the encoder output [B, L, d] and its additive key bias [B, 1, 1, L]."""
         text = self.text_projection(text_embeddings)
-        x = torch.cat([vision, text], dim=1) + self.position
-        # Visual tokens are always valid; padded text tokens get MASK_VALUE.
-        valid = torch.cat([torch.ones_like(text_mask[:, :1]).expand(-1, vision.shape[1]),
-                           text_mask], dim=1)
+        vision = self.image_tokens(image, text, text_mask)
+        parts = [vision, text]
+        valid = [torch.ones_like(text_mask[:, :1]).expand(-1, vision.shape[1]), text_mask]
+        if self.state_projection is not None:
+            if state is None:
+                raise ValueError(f'config {self.config.name!r} needs the state input '
+                                 f'[B, {self.config.state_dim}]')
+            parts.append(self.state_projection(state)[:, None, :])
+            valid.append(torch.ones_like(text_mask[:, :1]))
+        x = torch.cat(parts, dim=1) + self.position
+        # Visual and state tokens are always valid; padded text tokens get MASK_VALUE.
+        valid = torch.cat(valid, dim=1)
         bias = ((1.0 - valid) * MASK_VALUE)[:, None, None, :]
         for layer in self.encoder:
             x = layer(x, bias)
@@ -351,9 +404,9 @@ class RT1Policy(nn.Module):
         return torch.cat(steps, dim=1)
 
     def forward(self, image: torch.Tensor, text_embeddings: torch.Tensor,
-                text_mask: torch.Tensor) -> torch.Tensor:
+                text_mask: torch.Tensor, state: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Return action logits [B, 11, 256] (the ONNX graph's ``action_logits``)."""
-        memory, bias = self.encode(image, text_embeddings, text_mask)
+        memory, bias = self.encode(image, text_embeddings, text_mask, state)
         if self.decoding == 'autoregressive':
             return self.decode_autoregressive(memory, bias)
         return self.decode_single(memory, bias)

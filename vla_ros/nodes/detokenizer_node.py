@@ -3,6 +3,12 @@ detokenizer_node: vla/action_tokens (11 × uint8) → arm, base and gripper targ
 
 Outputs keep the source image stamp. Arrays of the wrong length or with a malformed layout
 are rejected with a throttled warning and a counter; nothing is published for them.
+
+With a ``delta_position`` arm (the shipped action space) the arm values are added to the
+arm target this node published one policy step earlier; that previous target falls back
+to the measured joints (``joint_states``) when it is older than ``target_timeout`` or more
+than ``max_target_deviation`` from the measured arm (``core/targets.py``). Without a
+recent joint_states message, relative tokens are rejected: nothing moves.
 """
 
 from dataclasses import dataclass
@@ -13,13 +19,16 @@ from rclpy.node import Node
 from std_msgs.msg import Float64, UInt8MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from sensor_msgs.msg import JointState
+
 from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exit_with, now_s, run,
-                     STRING_ARRAY)
-from ..conversions import duration_msg, msg_to_tokens, ns_to_time
+                     SENSOR_QOS, STRING_ARRAY)
+from ..conversions import duration_msg, joint_positions, msg_to_tokens, ns_to_time
 from ..core.action_space import (ActionSpace, ActionSpaceError, ActionTokenizer, ARM, BASE,
                                  check_arm_joint_names, DEFAULT_ARM_JOINTS, GRIPPER,
                                  NUM_DIMENSIONS)
 from ..core.stats import RateMonitor
+from ..core.targets import ComposerConfig, TargetComposer
 from ..paths import default_action_space_file
 
 
@@ -31,6 +40,10 @@ class DetokenizerParams:
     arm_joint_names: Tuple[str, ...]
     base_frame_id: str
     inference_frequency: float
+    gripper_joint_name: str
+    target_timeout: float
+    max_target_deviation: float
+    state_timeout: float
 
     def __post_init__(self):
         try:
@@ -58,13 +71,35 @@ class DetokenizerNode(Node):
             inference_frequency=declare(self, 'inference_frequency', 5.0, 'Policy rate in Hz '
                                         '(a target is meant to be reached in one period).',
                                         low=0.1, high=100.0),
+            gripper_joint_name=declare(self, 'gripper_joint_name', 'gripper', 'joint_states '
+                                       'entry of the gripper closure (0 open .. 1 closed); '
+                                       'optional.'),
+            target_timeout=declare(self, 'target_timeout', 1.0, 'Relative arm actions: the '
+                                   'previous target older than this (s) is replaced by the '
+                                   'measured arm.', low=0.01, high=60.0),
+            max_target_deviation=declare(self, 'max_target_deviation', 0.35, 'Relative arm '
+                                         'actions: previous target further than this (rad) '
+                                         'from the measured arm → start from the measured '
+                                         'arm.', low=0.01, high=6.3),
+            state_timeout=declare(self, 'state_timeout', 0.5, 'joint_states older than this '
+                                  '(s) → relative arm tokens are rejected.', low=0.01,
+                                  high=10.0),
         )
         try:
             self.tokenizer = ActionTokenizer(ActionSpace.from_yaml(p.action_space_file))
         except ActionSpaceError as exc:
             raise ConfigError(str(exc)) from exc
-        self.get_logger().info(f'action space {p.action_space_file} '
-                               f'(scheme {self.tokenizer.space.scheme})')
+        space = self.tokenizer.space
+        self.get_logger().info(f'action space {p.action_space_file} (scheme {space.scheme}, '
+                               f'arm {space.arm_kind})')
+        try:
+            self.composer = TargetComposer(space, ComposerConfig(p.target_timeout,
+                                                                 p.max_target_deviation))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        self._measured = None
+        self._measured_at = -1e18
+        self._gripper = 0.0
         period = 1.0 / p.inference_frequency
         self._segment = duration_msg(period)
         self.diag = Diagnostics(self)
@@ -74,6 +109,9 @@ class DetokenizerNode(Node):
         self._grip_pub = self.create_publisher(Float64, 'vla/gripper_target', COMMAND_QOS)
         self.create_subscription(UInt8MultiArray, 'vla/action_tokens', self._on_tokens,
                                  COMMAND_QOS)
+        if space.relative_arm:
+            self.create_subscription(JointState, 'joint_states', self._on_joint_states,
+                                     SENSOR_QOS)
         self.create_timer(1.0, self._report)
 
     def _reject(self, why: str):
@@ -81,13 +119,39 @@ class DetokenizerNode(Node):
         self.get_logger().warn(f'rejecting action tokens ({n} so far): {why}',
                                throttle_duration_sec=2.0)
 
+    def _on_joint_states(self, msg: JointState):
+        try:
+            self._measured = joint_positions(msg, self.params.arm_joint_names)
+        except ValueError as exc:
+            n = self.diag.count('joint_states_rejected')
+            self.get_logger().warn(f'rejecting joint_states ({n} so far): {exc}',
+                                   throttle_duration_sec=5.0)
+            return
+        self._measured_at = now_s(self)
+        name = self.params.gripper_joint_name
+        if name in msg.name:
+            grip = float(msg.position[list(msg.name).index(name)])
+            if grip == grip:  # not NaN
+                self._gripper = grip
+
     def _on_tokens(self, msg: UInt8MultiArray):
-        self._rate.tick(now_s(self))
+        now = now_s(self)
+        self._rate.tick(now)
         try:
             tokens, stamp_ns = msg_to_tokens(msg, NUM_DIMENSIONS)
             values = self.tokenizer.detokenize(tokens)
         except ValueError as exc:
             return self._reject(str(exc))
+        if self.tokenizer.space.relative_arm:
+            if self._measured is None or now - self._measured_at > self.params.state_timeout:
+                return self._reject('relative arm tokens need a recent joint_states message '
+                                    f'(state_timeout {self.params.state_timeout} s)')
+            resyncs = self.composer.resyncs
+            values = self.composer.compose(values, now, self._measured, self._gripper)
+            if self.composer.resyncs != resyncs:
+                self.diag.count('resynced_to_measured')
+                self.get_logger().info(f'relative arm actions start from the measured arm: '
+                                       f'{self.composer.reason}', throttle_duration_sec=2.0)
         stamp = ns_to_time(stamp_ns) if stamp_ns is not None else \
             self.get_clock().now().to_msg()
         # Base and gripper first: the interpolator pairs them with the arm target that

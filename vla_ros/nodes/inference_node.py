@@ -5,6 +5,12 @@ The policy runs on a 5 Hz timer. The image callback only keeps the newest messag
 instruction callback encodes a new instruction once, so the model never waits behind
 image work and never re-encodes text per frame. No fresh image or no instruction → nothing
 is published and diagnostics say why.
+
+A model with a ``state`` input (the shipped one) also gets the previous commanded 11-D
+target: the last targets detokenizer_node published (``vla/arm_target``, ``vla/base_target``,
+``vla/gripper_target``), or the measured arm from ``joint_states`` when they are older than
+``target_timeout`` or far from the measured arm — the same rule the detokenizer applies
+(``core/targets.py``). No recent joint_states → nothing is published.
 """
 
 from dataclasses import dataclass
@@ -12,17 +18,22 @@ import os
 import threading
 from typing import Optional, Tuple
 
+from geometry_msgs.msg import TwistStamped
+import numpy as np
 from rclpy.node import Node
-from sensor_msgs.msg import Image
-from std_msgs.msg import String, UInt8MultiArray
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64, String, UInt8MultiArray
+from trajectory_msgs.msg import JointTrajectory
 
 from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exclusive_group, exit_with,
-                     LATCHED_QOS, LATEST_IMAGE_QOS, now_s, run, STRING_ARRAY)
-from ..conversions import image_to_rgb8, time_to_ns, tokens_to_msg
-from ..core.action_space import ActionSpace, ActionSpaceError
+                     LATCHED_QOS, LATEST_IMAGE_QOS, now_s, run, SENSOR_QOS, STRING_ARRAY)
+from ..conversions import image_to_rgb8, joint_positions, time_to_ns, tokens_to_msg
+from ..core.action_space import (ActionSpace, ActionSpaceError, check_arm_joint_names,
+                                 DEFAULT_ARM_JOINTS)
 from ..core.image import ImageError
 from ..core.model_contract import ContractError, IMAGE_SIZE
 from ..core.stats import Freshness, RateMonitor, WindowStats
+from ..core.targets import ComposerConfig, TargetComposer
 from ..paths import default_action_space_file, default_model_dir
 from ..runtime import BackendError, BackendOptions, BACKENDS
 from ..runtime.policy import Policy, PolicyFiles
@@ -44,8 +55,18 @@ class InferenceParams:
     force_engine_update: bool
     inference_frequency: float
     max_image_age: float
+    arm_joint_names: Tuple[str, ...]
+    gripper_joint_name: str
+    target_timeout: float
+    max_target_deviation: float
+    state_timeout: float
+    instruction_log_chars: int
 
     def __post_init__(self):
+        try:
+            check_arm_joint_names(self.arm_joint_names)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         if not self.model_file_path:
             raise ConfigError('model_file_path is empty: set it to an exported policy.onnx')
         if not os.path.isfile(self.model_file_path):
@@ -96,6 +117,23 @@ class InferenceNode(Node):
             max_image_age=declare(self, 'max_image_age', 0.5, 'Newest image older than this '
                                   '(s, by its stamp) → publish nothing.', low=0.001,
                                   high=60.0),
+            arm_joint_names=tuple(declare(self, 'arm_joint_names', DEFAULT_ARM_JOINTS,
+                                          'Joint names of the 7 arm dimensions (state input).',
+                                          type_=STRING_ARRAY)),
+            gripper_joint_name=declare(self, 'gripper_joint_name', 'gripper', 'joint_states '
+                                       'entry of the gripper closure (state input).'),
+            target_timeout=declare(self, 'target_timeout', 1.0, 'State input: previous target '
+                                   'older than this (s) → the measured arm.', low=0.01,
+                                   high=60.0),
+            max_target_deviation=declare(self, 'max_target_deviation', 0.35, 'State input: '
+                                         'previous target further than this (rad) from the '
+                                         'measured arm → the measured arm.', low=0.01,
+                                         high=6.3),
+            state_timeout=declare(self, 'state_timeout', 0.5, 'State input: joint_states older '
+                                  'than this (s) → publish nothing.', low=0.01, high=10.0),
+            instruction_log_chars=declare(self, 'instruction_log_chars', 80, 'Longest part of '
+                                          'an instruction quoted in the log.', low=8,
+                                          high=10000),
         )
         try:
             space = ActionSpace.from_yaml(p.action_space_file)
@@ -133,6 +171,22 @@ class InferenceNode(Node):
                                  callback_group=inputs)
         self.create_subscription(String, 'vla/instruction', self._on_instruction, LATCHED_QOS,
                                  callback_group=inputs)
+        self.composer = TargetComposer(space, ComposerConfig(p.target_timeout,
+                                                             p.max_target_deviation))
+        self._measured: Optional[np.ndarray] = None
+        self._measured_at = -1e18
+        self._gripper = 0.0
+        self._base_target = np.zeros(3)
+        self._gripper_target = 0.0
+        if self.policy.state_dim:
+            self.create_subscription(JointState, 'joint_states', self._on_joint_states,
+                                     SENSOR_QOS, callback_group=inputs)
+            self.create_subscription(JointTrajectory, 'vla/arm_target', self._on_arm_target,
+                                     COMMAND_QOS, callback_group=inputs)
+            self.create_subscription(TwistStamped, 'vla/base_target', self._on_base_target,
+                                     COMMAND_QOS, callback_group=inputs)
+            self.create_subscription(Float64, 'vla/gripper_target', self._on_gripper_target,
+                                     COMMAND_QOS, callback_group=inputs)
         self.create_timer(1.0 / p.inference_frequency, self._tick,
                           callback_group=exclusive_group())
         self.create_timer(1.0, self._report, callback_group=inputs)
@@ -140,6 +194,58 @@ class InferenceNode(Node):
     def _on_image(self, msg: Image):
         with self._lock:
             self._image = msg
+
+    def _on_joint_states(self, msg: JointState):
+        try:
+            q = joint_positions(msg, self.params.arm_joint_names)
+        except ValueError as exc:
+            n = self.diag.count('joint_states_rejected')
+            self.get_logger().warn(f'rejecting joint_states ({n} so far): {exc}',
+                                   throttle_duration_sec=5.0)
+            return
+        grip = self._gripper
+        if self.params.gripper_joint_name in msg.name:
+            value = float(msg.position[list(msg.name).index(self.params.gripper_joint_name)])
+            grip = value if np.isfinite(value) else grip
+        with self._lock:
+            self._measured, self._gripper = q, grip
+            self._measured_at = now_s(self)
+
+    def _on_base_target(self, msg: TwistStamped):
+        v = np.array([msg.twist.linear.x, msg.twist.linear.y, msg.twist.angular.z])
+        if np.all(np.isfinite(v)):
+            with self._lock:
+                self._base_target = v
+
+    def _on_gripper_target(self, msg: Float64):
+        if np.isfinite(msg.data):
+            with self._lock:
+                self._gripper_target = float(msg.data)
+
+    def _on_arm_target(self, msg: JointTrajectory):
+        # The detokenizer publishes base and gripper first, then the arm: the arm target
+        # completes one 11-D target.
+        try:
+            if len(msg.points) != 1:
+                raise ValueError(f'expected 1 trajectory point, found {len(msg.points)}')
+            order = {n: i for i, n in enumerate(msg.joint_names)}
+            positions = msg.points[0].positions
+            arm = np.array([positions[order[n]] for n in self.params.arm_joint_names])
+            with self._lock:
+                target = np.concatenate([arm, self._base_target, [self._gripper_target]])
+                self.composer.observe(target, now_s(self))
+        except (KeyError, IndexError, ValueError) as exc:
+            self.diag.count('arm_target_rejected')
+            self.get_logger().warn(f'ignoring vla/arm_target for the state input: {exc}',
+                                   throttle_duration_sec=5.0)
+
+    def _state(self, now: float) -> np.ndarray:
+        """The previous commanded target (state input); ValueError without joint_states."""
+        with self._lock:
+            if self._measured is None or now - self._measured_at > self.params.state_timeout:
+                raise ValueError('no recent joint_states for the state input (state_timeout '
+                                 f'{self.params.state_timeout} s)')
+            return self.composer.previous(now, self._measured, self._gripper)
 
     def _on_instruction(self, msg: String):
         text = msg.data.strip()
@@ -154,11 +260,20 @@ class InferenceNode(Node):
             self.get_logger().error(f'cannot encode instruction {text!r}: {exc}')
             return
         with self._lock:
+            changed = text != self._instruction
             self._instruction = text
-        self.diag.set('instruction', text)
+        self.diag.count('instructions')
+        if not changed:
+            return
+        limit = self.params.instruction_log_chars
+        quoted = text if len(text) <= limit else text[:limit] + f'… ({len(text)} chars)'
+        self.diag.set('instruction', quoted)
         self.diag.set('text_encode_ms', self.policy.last_encode_ms)
-        self.get_logger().info(f'instruction: {text!r} (encoded in '
-                               f'{self.policy.last_encode_ms:.1f} ms)')
+        # A new instruction is logged once, and at most once a second (a sender that
+        # alternates instructions at 100 Hz cannot flood the log).
+        self.get_logger().info(f'instruction: {quoted!r} (encoded in '
+                               f'{self.policy.last_encode_ms:.1f} ms)',
+                               throttle_duration_sec=1.0)
 
     def _skip(self, reason: str):
         self.diag.reason = reason
@@ -184,7 +299,8 @@ class InferenceNode(Node):
             if rgb.shape[:2] != IMAGE_SIZE:
                 raise ImageError(f'expected {IMAGE_SIZE[1]}x{IMAGE_SIZE[0]}, found '
                                  f'{rgb.shape[1]}x{rgb.shape[0]}')
-            pred = self.policy.predict(rgb, instruction)
+            state = self._state(now) if self.policy.state_dim else None
+            pred = self.policy.predict(rgb, instruction, state)
         except (ImageError, ValueError) as exc:
             self.diag.count('rejected_input')
             self.get_logger().warn(f'not publishing: {exc}', throttle_duration_sec=2.0)

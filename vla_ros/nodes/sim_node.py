@@ -231,13 +231,17 @@ class SimNode(Node):
         if p.expert_actions:
             from vla_ros.core.action_space import ActionSpace, ActionTokenizer
             from vla_ros.paths import default_action_space_file
-            from vla_ros.sim.expert import ScriptedExpert
+            from vla_ros.core.targets import TargetComposer
+            from vla_ros.sim.evaluate import ExpertDecider
             try:
                 space = ActionSpace.from_yaml(p.action_space_file or default_action_space_file())
             except ValueError as exc:
                 raise ConfigError(str(exc)) from exc
             self.tokenizer = ActionTokenizer(space)
-            self.expert = ScriptedExpert(robot, self.tokenizer, 1.0 / p.policy_frequency)
+            # The expert labels its targets relative to the previous commanded target,
+            # mirrored here with the detokenizer's rule (core/targets.py).
+            self.expert = ExpertDecider(robot, self.tokenizer, 1.0 / p.policy_frequency)
+            self.expert_targets = TargetComposer(space)
             if abs(1.0 / p.policy_frequency - POLICY_PERIOD) > 1e-9:
                 self.get_logger().warn('expert tuned for 5 Hz; policy_frequency differs')
 
@@ -343,6 +347,7 @@ class SimNode(Node):
             episode = self.env.reset(task, seed)
             if self.expert is not None:
                 self.expert.reset(episode)
+                self.expert_targets.reset()
             with self._cmd_lock:
                 self._arm_cmd = None
                 self._trajectory = None
@@ -458,6 +463,17 @@ class SimNode(Node):
         with self._lock:
             return self.sim_time()
 
+    def _expert_tokens(self, now: float):
+        """The expert's next tokens (the caller holds the lock)."""
+        from vla_ros.sim.evaluate import Observation
+        robot = self.robot
+        arm, grip = robot.arm_positions(), robot.gripper_closure()
+        state = self.expert_targets.previous(now, arm, grip)
+        tokens = self.expert(Observation(now, self.env.episode.instruction, state,
+                                         np.append(arm, grip), None))
+        self.expert_targets.compose(self.tokenizer.detokenize(tokens), now, arm, grip)
+        return tokens
+
     def _advance(self, wall: float):
         robot = self.robot
         tokens = None
@@ -475,7 +491,7 @@ class SimNode(Node):
                 self.camera.submit(robot.data.qpos.copy(), robot.data.mocap_pos.copy(),
                                    int(round(t * 1e9)))
             if self.expert is not None and k % self.policy_every == 0:
-                tokens = self.tokenizer.tokenize(self.expert.act())
+                tokens = self._expert_tokens(t)
             status = (self.env.status() if k % self.status_every == 0
                       or success != self._last_success else None)
             self._last_success = success

