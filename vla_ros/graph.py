@@ -6,7 +6,7 @@ remappings. Keeping them here means a robot launch and a local run cannot drift 
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 # (executable, node name) in start order: consumers before producers so nothing is missed.
 PIPELINE = (
@@ -20,6 +20,34 @@ SIM = ('sim_node', 'sim_node')
 # Remappings shared by every node; topic names in code are relative and by content.
 # A robot launch overrides them, e.g. camera/image_raw:=/head_camera/color/image_raw.
 DEFAULT_REMAPPINGS: Tuple[Tuple[str, str], ...] = ()
+
+
+# The transport every launcher gives the nodes (config/fastdds_large_shm.xml): Fast DDS's
+# default shared-memory segment is smaller than one 640x480 rgb8 frame, so such frames fall
+# back to fragmented UDP and most of them are lost (README, "Fast DDS"). Off switch:
+# VLA_ROS_DDS_PROFILE=0, `--no-dds-profile`, or the launch argument dds_profile:=false.
+DDS_PROFILE_SWITCH = 'VLA_ROS_DDS_PROFILE'
+DDS_PROFILE_VARS = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
+FAST_DDS_RMWS = ('rmw_fastrtps_cpp', 'rmw_fastrtps_dynamic_cpp')
+
+
+def dds_profile_env(env: Mapping[str, str], enabled: bool = True) -> Dict[str, str]:
+    """
+    Return the variables to add to a node's environment for the shipped Fast DDS profile.
+
+    Empty when switched off (``enabled`` false or ``VLA_ROS_DDS_PROFILE`` 0/false/off/no),
+    when the user already chose a Fast DDS profile file, or when the RMW is not Fast DDS
+    (Jazzy's and Humble's default is).
+    """
+    switch = env.get(DDS_PROFILE_SWITCH, '').strip().lower()
+    if not enabled or switch in ('0', 'false', 'off', 'no'):
+        return {}
+    if any(env.get(name) for name in DDS_PROFILE_VARS):
+        return {}
+    if (env.get('RMW_IMPLEMENTATION') or FAST_DDS_RMWS[0]) not in FAST_DDS_RMWS:
+        return {}
+    from .paths import default_dds_profile
+    return {DDS_PROFILE_VARS[0]: default_dds_profile()}
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ times of vla/action_tokens and arm commands (what a consumer sees).
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -19,9 +21,8 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from .up import ProcessGroup
-from ..graph import pipeline_nodes
-from ..paths import (default_action_space_file, default_dds_profile, default_model_dir,
-                     default_params_file)
+from ..graph import dds_profile_env, DDS_PROFILE_VARS, pipeline_nodes
+from ..paths import default_action_space_file, default_model_dir, default_params_file
 
 
 def _percentiles(values: List[float]) -> Dict[str, float]:
@@ -43,7 +44,7 @@ def _arrival_stats(times: List[float], nominal: float) -> Dict[str, float]:
 
 
 def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz: float,
-              warmup: float, params_file: str, dds_profile: bool = False,
+              warmup: float, params_file: str, dds_profile: bool = True,
               executor_threads: int = 1) -> Dict:
     """Start the graph, drive it for ``warmup + duration`` s, return the figures."""
     import rclpy
@@ -61,9 +62,9 @@ def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz
                  'interpolation_node': {'start_enabled': True}}
     group = ProcessGroup(params_file, quiet=True, dds_profile=dds_profile,
                          env={'VLA_ROS_EXECUTOR_THREADS': str(executor_threads)})
-    saved_profile = os.environ.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
-    if dds_profile:  # the driver plays the camera driver: same transport set-up
-        os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = default_dds_profile()
+    # The driver plays the camera driver: same transport as the nodes (read at rclpy.init).
+    saved = {name: os.environ.get(name) for name in DDS_PROFILE_VARS}
+    os.environ.update(dds_profile_env(os.environ, dds_profile))
     rclpy.init()
     node = Node('vla_bench_driver')
     lock = threading.Lock()
@@ -147,9 +148,10 @@ def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz
         node.destroy_node()
         rclpy.try_shutdown()
         group.stop()
-        os.environ.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
-        if saved_profile is not None:
-            os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = saved_profile
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
     return {
         'duration_s': duration, 'camera': f'{width}x{height} @ {camera_hz:g} Hz',
         'inference_arrivals': _arrival_stats(tokens_t, 5.0),
@@ -203,6 +205,21 @@ def report(res: Dict) -> str:
     return '\n'.join(lines)
 
 
+def _run_in_child(args, model: str, threads: int, profile: bool) -> Dict:
+    """Run one configuration in a new Python process; return its results (it prints them)."""
+    with tempfile.TemporaryDirectory(prefix='vla_bench_') as tmp:
+        out = os.path.join(tmp, 'results.json')
+        cmd = [sys.executable, '-m', 'vla_ros.tools.bench_pipeline',
+               '--duration', str(args.duration), '--warmup', str(args.warmup),
+               '--model', model, '--camera-size', args.camera_size,
+               '--camera-hz', str(args.camera_hz), '--params-file', args.params_file,
+               '--dds-profile', 'on' if profile else 'off',
+               '--executor-threads', str(threads), '--json', out]
+        subprocess.run(cmd, check=True)
+        with open(out, 'r', encoding='utf-8') as stream:
+            return json.load(stream)
+
+
 def main(argv: Sequence[str] = None) -> int:
     """Command line."""
     parser = argparse.ArgumentParser(prog='vla-ros bench pipeline',
@@ -215,9 +232,10 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument('--camera-size', default='300x300')
     parser.add_argument('--camera-hz', type=float, default=10.0)
     parser.add_argument('--params-file', default=default_params_file())
-    parser.add_argument('--dds-profile', default='off',
-                        help='on, off, or on,off: run with/without the shipped Fast DDS '
-                             'large-shared-memory profile, side by side')
+    parser.add_argument('--dds-profile', default='on',
+                        help='on (the default every launcher uses), off, or on,off: run '
+                             'with/without the shipped Fast DDS large-shared-memory profile, '
+                             'side by side')
     parser.add_argument('--executor-threads', default='1',
                         help='rclpy executor threads per node, e.g. 2,1 to compare '
                              'MultiThreadedExecutor (2) with SingleThreadedExecutor (1)')
@@ -235,15 +253,26 @@ def main(argv: Sequence[str] = None) -> int:
         model = args.model
     results = {}
     profiles = [p.strip() == 'on' for p in args.dds_profile.split(',') if p.strip()]
-    for threads in [int(t) for t in args.executor_threads.split(',') if t.strip()]:
-        for profile in profiles:
+    combos = [(int(t), profile) for t in args.executor_threads.split(',') if t.strip()
+              for profile in profiles]
+    for threads, profile in combos:
+        label = f'executor threads {threads}, DDS profile {"on" if profile else "off"}'
+        if len(combos) == 1:
             res = run_bench(args.duration, model, args.camera_size, args.camera_hz,
                             args.warmup, args.params_file, profile, threads)
-            label = f'executor threads {threads}, DDS profile {"on" if profile else "off"}'
-            results[label] = res
             print(report(res))
             print(flush=True)
+        else:
+            # Fast DDS reads its XML profile once per process, and this process plays the
+            # camera: every configuration runs in a fresh process, or the second would
+            # silently reuse the first one's transport.
+            res = _run_in_child(args, model, threads, profile)[label]
+        results[label] = res
     if args.json:
         with open(args.json, 'w', encoding='utf-8') as f:
             json.dump(results, f, indent=2)
     return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..graph import pipeline_nodes
+from ..graph import dds_profile_env, pipeline_nodes
 from ..paths import default_model_dir, default_params_file
 
 DEFAULT_EPISODES = 1
@@ -395,6 +395,9 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument('--video-episodes', type=int, default=1,
                         help='episodes per task that go into the video')
     parser.add_argument('--verbose', action='store_true', help='forward node logs')
+    parser.add_argument('--dds-profile', action=argparse.BooleanOptionalAction, default=True,
+                        help='shipped Fast DDS profile (large shared memory) for the nodes and '
+                             'this process (default); --no-dds-profile: Fast DDS defaults')
     args = parser.parse_args(argv)
 
     started = datetime.datetime.now()
@@ -428,7 +431,10 @@ def main(argv: Sequence[str] = None) -> int:
           f'factor {args.real_time_factor:g}); writing {out}/', flush=True)
 
     t_start = time.monotonic()
-    group = ProcessGroup(args.params_file, use_sim_time=True, quiet=not args.verbose)
+    group = ProcessGroup(args.params_file, use_sim_time=True, quiet=not args.verbose,
+                         dds_profile=args.dds_profile)
+    # This process subscribes to the camera too: same transport (read at rclpy.init).
+    os.environ.update(dds_profile_env(os.environ, args.dds_profile))
     episodes: List[Dict] = []
     rec = None
     code = 0

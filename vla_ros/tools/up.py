@@ -15,17 +15,18 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence, TextIO
 
-from ..graph import NodeSpec, pipeline_nodes, ros_args
-from ..paths import default_dds_profile, default_params_file
+from ..graph import dds_profile_env, NodeSpec, pipeline_nodes, ros_args
+from ..paths import default_params_file
 
 
-def child_env(extra: Optional[Dict[str, str]] = None, dds_profile: bool = False
+def child_env(extra: Optional[Dict[str, str]] = None, dds_profile: bool = True
               ) -> Dict[str, str]:
     """
     Return the environment for node processes.
 
-    Loopback discovery, unbuffered logs, and malloc thresholds that stop glibc from
-    page-faulting on every ~1 MB image message.
+    Loopback discovery, unbuffered logs, malloc thresholds that stop glibc from
+    page-faulting on every ~1 MB image message, and the shipped Fast DDS profile (large
+    shared-memory segment) unless ``dds_profile`` is false or the user chose their own.
     """
     env = dict(os.environ)
     env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
@@ -35,10 +36,7 @@ def child_env(extra: Optional[Dict[str, str]] = None, dds_profile: bool = False
     env.setdefault('MALLOC_MMAP_THRESHOLD_', str(16 * 1024 * 1024))
     env.setdefault('MALLOC_TRIM_THRESHOLD_', str(64 * 1024 * 1024))
     env.setdefault('MUJOCO_GL', 'egl')
-    # Only when the user has not chosen a DDS setup of their own.
-    if dds_profile and 'FASTRTPS_DEFAULT_PROFILES_FILE' not in env \
-            and env.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp') == 'rmw_fastrtps_cpp':
-        env['FASTRTPS_DEFAULT_PROFILES_FILE'] = default_dds_profile()
+    env.update(dds_profile_env(env, dds_profile))
     env.update(extra or {})
     return env
 
@@ -48,7 +46,7 @@ class ProcessGroup:
 
     def __init__(self, params_file: str = '', namespace: str = '', use_sim_time: bool = False,
                  log_level: str = 'info', env: Optional[Dict[str, str]] = None,
-                 log: TextIO = sys.stdout, quiet: bool = False, dds_profile: bool = False):
+                 log: TextIO = sys.stdout, quiet: bool = False, dds_profile: bool = True):
         self.params_file = params_file
         self.namespace = namespace
         self.use_sim_time = use_sim_time
@@ -143,9 +141,11 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument('--log-level', default='info')
     parser.add_argument('--sim', action='store_true', help='also start sim_node (MuJoCo)')
     parser.add_argument('--model-file-path', default='', help='policy ONNX for inference_node')
-    parser.add_argument('--dds-profile', action='store_true',
-                        help='set FASTRTPS_DEFAULT_PROFILES_FILE to the shipped '
-                             'large-shared-memory profile (config/fastdds_large_shm.xml)')
+    parser.add_argument('--dds-profile', action=argparse.BooleanOptionalAction, default=True,
+                        help='give the nodes the shipped Fast DDS profile with a large '
+                             'shared-memory segment (config/fastdds_large_shm.xml; the '
+                             'default, unless FASTRTPS_DEFAULT_PROFILES_FILE is set or '
+                             'VLA_ROS_DDS_PROFILE=0); --no-dds-profile: Fast DDS defaults')
     parser.add_argument('--duration', type=float, default=0.0,
                         help='stop after this many seconds (0: run until Ctrl-C)')
     args = parser.parse_args(argv)
