@@ -14,6 +14,8 @@ VERBS = {
     'collect': ('vla_ros.learning.collect', 'record expert / DAgger demonstrations (sim)'),
     'train': ('vla_ros.learning.train', 'behaviour cloning of RT-1 on datasets'),
     'eval': ('vla_ros.learning.evaluate', 'closed-loop success of an exported policy'),
+    'record': ('vla_ros.bag.record', 'record the graph topics into a rosbag2 bag'),
+    'play': ('vla_ros.bag.play', 'publish a rosbag2 bag at its recorded timing'),
     'bench': (None, 'benchmarks: `bench pipeline` or `bench model`'),
     'test-model': ('vla_ros.tools.test_model', 'write the known-function test policy'),
 }
