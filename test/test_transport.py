@@ -87,3 +87,13 @@ def test_640x480_frames_at_30_hz_reach_camera_node_on_the_default_transport(para
         assert group.failed() is None
     finally:
         group.stop()
+
+
+def test_shipped_profile_keeps_udp_on_loopback_unless_the_range_is_wider():
+    local = open(default_dds_profile(), encoding='utf-8').read()
+    assert '<address>127.0.0.1</address>' in local
+    assert dds_profile_env({'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}) == {
+        PROFILE: default_dds_profile()}
+    wide = dds_profile_env({'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET'})[PROFILE]
+    assert wide == default_dds_profile(network=True) and wide != default_dds_profile()
+    assert '127.0.0.1' not in open(wide, encoding='utf-8').read()

@@ -47,7 +47,10 @@ def dds_profile_env(env: Mapping[str, str], enabled: bool = True) -> Dict[str, s
     if (env.get('RMW_IMPLEMENTATION') or FAST_DDS_RMWS[0]) not in FAST_DDS_RMWS:
         return {}
     from .paths import default_dds_profile
-    return {DDS_PROFILE_VARS[0]: default_dds_profile()}
+    # UDP stays on loopback unless the discovery range asks for other machines.
+    scope = env.get('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST').strip().upper()
+    network = scope in ('SUBNET', 'SYSTEM_DEFAULT')
+    return {DDS_PROFILE_VARS[0]: default_dds_profile(network)}
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,10 @@ def default_action_space_file() -> str:
     return share_file('config', 'action_space.yaml')
 
 
-def default_dds_profile() -> str:
-    """config/fastdds_large_shm.xml (large shared-memory segment, UDP on loopback)."""
-    return share_file('config', 'fastdds_large_shm.xml')
+def default_dds_profile(network: bool = False) -> str:
+    """Return config/fastdds_large_shm.xml (UDP on loopback) or its _network variant."""
+    return share_file('config', 'fastdds_large_shm_network.xml' if network
+                      else 'fastdds_large_shm.xml')
 
 
 def default_model_dir() -> str:

@@ -40,6 +40,11 @@ class TrainConfig:
     """Everything that decides the weights (saved with every checkpoint)."""
 
     model: str = 'nano'
+    # Action space to train in ('' = the one the data was recorded in). Datasets store
+    # the previous commanded target, so deltas convert exactly to absolute targets.
+    action_space: str = ''
+    # Start from these weights (.safetensors), e.g. to continue on DAgger data.
+    init: str = ''
     steps: int = 30000
     batch_size: int = 128
     lr: float = 1e-3
@@ -149,6 +154,21 @@ def load_data(roots: Sequence[str], factor: int, quiet: bool = False
     data = Data(np.concatenate(images), np.concatenate(state), np.concatenate(tokens),
                 np.concatenate(episode), choices, identity)
     return data, sorted(phrasings, key=phrasings.get), space
+
+
+def relabel(data: Data, recorded: Dict, target_file: str) -> Dict:
+    """Re-tokenize the arm labels in another arm representation; return its action space."""
+    from ..core.action_space import ActionSpace, ActionTokenizer
+    source = ActionTokenizer(ActionSpace.from_dict(recorded))
+    target_space = ActionSpace.from_yaml(target_file)
+    target = ActionTokenizer(target_space)
+    values = source.detokenize(data.tokens)
+    if source.space.relative_arm:
+        values[:, :7] += data.state[:, :7]
+    if target_space.relative_arm:
+        values[:, :7] -= data.state[:, :7]
+    data.tokens = target.tokenize(values).astype(np.int64)
+    return target_space.to_dict()
 
 
 def split_episodes(num_episodes: int, fraction: float, seed: int) -> np.ndarray:
@@ -281,13 +301,19 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
     factor = model_cfg.input_downsample
     os.makedirs(out, exist_ok=True)
     data, phrasings, space = load_data(roots, factor, quiet)
+    if cfg.action_space:
+        space = relabel(data, space, cfg.action_space)
     text = TextTable(phrasings)
     num_episodes = len(data.choices)
     val_ep = split_episodes(num_episodes, cfg.val_fraction, cfg.seed)
     is_val = val_ep[data.episode]
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     torch.manual_seed(cfg.seed)
-    model = build_policy(model_cfg).train().to(device)
+    state_dict = None
+    if cfg.init:
+        from safetensors.torch import load_file
+        state_dict = load_file(cfg.init)
+    model = build_policy(model_cfg, state_dict=state_dict).train().to(device)
     if device.type == 'cpu':
         model = model.to(memory_format=torch.channels_last)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]

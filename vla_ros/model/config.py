@@ -6,7 +6,7 @@ factory from name to configuration. The numbers that the I/O contract fixes (300
 16 text tokens, 11 action tokens of 256 bins) are defaults that every configuration shares.
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Dict, Tuple
 
 from ..core import model_contract
@@ -163,7 +163,11 @@ NANO = RT1Config(
     num_image_tokens=24, token_learner_hidden=64, d_model=128, num_heads=4, ffn_dim=256,
     encoder_layers=3, decoder_layers=2, dropout=0.0)
 
-CONFIGS: Dict[str, RT1Config] = {c.name: c for c in (SEED, TINY, NANO)}
+# The chapter's inputs (image + instruction only) at nano's size: the baseline of the
+# representation comparison in docs/model-card.md.
+NANO_NOSTATE = replace(NANO, name='nano_nostate', state_dim=0)
+
+CONFIGS: Dict[str, RT1Config] = {c.name: c for c in (SEED, TINY, NANO, NANO_NOSTATE)}
 
 
 def get_config(name: str) -> RT1Config:
