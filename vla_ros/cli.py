@@ -16,6 +16,7 @@ VERBS = {
     'eval': ('vla_ros.learning.evaluate', 'closed-loop success of an exported policy'),
     'record': ('vla_ros.bag.record', 'record the graph topics into a rosbag2 bag'),
     'play': ('vla_ros.bag.play', 'publish a rosbag2 bag at its recorded timing'),
+    'dataset': ('vla_ros.learning.from_bag', '`dataset from-bag`: bags → LeRobotDataset v3'),
     'bench': (None, 'benchmarks: `bench pipeline` or `bench model`'),
     'test-model': ('vla_ros.tools.test_model', 'write the known-function test policy'),
 }
