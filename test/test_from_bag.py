@@ -232,6 +232,18 @@ def test_command_line_writes_dataset_and_provenance(tmp_path, capsys):
     assert ds.read_info(out)['vla_ros.source'] == 'rosbag'
 
 
+def test_episode_parameters_from_the_instruction():
+    """Read colour / direction / close back from a simulated task's instruction."""
+    read = from_bag.params_from_instruction
+    assert read('pick_block', 'pick up the blue block') == {'colour': 'blue'}
+    pushed = read('push_block', 'slide the red cube to the left')
+    assert pushed == {'colour': 'red', 'direction': 'left'}
+    assert read('gripper', 'close the gripper') == {'close': True}
+    assert read('gripper', 'release the hand') == {'close': False}
+    assert read('pick_block', 'wave at the camera') == {}
+    assert read('', 'pick up the blue block') == {}
+
+
 def test_after_done_matches_collect():
     """from_bag keeps as many seconds after done as collect keeps after success."""
     from vla_ros.learning import collect
@@ -330,6 +342,8 @@ def test_dataset_from_a_bag_of_the_live_graph(live_graph, tmp_path):
     assert episodes == [('gripper', 1), ('pick_block', 3)], stats
     assert loaded.tasks == [first['instruction'], second['instruction']]
     assert loaded.episodes[0]['success'] and not loaded.episodes[1]['success']
+    assert loaded.episodes[0]['close'] is True  # 'close the gripper'
+    assert loaded.episodes[1]['colour'] in second['instruction']
     assert stats['dropped'].get('after_done', 0) >= 3, stats
     reset_ns = int(round(second['sim_time'] * 1e9))
     start_ns = int(round(first['sim_time'] * 1e9))

@@ -30,7 +30,9 @@ changes, when the episode topic (``sim/task_status``, JSON) names a new (task, s
 restarted episode, ``--after-done`` seconds after it reports done (the rest of that episode
 is dropped), or after a gap of ``--max-gap`` seconds without ticks. An episode the recording
 joined late (its status says it had run for over a second) is left out unless
-``--keep-partial``; ``--only-success`` keeps successful episodes only.
+``--keep-partial``; ``--only-success`` keeps successful episodes only. Episode fields (task,
+seed, success; colour, direction, close) come from the status JSON, the last three read
+back from a simulated task's instruction when the status lacks them.
 """
 
 import argparse
@@ -504,6 +506,41 @@ class EpisodeBuilder:
             self.emit(ep)
 
 
+def params_from_instruction(task: str, instruction: str) -> Dict:
+    """
+    Episode parameters (colour, direction, close) read back from a simulated task's text.
+
+    sim_node's status JSON names the task and seed but not its parameters; the instruction
+    is one of the task's templates (``instructions.py``) filled with them. Empty when the
+    task is unknown or no template matches (a robot's own instructions).
+    """
+    import re
+    from . import instructions
+    templates = instructions.TRAIN.get(task, []) + instructions.HELD_OUT.get(task, [])
+    groups = {'colour': r'(?P<colour>[a-z]+)', 'side': r'(?P<side>left|right)',
+              'action': r'(?P<action>[a-z]+)', 'state': r'(?P<state>open|closed)'}
+    for template in templates:
+        pattern = re.escape(template)
+        for name, group in groups.items():
+            pattern = pattern.replace(re.escape('{' + name + '}'), group)
+        match = re.fullmatch(pattern, instruction.strip().lower())
+        if match is None:
+            continue
+        found = match.groupdict()
+        out: Dict = {}
+        if found.get('colour'):
+            out['colour'] = found['colour']
+        if found.get('side'):
+            out['direction'] = found['side']
+        words = {w: k for k, ws in instructions.ACTION_WORDS.items() for w in ws}
+        if found.get('action') in words:
+            out['close'] = words[found['action']] == 'close'
+        elif found.get('state'):
+            out['close'] = found['state'] == 'closed'
+        return out
+    return {}
+
+
 def provenance(episode_index: int, frame_index: int, frame: Frame) -> Dict:
     """Where one written frame came from (bag times and stamps in ns), JSON-friendly."""
     return {'episode_index': int(episode_index), 'frame_index': int(frame_index),
@@ -579,12 +616,15 @@ def convert(bags: Sequence[str], out: str, options: Optional[Options] = None,
         frames[-1].success = bool(ep.success)
         status = ep.status
         seed = status.get('seed')
-        extra = {'task': str(status.get('task', '') or ''),
+        task = str(status.get('task', '') or '')
+        params = params_from_instruction(task, ep.instruction)
+        params.update({k: status[k] for k in ('colour', 'direction', 'close') if k in status})
+        extra = {'task': task,
                  'seed': int(seed) if isinstance(seed, int) else -1,
                  'success': bool(ep.success),
-                 'colour': str(status.get('colour', '') or ''),
-                 'direction': str(status.get('direction', '') or ''),
-                 'close': bool(status.get('close', False)),
+                 'colour': str(params.get('colour', '') or ''),
+                 'direction': str(params.get('direction', '') or ''),
+                 'close': bool(params.get('close', False)),
                  'source': 'rosbag', 'bag': name, 'bag_start_ns': start_ns}
         index = state['writer'].add_episode(frames, ep.instruction, extra)
         stats.episodes.append({'episode_index': index, 'frames': len(frames),
