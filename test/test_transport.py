@@ -19,7 +19,11 @@ PROFILE = 'FASTRTPS_DEFAULT_PROFILES_FILE'
 
 
 def test_profile_is_on_by_default_with_an_off_switch_and_user_files_win(monkeypatch):
-    assert dds_profile_env({}) == {PROFILE: default_dds_profile()}
+    local = {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+    assert dds_profile_env(local) == {PROFILE: default_dds_profile()}
+    # unset: the RMW's default range (SUBNET on Jazzy) → the network variant
+    assert dds_profile_env({}) == {PROFILE: default_dds_profile(network=True)}
+    assert dds_profile_env({'ROS_LOCALHOST_ONLY': '1'}) == {PROFILE: default_dds_profile()}
     assert os.path.isfile(default_dds_profile())
     assert dds_profile_env({}, enabled=False) == {}
     for off in ('0', 'off', 'false', 'No'):

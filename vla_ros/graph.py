@@ -47,10 +47,12 @@ def dds_profile_env(env: Mapping[str, str], enabled: bool = True) -> Dict[str, s
     if (env.get('RMW_IMPLEMENTATION') or FAST_DDS_RMWS[0]) not in FAST_DDS_RMWS:
         return {}
     from .paths import default_dds_profile
-    # UDP stays on loopback unless the discovery range asks for other machines.
-    scope = env.get('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST').strip().upper()
-    network = scope in ('SUBNET', 'SYSTEM_DEFAULT')
-    return {DDS_PROFILE_VARS[0]: default_dds_profile(network)}
+    # UDP stays on loopback only while discovery is local. Unset, the range is the RMW's
+    # default (SUBNET on Jazzy; on Humble, ROS_LOCALHOST_ONLY=1 means local): a robot
+    # launched without it must stay visible to other machines.
+    scope = env.get('ROS_AUTOMATIC_DISCOVERY_RANGE', '').strip().upper()
+    local = scope == 'LOCALHOST' or (not scope and env.get('ROS_LOCALHOST_ONLY', '') == '1')
+    return {DDS_PROFILE_VARS[0]: default_dds_profile(network=not local)}
 
 
 @dataclass(frozen=True)
