@@ -162,8 +162,10 @@ def test_record_round_trip(ros, tmp_path, storage, stop):
         assert wait_for(lambda: all(p.get_subscription_count() >= 2
                                     for p in publishers.values()), 20.0), \
             {t: p.get_subscription_count() for t, p in publishers.items()}
+        sent = {}
         for i in range(n):
             for topic, _, msgs in topics[:-1]:
+                sent.setdefault(topic, []).append(time.time_ns())
                 publishers[topic].publish(msgs[i])
             time.sleep(0.02)
         assert wait_for(lambda: all(len(raw.get(t, [])) == n for t, _, _ in topics[:-1]), 10.0)
@@ -199,6 +201,9 @@ def test_record_round_trip(ros, tmp_path, storage, stop):
             assert len(got) == len(msgs), (topic, len(got))
             stamps = [t for t, _ in got]
             assert stamps == sorted(stamps) and t_start <= stamps[0] and stamps[-1] <= t_end
+            if topic in sent:  # bag time = reception time: after sending, soon after
+                delays = [t - s for t, s in zip(stamps, sent[topic])]
+                assert 0 < min(delays) and max(delays) < 500_000_000, (topic, delays)
             for k, (_, data) in enumerate(got):
                 assert deserialize_message(bytes(data), cls) == msgs[k], (topic, k)
                 if topic in raw:

@@ -19,6 +19,7 @@ written); the exit status is 0, or 2 with a message for bad arguments.
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -172,8 +173,9 @@ class Recorder:
                             f'subscription ({kind}) cannot match; its messages are not '
                             'recorded')
 
-        def callback(data, info=None, topic=topic, msgtype=msgtype, cls=cls):
-            self._on_message(topic, msgtype, cls, data, info)
+        # Exactly two parameters: rclpy then passes the message info with its reception
+        # timestamp (a callback that also accepts one argument gets the message only).
+        callback = functools.partial(self._on_message, topic, msgtype, cls)
         self.subscribed[key] = self.node.create_subscription(
             cls, topic, callback, bag_topics.subscription_qos(kind), raw=True,
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=incompatible))
