@@ -12,10 +12,9 @@ os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(20, 101)))
 os.environ.setdefault('MUJOCO_GL', 'egl')
 
-import yaml  # noqa: E402
-
 from vla_ros.core.action_space import ActionSpace  # noqa: E402
 from vla_ros.paths import default_action_space_file, default_params_file, share_file  # noqa: E402,E501
+import yaml  # noqa: E402,I100
 
 
 def absolute_action_space_file() -> str:
@@ -31,7 +30,7 @@ def shipped_action_space() -> ActionSpace:
 
 @pytest.fixture(scope='session')
 def action_space() -> ActionSpace:
-    """The chapter's absolute action space, which the known-function test model uses."""
+    """Load the chapter's absolute action space (the known-function test model's)."""
     return ActionSpace.from_yaml(absolute_action_space_file())
 
 
@@ -43,7 +42,7 @@ def shipped_params_file() -> str:
 
 @pytest.fixture(scope='session')
 def params_file(tmp_path_factory) -> str:
-    """The shipped parameters with the absolute action space (for the test model)."""
+    """Write the shipped parameters with the absolute action space (for the test model)."""
     with open(default_params_file(), encoding='utf-8') as stream:
         params = yaml.safe_load(stream)
     for node in ('inference_node', 'detokenizer_node', 'sim_node'):

@@ -1,10 +1,11 @@
 """
-Closed loop through real processes: sim_node ↔ detokenizer_node → interpolation_node.
+Closed loop through real processes on sim time.
 
-sim_node runs the scripted expert (it publishes vla/action_tokens in place of
+First sim_node runs the scripted expert (it publishes vla/action_tokens in place of
 inference_node), so a success shows the tokens, the detokenizer, the 20 Hz loop and the
-simulated controllers work together on sim time. Then the pipeline goes silent and the
-robot must stop.
+simulated controllers work together. Then the pipeline goes silent and the robot must
+stop. Last, the whole graph (camera_node, inference_node with the shipped trained policy
+and its state input, detokenizer_node, interpolation_node) completes tasks on its own.
 """
 
 import signal
@@ -61,3 +62,29 @@ def test_robot_stops_when_the_pipeline_goes_silent(loop):
         cmds = [(t, vx, vy, wz) for t, vx, vy, wz in rec.base_cmd if t > t_kill + 1.0]
     assert cmds and all(vx == vy == wz == 0.0 for t, vx, vy, wz in cmds)
     assert after and max(v for t, v in after) < 0.01, after[:5]
+
+
+@pytest.fixture
+def policy_loop(shipped_params_file):
+    specs = pipeline_nodes(with_sim=True)
+    group = ProcessGroup(shipped_params_file, use_sim_time=True, quiet=True)
+    group.start_all(specs)
+    rec = Recorder(video_tasks=())
+    yield rec, group
+    rec.close()
+    group.stop()
+    print_logs(group)
+
+
+# Evaluation seeds (never collected) that the shipped policy solves in process.
+POLICY_EPISODES = (('pick_block', 100000), ('drive_to_marker', 100000))
+
+
+def test_shipped_policy_completes_tasks_through_the_nodes(policy_loop):
+    rec, group = policy_loop
+    assert wait_for(lambda: rec.enable.service_is_ready() and rec.reset.service_is_ready(), 60)
+    for task, seed in POLICY_EPISODES:
+        episode = rec.start_episode(task, seed)
+        status = rec.wait_done(task, seed, timeout=90.0)
+        assert status.get('success'), (episode, status, group.failed())
+    assert group.failed() is None

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip('mujoco')
 
 from vla_ros.core.action_space import ActionTokenizer  # noqa: E402
-from vla_ros.sim.evaluate import control_config, evaluate, Pipeline  # noqa: E402
+from vla_ros.sim.evaluate import control_config, evaluate, ExpertDecider, Pipeline  # noqa: E402,E501
 from vla_ros.sim.expert import ScriptedExpert  # noqa: E402
 from vla_ros.sim.robot import Robot  # noqa: E402
 from vla_ros.sim.tasks import TASK_NAMES, TaskEnv  # noqa: E402
@@ -26,7 +26,7 @@ def setup(action_space, params_file):
     env = TaskEnv(robot)
     tokenizer = ActionTokenizer(action_space)
     pipeline = Pipeline(env, tokenizer, control_config(params_file))
-    yield env, pipeline, ScriptedExpert(robot, tokenizer), tokenizer
+    yield env, pipeline, ExpertDecider(robot, tokenizer), tokenizer
     robot.close()
 
 
@@ -37,15 +37,16 @@ def test_expert_succeeds_through_the_token_path(setup, task, seed):
     episode = env.reset(task, seed)
     expert.reset(episode)
     seen = []
-    status = pipeline.run_episode(expert.act, lambda tick, tokens: seen.append(tokens))
+    status = pipeline.run_episode(expert, lambda tick, tokens: seen.append(tokens))
     assert status['success'], f'{episode.instruction!r} (seed {seed}) failed: {status}'
     assert status['sim_time'] < episode.time_limit
     # What reached the controllers came from uint8 tokens, not from the expert directly.
     assert all(t.dtype == np.uint8 and t.shape == (11,) for t in seen)
 
 
-def test_expert_joint_targets_are_representable(setup):
-    env, _, expert, tokenizer = setup
+def test_expert_joint_targets_are_representable(setup, action_space):
+    env, _, _, tokenizer = setup
+    expert = ScriptedExpert(env.robot, tokenizer)
     expert.reset(env.reset('pick_block', 5))
     for _ in range(5):
         action = expert.act()
@@ -58,3 +59,20 @@ def test_evaluate_reports_per_task(params_file):
     assert set(results) == {'gripper', 'drive_to_marker'}
     for r in results.values():
         assert r['episodes'] == 2 and r['success_rate'] == 1.0
+
+
+@pytest.mark.parametrize('task', TASK_NAMES)
+def test_expert_succeeds_in_the_shipped_relative_space(params_file, shipped_action_space, task):
+    """The expert's labels as joint deltas on the previous commanded target (shipped)."""
+    robot = Robot()
+    try:
+        env = TaskEnv(robot)
+        tokenizer = ActionTokenizer(shipped_action_space)
+        pipeline = Pipeline(env, tokenizer, control_config(params_file))
+        expert = ExpertDecider(robot, tokenizer)
+        for seed in (100000, 100001):
+            expert.reset(env.reset(task, seed))
+            status = pipeline.run_episode(expert)
+            assert status['success'], (task, seed, status)
+    finally:
+        robot.close()

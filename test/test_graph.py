@@ -196,7 +196,7 @@ def test_stale_camera_stops_inference_and_says_why(graph):
 
 @pytest.fixture(scope='module')
 def rt1_tiny_dir(tmp_path_factory):
-    """A fresh export of the (untrained) RT-1 tiny in the chapter's absolute space."""
+    """Export the (untrained) RT-1 tiny in the chapter's absolute space."""
     pytest.importorskip('torch')
     from conftest import absolute_action_space_file
     from vla_ros.tools import export

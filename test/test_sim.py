@@ -6,8 +6,7 @@ import pytest
 pytest.importorskip('mujoco')
 
 from vla_ros.core.action_space import ActionTokenizer  # noqa: E402
-from vla_ros.sim.evaluate import control_config, Pipeline  # noqa: E402
-from vla_ros.sim.expert import ScriptedExpert  # noqa: E402
+from vla_ros.sim.evaluate import control_config, ExpertDecider, Pipeline  # noqa: E402
 from vla_ros.sim.robot import ArmTrajectory, RealTimePacer, Robot  # noqa: E402
 from vla_ros.sim.tasks import TASK_NAMES, TaskEnv  # noqa: E402
 
@@ -47,7 +46,7 @@ def test_reset_is_seeded(env, task):
 def _rollout(env, action_space, task, seed, ticks=40):
     tokenizer = ActionTokenizer(action_space)
     pipeline = Pipeline(env, tokenizer, control_config(None))
-    expert = ScriptedExpert(env.robot, tokenizer)
+    expert = ExpertDecider(env.robot, tokenizer)
     episode = env.reset(task, seed)
     expert.reset(episode)
     trace = []
@@ -56,7 +55,7 @@ def _rollout(env, action_space, task, seed, ticks=40):
         trace.append(env.robot.data.qpos.copy())
         if len(trace) >= ticks:
             env.episode.time_limit = 0.0  # stop the episode here
-    pipeline.run_episode(expert.act, record)
+    pipeline.run_episode(expert, record)
     return np.array(trace)
 
 
@@ -140,3 +139,21 @@ def test_arm_trajectory_interpolates_like_a_trajectory_controller():
     np.testing.assert_allclose(traj.sample(9.0), 3.0)
     with pytest.raises(ValueError):
         ArmTrajectory(0.0, start, [1.0, 1.0], [np.ones(7), np.ones(7)])
+
+
+@pytest.mark.parametrize('task', TASK_NAMES)
+def test_goal_is_in_view_at_the_start(env, task):
+    """Observability: a memoryless image policy sees what the instruction names."""
+    for seed in range(100000, 100012):
+        episode = env.reset(task, seed)
+        colour = episode.params.get('colour')
+        if task == 'drive_to_marker':
+            body, least = f'marker_{colour}', 200
+        elif task == 'gripper':
+            body, least = 'hand', 20  # the fingers' state is also in the state input
+        else:
+            body, least = f'block_{colour}', 20
+        pixels = env.robot.visible_pixels(body)
+        assert pixels >= least, (task, seed, body, pixels)
+        if task == 'place_in_bowl':
+            assert env.robot.visible_pixels('bowl') >= 200, (seed, 'bowl')

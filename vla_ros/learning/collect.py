@@ -23,13 +23,13 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import dataset as ds
+from . import instructions
+from .progress import Progress
 from ..core.action_space import ActionSpace, ActionTokenizer
 from ..sim.evaluate import control_config, ExpertDecider, Observation, Pipeline
 from ..sim.robot import Robot
 from ..sim.tasks import CONTROL_PERIOD, POLICY_PERIOD, TASK_NAMES, TaskEnv
-from . import dataset as ds
-from . import instructions
-from .progress import Progress
 
 EVAL_SEED_START = 100_000
 DEFAULT_EPISODES = {'pick_block': 500, 'place_in_bowl': 400, 'push_block': 400,

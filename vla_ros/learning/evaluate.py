@@ -24,13 +24,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import instructions
+from .collect import EVAL_SEED_START, LearnerDecider
+from .progress import Progress
 from ..core.action_space import ActionSpace, ActionTokenizer
 from ..sim.evaluate import control_config, Observation, Pipeline
 from ..sim.robot import Robot
 from ..sim.tasks import CONTROL_PERIOD, TASK_NAMES, TaskEnv
-from . import instructions
-from .collect import EVAL_SEED_START, LearnerDecider
-from .progress import Progress
 
 PHRASINGS = ('canonical', 'train', 'heldout')
 COMBOS = ('seen', 'heldout', 'all')

@@ -53,7 +53,7 @@ ACTION_WORDS = {'open': ('open', 'release'), 'close': ('close', 'shut')}
 
 
 def slots(task: str, params: Dict) -> Dict[str, str]:
-    """Placeholder values of one episode."""
+    """Return the placeholder values of one episode."""
     out = {}
     if 'colour' in params:
         out['colour'] = params['colour']

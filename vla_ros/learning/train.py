@@ -148,7 +148,10 @@ def load_data(roots: Sequence[str], factor: int, quiet: bool = False
         for e in loaded.episodes:
             params = {'colour': e['colour'], 'direction': e['direction'], 'close': e['close']}
             params = {k: v for k, v in params.items() if v != ''}
-            options = instructions.training_phrasings(e['task'], params)
+            if e.get('task') in instructions.TRAIN:
+                options = instructions.training_phrasings(e['task'], params)
+            else:  # a robot's own task (bag without sim status): its recorded instruction
+                options = list(e['tasks'])
             choices.append([phrasings.setdefault(p, len(phrasings)) for p in options])
         offset += len(loaded.episodes)
     data = Data(np.concatenate(images), np.concatenate(state), np.concatenate(tokens),
@@ -229,7 +232,7 @@ def _use_bf16(cfg: TrainConfig, device) -> bool:
 
 def evaluate_offline(model, data: Data, idx: np.ndarray, text: TextTable, device,
                      bf16: bool, batch: int = 256) -> Dict[str, float]:
-    """Validation loss, exact-bin and within-one-bin accuracy per dimension."""
+    """Return the validation loss and per-dimension exact / within-one-bin accuracy."""
     import torch
     model.eval()
     rng = np.random.default_rng(0)

@@ -16,10 +16,9 @@ from typing import Tuple
 
 from geometry_msgs.msg import TwistStamped
 from rclpy.node import Node
+from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, UInt8MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
-
-from sensor_msgs.msg import JointState
 
 from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exit_with, now_s, run,
                      SENSOR_QOS, STRING_ARRAY)

@@ -240,7 +240,7 @@ class InferenceNode(Node):
                                    throttle_duration_sec=5.0)
 
     def _state(self, now: float) -> np.ndarray:
-        """The previous commanded target (state input); ValueError without joint_states."""
+        """Return the previous commanded target (state input); ValueError if no joints."""
         with self._lock:
             if self._measured is None or now - self._measured_at > self.params.state_timeout:
                 raise ValueError('no recent joint_states for the state input (state_timeout '

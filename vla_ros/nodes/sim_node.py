@@ -464,7 +464,7 @@ class SimNode(Node):
             return self.sim_time()
 
     def _expert_tokens(self, now: float):
-        """The expert's next tokens (the caller holds the lock)."""
+        """Return the expert's next tokens (the caller holds the lock)."""
         from vla_ros.sim.evaluate import Observation
         robot = self.robot
         arm, grip = robot.arm_positions(), robot.gripper_closure()

@@ -14,10 +14,10 @@ Usage::
 """
 
 import argparse
+from dataclasses import dataclass
 import json
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -78,7 +78,7 @@ class Pipeline:
         self.composer.reset()
 
     def observe(self, render: bool = False) -> Observation:
-        """The policy's inputs now (the composer's previous target is the state)."""
+        """Return the policy's inputs now (the composer's previous target is the state)."""
         robot = self.env.robot
         now = robot.time
         arm, grip = robot.arm_positions(), robot.gripper_closure()

@@ -384,7 +384,9 @@ def main(argv: Sequence[str] = None) -> int:
                         help='scripted expert instead of the policy (replaces inference_node)')
     parser.add_argument('--episodes', type=int, default=DEFAULT_EPISODES,
                         help='episodes per task (seeds first-seed, first-seed+1, ...)')
-    parser.add_argument('--first-seed', type=int, default=0)
+    parser.add_argument('--first-seed', type=int, default=100000,
+                        help='first seed (default: the evaluation seeds, never used for '
+                        'collecting training data)')
     parser.add_argument('--tasks', nargs='+', default=TASK_NAMES, choices=TASK_NAMES)
     parser.add_argument('--model-dir', default=default_model_dir(),
                         help='exported policy folder (policy.onnx, text_encoder.onnx, ...)')
