@@ -37,6 +37,7 @@ from ..core.targets import ComposerConfig, TargetComposer
 from ..paths import default_action_space_file, default_model_dir
 from ..runtime import BackendError, BackendOptions, BACKENDS
 from ..runtime.policy import Policy, PolicyFiles
+from ..runtime.verify import unverified_files
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,11 @@ class InferenceNode(Node):
         self.diag.set('active_providers', ','.join(self.policy.active_providers))
         self.diag.set('backend', p.backend)
         self.diag.set('model_config', meta.get('vla_ros.config', ''))
+        unverified = unverified_files()
+        self.diag.set('model_files_unverified', len(unverified))
+        if unverified:
+            self.get_logger().warn(f'model bytes NOT verified (no manifest.json beside them): '
+                                   f'{unverified}')
         self._rate = RateMonitor(p.inference_frequency)
         self._image_age = Freshness(p.max_image_age)
         self._model_ms = WindowStats(500)
@@ -257,7 +263,10 @@ class InferenceNode(Node):
             self.policy.encode(text)  # once per new instruction, off the inference timer
         except Exception as exc:  # tokenizer/ORT errors: keep the previous instruction
             self.diag.count('rejected_instruction')
-            self.get_logger().error(f'cannot encode instruction {text!r}: {exc}')
+            limit = self.params.instruction_log_chars
+            quoted = text if len(text) <= limit else text[:limit] + f'… ({len(text)} chars)'
+            self.get_logger().error(f'cannot encode instruction {quoted!r}: {exc}',
+                                    throttle_duration_sec=2.0)
             return
         with self._lock:
             changed = text != self._instruction

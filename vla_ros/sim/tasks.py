@@ -48,10 +48,14 @@ class Episode:
     def to_dict(self, now: float) -> Dict:
         """JSON-friendly status (published by sim_node on ``sim/task_status``)."""
         elapsed = max(0.0, now - self.start_time)
-        return {'task': self.task, 'seed': self.seed, 'instruction': self.instruction,
-                'success': self.success, 'episode_time': round(elapsed, 3),
-                'time_limit': self.time_limit,
-                'done': bool(self.success or elapsed >= self.time_limit)}
+        out = {'task': self.task, 'seed': self.seed, 'instruction': self.instruction,
+               'success': self.success, 'episode_time': round(elapsed, 3),
+               'time_limit': self.time_limit,
+               'done': bool(self.success or elapsed >= self.time_limit)}
+        # The episode's variant, so recordings of it become datasets with these fields.
+        out.update({k: self.params[k] for k in ('colour', 'direction', 'close')
+                    if k in self.params})
+        return out
 
 
 class Task:
