@@ -17,6 +17,7 @@ VERBS = {
     'record': ('vla_ros.bag.record', 'record the graph topics into a rosbag2 bag'),
     'play': ('vla_ros.bag.play', 'publish a rosbag2 bag at its recorded timing'),
     'dataset': ('vla_ros.learning.from_bag', '`dataset from-bag`: bags → LeRobotDataset v3'),
+    'golden': ('vla_ros.tools.golden', 'golden replay of a bag through the nodes (tests)'),
     'bench': (None, 'benchmarks: `bench pipeline` or `bench model`'),
     'test-model': ('vla_ros.tools.test_model', 'write the known-function test policy'),
 }

@@ -5,7 +5,10 @@ A driver node in this process plays the camera and the robot (joint_states); the
 as separate processes exactly as `vla-ros up` starts them. Figures come from two places:
 the nodes' own /diagnostics (timer period jitter measured inside each process, camera
 stamp → first command latency measured by interpolation_node) and this process's arrival
-times of vla/action_tokens and arm commands (what a consumer sees).
+times of vla/action_tokens and arm commands (what a consumer sees). Resident memory (RSS)
+of every node process is read from /proc at the start and the end of the measured window
+and every 10 s in between (flat memory over a long run), and camera_node's own count of
+published frames is taken at both ends (frames delivered, as the node saw them).
 """
 
 import argparse
@@ -41,6 +44,25 @@ def _arrival_stats(times: List[float], nominal: float) -> Dict[str, float]:
     out.update({f'jitter_{k}_ms': v * 1e3 for k, v in
                 _percentiles(list(np.abs(periods - 1.0 / nominal))).items()})
     return out
+
+
+def _rss_mb(pid: int) -> float:
+    """Return the resident set size of a process in MiB (NaN when it is gone)."""
+    try:
+        with open(f'/proc/{pid}/status', encoding='ascii') as stream:
+            for line in stream:
+                if line.startswith('VmRSS:'):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float('nan')
+
+
+def _counter(diags: Dict, node: str, key: str) -> float:
+    try:
+        return float(diags.get(node, {}).get(key, 'nan'))
+    except ValueError:
+        return float('nan')
 
 
 def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz: float,
@@ -98,7 +120,14 @@ def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz
     sent = set()
     converted = set()
 
+    camera_on = threading.Event()
+    camera_on.set()
+    sent_total = [0]
+
     def publish_image():
+        if not camera_on.is_set():
+            return
+        sent_total[0] += 1
         stamp = node.get_clock().now().to_msg()
         if recording.is_set():
             sent.add((stamp.sec, stamp.nanosec))
@@ -134,15 +163,40 @@ def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz
                     f'[{n}] {line}' for n, ls in group.lines.items() for line in ls[-10:]))
         recording.clear()
         time.sleep(warmup)
+        # camera_node's published count is read from /diagnostics (once a second): the camera
+        # pauses for one diagnostics period before the count starts and after it ends, so both
+        # readings are exact; the count runs from 1 s before the window to its end.
+        camera_on.clear()
+        time.sleep(1.2)
+        published_start = _counter(diags, 'camera_node', 'published')
+        sent_total[0] = 0
+        camera_on.set()
+        time.sleep(1.0)
         with lock:
             tokens_t.clear()
             arm_t.clear()
             sent.clear()
             converted.clear()
+        pids = {name: proc.pid for name, proc in group.procs.items()}
+        pids['bench driver'] = os.getpid()
+        rss = {name: [_rss_mb(pid)] for name, pid in pids.items()}
         recording.set()
-        time.sleep(duration)
+        start = time.monotonic()
+        next_sample = start + 10.0
+        while time.monotonic() - start < duration:
+            time.sleep(min(1.0, max(0.0, start + duration - time.monotonic())))
+            if time.monotonic() >= next_sample:
+                next_sample += 10.0
+                for name, pid in pids.items():
+                    rss[name].append(_rss_mb(pid))
+            if group.failed():
+                raise RuntimeError(f'{group.failed()} during the measurement')
+        camera_on.clear()
         recording.clear()
+        for name, pid in pids.items():
+            rss[name].append(_rss_mb(pid))
         time.sleep(1.2)  # one more diagnostics period
+        published = _counter(diags, 'camera_node', 'published') - published_start
     finally:
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
@@ -158,6 +212,9 @@ def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz
         'control_arrivals': _arrival_stats(arm_t, 20.0),
         'diagnostics': diags, 'frames_sent': len(sent),
         'frames_converted': len(sent & converted),
+        'camera_node_published': published, 'frames_sent_for_camera_node': sent_total[0],
+        'rss_mb': {name: {'start': v[0], 'end': v[-1], 'max': float(np.nanmax(v)),
+                          'samples': len(v)} for name, v in rss.items()},
         'dds_profile': dds_profile, 'executor_threads': executor_threads,
     }
 
@@ -197,11 +254,22 @@ def report(res: Dict) -> str:
         f'{res["frames_converted"]} (Fast DDS large-SHM profile '
         f'{"on" if res["dds_profile"] else "off"}); conversion p50 '
         f'{_f(res["diagnostics"].get("camera_node", {}), "convert_ms_p50"):.2f} ms',
+        f'delivered: {100.0 * res["frames_converted"] / max(1, res["frames_sent"]):.1f} % of '
+        f'frames back on vla/image here; camera_node published '
+        f'{res.get("camera_node_published", float("nan")):.0f} of '
+        f'{res.get("frames_sent_for_camera_node", 0)} (from 1 s before the window)',
         f'camera stamp → first command reflecting it: p50 {_f(ctl, "latency_ms_p50"):.1f} ms, '
         f'p99 {_f(ctl, "latency_ms_p99"):.1f} ms (target p50 ≤ 220 ms)',
         f'policy run: p50 {_f(inf, "model_ms_p50"):.2f} ms, p99 {_f(inf, "model_ms_p99"):.2f} ms;'
         f' control tick work p99 {_f(ctl, "tick_ms_p99"):.3f} ms',
     ]
+    rss = res.get('rss_mb', {})
+    if rss:
+        lines += ['', f'{"RSS MiB":30}{"start":>10}{"end":>10}{"max":>10}{"growth":>10}']
+        for name, v in rss.items():
+            growth = 100.0 * (v['end'] - v['start']) / v['start'] if v['start'] else nan
+            lines.append(f'{name:30}{v["start"]:>10.1f}{v["end"]:>10.1f}{v["max"]:>10.1f}'
+                         f'{growth:>9.1f}%')
     return '\n'.join(lines)
 
 
@@ -227,8 +295,8 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument('--duration', type=float, default=30.0, help='seconds measured')
     parser.add_argument('--warmup', type=float, default=3.0)
     parser.add_argument('--model', default='test',
-                        help='test (known-function test model), default (shipped rt1_tiny) '
-                             'or a policy.onnx path')
+                        help='test (known-function test model), default (the shipped model, '
+                             'models/rt1_nano) or a policy.onnx path')
     parser.add_argument('--camera-size', default='300x300')
     parser.add_argument('--camera-hz', type=float, default=10.0)
     parser.add_argument('--params-file', default=default_params_file())
