@@ -34,7 +34,8 @@ from vla_ros.conversions import array_to_image, ns_to_time, STAMP_PREFIX, TOKENS
 from vla_ros.core.control import ControlConfig
 from vla_ros.graph import node_params
 from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
-from vla_ros.paths import default_action_space_file, default_model_dir, default_params_file
+from vla_ros.paths import default_action_space_file, default_params_file
+from vla_ros.tools.golden import shipped_model_dir
 from vla_ros.tools.lockstep import Lockstep, NS
 
 SEED = 20261130
@@ -71,7 +72,7 @@ def model(tmp_path_factory):
     The shipped model when it is exported (its state input makes inference_node subscribe
     to every topic), else the known-function test model in the shipped action space.
     """
-    policy = os.path.join(default_model_dir(), 'policy.onnx')
+    policy = os.path.join(shipped_model_dir(), 'policy.onnx')
     if os.path.isfile(policy):
         return policy
     from vla_ros.core.action_space import ActionSpace

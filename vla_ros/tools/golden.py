@@ -59,6 +59,22 @@ class GoldenError(ValueError):
     """A case that cannot be run (missing model or bag, bad case file)."""
 
 
+def shipped_model_dir() -> str:
+    """
+    Return the shipped model folder: the installed share/vla_ros/models/rt1_nano.
+
+    When the installed copy has no policy yet but the source checkout this module runs from
+    has one (``make models`` exported it, ``make install`` has not copied it yet), that one.
+    """
+    from ..paths import default_model_dir
+    installed = default_model_dir()
+    if os.path.isfile(os.path.join(installed, 'policy.onnx')):
+        return installed
+    source = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), 'models', os.path.basename(installed))
+    return source if os.path.isfile(os.path.join(source, 'policy.onnx')) else installed
+
+
 # -- the generated input bag -------------------------------------------------------------------
 
 TASKS = (
@@ -461,8 +477,7 @@ class Prepared:
     def __init__(self, case: Dict, case_path: str, bag: str = ''):
         """Resolve the case's model, action space, parameters and bag (writing temporaries)."""
         from ..graph import node_params
-        from ..paths import default_action_space_file, default_model_dir, default_params_file
-        from ..paths import share_file
+        from ..paths import default_action_space_file, default_params_file, share_file
         import yaml
         self.tmp = tempfile.mkdtemp(prefix='vla_golden_')
         space = case.get('action_space', 'shipped')
@@ -477,7 +492,7 @@ class Prepared:
             self.model_dir = test_model.write(os.path.join(self.tmp, 'test_model'),
                                               ActionSpace.from_yaml(self.action_space_file))
         else:
-            self.model_dir = default_model_dir() if model == 'shipped' else _resolve(
+            self.model_dir = shipped_model_dir() if model == 'shipped' else _resolve(
                 model, case_path)
         policy = os.path.join(self.model_dir, 'policy.onnx')
         if not os.path.isfile(policy):
@@ -696,6 +711,7 @@ def main(argv: Sequence[str] = None) -> int:
                         help='seconds any single step may take')
     args = parser.parse_args(argv)
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    os.environ['RMW_FASTRTPS_PUBLICATION_MODE'] = 'SYNCHRONOUS'  # see tools/lockstep.py
     try:
         if args.write_bag:
             counts = generate_bag(args.write_bag)

@@ -109,6 +109,9 @@ class Lockstep:
         self.timeout = float(timeout)
         # Timer periods (ns) of the nodes whose timers fire last at a shared tick.
         self.late_periods = dict(late_periods or {'inference_node': 200_000_000})
+        # The barrier argument needs publishing to finish inside publish() (rmw_fastrtps's
+        # default; pinned in case the environment says otherwise).
+        env = {'RMW_FASTRTPS_PUBLICATION_MODE': 'SYNCHRONOUS', **(env or {})}
         self.group = ProcessGroup(params_file, use_sim_time=True, quiet=True, env=env)
         self.node = Node(name)
         self.executor = SingleThreadedExecutor()
