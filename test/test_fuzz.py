@@ -94,7 +94,7 @@ class LimitChecker:
         self.dt = self.config.control_period
         self.violations = []
         self.counts = {'arm': 0, 'base': 0, 'gripper': 0}
-        self.allow_hold = False     # e-stop phase: a one-tick hold is the e-stop's right
+        self.allow_hold = False     # e-stop phase: a one-tick halt is the e-stop's right
         self.where = ''
         self._arm = []              # the last two arm commands
         self._base = None
@@ -169,7 +169,8 @@ class LimitChecker:
             return self._fail(f'base command has {b.size} values')
         if np.any(np.abs(b) > c.base_max_velocity + eps):
             self._fail(f'base velocity {b} beyond {c.base_max_velocity}')
-        if self._base is not None:
+        stopped = self.allow_hold and np.all(b == 0.0)  # the e-stop zeroes the base at once
+        if self._base is not None and not stopped:
             step = np.abs(b - self._base)
             grow = np.abs(b) - np.abs(self._base)
             step_max = np.maximum(c.base_max_acceleration, c.base_max_deceleration) * self.dt
@@ -232,6 +233,23 @@ class Bench:
         """Publish one (fuzzed) message and count it."""
         self.step.publish(topic, message, TYPES[topic], QOS[topic])
         self.sent[topic] += 1
+
+    def state(self) -> str:
+        """
+        Return the control state interpolation_node reports now: tracking, target_timeout...
+
+        /diagnostics come once a second on the steady clock, their status message being the
+        reason the last tick gave ('ok' while tracking): ticks go on (at most 200, 10 s of
+        sim time) until a report newer than this call arrives.
+        """
+        import time
+        asked = time.monotonic()
+        for _ in range(200):
+            if self.step.diagnostics_at.get('interpolation_node', 0.0) > asked + 0.05:
+                break
+            self.tick()
+        message = self.step.diagnostic_messages.get('interpolation_node', '')
+        return 'tracking' if message == 'ok' else message.split(' ')[0]
 
     def counters(self, node: str) -> dict:
         """Return the newest /diagnostics counters of ``node`` (waits up to 3 s for them)."""
@@ -513,8 +531,8 @@ def test_kill_9_and_restart_of_each_node(bench):
     for name in ('camera_node', 'inference_node', 'detokenizer_node', 'interpolation_node'):
         for _ in range(8):
             bench.tick()
-        moving = np.abs(records.arm[-1]['values'] - records.arm[-2]['values']).max()
-        assert moving > 0.0, f'{name}: the arm should be moving before the kill'
+        state = bench.state()
+        assert state == 'tracking', (name, state, step.diagnostic_messages, step.logs())
         step.kill(name)
         killed_at = step.now_ns
         for _ in range(20):  # one second of sim time without the node
@@ -526,6 +544,8 @@ def test_kill_9_and_restart_of_each_node(bench):
             last = [e['values'] for e in records.arm[-3:]]
             assert all(np.array_equal(q, last[0]) for q in last), (name, last)
             assert np.all(records.base[-1]['values'] == 0.0), name
+            state = bench.state()
+            assert state == 'target_timeout', (name, state, step.diagnostic_messages)
         tokens_before = len(records.tokens)
         if name == 'interpolation_node':
             checker.restart()
@@ -535,13 +555,12 @@ def test_kill_9_and_restart_of_each_node(bench):
             bench.tick()
         _assert_alive(bench)
         assert not checker.violations, '\n'.join(checker.violations)
-        # Recovered: fresh tokens flow again and the arm follows them.
+        # Recovered: fresh tokens flow again, and interpolation_node tracks their targets.
         fresh = [e for e in records.tokens[tokens_before:] if e['t_ns'] > restarted_at]
         assert len(fresh) >= 3, (name, len(fresh), step.logs(name))
-        after = [e['values'] for e in records.arm if e['t_ns'] > restarted_at]
-        assert len(after) >= 15, name
-        assert max(np.abs(b - a).max() for a, b in zip(after, after[1:])) > 0.0, \
-            f'{name}: the arm did not move again after the restart'
+        assert len([e for e in records.arm if e['t_ns'] > restarted_at]) >= 15, name
+        state = bench.state()
+        assert state == 'tracking', (name, state, step.diagnostic_messages, step.logs())
     # While interpolation_node was dead its last cmd_vel stayed on the wire; the new process
     # starts the base from zero (README, "Not verified": a base controller needs its own
     # cmd_vel timeout). Shown here, not hidden.

@@ -123,6 +123,7 @@ class Lockstep:
         self.rounds = 0
         self.diagnostics: Dict[str, Dict[str, str]] = {}
         self.diagnostic_messages: Dict[str, str] = {}
+        self.diagnostics_at: Dict[str, float] = {}   # when each node's last report came
         self.on_command: Optional[Callable[[str, np.ndarray], None]] = None
         self._publishers: Dict[str, object] = {}
         self._pending: set = set()
@@ -205,6 +206,7 @@ class Lockstep:
                 name = status.name.split('/')[-1]
                 self.diagnostics[name] = {kv.key: kv.value for kv in status.values}
                 self.diagnostic_messages[name] = status.message
+                self.diagnostics_at[name] = time.monotonic()
 
     def spec(self, name: str) -> NodeSpec:
         """Return the NodeSpec of one pipeline node with this driver's overrides."""
