@@ -598,12 +598,14 @@ def check_case(case_path: str, timeout: float = 60.0, tolerance: float = TOLERAN
 
 def regenerate(case_path: str, bag: str = '', runs: int = 2, timeout: float = 60.0,
                name: str = '', model: str = '', action_space: str = '',
-               remap: Optional[Dict[str, str]] = None, params_file: str = '') -> Dict:
+               remap: Optional[Dict[str, str]] = None, params_file: str = '',
+               parameters: Optional[Dict[str, Dict]] = None) -> Dict:
     """
     Replay ``runs`` times; when every run agrees exactly, write the goldens into the case.
 
-    A missing case file is created; ``bag``, ``model``, ``action_space``, ``remap`` and
-    ``params_file`` (stored relative to the case) fill it in or replace what it says.
+    A missing case file is created; ``bag``, ``model``, ``action_space``, ``remap``,
+    ``params_file`` (stored relative to the case) fill it in or replace what it says, and
+    ``parameters`` ({node: {name: value}}) are added to its per-node overrides.
     """
     if os.path.exists(case_path):
         case = load_case(case_path)
@@ -620,6 +622,8 @@ def regenerate(case_path: str, bag: str = '', runs: int = 2, timeout: float = 60
         case['action_space'] = action_space
     if remap:
         case['remap'] = dict(remap)
+    for node, values in (parameters or {}).items():
+        case.setdefault('parameters', {}).setdefault(node, {}).update(values)
     if params_file:
         case['params_file'] = os.path.relpath(os.path.abspath(params_file), os.path.dirname(
             os.path.abspath(case_path)))
@@ -636,7 +640,10 @@ def regenerate(case_path: str, bag: str = '', runs: int = 2, timeout: float = 60
         diff = compare(results[0], other, tolerance=0.0)
         if diff:
             raise GoldenError(report(f'{case["name"]} run 1 vs run {i}', diff) +
-                              '\nthe replay did not repeat exactly: goldens not written')
+                              '\nthe replay did not repeat exactly: goldens not written (a '
+                              'model with a state input needs --param '
+                              'inference_node.target_timeout=0.01 for now: docs/bags.md, '
+                              '"Note on rt1_nano.json")')
     first = results[0]
     if not first['tokens'] or not first['commands']:
         lag = first['bag'].get('camera_lag_s')
@@ -703,6 +710,9 @@ def main(argv: Sequence[str] = None) -> int:
                         '/head_camera/color/image_raw:=camera/image_raw')
     parser.add_argument('--params-file', default='', help='with --regenerate: parameters file '
                         'of the nodes (default: the shipped config/vla_ros.yaml)')
+    parser.add_argument('--param', nargs='+', default=[], metavar='NODE.NAME=VALUE',
+                        help='with --regenerate: a parameter override stored in the case, '
+                        'e.g. interpolation_node.interpolation=min_jerk (value read as YAML)')
     parser.add_argument('--runs', type=int, default=2, help='runs that must agree before '
                         'goldens are written (default 2)')
     parser.add_argument('--write-bag', default='', metavar='FOLDER',
@@ -726,9 +736,17 @@ def main(argv: Sequence[str] = None) -> int:
                     parser.error(f'--remap takes FROM:=TO, found {rule!r}')
                 src, dst = rule.split(':=', 1)
                 remap[src] = dst
+            parameters: Dict[str, Dict] = {}
+            for rule in args.param:
+                key, sep, value = rule.partition('=')
+                node, dot, name = key.partition('.')
+                if not (sep and dot and node and name):
+                    parser.error(f'--param takes NODE.NAME=VALUE, found {rule!r}')
+                import yaml
+                parameters.setdefault(node, {})[name] = yaml.safe_load(value)
             case = regenerate(args.case, args.bag, args.runs, args.timeout,
                               model=args.model, action_space=args.action_space, remap=remap,
-                              params_file=args.params_file)
+                              params_file=args.params_file, parameters=parameters)
             g = case['goldens']
             print(f'wrote {args.case}: {len(g["tokens"])} token frames, {len(g["targets"])} '
                   f'targets, {len(g["commands"])} control ticks; {args.runs} runs agreed')
