@@ -264,9 +264,15 @@ class Bench:
         return self.step.diagnostics.get(node, {})
 
 
-@pytest.fixture
+@pytest.fixture(scope='module')
 def bench(ros, model):
-    """Return a started Bench; stop its nodes afterwards and print their logs."""
+    """
+    Return a started Bench shared by the tests below, in file order.
+
+    One graph for all three saves two start-ups: the fuzzing leaves it with a valid
+    instruction and a robot and camera that never stopped; the kill test restarts every
+    node; the e-stop test comes last because the e-stop latches.
+    """
     b = Bench(model, default_params_file())
     try:
         b.start()
@@ -497,29 +503,6 @@ def test_fuzzing_every_input_topic_keeps_commands_within_limits(bench):
     assert int(interp.get('joint_states_rejected', 0)) > 100, interp
 
 
-def test_fuzzed_estop_holds_the_robot_and_kills_nothing(bench):
-    """>= 1000 malformed vla/estop messages while the arm moves: held or moving sanely."""
-    rng = np.random.default_rng(SEED + 1)
-    checker = bench.checker
-    checker.allow_hold = True  # the e-stop alone may halt the arm in one tick
-    for i in range(MESSAGES_PER_TOPIC):
-        checker.where = f'seed {SEED + 1} estop message {i}'
-        bench.publish('vla/estop', fuzz_estop(rng, bench.step.now_ns))
-        if i % 8 == 7:
-            bench.tick()
-    for _ in range(10):
-        bench.tick()
-    _assert_alive(bench)
-    assert bench.sent['vla/estop'] >= MESSAGES_PER_TOPIC
-    assert not checker.violations, '\n'.join(checker.violations)
-    # A Bool byte other than 0 reads as true: the e-stop latched, the robot stands still.
-    arm = [e['values'] for e in bench.step.records.arm[-10:]]
-    base = [e['values'] for e in bench.step.records.base[-10:]]
-    assert all(np.array_equal(a, arm[0]) for a in arm), arm
-    assert all(np.all(b == 0.0) for b in base), base
-    assert bench.counters('interpolation_node').get('estop') == 'True'
-
-
 def test_kill_9_and_restart_of_each_node(bench):
     """
     Kill each node in turn with -9 while the arm moves, then start it again.
@@ -531,8 +514,8 @@ def test_kill_9_and_restart_of_each_node(bench):
     for name in ('camera_node', 'inference_node', 'detokenizer_node', 'interpolation_node'):
         for _ in range(8):
             bench.tick()
-        state = bench.state()
-        assert state == 'tracking', (name, state, step.diagnostic_messages, step.logs())
+        fresh_target = records.arm_targets[-1]['t_ns'] >= step.now_ns - 250_000_000
+        assert fresh_target, (name, 'no fresh target before the kill', step.logs())
         step.kill(name)
         killed_at = step.now_ns
         for _ in range(20):  # one second of sim time without the node
@@ -567,3 +550,26 @@ def test_kill_9_and_restart_of_each_node(bench):
     print('cmd_vel across the interpolation_node restart (last before, first after):',
           checker.boundary)
     assert len(checker.boundary) == 1
+
+
+def test_fuzzed_estop_holds_the_robot_and_kills_nothing(bench):
+    """>= 1000 malformed vla/estop messages while the arm moves: held or moving sanely."""
+    rng = np.random.default_rng(SEED + 1)
+    checker = bench.checker
+    checker.allow_hold = True  # the e-stop alone may halt the arm in one tick
+    for i in range(MESSAGES_PER_TOPIC):
+        checker.where = f'seed {SEED + 1} estop message {i}'
+        bench.publish('vla/estop', fuzz_estop(rng, bench.step.now_ns))
+        if i % 8 == 7:
+            bench.tick()
+    for _ in range(10):
+        bench.tick()
+    _assert_alive(bench)
+    assert bench.sent['vla/estop'] >= MESSAGES_PER_TOPIC
+    assert not checker.violations, '\n'.join(checker.violations)
+    # A Bool byte other than 0 reads as true: the e-stop latched, the robot stands still.
+    arm = [e['values'] for e in bench.step.records.arm[-10:]]
+    base = [e['values'] for e in bench.step.records.base[-10:]]
+    assert all(np.array_equal(a, arm[0]) for a in arm), arm
+    assert all(np.all(b == 0.0) for b in base), base
+    assert bench.counters('interpolation_node').get('estop') == 'True'
