@@ -348,7 +348,7 @@ class Lockstep:
             else:
                 self.executor.spin_once(timeout_sec=0.05)
         self.alive.append(name)
-        self.wait_matched(settle_s=0.3)
+        self.wait_matched(settle_s=1.0)
 
     def close(self) -> Dict[str, Optional[int]]:
         """Stop the nodes (SIGINT) and destroy the driver node; return the exit codes."""
@@ -371,11 +371,36 @@ class Lockstep:
             self.executor.spin_once(timeout_sec=0.05)
 
     def barrier(self, names: Optional[Sequence[str]] = None):
-        """One barrier round: every node (default: all running) answers get_parameters."""
+        """
+        One barrier round: every node (default: all running) answers get_parameters.
+
+        A request that has no answer after a second is sent again: right after discovery a
+        server may not yet know the client's response reader, and rmw_fastrtps then drops
+        the response ("failed to send response (timeout)"). Asking again changes nothing
+        else (the request has no effect) and an answer to any copy will do.
+        """
         from rcl_interfaces.srv import GetParameters
         names = list(self.alive if names is None else names)
-        futures = [self._clients[n].call_async(GetParameters.Request()) for n in names]
-        self._spin_until(lambda: all(f.done() for f in futures), 'barrier', names)
+        futures = {n: [self._clients[n].call_async(GetParameters.Request())] for n in names}
+        asked = time.monotonic()
+
+        def done() -> bool:
+            nonlocal asked
+            if all(any(f.done() for f in fs) for fs in futures.values()):
+                return True
+            if time.monotonic() - asked > 1.0:
+                asked = time.monotonic()
+                for n, fs in futures.items():
+                    if not any(f.done() for f in fs):
+                        fs.append(self._clients[n].call_async(GetParameters.Request()))
+            return False
+        try:
+            self._spin_until(done, 'barrier', names)
+        finally:
+            for n, fs in futures.items():
+                for f in fs:
+                    if not f.done():
+                        self._clients[n].remove_pending_request(f)
         self.rounds += 1
 
     def settle(self, min_rounds: int = 1, max_rounds: int = 60) -> int:
