@@ -102,9 +102,10 @@ def test_torch_and_onnx_agree_on_dataset_frames(shipped, small_dataset):
 
 
 # Evaluation seeds (>= 100000, never collected) on which the shipped policy succeeds in
-# process; a changed model, tokenizer or control rule that breaks one shows up here.
-SHIPPED_SEEDS = {'pick_block': (100000, 100001), 'place_in_bowl': (100000, 100001),
-                 'push_block': (100000, 100001), 'drive_to_marker': (100000, 100001),
+# process (from its 50-seed evaluation); a changed model, tokenizer or control rule that
+# breaks one shows up here. pick_block and place_in_bowl are absent: the shipped policy
+# solved none of their 50 evaluation seeds (docs/model-card.md).
+SHIPPED_SEEDS = {'push_block': (100043, 100043), 'drive_to_marker': (100000, 100001),
                  'gripper': (100000, 100001)}
 
 
