@@ -24,8 +24,8 @@ def small_dataset(tmp_path_factory):
 
 
 def test_a_few_training_steps_lower_the_loss(small_dataset, tmp_path):
-    cfg = train.TrainConfig(steps=40, batch_size=16, lr=2e-3, warmup=5, val_fraction=0.0,
-                            snapshot_every=40, val_every=20, threads=2)
+    cfg = train.TrainConfig(steps=20, batch_size=8, lr=2e-3, warmup=3, val_fraction=0.0,
+                            snapshot_every=20, val_every=10, threads=2)
     data, phrasings, _ = train.load_data([small_dataset], 3, quiet=True)
     text = train.TextTable(phrasings)
     idx = np.arange(len(data.tokens))
@@ -35,11 +35,11 @@ def test_a_few_training_steps_lower_the_loss(small_dataset, tmp_path):
     before = train.evaluate_offline(build_policy(get_config('nano')), data, idx, text, device,
                                     False)['val_loss']
     summary = train.train([small_dataset], str(tmp_path / 'run'), cfg, quiet=True)
-    assert summary['step'] == 40
+    assert summary['step'] == 20
     from safetensors.torch import load_file
     model = build_policy(get_config('nano'),
                          state_dict=load_file(str(tmp_path / 'run' /
-                                                  'weights_step000040.safetensors')))
+                                                  'weights_step000020.safetensors')))
     after = train.evaluate_offline(model, data, idx, text, device, False)['val_loss']
     assert after < 0.7 * before, (before, after)
     assert os.path.exists(tmp_path / 'run' / 'curves.png')
@@ -48,8 +48,8 @@ def test_a_few_training_steps_lower_the_loss(small_dataset, tmp_path):
     # Same seed, same data, same settings: the same weights (resume starts from last.pt,
     # so a second folder is needed).
     train.train([small_dataset], str(tmp_path / 'run2'), cfg, quiet=True)
-    a = load_file(str(tmp_path / 'run' / 'weights_step000040.safetensors'))
-    b = load_file(str(tmp_path / 'run2' / 'weights_step000040.safetensors'))
+    a = load_file(str(tmp_path / 'run' / 'weights_step000020.safetensors'))
+    b = load_file(str(tmp_path / 'run2' / 'weights_step000020.safetensors'))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -284,7 +284,8 @@ def plot(metrics_path: str, out_png: str):
             axes[1].plot(*zip(*pts), label=name)
     axes[1].set_xlabel('step')
     axes[1].set_ylabel('validation accuracy within one bin')
-    axes[1].legend(ncol=3, fontsize=8)
+    if axes[1].lines:
+        axes[1].legend(ncol=3, fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
