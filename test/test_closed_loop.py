@@ -10,27 +10,15 @@ and its state input, detokenizer_node, interpolation_node) completes tasks on it
 
 import signal
 
-from graph_harness import print_logs, wait_for
+from graph_harness import sim_graph, wait_for
 import numpy as np
 import pytest
 
-from vla_ros.graph import pipeline_nodes
-from vla_ros.tools.demo import Recorder
-from vla_ros.tools.up import ProcessGroup
 
 
 @pytest.fixture
 def loop(params_file):
-    overrides = {'sim_node': {'expert_actions': True}}
-    specs = [s for s in pipeline_nodes(with_sim=True, overrides=overrides)
-             if s.name not in ('inference_node', 'camera_node')]
-    group = ProcessGroup(params_file, use_sim_time=True, quiet=True)
-    group.start_all(specs)
-    rec = Recorder(video_tasks=())
-    yield rec, group
-    rec.close()
-    group.stop()
-    print_logs(group)
+    yield from sim_graph(params_file, expert=True, without=('camera_node',))
 
 
 def test_expert_completes_a_task_through_the_nodes(loop):
@@ -66,14 +54,7 @@ def test_robot_stops_when_the_pipeline_goes_silent(loop):
 
 @pytest.fixture
 def policy_loop(shipped_params_file):
-    specs = pipeline_nodes(with_sim=True)
-    group = ProcessGroup(shipped_params_file, use_sim_time=True, quiet=True)
-    group.start_all(specs)
-    rec = Recorder(video_tasks=())
-    yield rec, group
-    rec.close()
-    group.stop()
-    print_logs(group)
+    yield from sim_graph(shipped_params_file)
 
 
 # Evaluation seeds (never collected) that the shipped policy solves in process. It does not

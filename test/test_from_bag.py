@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from graph_harness import print_logs, wait_for
+from graph_harness import sim_graph, wait_for
 import numpy as np
 import pytest
 from rclpy.serialization import deserialize_message, serialize_message
@@ -255,19 +255,7 @@ def test_after_done_matches_collect():
 @pytest.fixture
 def live_graph(shipped_params_file):
     """sim_node (scripted expert) + camera, detokenizer and interpolation nodes, on sim time."""
-    from vla_ros.graph import pipeline_nodes
-    from vla_ros.tools.demo import Recorder
-    from vla_ros.tools.up import ProcessGroup
-    specs = [s for s in pipeline_nodes(with_sim=True,
-                                       overrides={'sim_node': {'expert_actions': True}})
-             if s.name != 'inference_node']
-    group = ProcessGroup(shipped_params_file, use_sim_time=True, quiet=True)
-    group.start_all(specs)
-    rec = Recorder(video_tasks=())
-    yield rec, group
-    rec.close()
-    group.stop()
-    print_logs(group)
+    yield from sim_graph(shipped_params_file, expert=True)
 
 
 def _watch(rec):
