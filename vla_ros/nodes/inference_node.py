@@ -187,11 +187,13 @@ class InferenceNode(Node):
         if self.policy.state_dim:
             self.create_subscription(JointState, 'joint_states', self._on_joint_states,
                                      SENSOR_QOS, callback_group=inputs)
-            self.create_subscription(JointTrajectory, 'vla/arm_target', self._on_arm_target,
-                                     COMMAND_QOS, callback_group=inputs)
+            # Base and gripper before the arm: an executor pass handles ready subscriptions
+            # in creation order, and the arm target completes the 11-D target.
             self.create_subscription(TwistStamped, 'vla/base_target', self._on_base_target,
                                      COMMAND_QOS, callback_group=inputs)
             self.create_subscription(Float64, 'vla/gripper_target', self._on_gripper_target,
+                                     COMMAND_QOS, callback_group=inputs)
+            self.create_subscription(JointTrajectory, 'vla/arm_target', self._on_arm_target,
                                      COMMAND_QOS, callback_group=inputs)
         self.create_timer(1.0 / p.inference_frequency, self._tick,
                           callback_group=exclusive_group())
