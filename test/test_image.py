@@ -99,3 +99,19 @@ def test_resize_is_bilinear_on_a_ramp():
     # the downscaled ramp stays monotonic and spans the range
     row = out[150, :, 0].astype(int)
     assert np.all(np.diff(row) >= 0) and row[0] <= 1 and row[-1] >= 254
+
+
+def test_resize_tables_stay_bounded_under_changing_sizes():
+    """A sender that changes the frame size every message cannot grow the table cache."""
+    resize = Resizer(30, 40, 'crop')
+    rng = np.random.default_rng(0)
+    reference = {}
+    for i in range(200):
+        h, w = int(rng.integers(20, 90)), int(rng.integers(20, 90))
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        out = resize(img)
+        assert len(resize._cache) <= Resizer.CACHE_SIZE
+        if (h, w) not in reference:  # evicted tables are rebuilt identically
+            reference[(h, w)] = (img, out)
+    for img, out in list(reference.values())[:20]:
+        np.testing.assert_array_equal(resize(img), out)

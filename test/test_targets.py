@@ -82,3 +82,22 @@ def test_bad_measurements_are_rejected(space):
         composer.previous(0.0, [0.0] * 6 + [np.nan], 0.0)
     with pytest.raises(ValueError):
         composer.observe(np.zeros(10), 0.0)
+
+
+def test_targets_the_space_cannot_compose_are_rejected(space):
+    """A base or gripper beyond its range, or beyond float32, never becomes a state input."""
+    composer = TargetComposer(space)
+    good = np.zeros(11)
+    composer.observe(good, 0.0)
+    for i, value in ((7, 1e300), (8, -np.inf), (9, 50.0), (10, 5.0), (3, 1e39)):
+        bad = good.copy()
+        bad[i] = value
+        with pytest.raises(ValueError, match=space.names[i]):
+            composer.observe(bad, 1.0)
+    # The last good target is kept.
+    np.testing.assert_array_equal(composer.previous(0.5, np.zeros(7), 0.0), good)
+    assert composer.reason == ''
+    # Parts of a target are checked by their dimensions.
+    space.check_target([0.1, 0.0, -0.2], slice(7, 10))
+    with pytest.raises(ValueError, match='gripper'):
+        space.check_target([2.0], [10])

@@ -13,7 +13,9 @@ is subscribed when it appears on the graph, with a QoS adapted to its publishers
 that shows up with a different type than expected is recorded under both connections.
 
 Each message is stamped with its receive time (the middleware's reception timestamp, system
-clock) unless ``--timestamp header`` asks for the header stamp of stamped messages. Ctrl-C,
+clock; with ``--use-sim-time`` the ROS time from ``/clock``, messages received before the
+first ``/clock`` being held and stamped with it, not with 0) unless ``--timestamp header``
+asks for the header stamp of stamped messages. Ctrl-C,
 SIGTERM or ``--duration`` close the bag cleanly (metadata.yaml and the storage index
 written); the exit status is 0, or 2 with a message for bad arguments.
 """
@@ -30,6 +32,8 @@ from . import topics as bag_topics
 
 STORAGES = ('mcap', 'sqlite3')
 TIMESTAMPS = ('receive', 'header')
+# Messages kept while waiting for the first /clock with --use-sim-time (then stamped with it).
+HELD_BEFORE_CLOCK = 10000
 
 
 class RecordError(ValueError):
@@ -127,12 +131,15 @@ class Recorder:
         self.kinds: Dict[Tuple[str, str], str] = {}
         self.counters: Dict[str, int] = {}
         self.warned = set()
+        self._held: List[Tuple[str, str, object, bytes]] = []
         for name in topics:
             spec = bag_topics.spec_for(name)
             if spec is not None:
                 self._subscribe(self._resolve(name), spec.msgtype, spec.qos)
         self.discover()
         self.node.create_timer(0.5, self.discover, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.node.create_timer(0.1, self.release_held,
+                               clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def _resolve(self, name: str) -> str:
         try:
@@ -226,6 +233,16 @@ class Recorder:
             stamp = info.get('received_timestamp') or None
         if stamp is None or self.node.get_parameter('use_sim_time').value:
             stamp = self.node.get_clock().now().nanoseconds
+            if stamp == 0 and self.timestamp != 'header':
+                # Sim time before the first /clock reads 0: hold the message (latched
+                # topics arrive only once) and stamp it with the first clock time.
+                if len(self._held) < HELD_BEFORE_CLOCK:
+                    self._held.append((topic, msgtype, cls, data))
+                    self.count('held_until_first_clock')
+                else:
+                    self.count('dropped_before_first_clock')
+                return
+        self.release_held()
         if self.timestamp == 'header':
             try:
                 header = _header_stamp_ns(data, cls)
@@ -236,6 +253,20 @@ class Recorder:
                 self.count('stamped_on_receipt')
             else:
                 stamp = header
+        self._write(topic, msgtype, stamp, data)
+
+    def release_held(self):
+        """Write the messages held before the first /clock, stamped with the clock now."""
+        if not self._held:
+            return
+        now = self.node.get_clock().now().nanoseconds
+        if now == 0:
+            return
+        held, self._held = self._held, []
+        for topic, msgtype, cls, data in held:
+            self._write(topic, msgtype, now, data)
+
+    def _write(self, topic: str, msgtype: str, stamp: int, data: bytes):
         key = (topic, msgtype)
         if key not in self.recording.connections:
             self.offered[key] = self._offered_now(topic, msgtype)
@@ -257,6 +288,11 @@ class Recorder:
 
     def summary(self) -> Dict:
         """Messages per topic and the counters."""
+        if self._held:  # no /clock ever came: nothing to stamp them with
+            self.count('dropped_no_clock', len(self._held))
+            self._warn_once('no_clock', f'{len(self._held)} messages received before any '
+                            '/clock were not written (--use-sim-time and no clock source)')
+            self._held = []
         per_topic = {f'{t} [{m}]': n for (t, m), n in sorted(self.recording.counts.items())}
         never = sorted(t for t in self.wanted
                        if not any(k[0] == t for k in self.recording.counts))

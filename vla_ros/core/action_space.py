@@ -216,6 +216,31 @@ class ActionSpace:
             out[ARM] = prev + out[ARM]
         return out
 
+    def check_target(self, target: Sequence[float], dims=slice(None)) -> np.ndarray:
+        """
+        Return ``target`` as float64; ValueError unless this space could have composed it.
+
+        ``target`` holds the dimensions ``dims`` (default: all 11). Every value must be
+        finite in float32 (the model's state input), and the base and gripper (and an
+        absolute arm) must lie in their dimension's range. Relative arm targets are bounded
+        by the composer's deviation check and the interpolator's limits.
+        """
+        idx = np.arange(NUM_DIMENSIONS)[dims]
+        t = np.asarray(target, dtype=np.float64)
+        if t.shape != idx.shape:
+            raise ValueError(f'target must have {idx.size} values, found shape {t.shape}')
+        low, high = self.low[idx], self.high[idx]
+        bad = ~np.isfinite(t) | (np.abs(t) > np.finfo(np.float32).max)
+        ranged = ~((idx < NUM_ARM_JOINTS) & self.relative_arm)
+        tol = 1e-9 * np.maximum(1.0, high - low)
+        bad |= ranged & ((t < low - tol) | (t > high + tol))
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            d = self.dimensions[idx[i]]
+            raise ValueError(f'target {d.name} = {t[i]!r} is not a value this action space '
+                             f'composes (range [{d.low}, {d.high}] {d.unit}, finite float32)')
+        return t
+
     def relative_labels(self, target: Sequence[float],
                         previous_arm: Sequence[float]) -> np.ndarray:
         """Inverse of ``compose``: the values that turn ``previous_arm`` into ``target``."""

@@ -102,8 +102,11 @@ class Resizer:
     Bilinear resize to a fixed size, with optional centre crop to the target aspect.
 
     Index and weight tables are cached per input shape, so the steady-state cost is a few
-    gathers and multiply-adds.
+    gathers and multiply-adds. The cache keeps the ``CACHE_SIZE`` most recently used shapes:
+    a sender that changes the frame size with every message cannot grow it without bound.
     """
+
+    CACHE_SIZE = 4
 
     MODES = ('stretch', 'crop')
 
@@ -117,7 +120,11 @@ class Resizer:
 
     def _tables(self, h: int, w: int):
         key = (h, w)
-        if key not in self._cache:
+        if key in self._cache:
+            self._cache[key] = self._cache.pop(key)  # most recently used last
+        else:
+            while len(self._cache) >= self.CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))
             y0, x0, ch, cw = 0, 0, h, w
             if self.mode == 'crop':
                 target = self.width / self.height

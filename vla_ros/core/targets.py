@@ -65,9 +65,7 @@ class TargetComposer:
 
     def observe(self, target: Sequence[float], now: float):
         """Record a target that was commanded at ``now`` (inference_node's view)."""
-        t = np.asarray(target, dtype=np.float64)
-        if t.shape != (STATE_DIM,) or not np.all(np.isfinite(t)):
-            raise ValueError(f'target must be {STATE_DIM} finite values, found {t}')
+        t = self.space.check_target(target)
         self._target = t.copy()
         self._time = float(now)
 

@@ -27,7 +27,9 @@ Frames lacking a required message (also, in a bag that has the episode topic, a 
 its first status) are dropped and counted by reason; a malformed message
 is skipped and counted, never fatal. Episodes end at a bag boundary, when the instruction
 changes, when the episode topic (``sim/task_status``, JSON) names a new (task, seed) or a
-restarted episode, ``--after-done`` seconds after it reports done (the rest of that episode
+restarted episode (a tick belongs to the episode whose start, the status's ``sim_time -
+episode_time``, is at or before its source stamp, not to the newest status received: a
+tick computed on a frame from before a reset may arrive after the reset's status), ``--after-done`` seconds after it reports done (the rest of that episode
 is dropped), or after a gap of ``--max-gap`` seconds without ticks. An episode the recording
 joined late (its status says it had run for over a second) is left out unless
 ``--keep-partial``; ``--only-success`` keeps successful episodes only. Episode fields (task,
@@ -56,6 +58,10 @@ PARTIAL_START_S = 1.0
 # How far before a tick a stamp-matched image may have been received (inference_node
 # accepts images up to its max_image_age, 0.5 s by default).
 MATCH_BEFORE_S = 2.0
+# Status messages kept for matching ticks to episodes by source stamp (5 Hz: 12 s).
+STATUS_HISTORY = 64
+# An episode start computed from a status (sim_time and episode_time rounded to 1 ms).
+START_TOLERANCE_NS = 1_500_000
 
 TOKENS_TYPE = 'std_msgs/msg/UInt8MultiArray'
 TOPIC_TYPES = {
@@ -219,6 +225,9 @@ class BagAligner:
         self.pending: Deque[Frame] = deque()
         self.status_gen = 0
         self._last_status: Optional[Dict] = None
+        # (bag t, episode start ns or None, status, generation), oldest first.
+        self.statuses: Deque[Tuple[int, Optional[int], Dict, int]] = deque(
+            maxlen=STATUS_HISTORY)
         self.now = -1
         self.status_required = False
 
@@ -285,7 +294,24 @@ class BagAligner:
             if restarted:  # sim/reset of the same (task, seed)
                 self.status_gen += 1
         self._last_status = status
-        self.latest['episode'] = (t, (status, self.status_gen))
+        try:
+            start = int(round((float(status['sim_time']) - float(status['episode_time']))
+                              * 1e9))
+        except (KeyError, TypeError, ValueError):
+            start = None
+        self.statuses.append((t, start, status, self.status_gen))
+
+    def _status_for(self, source: Optional[int]):
+        """Return (bag t, status, generation) of the episode a tick's source stamp is in."""
+        if not self.statuses:
+            return None, {}, 0
+        chosen = self.statuses[-1]
+        if source is not None and chosen[1] is not None:
+            for entry in reversed(self.statuses):
+                if entry[1] is not None and entry[1] <= source + START_TOLERANCE_NS:
+                    chosen = entry
+                    break
+        return chosen[0], chosen[2], chosen[3]
 
     def _on_joint_states(self, t: int, msg):
         from ..conversions import joint_positions
@@ -343,7 +369,11 @@ class BagAligner:
         # Targets received strictly before the tick become the previous commanded target.
         while self.arm_targets and self.arm_targets[0][0] < t:
             target_t, target = self.arm_targets.popleft()
-            self.composer.observe(target, target_t * 1e-9)
+            try:
+                self.composer.observe(target, target_t * 1e-9)
+            except ValueError:
+                self.stats.bad(self.topics['arm_target'])
+                continue
             self.target_t = target_t
         instruction = self.latest.get('instruction')
         if instruction is None:  # latched: no age limit
@@ -356,13 +386,15 @@ class BagAligner:
             self.stats.add('gripper_joint_missing')
             grip = 0.0
         state = self.composer.previous(t * 1e-9, arm, grip)
-        status_t, (status, gen) = self.latest.get('episode', (None, ({}, 0)))
+        status_t, status, gen = self._status_for(source)
         if status_t is None and self.status_required:  # latched: no age limit
             return self.stats.drop('no_episode_status')
-        key = (instruction[1], status.get('task'), status.get('seed'), gen) if status \
-            else (instruction[1],)
+        # The status names the episode's instruction; the instruction topic may lag it.
+        text = status.get('instruction') if isinstance(status.get('instruction'), str) \
+            and status.get('instruction').strip() else instruction[1]
+        key = (text, status.get('task'), status.get('seed'), gen) if status else (text,)
         frame = Frame(t=t, tokens=tokens, source_stamp=source, action=action, state=state,
-                      joint_state=np.append(arm, grip), instruction=instruction[1],
+                      joint_state=np.append(arm, grip), instruction=text,
                       status=dict(status), status_key=key)
         frame.sources = {'tokens': t, 'instruction': instruction[0], 'joint_states': js_t}
         if self.composer.reason == '' and self.target_t is not None:

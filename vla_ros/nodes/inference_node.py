@@ -28,8 +28,8 @@ from trajectory_msgs.msg import JointTrajectory
 from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exclusive_group, exit_with,
                      LATCHED_QOS, LATEST_IMAGE_QOS, now_s, run, SENSOR_QOS, STRING_ARRAY)
 from ..conversions import image_to_rgb8, joint_positions, time_to_ns, tokens_to_msg
-from ..core.action_space import (ActionSpace, ActionSpaceError, check_arm_joint_names,
-                                 DEFAULT_ARM_JOINTS)
+from ..core.action_space import (ActionSpace, ActionSpaceError, BASE, check_arm_joint_names,
+                                 DEFAULT_ARM_JOINTS, GRIPPER)
 from ..core.image import ImageError
 from ..core.model_contract import ContractError, IMAGE_SIZE
 from ..core.stats import Freshness, RateMonitor, WindowStats
@@ -219,14 +219,25 @@ class InferenceNode(Node):
             self._measured, self._gripper = q, grip
             self._measured_at = now_s(self)
 
+    def _in_space(self, values, dims, topic: str) -> bool:
+        """Tell whether ``values`` fit the action space at ``dims``; count and warn if not."""
+        try:
+            self.composer.space.check_target(values, dims)
+            return True
+        except ValueError as exc:
+            n = self.diag.count(f'{topic.split("/")[-1]}_rejected')
+            self.get_logger().warn(f'ignoring {topic} for the state input ({n} so far): {exc}',
+                                   throttle_duration_sec=5.0)
+            return False
+
     def _on_base_target(self, msg: TwistStamped):
         v = np.array([msg.twist.linear.x, msg.twist.linear.y, msg.twist.angular.z])
-        if np.all(np.isfinite(v)):
+        if self._in_space(v, BASE, 'vla/base_target'):
             with self._lock:
                 self._base_target = v
 
     def _on_gripper_target(self, msg: Float64):
-        if np.isfinite(msg.data):
+        if self._in_space([msg.data], [GRIPPER], 'vla/gripper_target'):
             with self._lock:
                 self._gripper_target = float(msg.data)
 
