@@ -19,7 +19,7 @@ export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
 export MUJOCO_GL ?= egl
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all setup models install test lint demo bench policy clean
+.PHONY: all setup interfaces models install test lint demo bench policy clean
 
 all: test
 
@@ -32,6 +32,15 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 setup: $(STAMP)
 
+# The message package (interfaces/vla_ros_interfaces), built with the generator wheels and
+# installed into the venv prefix; seconds (interfaces/build.sh says why it is a script).
+INTERFACES := $(VENV)/.interfaces-stamp
+$(INTERFACES): $(STAMP) interfaces/build.sh $(shell find interfaces/vla_ros_interfaces -type f)
+	bash interfaces/build.sh $(VENV)
+	touch $@
+
+interfaces: $(INTERFACES)
+
 # ONNX artifacts are generated from the committed weights, never committed themselves.
 $(MODEL): $(STAMP) $(shell find vla_ros/model -name '*.py' 2>/dev/null) vla_ros/tools/export.py \
 		config/action_space.yaml $(WEIGHTS) $(TRAINING_INFO)
@@ -41,7 +50,7 @@ $(MODEL): $(STAMP) $(shell find vla_ros/model -name '*.py' 2>/dev/null) vla_ros/
 models: $(MODEL)
 
 # Non-editable install so share/vla_ros/{config,launch,models} exist in the venv.
-$(INSTALLED): $(STAMP) $(MODEL) $(SOURCES)
+$(INSTALLED): $(STAMP) $(INTERFACES) $(MODEL) $(SOURCES)
 	$(PIP) install --quiet --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall .
 	rm -rf build *.egg-info
 	touch $@

@@ -5,18 +5,17 @@ import time
 from typing import Callable, List, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import Twist, TwistStamped
+from geometry_msgs.msg import TwistStamped
 import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, Float64MultiArray, String, UInt8MultiArray
+from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
-
-from vla_ros.conversions import array_to_image, ns_to_time
+from vla_ros.conversions import array_to_image, target_to_msg
 from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
+from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
 JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
 
@@ -54,23 +53,21 @@ class Harness(Node):
         self.joint_pub = self.create_publisher(JointState, 'joint_states', SENSOR_QOS)
         self.instruction_pub = self.create_publisher(String, 'vla/instruction', LATCHED_QOS)
         self.estop_pub = self.create_publisher(Bool, 'vla/estop', LATCHED_QOS)
-        self.arm_target_pub = self.create_publisher(JointTrajectory, 'vla/arm_target',
-                                                    COMMAND_QOS)
-        self.base_target_pub = self.create_publisher(TwistStamped, 'vla/base_target',
-                                                     COMMAND_QOS)
+        self.target_pub = self.create_publisher(ActionTarget, 'vla/target', COMMAND_QOS)
         self.enable_client = self.create_client(SetBool, 'vla/enable')
         self.create_subscription(Float64MultiArray, 'arm_controller/commands',
                                  self._record(self.arm, lambda m: np.array(m.data)),
                                  COMMAND_QOS)
-        self.create_subscription(Twist, 'cmd_vel', self._record(
-            self.base, lambda m: np.array([m.linear.x, m.linear.y, m.angular.z])), COMMAND_QOS)
+        self.create_subscription(TwistStamped, 'cmd_vel', self._record(
+            self.base, lambda m: np.array([m.twist.linear.x, m.twist.linear.y,
+                                           m.twist.angular.z])), COMMAND_QOS)
         self.create_subscription(Float64MultiArray, 'gripper_controller/commands',
                                  self._record(self.gripper, lambda m: float(m.data[0])),
                                  COMMAND_QOS)
         self.create_subscription(Image, 'vla/image', self._record(self.vla_images, lambda m: m),
                                  LATEST_IMAGE_QOS)
-        self.create_subscription(UInt8MultiArray, 'vla/action_tokens',
-                                 self._record(self.tokens, lambda m: bytes(m.data)), COMMAND_QOS)
+        self.create_subscription(ActionTokens, 'vla/action_tokens',
+                                 self._record(self.tokens, lambda m: bytes(m.tokens)), COMMAND_QOS)
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         self.image = np.zeros((300, 300, 3), np.uint8)
         self.joint_names = list(JOINTS)
@@ -114,18 +111,10 @@ class Harness(Node):
         msg.position = [float(v) for v in self.joint_positions]
         self.joint_pub.publish(msg)
 
-    def send_target(self, arm, base, stamp_ns: int):
-        """Publish an arm and a base target stamped ``stamp_ns`` (as the detokenizer does)."""
-        stamp = ns_to_time(stamp_ns)
-        twist = TwistStamped()
-        twist.header.stamp = stamp
-        vx, vy, wz = (float(v) for v in base)
-        twist.twist.linear.x, twist.twist.linear.y, twist.twist.angular.z = vx, vy, wz
-        self.base_target_pub.publish(twist)
-        traj = JointTrajectory(joint_names=JOINTS, points=[JointTrajectoryPoint(
-            positions=[float(v) for v in arm])])
-        traj.header.stamp = stamp
-        self.arm_target_pub.publish(traj)
+    def send_target(self, arm, base, stamp_ns: int, gripper: float = 0.0):
+        """Publish a whole target stamped ``stamp_ns`` (as the detokenizer does)."""
+        self.target_pub.publish(target_to_msg(list(arm) + list(base) + [gripper], stamp_ns,
+                                              JOINTS))
 
     def diagnostic_values(self, node: str) -> dict:
         """Return the newest /diagnostics key-values of ``node`` (empty when none yet)."""

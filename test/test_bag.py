@@ -126,7 +126,7 @@ def _messages(n: int):
         clocks.append(Clock(clock=ns_to_time(stamp_ns)))
         extra.append(Float64MultiArray(data=[float(i), -1.5]))
     return [('vla/image', SENSOR_QOS, images), ('joint_states', SENSOR_QOS, joints),
-            ('vla/action_tokens', COMMAND_QOS, tokens), ('vla/base_target', COMMAND_QOS, twists),
+            ('vla/action_tokens', COMMAND_QOS, tokens), ('cmd_vel', COMMAND_QOS, twists),
             ('/clock', RELIABLE_QOS, clocks), ('test/extra', RELIABLE_QOS, extra),
             ('vla/instruction', LATCHED_QOS, [String(data='pick up the red block')])]
 
@@ -190,6 +190,7 @@ def test_record_round_trip(ros, tmp_path, storage, stop):
             conn = by_topic[full]
             cls = type(msgs[0])
             assert conn.msgtype == bag_topics.type_name(cls)
+            assert conn.digest == bag_topics.definition(conn.msgtype)[1]  # registers it
             assert conn.digest == store.hash_rihs01(conn.msgtype)
             assert conn.digest.startswith('RIHS01_')
             assert conn.msgdef.data and conn.ext.serialization_format == 'cdr'
@@ -237,6 +238,38 @@ def test_record_duration_stops_and_closes(tmp_path):
     assert code == 0, out
     with Reader(bag) as reader:
         assert reader.message_count == 0
+
+
+def test_interface_types_round_trip_through_rosbags():
+    """Register the interface types in rosbags from the .msg files: same bytes, same hashes."""
+    import json
+    from ament_index_python.packages import get_package_share_directory
+    from rclpy.serialization import serialize_message
+    from vla_ros.conversions import target_to_msg
+    share = get_package_share_directory('vla_ros_interfaces')
+    tokens = tokens_to_msg(list(range(11)), 1_234_000_000_007, 'sha256:0123456789abcdef',
+                           'camera')
+    target = target_to_msg([0.1 * i for i in range(7)] + [0.2, -0.1, 0.3, 1.0],
+                           5_000_000_001, [f'arm_joint_{i}' for i in range(1, 8)],
+                           'sha256:0123456789abcdef', 'base_link')
+    store = bag_topics.typestore()
+    for msg, name in ((tokens, 'ActionTokens'), (target, 'ActionTarget')):
+        msgtype = f'vla_ros_interfaces/msg/{name}'
+        _, digest = bag_topics.definition(msgtype)
+        with open(os.path.join(share, 'msg', f'{name}.json'), encoding='utf-8') as stream:
+            hashes = {h['type_name']: h['hash_string']
+                      for h in json.load(stream)['type_hashes']}
+        assert digest == hashes[msgtype]  # rosidl's RIHS01 for the type
+        data = serialize_message(msg)
+        decoded = store.deserialize_cdr(data, msgtype)
+        assert decoded.header.stamp.sec == msg.header.stamp.sec
+        assert decoded.header.stamp.nanosec == msg.header.stamp.nanosec
+        assert decoded.action_space == 'sha256:0123456789abcdef'
+        assert bytes(store.serialize_cdr(decoded, msgtype)) == bytes(data)
+    decoded = store.deserialize_cdr(serialize_message(target), 'vla_ros_interfaces/msg/'
+                                    'ActionTarget')
+    assert list(decoded.positions) == list(target.positions)
+    assert decoded.base.angular.z == 0.3 and decoded.gripper == 1.0
 
 
 def test_record_on_sim_time_holds_messages_until_the_first_clock(ros, tmp_path):
@@ -315,7 +348,7 @@ def test_play_timing_order_and_clock(ros, tmp_path, storage):
     try:
         proc = _cli('play', bag, '--rate', str(rate), '--clock', '50', '--wait', '20')
         code, out = _finish(proc, timeout=60.0)
-        time.sleep(0.2)
+        wait_for(lambda: len(got) >= n, 5.0)
     finally:
         sub.close()
     assert code == 0, out

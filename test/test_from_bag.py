@@ -21,7 +21,7 @@ import pytest
 from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from vla_ros.bag import topics as bag_topics
-from vla_ros.conversions import array_to_image, ns_to_time, tokens_to_msg
+from vla_ros.conversions import array_to_image, ns_to_time, target_to_msg, tokens_to_msg
 from vla_ros.core.action_space import ActionSpace, ActionTokenizer
 from vla_ros.learning import dataset as ds, from_bag
 from vla_ros.paths import default_action_space_file
@@ -83,15 +83,10 @@ def _status(task: str, seed: int, episode_time: float, done=False, success=False
 
 
 def _targets(b: BagBuilder, t_ms: float, arm, base, grip):
-    from geometry_msgs.msg import TwistStamped
-    from std_msgs.msg import Float64
-    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
-    tw = TwistStamped()
-    tw.twist.linear.x, tw.twist.linear.y, tw.twist.angular.z = base
-    b.add('vla/base_target', t_ms - 2, tw)
-    b.add('vla/gripper_target', t_ms - 1, Float64(data=float(grip)))
-    b.add('vla/arm_target', t_ms, JointTrajectory(joint_names=list(reversed(JOINTS)), points=[
-        JointTrajectoryPoint(positions=[float(v) for v in reversed(arm)])]))
+    # Joint names in another order than the dataset's: the converter reorders them.
+    msg = target_to_msg(list(reversed(arm)) + list(base) + [grip], int(t_ms * MS),
+                        list(reversed(JOINTS)))
+    b.add('vla/target', t_ms, msg)
 
 
 def _synthetic(path: str, storage: str = 'mcap'):
@@ -227,7 +222,7 @@ def test_alignment_rules_on_a_built_bag(tmp_path, storage):
         for role, t in records[i]['sources'].items():
             if role == 'image' and records[i]['image_matched']:
                 assert records[i]['image_stamp'] == records[i]['source_stamp']
-            elif role in ('arm_target', 'base_target', 'gripper_target'):
+            elif role == 'target':
                 assert t < records[i]['t'], (i, role)
             else:
                 assert t <= records[i]['t'], (i, role)
@@ -296,8 +291,8 @@ def live_graph(shipped_params_file):
 def _watch(rec):
     """Keep what the graph publishes, as seen by a subscriber in this process."""
     from sensor_msgs.msg import Image
-    from std_msgs.msg import UInt8MultiArray
     from vla_ros.conversions import msg_to_tokens, time_to_ns
+    from vla_ros_interfaces.msg import ActionTokens
     from rclpy.qos import QoSProfile
     from vla_ros.nodes.common import COMMAND_QOS, LATEST_IMAGE_QOS
     seen = {'tokens': [], 'images': {}}
@@ -311,7 +306,7 @@ def _watch(rec):
         array = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
         with rec.lock:
             seen['images'][time_to_ns(msg.header.stamp)] = array.copy()
-    rec.node.create_subscription(UInt8MultiArray, 'vla/action_tokens', on_tokens, COMMAND_QOS)
+    rec.node.create_subscription(ActionTokens, 'vla/action_tokens', on_tokens, COMMAND_QOS)
     # camera_node's best-effort QoS, with a queue deep enough to keep every frame
     qos = QoSProfile(reliability=LATEST_IMAGE_QOS.reliability, history=LATEST_IMAGE_QOS.history,
                      depth=50)
@@ -411,22 +406,22 @@ def test_dataset_from_a_bag_of_the_live_graph(live_graph, tmp_path):
     assert sum(r['image_matched'] for r in records) >= 0.3 * len(records), stats
     assert compared >= 0.8 * len(records)
     # No future leakage, checked against the bag itself: every source is at or before the
-    # tick (targets strictly before); the state is the last arm target before the tick.
-    from trajectory_msgs.msg import JointTrajectory
+    # tick (targets strictly before); the state is the last target before the tick.
+    from vla_ros_interfaces.msg import ActionTarget
     with Reader(bag) as reader:
-        conns = [c for c in reader.connections if c.topic == '/vla/arm_target']
-        targets = [(t, deserialize_message(bytes(d), JointTrajectory))
+        conns = [c for c in reader.connections if c.topic == '/vla/target']
+        targets = [(t, deserialize_message(bytes(d), ActionTarget))
                    for _, t, d in reader.messages(conns)]
     for i, r in enumerate(records):
         for role, t in r['sources'].items():
             if role == 'image' and r['image_matched']:
                 continue
             assert t <= r['t'] if 'target' not in role else t < r['t'], (i, role)
-        if 'arm_target' in r['sources']:
+        if 'target' in r['sources']:
             before = [m for t, m in targets if t < r['t']]
             order = {n: k for k, n in enumerate(before[-1].joint_names)}
-            expected = [before[-1].points[0].positions[order[n]] for n in JOINTS]
+            expected = [before[-1].positions[order[n]] for n in JOINTS]
             np.testing.assert_allclose(loaded.columns[ds.STATE_KEY][i][:7], expected,
                                        atol=1e-6)
-    assert sum('arm_target' in r['sources'] for r in records) >= len(records) // 2
+    assert sum('target' in r['sources'] for r in records) >= len(records) // 2
     assert os.path.isfile(os.path.join(out, 'meta', 'info.json'))

@@ -20,23 +20,22 @@ pipeline moves the arm while the garbage arrives.
 
 import os
 
-from builtin_interfaces.msg import Duration, Time
-from geometry_msgs.msg import TwistStamped
+from builtin_interfaces.msg import Time
 import numpy as np
 import pytest
 import rclpy
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, Float64, MultiArrayDimension, String, UInt8MultiArray
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
-
-from vla_ros.conversions import array_to_image, ns_to_time, STAMP_PREFIX, TOKENS_LABEL
+from std_msgs.msg import Bool, String
+from vla_ros.conversions import array_to_image, ns_to_time
+from vla_ros.core.action_space import ActionSpace
 from vla_ros.core.control import ControlConfig
 from vla_ros.graph import node_params
 from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
 from vla_ros.paths import default_action_space_file, default_params_file
 from vla_ros.tools.golden import shipped_model_dir
 from vla_ros.tools.lockstep import Lockstep, NS
+from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
 SEED = 20261130
 MESSAGES_PER_TOPIC = 1000
@@ -44,15 +43,12 @@ JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
 START_NS = 500 * NS
 INSTRUCTION = 'pick up the red block'
 FUZZED = ('camera/image_raw', 'vla/image', 'vla/instruction', 'vla/action_tokens',
-          'vla/arm_target', 'vla/base_target', 'vla/gripper_target', 'joint_states')
+          'vla/target', 'joint_states')
 QOS = {'camera/image_raw': LATEST_IMAGE_QOS, 'vla/image': LATEST_IMAGE_QOS,
        'vla/instruction': LATCHED_QOS, 'vla/action_tokens': COMMAND_QOS,
-       'vla/arm_target': COMMAND_QOS, 'vla/base_target': COMMAND_QOS,
-       'vla/gripper_target': COMMAND_QOS, 'joint_states': SENSOR_QOS,
-       'vla/estop': LATCHED_QOS}
+       'vla/target': COMMAND_QOS, 'joint_states': SENSOR_QOS, 'vla/estop': LATCHED_QOS}
 TYPES = {'camera/image_raw': Image, 'vla/image': Image, 'vla/instruction': String,
-         'vla/action_tokens': UInt8MultiArray, 'vla/arm_target': JointTrajectory,
-         'vla/base_target': TwistStamped, 'vla/gripper_target': Float64,
+         'vla/action_tokens': ActionTokens, 'vla/target': ActionTarget,
          'joint_states': JointState, 'vla/estop': Bool}
 
 
@@ -75,7 +71,6 @@ def model(tmp_path_factory):
     policy = os.path.join(shipped_model_dir(), 'policy.onnx')
     if os.path.isfile(policy):
         return policy
-    from vla_ros.core.action_space import ActionSpace
     from vla_ros.tools import test_model
     folder = test_model.write(str(tmp_path_factory.mktemp('fuzz_model')),
                               ActionSpace.from_yaml(default_action_space_file()))
@@ -363,23 +358,24 @@ def fuzz_instruction(rng, now_ns: int) -> object:
     return String(data=texts[k - 2])
 
 
+SPACE_ID = ActionSpace.from_yaml(default_action_space_file()).identity
+
+
+def _space_id(rng) -> str:
+    return str(rng.choice([SPACE_ID, SPACE_ID, SPACE_ID, '', 'sha256:0000000000000000',
+                           SPACE_ID + ' ', 'x' * 300]))
+
+
 def fuzz_tokens(rng, now_ns: int) -> object:
-    """Return tokens with wrong counts, layouts, malformed or extreme stamps, any values."""
+    """Return tokens with wrong counts, extreme stamps, other action spaces, any values."""
     if rng.random() < 0.08:
         return garbage(rng)
     n = int(rng.choice([0, 1, 10, 11, 11, 11, 12, 300]))
-    msg = UInt8MultiArray()
-    msg.data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
-    k = int(rng.integers(7))
-    stamp_ns = [now_ns, 0, -5, now_ns + int(1e15), 2 ** 70, now_ns - int(2e8),
-                now_ns + int(5e7)][k]
-    label = rng.choice([f'{STAMP_PREFIX}{stamp_ns}', f'{STAMP_PREFIX}abc', STAMP_PREFIX,
-                        f'{STAMP_PREFIX}{now_ns}.5', 'other', f'{STAMP_PREFIX}{now_ns}'])
-    size = int(rng.choice([n, 11, 0, U32]))
-    dims = [MultiArrayDimension(label=TOKENS_LABEL, size=size, stride=size),
-            MultiArrayDimension(label=str(label), size=1, stride=1)]
-    msg.layout.dim = dims[:int(rng.integers(0, 3))] if rng.random() < 0.3 else dims
-    msg.layout.data_offset = int(rng.choice([0, 0, 5, U32]))
+    msg = ActionTokens()
+    msg.tokens = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    msg.header.stamp = stamp(rng, now_ns)
+    msg.header.frame_id = str(rng.choice(['camera', '', 'z' * 300]))
+    msg.action_space = _space_id(rng)
     return msg
 
 
@@ -401,40 +397,21 @@ def _names(rng):
     return names
 
 
-def fuzz_arm_target(rng, now_ns: int) -> object:
-    """Return a trajectory with wrong names, point counts, lengths, values or stamps."""
+def fuzz_target(rng, now_ns: int) -> object:
+    """Return a target with wrong names, lengths, NaN/huge values, any stamp or space."""
     if rng.random() < 0.08:
         return garbage(rng)
-    msg = JointTrajectory()
+    msg = ActionTarget()
     msg.header.stamp = stamp(rng, now_ns)
     msg.joint_names = _names(rng)
-    for _ in range(int(rng.choice([0, 1, 1, 1, 2, 5]))):
-        n = int(rng.choice([len(msg.joint_names), 7, 0, 3, 9]))
-        point = JointTrajectoryPoint(positions=[weird_float(rng) for _ in range(n)])
-        point.velocities = [weird_float(rng) for _ in range(int(rng.integers(0, 8)))]
-        point.time_from_start = Duration(sec=int(rng.integers(-5, 5)),
-                                         nanosec=int(rng.integers(0, U32)))
-        msg.points.append(point)
+    n = int(rng.choice([len(msg.joint_names), len(msg.joint_names), 7, 0, 3, 9]))
+    msg.positions = [weird_float(rng) for _ in range(n)]
+    b = msg.base
+    b.linear.x, b.linear.y, b.angular.z = (weird_float(rng) for _ in range(3))
+    b.linear.z, b.angular.x, b.angular.y = (weird_float(rng) for _ in range(3))
+    msg.gripper = weird_float(rng)
+    msg.action_space = _space_id(rng)
     return msg
-
-
-def fuzz_base_target(rng, now_ns: int) -> object:
-    """Return a twist of NaN, infinite, huge or ordinary values with any stamp."""
-    if rng.random() < 0.08:
-        return garbage(rng)
-    msg = TwistStamped()
-    msg.header.stamp = stamp(rng, now_ns)
-    t = msg.twist
-    t.linear.x, t.linear.y, t.angular.z = (weird_float(rng) for _ in range(3))
-    t.linear.z, t.angular.x, t.angular.y = (weird_float(rng) for _ in range(3))
-    return msg
-
-
-def fuzz_gripper_target(rng, now_ns: int) -> object:
-    """Return a NaN, infinite, huge, negative or ordinary closure."""
-    if rng.random() < 0.08:
-        return garbage(rng, len(serialize_message(Float64())))
-    return Float64(data=weird_float(rng))
 
 
 def fuzz_joint_states(rng, now_ns: int) -> object:
@@ -460,8 +437,7 @@ def fuzz_estop(rng, now_ns: int) -> object:
 
 GENERATORS = {'camera/image_raw': fuzz_image, 'vla/image': fuzz_image,
               'vla/instruction': fuzz_instruction, 'vla/action_tokens': fuzz_tokens,
-              'vla/arm_target': fuzz_arm_target, 'vla/base_target': fuzz_base_target,
-              'vla/gripper_target': fuzz_gripper_target, 'joint_states': fuzz_joint_states,
+              'vla/target': fuzz_target, 'joint_states': fuzz_joint_states,
               'vla/estop': fuzz_estop}
 
 
@@ -520,8 +496,8 @@ def test_kill_9_and_restart_of_each_node(bench):
         return ticks
     for name in ('camera_node', 'inference_node', 'detokenizer_node', 'interpolation_node'):
         # A fresh target first.
-        run_until(lambda: records.arm_targets[-1]['t_ns'] >= step.now_ns - 100_000_000)
-        assert records.arm_targets[-1]['t_ns'] >= step.now_ns - 100_000_000, (
+        run_until(lambda: records.targets[-1]['t_ns'] >= step.now_ns - 100_000_000)
+        assert records.targets[-1]['t_ns'] >= step.now_ns - 100_000_000, (
             name, 'no fresh target before the kill', step.diagnostic_messages)
         step.kill(name)
         killed_at = step.now_ns

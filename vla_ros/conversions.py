@@ -5,12 +5,9 @@ from typing import Optional, Sequence, Tuple
 from builtin_interfaces.msg import Duration, Time
 import numpy as np
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
+from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
 from .core import image as core_image
-
-TOKENS_LABEL = 'action'
-STAMP_PREFIX = 'stamp='
 
 
 def image_to_rgb8(msg: Image) -> np.ndarray:
@@ -57,39 +54,79 @@ def duration_msg(seconds: float) -> Duration:
     return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
-def tokens_to_msg(tokens: np.ndarray, stamp_ns: int) -> UInt8MultiArray:
-    """
-    11 tokens → UInt8MultiArray with a labelled layout carrying the source image stamp.
-
-    std_msgs has no stamped byte array; the second layout dimension (size 1) carries the
-    camera stamp as its label so that latency can be measured end to end.
-    """
-    msg = UInt8MultiArray()
-    n = int(len(tokens))
-    msg.layout.dim = [
-        MultiArrayDimension(label=TOKENS_LABEL, size=n, stride=n),
-        MultiArrayDimension(label=f'{STAMP_PREFIX}{int(stamp_ns)}', size=1, stride=1),
-    ]
-    msg.data = np.asarray(tokens, dtype=np.uint8).tobytes()
+def tokens_to_msg(tokens: np.ndarray, stamp_ns: int, action_space: str = '',
+                  frame_id: str = '') -> ActionTokens:
+    """Turn tokens into ActionTokens stamped with the source camera frame's stamp and frame."""
+    msg = ActionTokens()
+    msg.header.stamp = ns_to_time(int(stamp_ns))
+    msg.header.frame_id = frame_id
+    msg.tokens = np.asarray(tokens, dtype=np.uint8).tobytes()
+    msg.action_space = action_space
     return msg
 
 
-def msg_to_tokens(msg: UInt8MultiArray, expected: int) -> Tuple[np.ndarray, Optional[int]]:
-    """UInt8MultiArray → (tokens uint8 [expected], stamp_ns or None). Raises ValueError."""
-    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+def _check_space(found: str, expected: Optional[str], what: str):
+    if expected and found != expected:
+        raise ValueError(f'{what} for action space {found or "(none)"!r}, this node is '
+                         f'configured for {expected!r}')
+
+
+def msg_to_tokens(msg: ActionTokens, expected: int, action_space: Optional[str] = None
+                  ) -> Tuple[np.ndarray, Optional[int]]:
+    """
+    Read ActionTokens: (tokens uint8 [expected], source stamp ns or None); ValueError if bad.
+
+    A stamp of 0 means unstamped (None). With ``action_space`` given, tokens of another
+    action space are refused.
+    """
+    data = np.frombuffer(bytes(msg.tokens), dtype=np.uint8)
     if data.size != expected:
         raise ValueError(f'expected {expected} action tokens, found {data.size}')
-    dims = list(msg.layout.dim)
-    if dims and dims[0].size != expected:
-        raise ValueError(f'layout says {dims[0].size} tokens, expected {expected}')
-    stamp = None
-    for d in dims[1:]:
-        if d.label.startswith(STAMP_PREFIX):
-            try:
-                stamp = int(d.label[len(STAMP_PREFIX):])
-            except ValueError:
-                raise ValueError(f'malformed stamp label {d.label!r}')
-    return data.copy(), stamp
+    _check_space(msg.action_space, action_space, 'tokens')
+    return data.copy(), (time_to_ns(msg.header.stamp) or None)
+
+
+def target_to_msg(target: Sequence[float], stamp_ns: int, joint_names: Sequence[str],
+                  action_space: str = '', frame_id: str = '') -> ActionTarget:
+    """Turn an 11-D target (7 arm positions, base vx vy wz, gripper) into an ActionTarget."""
+    t = np.asarray(target, dtype=np.float64)
+    msg = ActionTarget()
+    msg.header.stamp = ns_to_time(int(stamp_ns))
+    msg.header.frame_id = frame_id
+    msg.joint_names = list(joint_names)
+    msg.positions = t[:7].tolist()
+    msg.base.linear.x, msg.base.linear.y, msg.base.angular.z = (float(v) for v in t[7:10])
+    msg.gripper = float(t[10])
+    msg.action_space = action_space
+    return msg
+
+
+def msg_to_target(msg: ActionTarget, joint_names: Sequence[str],
+                  action_space: Optional[str] = None) -> Tuple[np.ndarray, Optional[int]]:
+    """
+    Read an ActionTarget: (11-D target in ``joint_names`` order, source stamp ns or None).
+
+    Raises ValueError for mismatched or repeated joint names, missing joints, non-finite
+    values, or (with ``action_space`` given) another action space.
+    """
+    names, positions = list(msg.joint_names), list(msg.positions)
+    if len(names) != len(positions):
+        raise ValueError(f'{len(names)} joint names but {len(positions)} positions')
+    index = {}
+    for i, name in enumerate(names):
+        if name in index:
+            raise ValueError(f'joint {name!r} appears twice')
+        index[name] = i
+    missing = [n for n in joint_names if n not in index]
+    if missing:
+        raise ValueError(f'missing joints {missing}')
+    _check_space(msg.action_space, action_space, 'target')
+    out = np.array([positions[index[n]] for n in joint_names]
+                   + [msg.base.linear.x, msg.base.linear.y, msg.base.angular.z, msg.gripper],
+                   dtype=np.float64)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f'non-finite values {out.tolist()}')
+    return out, (time_to_ns(msg.header.stamp) or None)
 
 
 def joint_positions(msg: JointState, names: Sequence[str]) -> np.ndarray:

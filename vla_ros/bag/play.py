@@ -103,6 +103,16 @@ class Player:
         """Add to a counter."""
         self.counters[key] = self.counters.get(key, 0) + n
 
+    def flush(self, timeout: float = 2.0):
+        """Wait until reliable subscribers acknowledged everything (the last message too)."""
+        from rclpy.duration import Duration
+        for pub in {id(p): p for p in self.publishers.values()}.values():
+            try:
+                if not pub.wait_for_all_acked(Duration(seconds=timeout)):
+                    self.count('not_acknowledged_at_exit')
+            except Exception:  # best-effort publishers, or rclpy without the call
+                pass
+
     def wait_for_subscribers(self, timeout: float) -> List[str]:
         """Wait until every publisher has a subscriber (≤ timeout s); return those without."""
         pubs = {p.topic_name: p for p in self.publishers.values()}
@@ -192,6 +202,7 @@ def play(path: str, rate: float = 1.0, loop: bool = False, clock_hz: float = 0.0
             f'{reader.duration * 1e-9:.3f} s, rate {rate:g}{extras}')
         while player.play_once(rate) and loop:
             player.count('loops')
+        player.flush()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -154,6 +154,12 @@ class ActionSpace:
         """Return the canonical JSON text (sorted keys) used in model metadata."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    @property
+    def identity(self) -> str:
+        """Return ``sha256:<16 hex>`` of the canonical JSON: what messages carry to be refused."""
+        import hashlib
+        return 'sha256:' + hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
     def differences(self, other: 'ActionSpace', tol: float = 1e-9) -> List[str]:
         """List human-readable differences between two action spaces (empty if equal)."""
         out = []

@@ -18,23 +18,23 @@ One frame per ``vla/action_tokens`` message (the tick), at its bag time ``t``:
 - **joint_state** the 7 measured arm joints + gripper closure of the newest ``joint_states``
   received at or before ``t`` within ``--max-age``.
 - **state** the previous commanded 11-D target as inference_node forms it
-  (``core/targets.py``): the newest ``vla/arm_target`` received strictly before ``t``, with
-  the newest base and gripper targets received before that arm target; older than
+  (``core/targets.py``): the newest ``vla/target`` received strictly before ``t``; older than
   ``--target-timeout`` or further than ``--max-target-deviation`` from the measured arm →
   the measured arm at rest. Latched topics (the instruction) have no age limit.
 
-Frames lacking a required message (also, in a bag that has the episode topic, a frame before
-its first status) are dropped and counted by reason; a malformed message
-is skipped and counted, never fatal. Episodes end at a bag boundary, when the instruction
-changes, when the episode topic (``sim/task_status``, JSON) names a new (task, seed) or a
-restarted episode (a tick belongs to the episode whose start, the status's ``sim_time -
-episode_time``, is at or before its source stamp, not to the newest status received: a
-tick computed on a frame from before a reset may arrive after the reset's status), ``--after-done`` seconds after it reports done (the rest of that episode
-is dropped), or after a gap of ``--max-gap`` seconds without ticks. An episode the recording
-joined late (its status says it had run for over a second) is left out unless
-``--keep-partial``; ``--only-success`` keeps successful episodes only. Episode fields (task,
-seed, success; colour, direction, close) come from the status JSON, the last three read
-back from a simulated task's instruction when the status lacks them.
+Frames lacking a required message (also, in a bag that has the episode topic, a frame
+before its first status) are dropped and counted by reason; a malformed message is skipped
+and counted, never fatal. Episodes end at a bag boundary, when the instruction changes,
+when the episode topic (``sim/task_status``, JSON) names a new (task, seed) or a restarted
+episode (a tick belongs to the episode whose start, the status's ``sim_time -
+episode_time``, is at or before its source stamp, not to the newest status received: a tick
+computed on a frame from before a reset may arrive after the reset's status),
+``--after-done`` seconds after it reports done (the rest of that episode is dropped), or
+after a gap of ``--max-gap`` seconds without ticks. An episode the recording joined late
+(its status says it had run for over a second) is left out unless ``--keep-partial``;
+``--only-success`` keeps successful episodes only. Episode fields (task, seed, success;
+colour, direction, close) come from the status JSON, the last three read back from a
+simulated task's instruction when the status lacks them.
 """
 
 import argparse
@@ -63,15 +63,13 @@ STATUS_HISTORY = 64
 # An episode start computed from a status (sim_time and episode_time rounded to 1 ms).
 START_TOLERANCE_NS = 1_500_000
 
-TOKENS_TYPE = 'std_msgs/msg/UInt8MultiArray'
+TOKENS_TYPE = 'vla_ros_interfaces/msg/ActionTokens'
 TOPIC_TYPES = {
     'tokens': TOKENS_TYPE,
     'image': 'sensor_msgs/msg/Image',
     'instruction': 'std_msgs/msg/String',
     'joint_states': 'sensor_msgs/msg/JointState',
-    'arm_target': 'trajectory_msgs/msg/JointTrajectory',
-    'base_target': 'geometry_msgs/msg/TwistStamped',
-    'gripper_target': 'std_msgs/msg/Float64',
+    'target': 'vla_ros_interfaces/msg/ActionTarget',
     'episode': 'std_msgs/msg/String',
 }
 REQUIRED = ('tokens', 'image', 'instruction', 'joint_states')
@@ -91,9 +89,7 @@ class Options:
     image_topic: str = 'vla/image'
     instruction_topic: str = 'vla/instruction'
     joint_states_topic: str = 'joint_states'
-    arm_target_topic: str = 'vla/arm_target'
-    base_target_topic: str = 'vla/base_target'
-    gripper_target_topic: str = 'vla/gripper_target'
+    target_topic: str = 'vla/target'
     namespace: str = '/'
     arm_joints: Tuple[str, ...] = tuple(f'arm_joint_{i}' for i in range(1, 8))
     gripper_joint: str = 'gripper'
@@ -216,11 +212,7 @@ class BagAligner:
             max(options.target_timeout, 1e-9), max(options.max_target_deviation, 1e-9)))
         self.latest: Dict[str, Tuple[int, object]] = {}
         self.images: Deque[Tuple[int, int, object]] = deque()   # (bag t, stamp ns, msg)
-        self.arm_targets: Deque[Tuple[int, np.ndarray]] = deque()
-        self.base = np.zeros(3)
-        self.base_t: Optional[int] = None
-        self.gripper = 0.0
-        self.gripper_t: Optional[int] = None
+        self.targets: Deque[Tuple[int, np.ndarray]] = deque()
         self.target_t: Optional[int] = None
         self.pending: Deque[Frame] = deque()
         self.status_gen = 0
@@ -328,33 +320,14 @@ class BagAligner:
                 grip = float(msg.position[i])
         self.latest['joint_states'] = (t, (arm, grip))
 
-    def _on_base_target(self, t: int, msg):
-        v = np.array([msg.twist.linear.x, msg.twist.linear.y, msg.twist.angular.z])
-        if not np.all(np.isfinite(v)):
-            self.stats.bad(self.topics['base_target'])
-            return
-        self.base, self.base_t = v, t
-
-    def _on_gripper_target(self, t: int, msg):
-        if not math.isfinite(msg.data):
-            self.stats.bad(self.topics['gripper_target'])
-            return
-        self.gripper, self.gripper_t = float(msg.data), t
-
-    def _on_arm_target(self, t: int, msg):
-        # The detokenizer publishes base and gripper first, then the arm (one 11-D target).
+    def _on_target(self, t: int, msg):
+        from ..conversions import msg_to_target
         try:
-            if len(msg.points) != 1:
-                raise ValueError(f'expected 1 point, found {len(msg.points)}')
-            order = {n: i for i, n in enumerate(msg.joint_names)}
-            positions = msg.points[0].positions
-            arm = np.array([positions[order[n]] for n in self.o.arm_joints], dtype=float)
-            if not np.all(np.isfinite(arm)):
-                raise ValueError('non-finite position')
-        except (KeyError, IndexError, ValueError):
-            self.stats.bad(self.topics['arm_target'])
+            target, _ = msg_to_target(msg, self.o.arm_joints)
+        except ValueError:
+            self.stats.bad(self.topics['target'])
             return
-        self.arm_targets.append((t, np.concatenate([arm, self.base, [self.gripper]])))
+        self.targets.append((t, target))
 
     def _on_tokens(self, t: int, msg):
         from ..conversions import msg_to_tokens
@@ -367,12 +340,12 @@ class BagAligner:
             self.stats.drop('malformed_tokens')
             return
         # Targets received strictly before the tick become the previous commanded target.
-        while self.arm_targets and self.arm_targets[0][0] < t:
-            target_t, target = self.arm_targets.popleft()
+        while self.targets and self.targets[0][0] < t:
+            target_t, target = self.targets.popleft()
             try:
                 self.composer.observe(target, target_t * 1e-9)
             except ValueError:
-                self.stats.bad(self.topics['arm_target'])
+                self.stats.bad(self.topics['target'])
                 continue
             self.target_t = target_t
         instruction = self.latest.get('instruction')
@@ -398,10 +371,7 @@ class BagAligner:
                       status=dict(status), status_key=key)
         frame.sources = {'tokens': t, 'instruction': instruction[0], 'joint_states': js_t}
         if self.composer.reason == '' and self.target_t is not None:
-            frame.sources['arm_target'] = self.target_t
-            for role, when in (('base_target', self.base_t), ('gripper_target', self.gripper_t)):
-                if when is not None and when <= self.target_t:
-                    frame.sources[role] = when
+            frame.sources['target'] = self.target_t
         if status_t is not None:
             frame.sources['episode'] = status_t
         self._choose_image(frame)
@@ -617,6 +587,9 @@ def convert(bags: Sequence[str], out: str, options: Optional[Options] = None,
     def emit(ep: Episode):
         frames, kept = [], []
         for f in ep.frames:
+            if f.image_msg is None:  # kept until here: it still shows where the episode began
+                stats.drop('no_image')
+                continue
             try:
                 frames.append(ds.Frame(image=decode_image(f.image_msg, resizer), state=f.state,
                                        joint_state=f.joint_state, action=f.action,
@@ -632,7 +605,7 @@ def convert(bags: Sequence[str], out: str, options: Optional[Options] = None,
         if (name, start_ns) in existing:
             stats.add('episodes_already_in_dataset')
             return
-        first = kept[0].status
+        first = ep.frames[0].status  # the first tick, even one without an image
         try:
             late = float(first.get('episode_time', 0.0)) > PARTIAL_START_S
         except (TypeError, ValueError):
@@ -699,9 +672,8 @@ def convert(bags: Sequence[str], out: str, options: Optional[Options] = None,
 
 def _place(frame: Frame, builder: EpisodeBuilder, stats: Stats, bag: str,
            tick_times: List[int]):
-    if frame.image_msg is None:
-        return stats.drop('no_image')
-    stats.add('frames_image_matched' if frame.matched else 'frames_image_latest')
+    if frame.image_msg is not None:
+        stats.add('frames_image_matched' if frame.matched else 'frames_image_latest')
     tick_times.append(frame.t)
     builder.add(frame, bag)
 
@@ -729,8 +701,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--namespace', default='/', help='namespace of the recorded graph')
     for role, default in (('tokens', 'vla/action_tokens'), ('image', 'vla/image'),
                           ('instruction', 'vla/instruction'), ('joint-states', 'joint_states'),
-                          ('arm-target', 'vla/arm_target'), ('base-target', 'vla/base_target'),
-                          ('gripper-target', 'vla/gripper_target')):
+                          ('target', 'vla/target')):
         p.add_argument(f'--{role}-topic', default=default, help=f'(default {default})')
     p.add_argument('--arm-joints', default=','.join(Options.arm_joints),
                    help='the 7 arm joint names in joint_states, comma separated')
@@ -756,8 +727,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             tokens_topic=args.tokens_topic, image_topic=args.image_topic,
             instruction_topic=args.instruction_topic,
             joint_states_topic=args.joint_states_topic,
-            arm_target_topic=args.arm_target_topic, base_target_topic=args.base_target_topic,
-            gripper_target_topic=args.gripper_target_topic, namespace=args.namespace,
+            target_topic=args.target_topic, namespace=args.namespace,
             arm_joints=tuple(n.strip() for n in args.arm_joints.split(',') if n.strip()),
             gripper_joint=args.gripper_joint, after_done=args.after_done,
             max_gap=args.max_gap, target_timeout=args.target_timeout,

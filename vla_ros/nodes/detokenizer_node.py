@@ -1,8 +1,10 @@
 """
-detokenizer_node: vla/action_tokens (11 × uint8) → arm, base and gripper targets.
+detokenizer_node: vla/action_tokens (ActionTokens) → vla/target (ActionTarget).
 
-Outputs keep the source image stamp. Arrays of the wrong length or with a malformed layout
-are rejected with a throttled warning and a counter; nothing is published for them.
+One message in, one whole 11-D target out (arm positions, base twist, gripper), carrying
+the source camera stamp and the action-space identity. Tokens of the wrong length, of
+another action space, or unstamped are rejected with a throttled warning and a counter;
+nothing is published for them.
 
 With a ``delta_position`` arm (the shipped action space) the arm values are added to the
 arm target this node published one policy step earlier; that previous target falls back
@@ -14,18 +16,15 @@ recent joint_states message, relative tokens are rejected: nothing moves.
 from dataclasses import dataclass
 from typing import Tuple
 
-from geometry_msgs.msg import TwistStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64, UInt8MultiArray
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
 from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exit_with, now_s, run,
                      SENSOR_QOS, STRING_ARRAY)
-from ..conversions import duration_msg, joint_positions, msg_to_tokens, ns_to_time
-from ..core.action_space import (ActionSpace, ActionSpaceError, ActionTokenizer, ARM, BASE,
-                                 check_arm_joint_names, DEFAULT_ARM_JOINTS, GRIPPER,
-                                 NUM_DIMENSIONS)
+from ..conversions import joint_positions, msg_to_tokens, target_to_msg
+from ..core.action_space import (ActionSpace, ActionSpaceError, ActionTokenizer,
+                                 check_arm_joint_names, DEFAULT_ARM_JOINTS, NUM_DIMENSIONS)
 from ..core.stats import RateMonitor
 from ..core.targets import ComposerConfig, TargetComposer
 from ..paths import default_action_space_file
@@ -99,14 +98,11 @@ class DetokenizerNode(Node):
         self._measured = None
         self._measured_at = -1e18
         self._gripper = 0.0
-        period = 1.0 / p.inference_frequency
-        self._segment = duration_msg(period)
         self.diag = Diagnostics(self)
         self._rate = RateMonitor(p.inference_frequency)
-        self._arm_pub = self.create_publisher(JointTrajectory, 'vla/arm_target', COMMAND_QOS)
-        self._base_pub = self.create_publisher(TwistStamped, 'vla/base_target', COMMAND_QOS)
-        self._grip_pub = self.create_publisher(Float64, 'vla/gripper_target', COMMAND_QOS)
-        self.create_subscription(UInt8MultiArray, 'vla/action_tokens', self._on_tokens,
+        self._space_id = space.identity
+        self._pub = self.create_publisher(ActionTarget, 'vla/target', COMMAND_QOS)
+        self.create_subscription(ActionTokens, 'vla/action_tokens', self._on_tokens,
                                  COMMAND_QOS)
         if space.relative_arm:
             self.create_subscription(JointState, 'joint_states', self._on_joint_states,
@@ -133,41 +129,32 @@ class DetokenizerNode(Node):
             if grip == grip:  # not NaN
                 self._gripper = grip
 
-    def _on_tokens(self, msg: UInt8MultiArray):
+    def _on_tokens(self, msg: ActionTokens):
         now = now_s(self)
         self._rate.tick(now)
         try:
-            tokens, stamp_ns = msg_to_tokens(msg, NUM_DIMENSIONS)
+            tokens, stamp_ns = msg_to_tokens(msg, NUM_DIMENSIONS, self._space_id)
             values = self.tokenizer.detokenize(tokens)
         except ValueError as exc:
             return self._reject(str(exc))
+        if stamp_ns is None:
+            return self._reject('unstamped tokens (header.stamp 0): the source camera stamp '
+                                'is what the interpolator judges staleness by')
         if self.tokenizer.space.relative_arm:
             if self._measured is None or now - self._measured_at > self.params.state_timeout:
                 return self._reject('relative arm tokens need a recent joint_states message '
                                     f'(state_timeout {self.params.state_timeout} s)')
             resyncs = self.composer.resyncs
-            values = self.composer.compose(values, now, self._measured, self._gripper)
+            try:
+                values = self.composer.compose(values, now, self._measured, self._gripper)
+            except ValueError as exc:  # e.g. a measured arm no target can be composed on
+                return self._reject(str(exc))
             if self.composer.resyncs != resyncs:
                 self.diag.count('resynced_to_measured')
                 self.get_logger().info(f'relative arm actions start from the measured arm: '
                                        f'{self.composer.reason}', throttle_duration_sec=2.0)
-        stamp = ns_to_time(stamp_ns) if stamp_ns is not None else \
-            self.get_clock().now().to_msg()
-        # Base and gripper first: the interpolator pairs them with the arm target that
-        # follows, so a consumer reacting to the arm sees a complete 11-D target.
-        base = TwistStamped()
-        base.header.stamp = stamp
-        base.header.frame_id = self.params.base_frame_id
-        vx, vy, wz = (float(v) for v in values[BASE])
-        base.twist.linear.x, base.twist.linear.y, base.twist.angular.z = vx, vy, wz
-        self._base_pub.publish(base)
-        self._grip_pub.publish(Float64(data=float(values[GRIPPER])))
-        arm = JointTrajectory()
-        arm.header.stamp = stamp
-        arm.joint_names = list(self.params.arm_joint_names)
-        arm.points = [JointTrajectoryPoint(positions=[float(v) for v in values[ARM]],
-                                           time_from_start=self._segment)]
-        self._arm_pub.publish(arm)
+        self._pub.publish(target_to_msg(values, stamp_ns, self.params.arm_joint_names,
+                                        self._space_id, self.params.base_frame_id))
         self.diag.count('published')
 
     def _report(self):

@@ -7,8 +7,8 @@ image work and never re-encodes text per frame. No fresh image or no instruction
 is published and diagnostics say why.
 
 A model with a ``state`` input (the shipped one) also gets the previous commanded 11-D
-target: the last targets detokenizer_node published (``vla/arm_target``, ``vla/base_target``,
-``vla/gripper_target``), or the measured arm from ``joint_states`` when they are older than
+target: the last target detokenizer_node published (``vla/target``, one ActionTarget), or
+the measured arm from ``joint_states`` when it is older than
 ``target_timeout`` or far from the measured arm — the same rule the detokenizer applies
 (``core/targets.py``). No recent joint_states → nothing is published.
 """
@@ -18,18 +18,18 @@ import os
 import threading
 from typing import Optional, Tuple
 
-from geometry_msgs.msg import TwistStamped
 import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float64, String, UInt8MultiArray
-from trajectory_msgs.msg import JointTrajectory
+from std_msgs.msg import String
+from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
 from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exclusive_group, exit_with,
                      LATCHED_QOS, LATEST_IMAGE_QOS, now_s, run, SENSOR_QOS, STRING_ARRAY)
-from ..conversions import image_to_rgb8, joint_positions, time_to_ns, tokens_to_msg
-from ..core.action_space import (ActionSpace, ActionSpaceError, BASE, check_arm_joint_names,
-                                 DEFAULT_ARM_JOINTS, GRIPPER)
+from ..conversions import (image_to_rgb8, joint_positions, msg_to_target, time_to_ns,
+                           tokens_to_msg)
+from ..core.action_space import (ActionSpace, ActionSpaceError, check_arm_joint_names,
+                                 DEFAULT_ARM_JOINTS)
 from ..core.image import ImageError
 from ..core.model_contract import ContractError, IMAGE_SIZE
 from ..core.stats import Freshness, RateMonitor, WindowStats
@@ -171,7 +171,7 @@ class InferenceNode(Node):
         self._image_age = Freshness(p.max_image_age)
         self._model_ms = WindowStats(500)
         self._age_ms = WindowStats(500)
-        self._pub = self.create_publisher(UInt8MultiArray, 'vla/action_tokens', COMMAND_QOS)
+        self._pub = self.create_publisher(ActionTokens, 'vla/action_tokens', COMMAND_QOS)
         inputs = exclusive_group()
         self.create_subscription(Image, 'vla/image', self._on_image, LATEST_IMAGE_QOS,
                                  callback_group=inputs)
@@ -179,21 +179,14 @@ class InferenceNode(Node):
                                  callback_group=inputs)
         self.composer = TargetComposer(space, ComposerConfig(p.target_timeout,
                                                              p.max_target_deviation))
+        self._space_id = space.identity
         self._measured: Optional[np.ndarray] = None
         self._measured_at = -1e18
         self._gripper = 0.0
-        self._base_target = np.zeros(3)
-        self._gripper_target = 0.0
         if self.policy.state_dim:
             self.create_subscription(JointState, 'joint_states', self._on_joint_states,
                                      SENSOR_QOS, callback_group=inputs)
-            # Base and gripper before the arm: an executor pass handles ready subscriptions
-            # in creation order, and the arm target completes the 11-D target.
-            self.create_subscription(TwistStamped, 'vla/base_target', self._on_base_target,
-                                     COMMAND_QOS, callback_group=inputs)
-            self.create_subscription(Float64, 'vla/gripper_target', self._on_gripper_target,
-                                     COMMAND_QOS, callback_group=inputs)
-            self.create_subscription(JointTrajectory, 'vla/arm_target', self._on_arm_target,
+            self.create_subscription(ActionTarget, 'vla/target', self._on_target,
                                      COMMAND_QOS, callback_group=inputs)
         self.create_timer(1.0 / p.inference_frequency, self._tick,
                           callback_group=exclusive_group())
@@ -219,44 +212,15 @@ class InferenceNode(Node):
             self._measured, self._gripper = q, grip
             self._measured_at = now_s(self)
 
-    def _in_space(self, values, dims, topic: str) -> bool:
-        """Tell whether ``values`` fit the action space at ``dims``; count and warn if not."""
+    def _on_target(self, msg: ActionTarget):
         try:
-            self.composer.space.check_target(values, dims)
-            return True
-        except ValueError as exc:
-            n = self.diag.count(f'{topic.split("/")[-1]}_rejected')
-            self.get_logger().warn(f'ignoring {topic} for the state input ({n} so far): {exc}',
-                                   throttle_duration_sec=5.0)
-            return False
-
-    def _on_base_target(self, msg: TwistStamped):
-        v = np.array([msg.twist.linear.x, msg.twist.linear.y, msg.twist.angular.z])
-        if self._in_space(v, BASE, 'vla/base_target'):
+            target, _ = msg_to_target(msg, self.params.arm_joint_names, self._space_id)
             with self._lock:
-                self._base_target = v
-
-    def _on_gripper_target(self, msg: Float64):
-        if self._in_space([msg.data], [GRIPPER], 'vla/gripper_target'):
-            with self._lock:
-                self._gripper_target = float(msg.data)
-
-    def _on_arm_target(self, msg: JointTrajectory):
-        # The detokenizer publishes base and gripper first, then the arm: the arm target
-        # completes one 11-D target.
-        try:
-            if len(msg.points) != 1:
-                raise ValueError(f'expected 1 trajectory point, found {len(msg.points)}')
-            order = {n: i for i, n in enumerate(msg.joint_names)}
-            positions = msg.points[0].positions
-            arm = np.array([positions[order[n]] for n in self.params.arm_joint_names])
-            with self._lock:
-                target = np.concatenate([arm, self._base_target, [self._gripper_target]])
                 self.composer.observe(target, now_s(self))
-        except (KeyError, IndexError, ValueError) as exc:
-            self.diag.count('arm_target_rejected')
-            self.get_logger().warn(f'ignoring vla/arm_target for the state input: {exc}',
-                                   throttle_duration_sec=5.0)
+        except ValueError as exc:
+            n = self.diag.count('target_rejected')
+            self.get_logger().warn(f'ignoring vla/target for the state input ({n} so far): '
+                                   f'{exc}', throttle_duration_sec=5.0)
 
     def _state(self, now: float) -> np.ndarray:
         """Return the previous commanded target (state input); ValueError if no joints."""
@@ -332,7 +296,8 @@ class InferenceNode(Node):
             self.get_logger().error(f'inference failed, not publishing: {exc!r}',
                                     throttle_duration_sec=2.0)
             return self._skip(f'inference failed: {exc}')
-        self._pub.publish(tokens_to_msg(pred.tokens, stamp_ns))
+        self._pub.publish(tokens_to_msg(pred.tokens, stamp_ns, self._space_id,
+                                        msg.header.frame_id))
         self.diag.reason = ''
         self.diag.count('published')
         self._model_ms.add(pred.model_ms)

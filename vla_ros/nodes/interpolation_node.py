@@ -21,15 +21,16 @@ import numpy as np
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, Float64, Float64MultiArray, String
+from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from visualization_msgs.msg import Marker, MarkerArray
+from vla_ros_interfaces.msg import ActionTarget
 
 from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, DOUBLE_ARRAY,
                      exclusive_group, exit_with, LATCHED_QOS, now_s, run, SENSOR_QOS,
                      STRING_ARRAY)
-from ..conversions import duration_msg, time_to_ns
+from ..conversions import duration_msg, msg_to_target
 from ..core.action_space import check_arm_joint_names, DEFAULT_ARM_JOINTS
 from ..core.control import (ClockWatchdog, Command, ControlConfig, ControlLoop, joint_indices,
                             PARAM_DEFAULTS, StaleTarget)
@@ -37,11 +38,6 @@ from ..core.interpolation import MODES
 from ..core.stats import RateMonitor, WindowStats
 
 ARM_OUTPUTS = ('commands', 'joint_trajectory')
-
-
-def _stamp_s(header) -> float:
-    """Return a header's stamp in seconds (0.0 when unstamped)."""
-    return time_to_ns(header.stamp) * 1e-9
 
 
 @dataclass(frozen=True)
@@ -126,7 +122,8 @@ class InterpolationNode(Node):
             arm_output=d('arm_output', 'commands', 'commands: Float64MultiArray on '
                          'arm_controller/commands; joint_trajectory: JointTrajectory on '
                          'arm_controller/joint_trajectory.'),
-            cmd_vel_stamped=d('cmd_vel_stamped', False, 'Publish TwistStamped on cmd_vel.'),
+            cmd_vel_stamped=d('cmd_vel_stamped', True, 'Publish TwistStamped on cmd_vel (Jazzy '
+                              'diff_drive_controller); false: Twist (Humble-era controllers).'),
             base_frame_id=d('base_frame_id', 'base_link', 'frame_id for stamped base '
                             'commands and markers.'),
             start_enabled=d('start_enabled', False, 'Open the motion gate at start-up '
@@ -162,12 +159,8 @@ class InterpolationNode(Node):
         inputs = exclusive_group()
         self.create_subscription(JointState, 'joint_states', self._on_joint_states, SENSOR_QOS,
                                  callback_group=inputs)
-        self.create_subscription(JointTrajectory, 'vla/arm_target', self._on_arm, COMMAND_QOS,
+        self.create_subscription(ActionTarget, 'vla/target', self._on_target, COMMAND_QOS,
                                  callback_group=inputs)
-        self.create_subscription(TwistStamped, 'vla/base_target', self._on_base, COMMAND_QOS,
-                                 callback_group=inputs)
-        self.create_subscription(Float64, 'vla/gripper_target', self._on_gripper,
-                                 COMMAND_QOS, callback_group=inputs)
         self.create_subscription(Bool, 'vla/estop', self._on_estop, LATCHED_QOS,
                                  callback_group=inputs)
         self.create_subscription(String, 'vla/instruction', self._on_instruction,
@@ -244,39 +237,19 @@ class InterpolationNode(Node):
         self.get_logger().warn(f'rejecting {what} ({n} so far): {exc}',
                                throttle_duration_sec=2.0)
 
-    def _on_arm(self, msg: JointTrajectory):
+    def _on_target(self, msg: ActionTarget):
         try:
-            if len(msg.points) != 1:
-                raise ValueError(f'expected 1 trajectory point, found {len(msg.points)}')
-            idx = self._arm_indices(msg.joint_names)
-            if len(msg.points[0].positions) != len(msg.joint_names):
-                raise ValueError(f'{len(msg.points[0].positions)} positions for '
-                                 f'{len(msg.joint_names)} joint names')
-            q = np.asarray(msg.points[0].positions, dtype=float)[idx]
+            target, stamp_ns = msg_to_target(msg, self.params.arm_joint_names)
+            stamp = (stamp_ns or 0) * 1e-9
             with self._lock:
-                accepted = self.loop.on_arm_target(q, now_s(self), _stamp_s(msg.header))
+                accepted = self.loop.on_target(target[:7], target[7:10], target[10],
+                                               now_s(self), stamp)
         except ValueError as exc:
-            return self._reject('arm target', exc)
+            return self._reject('target', exc)
         if accepted:
-            self._pending_latency = time_to_ns(msg.header.stamp)
+            self._pending_latency = stamp_ns
         else:
             self.diag.count('ignored_targets_gate_closed')
-
-    def _on_base(self, msg: TwistStamped):
-        t = msg.twist
-        try:
-            with self._lock:
-                self.loop.on_base_target(np.array([t.linear.x, t.linear.y, t.angular.z]),
-                                         now_s(self), _stamp_s(msg.header))
-        except ValueError as exc:
-            self._reject('base target', exc)
-
-    def _on_gripper(self, msg: Float64):
-        try:
-            with self._lock:
-                self.loop.on_gripper_target(float(msg.data), now_s(self))
-        except ValueError as exc:
-            self._reject('gripper target', exc)
 
     def _on_estop(self, msg: Bool):
         with self._lock:

@@ -37,9 +37,10 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import Float64MultiArray, String, UInt8MultiArray
+from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
+from vla_ros_interfaces.msg import ActionTokens
 
 from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exclusive_group,
                      exit_with, LATCHED_QOS, run, SENSOR_QOS)
@@ -191,7 +192,8 @@ class SimNode(Node):
             cmd_vel_timeout=d('cmd_vel_timeout', 0.5, 'Base stops when no cmd_vel is newer '
                               'than this (sim s), like diff_drive_controller.', low=0.01,
                               high=10.0),
-            cmd_vel_stamped=d('cmd_vel_stamped', False, 'Subscribe TwistStamped on cmd_vel.'),
+            cmd_vel_stamped=d('cmd_vel_stamped', True, 'Subscribe TwistStamped on cmd_vel '
+                              '(false: Twist, Humble-era controllers).'),
             reset_command_hold=d('reset_command_hold', 0.3, 'After a reset, ignore commands '
                                  'for this long (sim s) so upstream loops can re-sync to the '
                                  'new joint states.', low=0.0, high=10.0),
@@ -271,7 +273,7 @@ class SimNode(Node):
         self._info_pub = self.create_publisher(CameraInfo, 'camera/camera_info', SENSOR_QOS)
         self._status_pub = self.create_publisher(String, 'sim/task_status', LATCHED_QOS)
         self._instruction_pub = self.create_publisher(String, 'vla/instruction', LATCHED_QOS)
-        self._tokens_pub = (self.create_publisher(UInt8MultiArray, 'vla/action_tokens',
+        self._tokens_pub = (self.create_publisher(ActionTokens, 'vla/action_tokens',
                                                   COMMAND_QOS) if self.expert else None)
 
         inputs = exclusive_group()
@@ -506,7 +508,9 @@ class SimNode(Node):
         if odom is not None:
             self._publish_odom(odom, stamp)
         if tokens is not None:
-            self._tokens_pub.publish(tokens_to_msg(tokens, int(round(t * 1e9))))
+            self._tokens_pub.publish(tokens_to_msg(
+                tokens, int(round(t * 1e9)), self.tokenizer.space.identity,
+                self.params.camera_frame_id))
         if status is not None:
             self._publish_status(status)
 

@@ -74,7 +74,8 @@ def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from sensor_msgs.msg import Image, JointState
-    from std_msgs.msg import Float64MultiArray, String, UInt8MultiArray
+    from std_msgs.msg import Float64MultiArray, String
+    from vla_ros_interfaces.msg import ActionTokens
 
     from ..conversions import array_to_image
     from ..nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
@@ -112,7 +113,7 @@ def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz
     image_pub = node.create_publisher(Image, 'camera/image_raw', SENSOR_QOS)
     joint_pub = node.create_publisher(JointState, 'joint_states', SENSOR_QOS)
     instr_pub = node.create_publisher(String, 'vla/instruction', LATCHED_QOS)
-    node.create_subscription(UInt8MultiArray, 'vla/action_tokens', stamp(tokens_t), COMMAND_QOS)
+    node.create_subscription(ActionTokens, 'vla/action_tokens', stamp(tokens_t), COMMAND_QOS)
     node.create_subscription(Float64MultiArray, 'arm_controller/commands', stamp(arm_t),
                              COMMAND_QOS)
     node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)

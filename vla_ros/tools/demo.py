@@ -55,11 +55,12 @@ class Recorder:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import Twist
+        from geometry_msgs.msg import TwistStamped
         from nav_msgs.msg import Odometry
         from rcl_interfaces.srv import SetParameters
         from sensor_msgs.msg import Image, JointState
-        from std_msgs.msg import Float64MultiArray, String, UInt8MultiArray
+        from std_msgs.msg import Float64MultiArray, String
+        from vla_ros_interfaces.msg import ActionTokens
         from std_srvs.srv import SetBool, Trigger
         from ..nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
 
@@ -88,11 +89,11 @@ class Recorder:
         node.create_subscription(JointState, 'joint_states', self._on_joints, SENSOR_QOS)
         node.create_subscription(Float64MultiArray, 'arm_controller/commands', self._on_arm,
                                  COMMAND_QOS)
-        node.create_subscription(Twist, 'cmd_vel', self._on_cmd_vel, COMMAND_QOS)
+        node.create_subscription(TwistStamped, 'cmd_vel', self._on_cmd_vel, COMMAND_QOS)
         node.create_subscription(Odometry, 'odom', self._on_odom, 10)
         node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         node.create_subscription(String, 'sim/task_status', self._on_status, LATCHED_QOS)
-        node.create_subscription(UInt8MultiArray, 'vla/action_tokens', self._on_tokens,
+        node.create_subscription(ActionTokens, 'vla/action_tokens', self._on_tokens,
                                  COMMAND_QOS)
         self.enable = node.create_client(SetBool, 'vla/enable')
         self.reset = node.create_client(Trigger, 'sim/reset')
@@ -148,7 +149,8 @@ class Recorder:
 
     def _on_cmd_vel(self, msg):
         with self.lock:
-            self.base_cmd.append((self.sim_now, msg.linear.x, msg.linear.y, msg.angular.z))
+            tw = msg.twist
+            self.base_cmd.append((self.sim_now, tw.linear.x, tw.linear.y, tw.angular.z))
 
     def _on_odom(self, msg):
         t = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9

@@ -296,12 +296,9 @@ def collect(step) -> Dict:
     tokens = [{'tick_ns': e['t_ns'], 'stamp_ns': e['stamp_ns'], 'tokens': e['tokens']}
               for e in r.tokens]
     targets = []
-    for i, arm in enumerate(r.arm_targets):
-        base = r.base_targets[i] if i < len(r.base_targets) else None
-        grip = r.gripper_targets[i] if i < len(r.gripper_targets) else None
-        targets.append({'t_ns': arm['t_ns'], 'stamp_ns': arm['stamp_ns'],
-                        'arm': arm['values'], 'base': base['values'] if base else None,
-                        'gripper': grip['values'][0] if grip else None})
+    for e in r.targets:
+        targets.append({'t_ns': e['t_ns'], 'stamp_ns': e['stamp_ns'], 'arm': e['arm'],
+                        'base': e['base'], 'gripper': e['gripper']})
     ticks: Dict[int, Dict] = {}
     for kind, store in (('arm', r.arm), ('base', r.base), ('gripper', r.gripper)):
         for e in store:

@@ -46,7 +46,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from .up import ProcessGroup
-from ..graph import DEFAULT_REMAPPINGS, NodeSpec, PIPELINE
+from ..graph import DEFAULT_REMAPPINGS, node_params, NodeSpec, PIPELINE
 
 PIPELINE_NODES = tuple(name for _, name in PIPELINE)
 NS = 1_000_000_000
@@ -73,9 +73,7 @@ class Records:
         """Start empty."""
         self.images: List[dict] = []
         self.tokens: List[dict] = []
-        self.arm_targets: List[dict] = []
-        self.base_targets: List[dict] = []
-        self.gripper_targets: List[dict] = []
+        self.targets: List[dict] = []
         self.arm: List[dict] = []
         self.base: List[dict] = []
         self.gripper: List[dict] = []
@@ -143,8 +141,8 @@ class Lockstep:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from rosgraph_msgs.msg import Clock
         from sensor_msgs.msg import Image
-        from std_msgs.msg import Float64, Float64MultiArray, UInt8MultiArray
-        from trajectory_msgs.msg import JointTrajectory
+        from std_msgs.msg import Float64MultiArray
+        from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
         from ..conversions import msg_to_tokens, time_to_ns
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -169,33 +167,29 @@ class Lockstep:
             return callback
 
         def tokens(msg):
-            try:
-                values, stamp = msg_to_tokens(msg, len(msg.data))
-            except ValueError:
-                values, stamp = np.frombuffer(bytes(msg.data), np.uint8), None
+            values, stamp = msg_to_tokens(msg, len(msg.tokens))
             return {'stamp_ns': stamp, 'tokens': [int(v) for v in values]}
 
-        def arm_target(msg):
-            pos = list(msg.points[0].positions) if msg.points else []
+        def target(msg):
+            b = msg.base
             return {'stamp_ns': time_to_ns(msg.header.stamp), 'names': list(msg.joint_names),
-                    'values': [float(v) for v in pos]}
+                    'arm': [float(v) for v in msg.positions],
+                    'base': [float(b.linear.x), float(b.linear.y), float(b.angular.z)],
+                    'gripper': float(msg.gripper)}
 
-        def base_target(msg):
-            t = msg.twist
-            return {'stamp_ns': time_to_ns(msg.header.stamp),
-                    'values': [float(t.linear.x), float(t.linear.y), float(t.angular.z)]}
+        def twist(msg):
+            t = msg.twist if isinstance(msg, TwistStamped) else msg
+            return {'values': np.array([t.linear.x, t.linear.y, t.angular.z], dtype=float)}
 
         sub(Image, 'vla/image', on(r.images, lambda m: {
             'stamp_ns': time_to_ns(m.header.stamp)}), best_effort)
-        sub(UInt8MultiArray, 'vla/action_tokens', on(r.tokens, tokens), reliable)
-        sub(JointTrajectory, 'vla/arm_target', on(r.arm_targets, arm_target), reliable)
-        sub(TwistStamped, 'vla/base_target', on(r.base_targets, base_target), reliable)
-        sub(Float64, 'vla/gripper_target', on(r.gripper_targets, lambda m: {
-            'values': [float(m.data)]}), reliable)
+        sub(ActionTokens, 'vla/action_tokens', on(r.tokens, tokens), reliable)
+        sub(ActionTarget, 'vla/target', on(r.targets, target), reliable)
         sub(Float64MultiArray, 'arm_controller/commands', on(r.arm, lambda m: {
             'values': np.array(m.data, dtype=float)}, 'arm'), reliable)
-        sub(Twist, 'cmd_vel', on(r.base, lambda m: {'values': np.array(
-            [m.linear.x, m.linear.y, m.angular.z], dtype=float)}, 'base'), reliable)
+        stamped = {**node_params(self.params_file, 'interpolation_node'),
+                   **self.overrides.get('interpolation_node', {})}.get('cmd_vel_stamped', True)
+        sub(TwistStamped if stamped else Twist, 'cmd_vel', on(r.base, twist, 'base'), reliable)
         sub(Float64MultiArray, 'gripper_controller/commands', on(r.gripper, lambda m: {
             'values': np.array(m.data, dtype=float)}, 'gripper'), reliable)
         sub(DiagnosticArray, '/diagnostics', self._on_diagnostics, 50)
@@ -267,7 +261,7 @@ class Lockstep:
                 n = self.node.count_subscribers(topic)
                 if n == 0 or pub.get_subscription_count() < n:
                     return False
-            for topic in ('vla/image', 'vla/action_tokens', 'vla/arm_target',
+            for topic in ('vla/image', 'vla/action_tokens', 'vla/target',
                           'arm_controller/commands', 'cmd_vel'):
                 if self.node.count_publishers(topic) == 0 and self._expects_publisher(topic):
                     return False
@@ -285,7 +279,7 @@ class Lockstep:
 
     def _expects_publisher(self, topic: str) -> bool:
         owner = {'vla/image': 'camera_node', 'vla/action_tokens': 'inference_node',
-                 'vla/arm_target': 'detokenizer_node', 'arm_controller/commands':
+                 'vla/target': 'detokenizer_node', 'arm_controller/commands':
                  'interpolation_node', 'cmd_vel': 'interpolation_node'}[topic]
         return owner in self.alive
 
