@@ -56,5 +56,14 @@ def params_file(tmp_path_factory) -> str:
 @pytest.fixture(scope='session')
 def test_model_dir(tmp_path_factory, action_space) -> str:
     """A freshly written known-function test model directory."""
-    from vla_ros.tools import test_model
-    return test_model.write(str(tmp_path_factory.mktemp('test_model')), action_space)
+    from vla_ros.tools import known_model
+    return known_model.write(str(tmp_path_factory.mktemp('test_model')), action_space)
+
+
+@pytest.fixture(scope='module')
+def ros():
+    """Initialise rclpy for one test module (its nodes live until the module ends)."""
+    import rclpy
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()

@@ -174,8 +174,7 @@ def sim_graph(params_file, expert: bool = False, without=()):
     from vla_ros.tools.up import ProcessGroup
     overrides = {'sim_node': {'expert_actions': True}} if expert else None
     skip = set(without) | ({'inference_node'} if expert else set())
-    specs = [s for s in pipeline_nodes(with_sim=True, overrides=overrides)
-             if s.name not in skip]
+    specs = pipeline_nodes(with_sim=True, overrides=overrides, without=tuple(skip))
     group = ProcessGroup(params_file, use_sim_time=True, quiet=True)
     group.start_all(specs)
     rec = Recorder(video_tasks=())

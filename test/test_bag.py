@@ -29,14 +29,6 @@ from vla_ros.tools.up import child_env
 import yaml
 
 
-@pytest.fixture(scope='module')
-def ros():
-    """Initialise rclpy for this module."""
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
-
-
 class Spinner:
     """A node spun on a background thread."""
 

@@ -94,8 +94,8 @@ def test_colcon_builds_both_packages_and_a_node_runs_from_the_install_space(tmp_
             rclpy.spin_once(node, timeout_sec=0.1)
             return any(info.topic_type == 'vla_ros_interfaces/msg/ActionTarget'
                        for info in node.get_publishers_info_by_topic('/vla/target'))
-        assert wait_for(offered, 60.0), 'detokenizer_node from the install space not seen'
-        assert proc.poll() is None
+        seen = wait_for(offered, 60.0)
+        alive = proc.poll() is None
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -105,4 +105,5 @@ def test_colcon_builds_both_packages_and_a_node_runs_from_the_install_space(tmp_
             out, _ = proc.communicate()
         node.destroy_node()
         rclpy.try_shutdown()
+    assert seen and alive, 'detokenizer_node from the install space not seen:\n' + out[-3000:]
     assert proc.returncode in (0, -signal.SIGINT, 130), out[-3000:]

@@ -16,7 +16,7 @@ from vla_ros.core import model_contract as mc
 from vla_ros.core.action_space import ActionSpace
 from vla_ros.runtime import BackendError, BackendOptions, create_backend
 from vla_ros.runtime.policy import Policy, PolicyFiles
-from vla_ros.tools import test_model
+from vla_ros.tools import known_model
 
 
 def _backend(path):
@@ -31,7 +31,7 @@ def test_conforming_model_passes_and_predicts_known_tokens(test_model_dir, actio
     image[...] = (120, 60, 250)
     pred = policy.predict(image, 'close the gripper')
     emb, mask = policy.encode('close the gripper')
-    assert np.array_equal(pred.tokens, test_model.expected_tokens(image, emb, mask))
+    assert np.array_equal(pred.tokens, known_model.expected_tokens(image, emb, mask))
     assert pred.tokens[10] == 255
     assert policy.predict(image, 'open the gripper').tokens[10] == 0
 

@@ -210,7 +210,8 @@ def test_resyncs_once_to_the_first_measurement_after_enable():
 
 
 def test_start_outside_limits_does_not_jump():
-    cfg = c.ControlConfig(JointLimits.uniform(7, (-3.0, 3.0), VEL, ACC), state_timeout=1e9)
+    cfg = c.ControlConfig(JointLimits.uniform(7, (-3.0, 3.0), VEL, ACC), state_timeout=1e9,
+                          interpolation='min_jerk')
     loop = c.ControlLoop(cfg)
     loop.start(np.full(7, 3.3), 0.0)
     loop.set_enabled(True)

@@ -23,7 +23,6 @@ import os
 from builtin_interfaces.msg import Time
 import numpy as np
 import pytest
-import rclpy
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
@@ -53,14 +52,6 @@ TYPES = {'camera/image_raw': Image, 'vla/image': Image, 'vla/instruction': Strin
 
 
 @pytest.fixture(scope='module')
-def ros():
-    """Initialise rclpy for the module."""
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
-
-
-@pytest.fixture(scope='module')
 def model(tmp_path_factory):
     """
     Return the policy to fuzz with.
@@ -71,9 +62,9 @@ def model(tmp_path_factory):
     policy = os.path.join(shipped_model_dir(), 'policy.onnx')
     if os.path.isfile(policy):
         return policy
-    from vla_ros.tools import test_model
-    folder = test_model.write(str(tmp_path_factory.mktemp('fuzz_model')),
-                              ActionSpace.from_yaml(default_action_space_file()))
+    from vla_ros.tools import known_model
+    folder = known_model.write(str(tmp_path_factory.mktemp('fuzz_model')),
+                               ActionSpace.from_yaml(default_action_space_file()))
     print(f'{policy} is not exported: fuzzing with the test model (inference_node then '
           'does not subscribe to joint_states and the targets)')
     return os.path.join(folder, 'policy.onnx')

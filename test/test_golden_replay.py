@@ -15,19 +15,11 @@ import glob
 import os
 
 import pytest
-import rclpy
 
 from vla_ros.tools import golden
 
 CASES = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'golden',
                                       '*.json')))
-
-
-@pytest.fixture(scope='module')
-def ros():
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
 
 
 def test_there_are_golden_cases():

@@ -1,7 +1,7 @@
 """
 The four nodes as real processes on real DDS, driven by a real harness node.
 
-The policy is the known-function test model (vla_ros.tools.test_model), so the commands
+The policy is the known-function test model (vla_ros.tools.known_model), so the commands
 the controllers receive can be predicted exactly from the image colour and instruction.
 """
 
@@ -11,22 +11,14 @@ import time
 from graph_harness import Harness, print_logs
 import numpy as np
 import pytest
-import rclpy
 from vla_ros.core.action_space import ActionTokenizer
 from vla_ros.graph import pipeline_nodes
-from vla_ros.tools.test_model import expected_tokens
+from vla_ros.tools.known_model import expected_tokens
 from vla_ros.tools.up import ProcessGroup
 
 TIMEOUT = 0.5
 PERIOD = 0.05
 DECEL = 2.0
-
-
-@pytest.fixture(scope='module')
-def ros():
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
 
 
 def _start(params_file, model_dir, **interp):

@@ -59,7 +59,7 @@ def test_up_stops_everything_when_a_node_dies(params_file, test_model_dir):
         end = time.monotonic() + 30
         while time.monotonic() < end and not all(
                 any('publishing' in line or 'policy' in line or 'Hz' in line
-                    or 'action space' in line for line in group.lines[n])
+                    or 'action space' in line or 'active:' in line for line in group.lines[n])
                 for n in group.procs):
             time.sleep(0.2)
         assert group.failed() is None
@@ -82,3 +82,33 @@ def test_up_command_runs_and_stops_on_its_own(test_model_dir, params_file):
         cwd=os.path.dirname(os.path.abspath(__file__)))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert '[interpolation_node]' in res.stdout and 'vla-ros up: stopped' in res.stdout
+
+
+def _wait_line(group, name, needle, timeout, after=0):
+    """Poll ``failed()`` (it respawns) until ``name`` logged ``needle`` past line ``after``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        assert group.failed() is None
+        if any(needle in line for line in group.lines.get(name, [])[after:]):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_respawned_managed_node_is_brought_up_again(params_file, test_model_dir):
+    """Kill -9 interpolation_node under --respawn: it restarts and the manager activates it."""
+    overrides = {'inference_node': {'model_file_path': f'{test_model_dir}/policy.onnx'}}
+    group = ProcessGroup(params_file, quiet=True, respawn=True, respawn_delay=0.5)
+    group.start_all(pipeline_nodes(overrides=overrides))
+    try:
+        assert _wait_line(group, 'lifecycle_manager', 'active: interpolation_node', 60), \
+            group.lines['lifecycle_manager']
+        before = len(group.lines['interpolation_node'])
+        group.kill('interpolation_node', signal.SIGKILL)
+        assert _wait_line(group, 'interpolation_node', 'respawning', 20, before)
+        assert _wait_line(group, 'interpolation_node', 'active: targets are executed', 60,
+                          before), group.lines['interpolation_node'][before:]
+        assert group.respawns == {'interpolation_node': 1}
+        assert any('unconfigured again' in line for line in group.lines['lifecycle_manager'])
+    finally:
+        group.stop(timeout=10.0)

@@ -13,26 +13,18 @@ import time
 from graph_harness import Harness, JOINTS, print_logs
 import numpy as np
 import pytest
-import rclpy
 from rosgraph_msgs.msg import Clock
-from vla_ros.graph import NodeSpec
+from vla_ros.graph import NodeSpec, with_manager
 from vla_ros.tools.up import ProcessGroup
 
 PERIOD = 0.05
 DECEL = 2.0
 
 
-@pytest.fixture(scope='module')
-def ros():
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
-
-
 def _interpolation_node(params_file, use_sim_time=False, **params):
     group = ProcessGroup(params_file, quiet=True, use_sim_time=use_sim_time)
-    group.start(NodeSpec('interpolation_node', 'interpolation_node',
-                         parameters=dict(start_enabled=True, **params)))
+    group.start_all(with_manager([NodeSpec('interpolation_node', 'interpolation_node',
+                                           parameters=dict(start_enabled=True, **params))]))
     return group
 
 
@@ -215,8 +207,9 @@ def test_inference_node_refuses_a_model_whose_bytes_do_not_match(params_file, te
             json.dump(manifest, stream)
     found = file_sha256(policy)
     group = ProcessGroup(params_file, quiet=True)
-    group.start(NodeSpec('inference_node', 'inference_node',
-                         parameters={'model_file_path': policy}))
+    # lifecycle_manager configures it: the hash check runs there and fails.
+    group.start_all(with_manager([NodeSpec('inference_node', 'inference_node',
+                                           parameters={'model_file_path': policy})]))
     try:
         code = group.procs['inference_node'].wait(60.0)
     finally:

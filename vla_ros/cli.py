@@ -19,7 +19,7 @@ VERBS = {
     'dataset': ('vla_ros.learning.from_bag', '`dataset from-bag`: bags → LeRobotDataset v3'),
     'golden': ('vla_ros.tools.golden', 'golden replay of a bag through the nodes (tests)'),
     'bench': (None, 'benchmarks: `bench pipeline` or `bench model`'),
-    'test-model': ('vla_ros.tools.test_model', 'write the known-function test policy'),
+    'test-model': ('vla_ros.tools.known_model', 'write the known-function test policy'),
 }
 BENCHES = {'pipeline': 'vla_ros.tools.bench_pipeline', 'model': 'vla_ros.tools.bench_model'}
 

@@ -1,10 +1,12 @@
 """Messages <-> numpy: the only layer that knows both message types and core types."""
 
+import math
 from typing import Optional, Sequence, Tuple
 
 from builtin_interfaces.msg import Duration, Time
+from nav_msgs.msg import Odometry
 import numpy as np
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CameraInfo, Image, JointState
 from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
 from .core import image as core_image
@@ -151,3 +153,32 @@ def joint_positions(msg: JointState, names: Sequence[str]) -> np.ndarray:
     if not np.all(np.isfinite(q)):
         raise ValueError(f'non-finite positions {q.tolist()}')
     return q
+
+
+def odometry_msg(x: float, y: float, yaw: float, twist: Sequence[float], stamp: Time,
+                 frame_id: str, child_frame_id: str) -> Odometry:
+    """Planar pose (x, y, yaw) and body twist (vx, vy, wz) → nav_msgs/Odometry."""
+    msg = Odometry()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.child_frame_id = child_frame_id
+    msg.pose.pose.position.x, msg.pose.pose.position.y = float(x), float(y)
+    msg.pose.pose.orientation.z = math.sin(yaw / 2)
+    msg.pose.pose.orientation.w = math.cos(yaw / 2)
+    vx, vy, wz = (float(v) for v in twist)
+    msg.twist.twist.linear.x, msg.twist.twist.linear.y, msg.twist.twist.angular.z = vx, vy, wz
+    return msg
+
+
+def camera_info_msg(fx: float, fy: float, cx: float, cy: float, width: int, height: int,
+                    frame_id: str) -> CameraInfo:
+    """Pinhole intrinsics without distortion → sensor_msgs/CameraInfo (stamp left to set)."""
+    info = CameraInfo()
+    info.header.frame_id = frame_id
+    info.width, info.height = int(width), int(height)
+    info.distortion_model = 'plumb_bob'
+    info.d = [0.0] * 5
+    info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info

@@ -6,9 +6,11 @@ remappings. Keeping them here means a robot launch and a local run cannot drift 
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
-# (executable, node name) in start order: consumers before producers so nothing is missed.
+# (executable, node name). Start order does not order DDS discovery; the managed nodes
+# (lifecycle) start unconfigured and holding, and lifecycle_manager brings them up once
+# every one of them is reachable.
 PIPELINE = (
     ('interpolation_node', 'interpolation_node'),
     ('detokenizer_node', 'detokenizer_node'),
@@ -16,10 +18,29 @@ PIPELINE = (
     ('camera_node', 'camera_node'),
 )
 SIM = ('sim_node', 'sim_node')
+# Managed (lifecycle) nodes, in bring-up order, and the node that manages them.
+MANAGED = ('interpolation_node', 'inference_node')
+MANAGER = ('lifecycle_manager', 'lifecycle_manager')
 
 # Remappings shared by every node; topic names in code are relative and by content.
-# A robot launch overrides them, e.g. camera/image_raw:=/head_camera/color/image_raw.
 DEFAULT_REMAPPINGS: Tuple[Tuple[str, str], ...] = ()
+# The robot-facing topics, each renamed by a launch argument (`ros2 launch ...
+# camera_topic:=/head_camera/color/image_raw`) or `vla-ros up --remap`: the remapping is
+# given to every node, so no code or file changes to fit a robot.
+ROBOT_TOPICS: Dict[str, str] = {
+    'camera_topic': 'camera/image_raw',
+    'joint_states_topic': 'joint_states',
+    'arm_commands_topic': 'arm_controller/commands',
+    'arm_trajectory_topic': 'arm_controller/joint_trajectory',
+    'cmd_vel_topic': 'cmd_vel',
+    'gripper_commands_topic': 'gripper_controller/commands',
+}
+
+
+def topic_remappings(values: Mapping[str, str]) -> Tuple[Tuple[str, str], ...]:
+    """Return (from, to) for every robot topic argument in ``values`` that renames it."""
+    return tuple((ROBOT_TOPICS[arg], value) for arg, value in values.items()
+                 if arg in ROBOT_TOPICS and value and value != ROBOT_TOPICS[arg])
 
 
 # The transport every launcher gives the nodes (config/fastdds_large_shm.xml): Fast DDS's
@@ -65,13 +86,32 @@ class NodeSpec:
     parameters: Dict[str, object] = field(default_factory=dict)
 
 
-def pipeline_nodes(with_sim: bool = False, overrides: Dict[str, Dict[str, object]] = None
-                   ) -> List[NodeSpec]:
-    """Return the nodes to start; ``overrides`` adds parameters per node name."""
+def pipeline_nodes(with_sim: bool = False, overrides: Dict[str, Dict[str, object]] = None,
+                   without: Sequence[str] = (),
+                   remappings: Sequence[Tuple[str, str]] = ()) -> List[NodeSpec]:
+    """
+    Return the nodes to start, lifecycle_manager included for the managed ones.
+
+    ``overrides`` adds parameters per node name; ``without`` leaves nodes out (the manager
+    then manages only those that remain); ``remappings`` go to every node.
+    """
     overrides = overrides or {}
     specs = [SIM] + list(PIPELINE) if with_sim else list(PIPELINE)
-    return [NodeSpec(exe, name, parameters=dict(overrides.get(name, {})))
-            for exe, name in specs]
+    remaps = DEFAULT_REMAPPINGS + tuple(remappings)
+    nodes = [NodeSpec(exe, name, remaps, dict(overrides.get(name, {})))
+             for exe, name in specs if name not in without]
+    return with_manager(nodes, overrides.get(MANAGER[1]))
+
+
+def with_manager(nodes: List[NodeSpec], parameters: Dict[str, object] = None
+                 ) -> List[NodeSpec]:
+    """Add lifecycle_manager for the managed nodes among ``nodes`` (none: unchanged)."""
+    names = [n.name for n in nodes]
+    managed = [name for name in MANAGED if name in names]
+    if not managed or MANAGER[1] in names:
+        return list(nodes)
+    params = {'node_names': managed, **(parameters or {})}
+    return list(nodes) + [NodeSpec(MANAGER[0], MANAGER[1], parameters=params)]
 
 
 def ros_args(spec: NodeSpec, params_file: str, namespace: str = '', use_sim_time: bool = False,
@@ -83,9 +123,11 @@ def ros_args(spec: NodeSpec, params_file: str, namespace: str = '', use_sim_time
     if params_file:
         args += ['--params-file', params_file]
     if use_sim_time:
-        args += ['-p', 'use_sim_time:=true']
+        args += ['-p', f'{spec.name}:use_sim_time:=true']
+    # Node-qualified: a plain `-p key:=value` counts as `/**` and loses to the parameters
+    # file's `/**/<node>` section.
     for key, value in spec.parameters.items():
-        args += ['-p', f'{key}:={_param_text(value)}']
+        args += ['-p', f'{spec.name}:{key}:={_param_text(value)}']
     for src, dst in spec.remappings:
         args += ['-r', f'{src}:={dst}']
     return args

@@ -12,7 +12,7 @@ from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from .graph import dds_profile_env, pipeline_nodes
+from .graph import dds_profile_env, pipeline_nodes, ROBOT_TOPICS, topic_remappings
 
 
 def launch_arguments():
@@ -37,7 +37,15 @@ def launch_arguments():
                                           'DDS shared memory large enough for camera frames) '
                                           'unless FASTRTPS_DEFAULT_PROFILES_FILE is set; '
                                           'export it for the camera driver too.'),
-    ]
+        DeclareLaunchArgument('respawn', default_value='false',
+                              description='Restart a node that exits (lifecycle_manager '
+                                          'brings a restarted managed node up again).'),
+        DeclareLaunchArgument('respawn_delay', default_value='2.0',
+                              description='Seconds before a node is restarted.'),
+    ] + [DeclareLaunchArgument(arg, default_value=topic,
+                               description=f'Name of the robot topic {topic} (remapped in '
+                                           'every node).')
+         for arg, topic in ROBOT_TOPICS.items()]
 
 
 def node_actions(context, with_sim=False):
@@ -49,15 +57,22 @@ def node_actions(context, with_sim=False):
     model_file_path = LaunchConfiguration('model_file_path').perform(context)
     dds = LaunchConfiguration('dds_profile').perform(context).lower() == 'true'
     env = dds_profile_env(os.environ, dds)
+    respawn = LaunchConfiguration('respawn').perform(context).lower() == 'true'
+    respawn_delay = float(LaunchConfiguration('respawn_delay').perform(context))
+    remaps = topic_remappings({arg: LaunchConfiguration(arg).perform(context)
+                               for arg in ROBOT_TOPICS})
     actions = []
-    for spec in pipeline_nodes(with_sim=with_sim):
+    for spec in pipeline_nodes(with_sim=with_sim, remappings=remaps):
         parameters = [params_file, {'use_sim_time': use_sim_time or with_sim}]
         # Only an explicit argument overrides a model path set in the params file.
         if spec.name == 'inference_node' and model_file_path:
             parameters.append({'model_file_path': model_file_path})
+        if spec.parameters:  # lifecycle_manager: the managed nodes of this graph
+            parameters.append(dict(spec.parameters))
         actions.append(Node(
             package='vla_ros', executable=spec.executable, name=spec.name,
             namespace=namespace, output='screen', parameters=parameters,
-            remappings=list(spec.remappings), additional_env=env,
+            remappings=list(spec.remappings), additional_env=env, respawn=respawn,
+            respawn_delay=respawn_delay,
             arguments=['--ros-args', '--log-level', log_level]))
     return actions

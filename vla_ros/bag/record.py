@@ -18,6 +18,9 @@ first ``/clock`` being held and stamped with it, not with 0) unless ``--timestam
 asks for the header stamp of stamped messages. Ctrl-C,
 SIGTERM or ``--duration`` close the bag cleanly (metadata.yaml and the storage index
 written); the exit status is 0, or 2 with a message for bad arguments.
+
+Length (over 300 lines): graph discovery, QoS adaptation, raw writing and the command
+belong to one recorder; bag/topics.py holds the shared tables.
 """
 
 import argparse

@@ -3,6 +3,8 @@ The RT-1 action space and its 256-bin tokenizer (DESIGN.md section 6).
 
 Pure numpy: no rclpy, no messages. The bounds come from ``config/action_space.yaml``; this
 module only knows how to validate them and how to turn values into bins and back.
+
+Length (over 300 lines): the action space and its tokenizer, which must agree bin for bin.
 """
 
 from dataclasses import dataclass

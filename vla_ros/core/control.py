@@ -27,6 +27,9 @@ clock moves again.
 
 Only the e-stop stops the arm in one tick; every other stop brakes at the acceleration
 limit (a moving arm halted in one 50 ms tick sees 30 rad/s² for 1.5 rad/s).
+
+Length (over 300 lines): one state machine (watchdogs, e-stop, gate, limits, the lost-clock
+path) and its configuration; the interpolation itself is core/interpolation.py.
 """
 
 from dataclasses import dataclass, field
@@ -35,17 +38,10 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from .interpolation import ArmInterpolator, JointLimits, MODES, RateLimiter
+from .params import defaults
 
-# interpolation_node's parameter defaults (the node declares exactly these).
-PARAM_DEFAULTS = {
-    'control_frequency': 20.0, 'inference_frequency': 5.0, 'interpolation': 'linear',
-    'command_timeout': 0.5, 'state_timeout': 0.5, 'future_stamp_tolerance': 0.1,
-    'clock_timeout': 0.5,
-    'joint_position_min': [-np.pi], 'joint_position_max': [np.pi],
-    'joint_velocity_max': [1.5], 'joint_acceleration_max': [6.0],
-    'base_max_velocity': [0.5, 0.5, 0.5], 'base_max_acceleration': [1.0, 1.0, 1.5],
-    'base_max_deceleration': [2.0, 2.0, 3.0],
-}
+# interpolation_node's parameter defaults: its schema (core/params.py), the one table.
+_D = defaults('interpolation_node')
 
 
 def whole_ratio(numerator: float, denominator: float, what: str) -> int:
@@ -131,21 +127,21 @@ class ControlConfig:
     """Everything the loop needs; the node builds it from validated parameters."""
 
     joint_limits: JointLimits
-    control_frequency: float = 20.0
-    inference_frequency: float = 5.0
-    interpolation: str = 'min_jerk'
-    command_timeout: float = 0.5
-    state_timeout: float = 0.5
+    control_frequency: float = _D['control_frequency']
+    inference_frequency: float = _D['inference_frequency']
+    interpolation: str = _D['interpolation']
+    command_timeout: float = _D['command_timeout']
+    state_timeout: float = _D['state_timeout']
     # Clock skew allowed between the camera's computer and this one.
-    future_stamp_tolerance: float = 0.1
+    future_stamp_tolerance: float = _D['future_stamp_tolerance']
     # Steady-clock seconds without ROS time advancing before the loop stops on its own.
-    clock_timeout: float = 0.5
+    clock_timeout: float = _D['clock_timeout']
     base_max_velocity: np.ndarray = field(
-        default_factory=lambda: np.array([0.5, 0.5, 0.5]))
+        default_factory=lambda: np.array(_D['base_max_velocity'], dtype=float))
     base_max_acceleration: np.ndarray = field(
-        default_factory=lambda: np.array([1.0, 1.0, 1.5]))
+        default_factory=lambda: np.array(_D['base_max_acceleration'], dtype=float))
     base_max_deceleration: np.ndarray = field(
-        default_factory=lambda: np.array([2.0, 2.0, 3.0]))
+        default_factory=lambda: np.array(_D['base_max_deceleration'], dtype=float))
 
     def __post_init__(self):
         if not (self.control_frequency > 0 and self.inference_frequency > 0):
@@ -173,7 +169,7 @@ class ControlConfig:
         Joint limits take 1 value (all joints) or 7; missing keys get the node's defaults.
         Raises ValueError naming the parameter and quoting the bad value.
         """
-        p = {**PARAM_DEFAULTS, **params}
+        p = {**_D, **params}
 
         def array(name, n):
             a = np.asarray(list(p[name]), dtype=float)

@@ -14,6 +14,9 @@ One data file and one video file per writer session (``DatasetWriter``), so a co
 be resumed by opening the dataset again and appending a new session. Frames are the 300x300
 rgb8 images exactly as inference_node receives them, encoded as H.264 (``libx264rgb``,
 lossless RGB by default: crf 0) through PyAV. Needs the training extra (pyarrow, av).
+
+Length (over 300 lines): the LeRobotDataset v3 layout written and read in one place, so
+reader and writer cannot drift.
 """
 
 from dataclasses import dataclass

@@ -14,6 +14,9 @@ command to continue (in pieces, in the background with ``nice``). Weight snapsho
 ``OUT/weights_step*.safetensors`` are what ``vla-ros export --checkpoint`` takes; pick among
 them by closed-loop success (``vla-ros eval``), not by validation loss. ``OUT/metrics.csv``
 and ``OUT/curves.png`` record losses and per-dimension accuracies.
+
+Length (over 300 lines): the training loop, its data pipeline, resume and metrics in one
+place, as in the model codebases STYLE.md follows (one readable train script).
 """
 
 import argparse

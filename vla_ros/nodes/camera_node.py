@@ -12,8 +12,8 @@ import time
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from .common import (ConfigError, declare, Diagnostics, exit_with, LATEST_IMAGE_QOS, now_s,
-                     run)
+from .common import (ConfigError, declare_all, Diagnostics, exit_with, LATEST_IMAGE_QOS, now_s,
+                     QOS_OVERRIDABLE, run)
 from ..conversions import array_to_image, image_to_rgb8, time_to_ns
 from ..core.image import ImageError, Resizer
 from ..core.model_contract import IMAGE_SIZE
@@ -47,24 +47,17 @@ class CameraNode(Node):
 
     def __init__(self):
         super().__init__('camera_node')
-        self.params = CameraParams(
-            output_height=declare(self, 'output_height', 300, 'Output height in pixels (must '
-                                  'match the model contract).', low=1, high=4096),
-            output_width=declare(self, 'output_width', 300, 'Output width in pixels.',
-                                 low=1, high=4096),
-            resize_mode=declare(self, 'resize_mode', 'crop', 'crop: centre-crop to the output '
-                                'aspect then resize; stretch: resize the whole frame.'),
-            expected_frequency=declare(self, 'expected_frequency', 10.0, 'Nominal camera '
-                                       'rate in Hz (for diagnostics).', low=0.1, high=1000.0),
-        )
+        self.params = CameraParams(**declare_all(self, 'camera_node'))
         p = self.params
         self._resize = Resizer(p.output_height, p.output_width, p.resize_mode)
         self.diag = Diagnostics(self)
         self._rate = RateMonitor(p.expected_frequency)
         self._convert_ms = WindowStats(500)
-        self._pub = self.create_publisher(Image, 'vla/image', LATEST_IMAGE_QOS)
+        self._pub = self.create_publisher(Image, 'vla/image', LATEST_IMAGE_QOS,
+                                          qos_overriding_options=QOS_OVERRIDABLE)
         # Best effort like a camera driver's sensor-data QoS, but depth 1: newest frame only.
-        self.create_subscription(Image, 'camera/image_raw', self._on_image, LATEST_IMAGE_QOS)
+        self.create_subscription(Image, 'camera/image_raw', self._on_image, LATEST_IMAGE_QOS,
+                                 qos_overriding_options=QOS_OVERRIDABLE)
         self.create_timer(1.0, self._report)
         self.get_logger().info(
             f'publishing vla/image rgb8 {p.output_width}x{p.output_height} ({p.resize_mode})')

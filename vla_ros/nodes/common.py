@@ -17,6 +17,7 @@ from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, qos_profile_sensor_data, QoSProfile,
                        ReliabilityPolicy)
+from rclpy.qos_overriding_options import QoSOverridingOptions
 
 SENSOR_QOS = qos_profile_sensor_data
 LATEST_IMAGE_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT,
@@ -59,8 +60,26 @@ def declare(node: Node, name: str, default, description: str, *, read_only: bool
         raise ConfigError(f'parameter {name!r}: {exc}') from exc
 
 
+# Lets the parameters file override the QoS of a robot-facing endpoint
+# (qos_overrides./camera/image_raw.subscription.reliability: reliable, depth, history,
+# durability), as ros2 drivers and controllers allow.
+QOS_OVERRIDABLE = QoSOverridingOptions.with_default_policies()
+
 STRING_ARRAY = ParameterType.PARAMETER_STRING_ARRAY
 DOUBLE_ARRAY = ParameterType.PARAMETER_DOUBLE_ARRAY
+
+
+def declare_all(node: Node, node_name: str) -> Dict[str, object]:
+    """
+    Declare every parameter of ``node_name``'s schema (``core/params.py``); return them.
+
+    ``node_name`` is the executable's node (the schema key), whatever the node was renamed to.
+    """
+    from ..core.params import schema
+    types = {'string': STRING_ARRAY, 'double': DOUBLE_ARRAY}
+    return {p.name: declare(node, p.name, p.default, p.text, read_only=p.read_only,
+                            low=p.low, high=p.high, type_=types.get(p.array))
+            for p in schema(node_name)}
 
 
 class Diagnostics:
@@ -152,7 +171,12 @@ def run(factory: Callable[[], Node], args: Optional[Sequence[str]] = None,
         executor = (MultiThreadedExecutor(num_threads=threads) if threads > 1
                     else SingleThreadedExecutor())
         executor.add_node(node)
-        executor.spin()
+        # A managed node whose configure transition found bad configuration (a model that
+        # fails its hash check) sets ``fatal``: a deployment error, so it exits like one.
+        while rclpy.ok() and getattr(node, 'fatal', None) is None:
+            executor.spin_once(timeout_sec=0.2)
+        if getattr(node, 'fatal', None) is not None:
+            raise node.fatal
     except ConfigError as exc:
         # The node object may not exist yet; CameraNode → camera_node names the logger.
         name = re.sub(r'(?<!^)(?=[A-Z])', '_', getattr(factory, '__name__', 'node')).lower()

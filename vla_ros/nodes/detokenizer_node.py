@@ -20,11 +20,11 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
-from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exit_with, now_s, run,
-                     SENSOR_QOS, STRING_ARRAY)
+from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exit_with, now_s,
+                     run, SENSOR_QOS)
 from ..conversions import joint_positions, msg_to_tokens, target_to_msg
 from ..core.action_space import (ActionSpace, ActionSpaceError, ActionTokenizer,
-                                 check_arm_joint_names, DEFAULT_ARM_JOINTS, NUM_DIMENSIONS)
+                                 check_arm_joint_names, NUM_DIMENSIONS)
 from ..core.stats import RateMonitor
 from ..core.targets import ComposerConfig, TargetComposer
 from ..paths import default_action_space_file
@@ -58,31 +58,10 @@ class DetokenizerNode(Node):
 
     def __init__(self):
         super().__init__('detokenizer_node')
-        p = self.params = DetokenizerParams(
-            action_space_file=declare(self, 'action_space_file', default_action_space_file(),
-                                      'Action space YAML (bounds, binning scheme).'),
-            arm_joint_names=tuple(declare(self, 'arm_joint_names', DEFAULT_ARM_JOINTS,
-                                          'Joint names of the 7 arm dimensions, in order.',
-                                          type_=STRING_ARRAY)),
-            base_frame_id=declare(self, 'base_frame_id', 'base_link', 'frame_id of the base '
-                                  'velocity target.'),
-            inference_frequency=declare(self, 'inference_frequency', 5.0, 'Policy rate in Hz '
-                                        '(a target is meant to be reached in one period).',
-                                        low=0.1, high=100.0),
-            gripper_joint_name=declare(self, 'gripper_joint_name', 'gripper', 'joint_states '
-                                       'entry of the gripper closure (0 open .. 1 closed); '
-                                       'optional.'),
-            target_timeout=declare(self, 'target_timeout', 1.0, 'Relative arm actions: the '
-                                   'previous target older than this (s) is replaced by the '
-                                   'measured arm.', low=0.01, high=60.0),
-            max_target_deviation=declare(self, 'max_target_deviation', 0.35, 'Relative arm '
-                                         'actions: previous target further than this (rad) '
-                                         'from the measured arm → start from the measured '
-                                         'arm.', low=0.01, high=6.3),
-            state_timeout=declare(self, 'state_timeout', 0.5, 'joint_states older than this '
-                                  '(s) → relative arm tokens are rejected.', low=0.01,
-                                  high=10.0),
-        )
+        values = declare_all(self, 'detokenizer_node')
+        values['action_space_file'] = values['action_space_file'] or default_action_space_file()
+        values['arm_joint_names'] = tuple(values['arm_joint_names'])
+        p = self.params = DetokenizerParams(**values)
         try:
             self.tokenizer = ActionTokenizer(ActionSpace.from_yaml(p.action_space_file))
         except ActionSpaceError as exc:

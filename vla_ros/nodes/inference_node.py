@@ -11,6 +11,15 @@ target: the last target detokenizer_node published (``vla/target``, one ActionTa
 the measured arm from ``joint_states`` when it is older than
 ``target_timeout`` or far from the measured arm — the same rule the detokenizer applies
 (``core/targets.py``). No recent joint_states → nothing is published.
+
+A managed (lifecycle) node, brought up by lifecycle_manager: ``configure`` loads the model
+and checks its bytes against ``manifest.json`` (and builds a TensorRT engine, minutes on an
+Orin); a model that fails stops the process with exit code 2 and a message naming the
+file and the hashes. ``activate`` starts the policy on the 5 Hz timer (which keeps its
+start-up grid); inactive, nothing is published.
+
+Length (over 300 lines): the node wiring and its lifecycle transitions; the policy itself
+is runtime/policy.py.
 """
 
 from dataclasses import dataclass
@@ -19,17 +28,16 @@ import threading
 from typing import Optional, Tuple
 
 import numpy as np
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
-from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exclusive_group, exit_with,
-                     LATCHED_QOS, LATEST_IMAGE_QOS, now_s, run, SENSOR_QOS, STRING_ARRAY)
+from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exclusive_group,
+                     exit_with, LATCHED_QOS, LATEST_IMAGE_QOS, now_s, run, SENSOR_QOS)
 from ..conversions import (image_to_rgb8, joint_positions, msg_to_target, time_to_ns,
                            tokens_to_msg)
-from ..core.action_space import (ActionSpace, ActionSpaceError, check_arm_joint_names,
-                                 DEFAULT_ARM_JOINTS)
+from ..core.action_space import ActionSpace, ActionSpaceError, check_arm_joint_names
 from ..core.image import ImageError
 from ..core.model_contract import ContractError, IMAGE_SIZE
 from ..core.stats import Freshness, RateMonitor, WindowStats
@@ -84,58 +92,47 @@ class InferenceParams:
             raise ConfigError(f'max_image_age must be > 0 s, found {self.max_image_age}')
 
 
-class InferenceNode(Node):
+class InferenceNode(LifecycleNode):
     """Runs the RT-1 policy on the newest image."""
 
     def __init__(self):
         super().__init__('inference_node')
-        model_dir = default_model_dir()
-        p = self.params = InferenceParams(
-            model_file_path=declare(self, 'model_file_path',
-                                    os.path.join(model_dir, 'policy.onnx'),
-                                    'Exported policy ONNX file.'),
-            text_encoder_path=declare(self, 'text_encoder_path', '', 'Text encoder ONNX; '
-                                      'empty: text_encoder.onnx beside the policy.'),
-            tokenizer_path=declare(self, 'tokenizer_path', '', 'tokenizer.json; empty: '
-                                   'beside the policy.'),
-            action_space_file=declare(self, 'action_space_file', default_action_space_file(),
-                                      'Action space YAML; must match the model metadata.'),
-            backend=declare(self, 'backend', 'onnxruntime', f'One of {BACKENDS}.'),
-            providers=tuple(declare(
-                self, 'providers', ['CPUExecutionProvider'], 'ONNX Runtime execution '
-                'providers in priority order, e.g. [TensorrtExecutionProvider, '
-                'CUDAExecutionProvider, CPUExecutionProvider].', type_=STRING_ARRAY)),
-            intra_op_threads=declare(self, 'intra_op_threads', 2, 'CPU threads for one model '
-                                     'run.', low=1, high=64),
-            require_accelerator=declare(self, 'require_accelerator', False, 'Fail at start-up '
-                                        'when no GPU provider is really active.'),
-            engine_file_path=declare(self, 'engine_file_path', '', 'TensorRT engine; empty: '
-                                     'cached beside the model, keyed by model/TRT/GPU.'),
-            force_engine_update=declare(self, 'force_engine_update', False,
-                                        'Rebuild the TensorRT engine even if cached.'),
-            inference_frequency=declare(self, 'inference_frequency', 5.0, 'Policy rate in '
-                                        'Hz.', low=0.1, high=100.0),
-            max_image_age=declare(self, 'max_image_age', 0.5, 'Newest image older than this '
-                                  '(s, by its stamp) → publish nothing.', low=0.001,
-                                  high=60.0),
-            arm_joint_names=tuple(declare(self, 'arm_joint_names', DEFAULT_ARM_JOINTS,
-                                          'Joint names of the 7 arm dimensions (state input).',
-                                          type_=STRING_ARRAY)),
-            gripper_joint_name=declare(self, 'gripper_joint_name', 'gripper', 'joint_states '
-                                       'entry of the gripper closure (state input).'),
-            target_timeout=declare(self, 'target_timeout', 1.0, 'State input: previous target '
-                                   'older than this (s) → the measured arm.', low=0.01,
-                                   high=60.0),
-            max_target_deviation=declare(self, 'max_target_deviation', 0.35, 'State input: '
-                                         'previous target further than this (rad) from the '
-                                         'measured arm → the measured arm.', low=0.01,
-                                         high=6.3),
-            state_timeout=declare(self, 'state_timeout', 0.5, 'State input: joint_states older '
-                                  'than this (s) → publish nothing.', low=0.01, high=10.0),
-            instruction_log_chars=declare(self, 'instruction_log_chars', 80, 'Longest part of '
-                                          'an instruction quoted in the log.', low=8,
-                                          high=10000),
-        )
+        values = declare_all(self, 'inference_node')
+        values['model_file_path'] = values['model_file_path'] or os.path.join(
+            default_model_dir(), 'policy.onnx')
+        values['action_space_file'] = values['action_space_file'] or default_action_space_file()
+        for key in ('providers', 'arm_joint_names'):
+            values[key] = tuple(values[key])
+        p = self.params = InferenceParams(**values)
+        self.fatal: Optional[ConfigError] = None
+        self.policy: Optional[Policy] = None
+        self.composer: Optional[TargetComposer] = None
+        self._active = False
+        self._endpoints = []
+        self._pub = None
+        self._lock = threading.Lock()
+        self._image: Optional[Image] = None
+        self._instruction: Optional[str] = None
+        self._measured: Optional[np.ndarray] = None
+        self._measured_at = -1e18
+        self._gripper = 0.0
+        self.diag = Diagnostics(self)
+        self.diag.reason = 'unconfigured: waiting for configure (lifecycle_manager)'
+        self._rate = RateMonitor(p.inference_frequency)
+        self._image_age = Freshness(p.max_image_age)
+        self._model_ms = WindowStats(500)
+        self._age_ms = WindowStats(500)
+        self._inputs = exclusive_group()
+        self.create_timer(1.0, self._report, callback_group=self._inputs)
+        # The policy timer runs from start-up, so its ticks keep one grid (sim-time replays
+        # are exact), and does nothing until the node is activated.
+        self.create_timer(1.0 / p.inference_frequency, self._tick,
+                          callback_group=exclusive_group())
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        """Load and verify the model (and build a TensorRT engine): the slow part."""
+        p = self.params
         try:
             space = ActionSpace.from_yaml(p.action_space_file)
             options = BackendOptions(
@@ -146,7 +143,10 @@ class InferenceNode(Node):
                                            p.tokenizer_path)
             self.policy = Policy(files, space, p.backend, options)
         except (ActionSpaceError, ContractError, BackendError, OSError, ValueError) as exc:
-            raise ConfigError(str(exc)) from exc
+            # A model that cannot be loaded or fails its hash check will not get better by
+            # retrying: the process exits with code 2 (nodes.common.run).
+            self.fatal = ConfigError(str(exc))
+            return TransitionCallbackReturn.FAILURE
         meta = self.policy.metadata
         self.get_logger().info(
             f'policy {p.model_file_path} (config {meta.get("vla_ros.config")}, trained '
@@ -155,10 +155,6 @@ class InferenceNode(Node):
         if not self.policy.trained:
             self.get_logger().warn('the model metadata says its weights are untrained: '
                                    'actions are not meaningful')
-        self._lock = threading.Lock()
-        self._image: Optional[Image] = None
-        self._instruction: Optional[str] = None
-        self.diag = Diagnostics(self)
         self.diag.set('active_providers', ','.join(self.policy.active_providers))
         self.diag.set('backend', p.backend)
         self.diag.set('model_config', meta.get('vla_ros.config', ''))
@@ -167,31 +163,52 @@ class InferenceNode(Node):
         if unverified:
             self.get_logger().warn(f'model bytes NOT verified (no manifest.json beside them): '
                                    f'{unverified}')
-        self._rate = RateMonitor(p.inference_frequency)
-        self._image_age = Freshness(p.max_image_age)
-        self._model_ms = WindowStats(500)
-        self._age_ms = WindowStats(500)
-        self._pub = self.create_publisher(ActionTokens, 'vla/action_tokens', COMMAND_QOS)
-        inputs = exclusive_group()
-        self.create_subscription(Image, 'vla/image', self._on_image, LATEST_IMAGE_QOS,
-                                 callback_group=inputs)
-        self.create_subscription(String, 'vla/instruction', self._on_instruction, LATCHED_QOS,
-                                 callback_group=inputs)
         self.composer = TargetComposer(space, ComposerConfig(p.target_timeout,
                                                              p.max_target_deviation))
         self._space_id = space.identity
-        self._measured: Optional[np.ndarray] = None
-        self._measured_at = -1e18
-        self._gripper = 0.0
+        # Tokens go out only while active (a lifecycle publisher).
+        self._pub = self.create_lifecycle_publisher(ActionTokens, 'vla/action_tokens',
+                                                    COMMAND_QOS)
+        sub, inputs = self.create_subscription, self._inputs
+        self._endpoints = [
+            sub(Image, 'vla/image', self._on_image, LATEST_IMAGE_QOS, callback_group=inputs),
+            sub(String, 'vla/instruction', self._on_instruction, LATCHED_QOS,
+                callback_group=inputs)]
         if self.policy.state_dim:
-            self.create_subscription(JointState, 'joint_states', self._on_joint_states,
-                                     SENSOR_QOS, callback_group=inputs)
-            self.create_subscription(ActionTarget, 'vla/target', self._on_target,
-                                     COMMAND_QOS, callback_group=inputs)
-        self.create_timer(1.0 / p.inference_frequency, self._tick,
-                          callback_group=exclusive_group())
-        self.create_timer(1.0, self._report, callback_group=inputs)
+            self._endpoints += [
+                sub(JointState, 'joint_states', self._on_joint_states, SENSOR_QOS,
+                    callback_group=inputs),
+                sub(ActionTarget, 'vla/target', self._on_target, COMMAND_QOS,
+                    callback_group=inputs)]
+        self.diag.reason = 'inactive: configured, waiting for activate'
+        return TransitionCallbackReturn.SUCCESS
 
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        """Start running the policy on the timer's ticks."""
+        self._active = True
+        self.diag.reason = ''
+        self.get_logger().info(f'active: policy at {self.params.inference_frequency:g} Hz')
+        return super().on_activate(state)
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        """Stop running the policy (nothing is published while inactive)."""
+        self._active = False
+        self.diag.reason = 'inactive'
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        """Release the model and the endpoints (back to unconfigured)."""
+        for sub in self._endpoints:
+            self.destroy_subscription(sub)
+        self._endpoints = []
+        if self._pub is not None:
+            self.destroy_lifecycle_publisher(self._pub)
+            self._pub = None
+        self.policy = None
+        self.diag.reason = 'unconfigured'
+        return TransitionCallbackReturn.SUCCESS
+
+    # -- inputs ---------------------------------------------------------------------------
     def _on_image(self, msg: Image):
         with self._lock:
             self._image = msg
@@ -266,6 +283,8 @@ class InferenceNode(Node):
         self.diag.count('skipped')
 
     def _tick(self):
+        if not self._active:
+            return
         now = now_s(self)
         self._rate.tick(now)
         with self._lock:

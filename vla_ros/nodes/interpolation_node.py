@@ -9,6 +9,14 @@ so the node still behaves if composed into a multi-threaded executor.
 All rules (limits, watchdog, e-stop, enable gate) live in ``core.control.ControlLoop``; this
 node wires topics to it and stamps commands at publish time (controllers such as
 diff_drive_controller drop stale stamps).
+
+A managed (lifecycle) node, as ros2_control controllers are: until it is activated (and
+again after deactivate) it holds — the arm brakes to rest at the measured pose, the base
+ramps to zero, targets are ignored. Active, targets move the robot while the operator's
+gate (``vla/enable``, the latched e-stop) is open. lifecycle_manager activates it.
+
+Length (over 300 lines): the rules live in core/control.py; the length is the node wiring
+(inputs, lifecycle, the lost-clock timer, command and marker publishing, diagnostics).
 """
 
 from dataclasses import dataclass
@@ -19,7 +27,7 @@ from typing import Dict, Optional, Tuple
 from geometry_msgs.msg import Twist, TwistStamped
 import numpy as np
 from rclpy.clock import Clock, ClockType
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool
@@ -27,14 +35,12 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from visualization_msgs.msg import Marker, MarkerArray
 from vla_ros_interfaces.msg import ActionTarget
 
-from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, DOUBLE_ARRAY,
-                     exclusive_group, exit_with, LATCHED_QOS, now_s, run, SENSOR_QOS,
-                     STRING_ARRAY)
+from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exclusive_group,
+                     exit_with, LATCHED_QOS, now_s, QOS_OVERRIDABLE, run, SENSOR_QOS)
 from ..conversions import duration_msg, msg_to_target
-from ..core.action_space import check_arm_joint_names, DEFAULT_ARM_JOINTS
+from ..core.action_space import check_arm_joint_names
 from ..core.control import (ClockWatchdog, Command, ControlConfig, ControlLoop, joint_indices,
-                            PARAM_DEFAULTS, StaleTarget)
-from ..core.interpolation import MODES
+                            StaleTarget)
 from ..core.stats import RateMonitor, WindowStats
 
 ARM_OUTPUTS = ('commands', 'joint_trajectory')
@@ -62,75 +68,20 @@ class InterpolationParams:
                               f'{self.arm_output!r}')
 
 
-class InterpolationNode(Node):
+class InterpolationNode(LifecycleNode):
     """The 20 Hz loop between the policy and the controllers."""
 
     def __init__(self):
         super().__init__('interpolation_node')
-        d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
-        D = PARAM_DEFAULTS  # noqa: N806 - one table of defaults, shared with ControlConfig
-        values = {
-            'joint_position_min': d('joint_position_min', D['joint_position_min'],
-                                    'Lower joint limits (rad), 1 value for all or 7.',
-                                    type_=DOUBLE_ARRAY),
-            'joint_position_max': d('joint_position_max', D['joint_position_max'],
-                                    'Upper joint limits (rad), 1 or 7 values.',
-                                    type_=DOUBLE_ARRAY),
-            'joint_velocity_max': d('joint_velocity_max', D['joint_velocity_max'],
-                                    'Joint speed limits (rad/s), 1 or 7 values.',
-                                    type_=DOUBLE_ARRAY),
-            'joint_acceleration_max': d('joint_acceleration_max', D['joint_acceleration_max'],
-                                        'Joint acceleration limits (rad/s^2), 1 or 7 values.',
-                                        type_=DOUBLE_ARRAY),
-            'control_frequency': d('control_frequency', D['control_frequency'],
-                                   'Command rate in Hz.', low=1.0, high=1000.0),
-            'inference_frequency': d('inference_frequency', D['inference_frequency'],
-                                     'Policy rate in Hz; control_frequency must be a whole '
-                                     'multiple.', low=0.1, high=100.0),
-            'interpolation': d('interpolation', D['interpolation'], f'One of {MODES}.'),
-            'command_timeout': d('command_timeout', D['command_timeout'], 'No target newer '
-                                 'than this (s, by its source stamp) → base ramps to zero, '
-                                 'arm brakes to rest, gripper holds.', low=0.01, high=10.0),
-            'future_stamp_tolerance': d('future_stamp_tolerance', D['future_stamp_tolerance'],
-                                        'Targets stamped up to this far (s) in the future are '
-                                        'executed (clock skew); further ahead, rejected.',
-                                        low=0.0, high=10.0),
-            'state_timeout': d('state_timeout', D['state_timeout'], 'No joint_states newer '
-                               'than this (s) → arm brakes to rest, base ramps to zero.',
-                               low=0.01, high=10.0),
-            'clock_timeout': d('clock_timeout', D['clock_timeout'], 'ROS time (/clock under '
-                               'use_sim_time) not advancing for this long (s, steady '
-                               'clock) → base ramps to zero, arm brakes to rest.', low=0.01,
-                               high=10.0),
-            'base_max_velocity': d('base_max_velocity', D['base_max_velocity'], 'vx, vy (m/s), '
-                                   'wz (rad/s) limits.', type_=DOUBLE_ARRAY),
-            'base_max_acceleration': d('base_max_acceleration', D['base_max_acceleration'],
-                                       'Base acceleration limits (m/s^2, rad/s^2).',
-                                       type_=DOUBLE_ARRAY),
-            'base_max_deceleration': d('base_max_deceleration', D['base_max_deceleration'],
-                                       'Base deceleration limits (m/s^2, rad/s^2).',
-                                       type_=DOUBLE_ARRAY),
-        }
+        values = declare_all(self, 'interpolation_node')
         try:
             control = ControlConfig.from_params(values)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         p = self.params = InterpolationParams(
-            control=control,
-            arm_joint_names=tuple(d('arm_joint_names', DEFAULT_ARM_JOINTS, 'The 7 arm joints in '
-                                    'action order (as in joint_states).', type_=STRING_ARRAY)),
-            arm_output=d('arm_output', 'commands', 'commands: Float64MultiArray on '
-                         'arm_controller/commands; joint_trajectory: JointTrajectory on '
-                         'arm_controller/joint_trajectory.'),
-            cmd_vel_stamped=d('cmd_vel_stamped', True, 'Publish TwistStamped on cmd_vel (Jazzy '
-                              'diff_drive_controller); false: Twist (Humble-era controllers).'),
-            base_frame_id=d('base_frame_id', 'base_link', 'frame_id for stamped base '
-                            'commands and markers.'),
-            start_enabled=d('start_enabled', False, 'Open the motion gate at start-up '
-                            '(otherwise call the vla/enable service).'),
-            marker_frequency=d('marker_frequency', 5.0, 'vla/markers rate in Hz.', low=0.1,
-                               high=50.0),
-        )
+            control=control, arm_joint_names=tuple(values['arm_joint_names']),
+            **{k: values[k] for k in ('arm_output', 'cmd_vel_stamped', 'base_frame_id',
+                                      'start_enabled', 'marker_frequency')})
         self.loop = ControlLoop(control)
         self._lock = threading.Lock()
         self._measured: Optional[np.ndarray] = None
@@ -143,22 +94,25 @@ class InterpolationNode(Node):
         self._latency_ms = WindowStats(1000)
         self._tick_ms = WindowStats(1000)
 
+        qos = QOS_OVERRIDABLE  # the robot-facing endpoints: QoS settable from YAML
         if p.arm_output == 'commands':
             self._arm_pub = self.create_publisher(Float64MultiArray, 'arm_controller/commands',
-                                                  COMMAND_QOS)
+                                                  COMMAND_QOS, qos_overriding_options=qos)
         else:
             self._arm_pub = self.create_publisher(JointTrajectory,
                                                   'arm_controller/joint_trajectory',
-                                                  COMMAND_QOS)
+                                                  COMMAND_QOS, qos_overriding_options=qos)
         self._base_pub = self.create_publisher(TwistStamped if p.cmd_vel_stamped else Twist,
-                                               'cmd_vel', COMMAND_QOS)
+                                               'cmd_vel', COMMAND_QOS,
+                                               qos_overriding_options=qos)
         self._grip_pub = self.create_publisher(Float64MultiArray,
-                                               'gripper_controller/commands', COMMAND_QOS)
+                                               'gripper_controller/commands', COMMAND_QOS,
+                                               qos_overriding_options=qos)
         self._marker_pub = self.create_publisher(MarkerArray, 'vla/markers', 10)
 
         inputs = exclusive_group()
         self.create_subscription(JointState, 'joint_states', self._on_joint_states, SENSOR_QOS,
-                                 callback_group=inputs)
+                                 callback_group=inputs, qos_overriding_options=qos)
         self.create_subscription(ActionTarget, 'vla/target', self._on_target, COMMAND_QOS,
                                  callback_group=inputs)
         self.create_subscription(Bool, 'vla/estop', self._on_estop, LATCHED_QOS,
@@ -179,10 +133,39 @@ class InterpolationNode(Node):
                           callback_group=inputs)
         self.create_timer(1.0, self._report, callback_group=inputs, clock=steady)
         self._want_enabled = p.start_enabled
+        self._active = False
         self.get_logger().info(
             f'{control.control_frequency:g} Hz {control.interpolation} interpolation, '
             f'command_timeout {control.command_timeout} s, arm output {p.arm_output}, motion '
             f'{"enabled" if p.start_enabled else "disabled until vla/enable"}')
+
+    # -- lifecycle: inactive (or unconfigured) = holding --------------------------------
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        """Nothing slow to prepare: the loop and the endpoints exist from construction."""
+        self.diag.reason = 'inactive: holding (waiting for activate)'
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        """Let targets move the robot (when the vla/enable gate is also open)."""
+        with self._lock:
+            self._active = True
+            self._sync_gate()
+        self.get_logger().info('active: targets are executed while vla/enable is on')
+        return super().on_activate(state)
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        """Hold: the arm brakes to rest, the base ramps to zero, targets are ignored."""
+        with self._lock:
+            self._active = False
+            self._sync_gate()
+        self.get_logger().info('inactive: holding')
+        return super().on_deactivate(state)
+
+    def _sync_gate(self):
+        """Open the control loop's gate when active and enabled; close it otherwise (locked)."""
+        wanted = self._active and self._want_enabled
+        if self.loop.started and wanted != self.loop.enabled:
+            self.loop.set_enabled(wanted, self._measured, now_s(self))
 
     # -- inputs -------------------------------------------------------------------------
     def _arm_indices(self, names) -> np.ndarray:
@@ -220,8 +203,7 @@ class InterpolationNode(Node):
             if not self.loop.started:
                 self.loop.start(q, now_s(self))
                 self.get_logger().info('first joint_states: holding the measured arm pose')
-                if self._want_enabled:
-                    self.loop.set_enabled(True, q, now_s(self))
+                self._sync_gate()
 
     def _reject(self, what: str, exc: Exception):
         if isinstance(exc, StaleTarget):
@@ -256,6 +238,7 @@ class InterpolationNode(Node):
             self.loop.set_estop(bool(msg.data))
             if msg.data:  # a pending start_enabled / enable request dies with the e-stop
                 self._want_enabled = False
+                self._sync_gate()
         if msg.data:
             self.get_logger().error('E-STOP: base stopped, arm held; latched until vla/estop '
                                     'false and motion re-enabled')
@@ -271,15 +254,19 @@ class InterpolationNode(Node):
             if request.data and self.loop.estop:
                 response.success = False
                 response.message = 'e-stop is latched: publish false on vla/estop first'
-            elif request.data and not self.loop.started:
-                self._want_enabled = True
-                response.success = True
-                response.message = 'motion will be enabled at the first joint_states'
             else:
                 self._want_enabled = bool(request.data)
-                response.success = self.loop.set_enabled(bool(request.data), self._measured,
-                                                         now_s(self))
-                response.message = 'enabled' if request.data else 'disabled: arm held'
+                self._sync_gate()
+                response.success = True
+                if not request.data:
+                    response.message = 'disabled: arm held'
+                elif not self._active:
+                    response.message = ('enabled: motion starts when interpolation_node is '
+                                        'activated (lifecycle)')
+                elif not self.loop.started:
+                    response.message = 'motion will be enabled at the first joint_states'
+                else:
+                    response.message = 'enabled'
         self.get_logger().info(f'vla/enable({request.data}): {response.message}')
         return response
 
@@ -319,10 +306,14 @@ class InterpolationNode(Node):
             self._clock_frozen = True
             self.diag.count('clock_frozen')
             sim = self.get_parameter('use_sim_time').value
-            log = self.get_logger().warn if now == 0.0 else self.get_logger().error
-            log(f'clock frozen: ROS time has stayed at {now:.3f} s for {stuck:.2f} s '
-                f'(use_sim_time {sim}: is /clock published?); base ramping to zero, arm '
-                'braking, targets dropped until it moves')
+            text = (f'clock frozen: ROS time has stayed at {now:.3f} s for {stuck:.2f} s '
+                    f'(use_sim_time {sim}: is /clock published?); base ramping to zero, arm '
+                    'braking, targets dropped until it moves')
+            # rclpy fixes a call site's severity at its first use: one call site per level.
+            if now == 0.0:
+                self.get_logger().warn(text)
+            else:
+                self.get_logger().error(text)
         with self._lock:
             cmd = self.loop.tick_frozen()
         if cmd is None:
@@ -401,6 +392,7 @@ class InterpolationNode(Node):
         self.diag.set('tick_ms_p99', self._tick_ms.summary()['p99'])
         self.diag.set('state', self.loop.state)
         self.diag.set('enabled', self.loop.enabled)
+        self.diag.set('active', self._active)
         self.diag.set('estop', self.loop.estop)
 
 

@@ -22,7 +22,6 @@ service (std_srvs/Trigger) start a new one; ``vla/instruction`` (latched) and
 from dataclasses import dataclass
 import json
 import math
-import queue
 import threading
 import time
 from typing import Optional
@@ -42,11 +41,13 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 from vla_ros_interfaces.msg import ActionTokens
 
-from .common import (COMMAND_QOS, ConfigError, declare, Diagnostics, exclusive_group,
+from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exclusive_group,
                      exit_with, LATCHED_QOS, run, SENSOR_QOS)
-from ..conversions import array_to_image, ns_to_time, time_to_ns, tokens_to_msg
+from ..conversions import (array_to_image, camera_info_msg, ns_to_time, odometry_msg,
+                           time_to_ns, tokens_to_msg)
 from ..core.control import whole_ratio
 from ..core.stats import RateMonitor
+from ..sim.camera import CameraWorker
 
 CLOCK_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -75,7 +76,7 @@ class SimParams:
     cmd_vel_stamped: bool
     reset_command_hold: float
     expert_actions: bool
-    policy_frequency: float
+    inference_frequency: float
     action_space_file: str
     camera_frame_id: str
     base_frame_id: str
@@ -88,73 +89,11 @@ class SimParams:
         if self.seed < 0:
             raise ConfigError(f'seed must be >= 0, found {self.seed}')
         for name in ('real_time_factor', 'publish_frequency', 'camera_frequency',
-                     'odom_frequency', 'status_frequency', 'policy_frequency',
+                     'odom_frequency', 'status_frequency', 'inference_frequency',
                      'cmd_vel_timeout'):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f'{name} must be a finite number > 0, found {value}')
-
-
-class CameraWorker(threading.Thread):
-    """Renders snapshots of the simulation on one thread (the EGL context is per thread)."""
-
-    def __init__(self, model, camera_id: int, size: int, publish):
-        super().__init__(name='sim_camera', daemon=True)
-        self._model = model
-        self._camera_id = camera_id
-        self._size = size
-        self._publish = publish
-        self._slot: 'queue.Queue' = queue.Queue(maxsize=1)
-        self.dropped = 0
-        self.error: Optional[str] = None
-        self.render_ms = 0.0
-
-    def submit(self, qpos: np.ndarray, mocap_pos: np.ndarray, stamp_ns: int):
-        """Queue a frame; an unrendered older one is replaced (and counted as dropped)."""
-        try:
-            self._slot.put_nowait((qpos, mocap_pos, stamp_ns))
-        except queue.Full:
-            try:
-                self._slot.get_nowait()
-                self.dropped += 1
-            except queue.Empty:
-                pass
-            self._slot.put_nowait((qpos, mocap_pos, stamp_ns))
-
-    def stop(self):
-        """Ask the thread to finish (it frees its GL context itself)."""
-        self.submit(None, None, -1)
-
-    def run(self):
-        import mujoco
-        try:
-            data = mujoco.MjData(self._model)
-            renderer = mujoco.Renderer(self._model, self._size, self._size)
-            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
-        except Exception as exc:  # no EGL, no GPU driver, ...
-            self.error = f'cannot create the camera renderer: {exc}'
-            return
-        try:
-            while True:
-                qpos, mocap_pos, stamp_ns = self._slot.get()
-                if qpos is None:
-                    break
-                t0 = time.perf_counter()
-                data.qpos[:] = qpos
-                data.mocap_pos[:] = mocap_pos
-                mujoco.mj_kinematics(self._model, data)
-                mujoco.mj_camlight(self._model, data)
-                renderer.update_scene(data, camera=self._camera_id)
-                image = renderer.render()
-                self.render_ms = (time.perf_counter() - t0) * 1e3
-                try:
-                    self._publish(image, stamp_ns)
-                except Exception as exc:  # the context went away (shutdown) or worse
-                    self.error = f'camera publishing stopped: {exc}'
-                    break
-        finally:
-            renderer.close()
 
 
 class SimNode(Node):
@@ -164,50 +103,9 @@ class SimNode(Node):
         super().__init__('sim_node')
         from vla_ros.sim.robot import (ARM_JOINTS, JOINT_STATE_NAMES, DEFAULT_MODEL,
                                        RealTimePacer, Robot)
-        from vla_ros.sim.tasks import TASK_NAMES, TaskEnv, POLICY_PERIOD, CONTROL_PERIOD
+        from vla_ros.sim.tasks import TaskEnv, POLICY_PERIOD, CONTROL_PERIOD
 
-        def d(*a, **k):
-            return declare(self, *a, **k)
-        self.params = p = SimParams(
-            model_file_path=d('model_file_path', '', 'MJCF of robot and scene; empty: the '
-                              'packaged vla_ros/sim/assets/robot.xml.'),
-            task=d('task', 'pick_block', f'Task of the next episode, one of {TASK_NAMES}; '
-                   'applied by sim/reset.', read_only=False),
-            seed=d('seed', 0, 'Seed of the next episode (same seed, same episode); applied '
-                   'by sim/reset.', read_only=False, low=0, high=2 ** 31 - 1),
-            real_time_factor=d('real_time_factor', 1.0, 'Sim seconds per wall second; above 1 '
-                               'only when the graph runs on sim time (use_sim_time).',
-                               low=0.01, high=100.0),
-            publish_frequency=d('publish_frequency', 250.0, 'joint_states and /clock rate in '
-                                'sim Hz; its period must be a whole number of physics steps.',
-                                low=1.0, high=1000.0),
-            camera_frequency=d('camera_frequency', 12.5, 'camera/image_raw rate in sim Hz; '
-                               'a whole number of publish periods.', low=0.1, high=100.0),
-            odom_frequency=d('odom_frequency', 50.0, 'odom rate in sim Hz.', low=0.1,
-                             high=1000.0),
-            status_frequency=d('status_frequency', 5.0, 'sim/task_status rate in sim Hz.',
-                               low=0.1, high=100.0),
-            image_size=d('image_size', 300, 'Camera image width and height in pixels.',
-                         low=16, high=2048),
-            cmd_vel_timeout=d('cmd_vel_timeout', 0.5, 'Base stops when no cmd_vel is newer '
-                              'than this (sim s), like diff_drive_controller.', low=0.01,
-                              high=10.0),
-            cmd_vel_stamped=d('cmd_vel_stamped', True, 'Subscribe TwistStamped on cmd_vel '
-                              '(false: Twist, Humble-era controllers).'),
-            reset_command_hold=d('reset_command_hold', 0.3, 'After a reset, ignore commands '
-                                 'for this long (sim s) so upstream loops can re-sync to the '
-                                 'new joint states.', low=0.0, high=10.0),
-            expert_actions=d('expert_actions', False, 'Run the scripted expert here and '
-                             'publish its vla/action_tokens (replaces inference_node).'),
-            policy_frequency=d('policy_frequency', 5.0, 'Expert action rate in sim Hz.',
-                               low=0.1, high=100.0),
-            action_space_file=d('action_space_file', '', 'Action space YAML for the expert; '
-                                'empty: share/vla_ros/config/action_space.yaml.'),
-            camera_frame_id=d('camera_frame_id', 'head_camera_optical_frame', 'frame_id of '
-                              'images and camera_info.'),
-            base_frame_id=d('base_frame_id', 'base_link', 'Child frame of odom.'),
-            odom_frame_id=d('odom_frame_id', 'odom', 'Frame of odom.'),
-        )
+        self.params = p = SimParams(**declare_all(self, 'sim_node'))
         try:
             self.robot = robot = Robot(p.model_file_path or DEFAULT_MODEL, p.image_size)
         except (ValueError, OSError) as exc:
@@ -224,7 +122,7 @@ class SimNode(Node):
         self.camera_every = _whole(1.0 / p.camera_frequency, self.chunk, 'camera period')
         self.odom_every = _whole(1.0 / p.odom_frequency, self.chunk, 'odom period')
         self.status_every = _whole(1.0 / p.status_frequency, self.chunk, 'status period')
-        self.policy_every = _whole(1.0 / p.policy_frequency, self.chunk, 'policy period')
+        self.policy_every = _whole(1.0 / p.inference_frequency, self.chunk, 'policy period')
         self.env = TaskEnv(robot, CONTROL_PERIOD)
         self._arm_names = ARM_JOINTS
         self._state_names = list(JOINT_STATE_NAMES)
@@ -242,10 +140,10 @@ class SimNode(Node):
             self.tokenizer = ActionTokenizer(space)
             # The expert labels its targets relative to the previous commanded target,
             # mirrored here with the detokenizer's rule (core/targets.py).
-            self.expert = ExpertDecider(robot, self.tokenizer, 1.0 / p.policy_frequency)
+            self.expert = ExpertDecider(robot, self.tokenizer, 1.0 / p.inference_frequency)
             self.expert_targets = TargetComposer(space)
-            if abs(1.0 / p.policy_frequency - POLICY_PERIOD) > 1e-9:
-                self.get_logger().warn('expert tuned for 5 Hz; policy_frequency differs')
+            if abs(1.0 / p.inference_frequency - POLICY_PERIOD) > 1e-9:
+                self.get_logger().warn('expert tuned for 5 Hz; inference_frequency differs')
 
         # Sim state is touched by the stepping timer and the reset service only, under
         # this lock; command callbacks only write the small pending-command fields.
@@ -521,16 +419,9 @@ class SimNode(Node):
         self._status_pub.publish(String(data=json.dumps(status, sort_keys=True)))
 
     def _publish_odom(self, odom, stamp):
-        msg = Odometry()
-        msg.header.stamp = stamp
-        msg.header.frame_id = self.params.odom_frame_id
-        msg.child_frame_id = self.params.base_frame_id
-        msg.pose.pose.position.x, msg.pose.pose.position.y = odom.x, odom.y
-        msg.pose.pose.orientation.z = math.sin(odom.yaw / 2)
-        msg.pose.pose.orientation.w = math.cos(odom.yaw / 2)
-        msg.twist.twist.linear.x, msg.twist.twist.linear.y = odom.vx, odom.vy
-        msg.twist.twist.angular.z = odom.wz
-        self._odom_pub.publish(msg)
+        self._odom_pub.publish(odometry_msg(odom.x, odom.y, odom.yaw, (odom.vx, odom.vy, odom.wz),
+                                            stamp, self.params.odom_frame_id,
+                                            self.params.base_frame_id))
 
     def _publish_image(self, image: np.ndarray, stamp_ns: int):
         if not self.context.ok():
@@ -543,16 +434,7 @@ class SimNode(Node):
         self._cam_rate.tick(time.monotonic())
 
     def _make_camera_info(self) -> CameraInfo:
-        fx, fy, cx, cy, w, h = self.robot.camera_intrinsics()
-        info = CameraInfo()
-        info.header.frame_id = self.params.camera_frame_id
-        info.width, info.height = w, h
-        info.distortion_model = 'plumb_bob'
-        info.d = [0.0] * 5
-        info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
-        info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-        info.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
-        return info
+        return camera_info_msg(*self.robot.camera_intrinsics(), self.params.camera_frame_id)
 
     def _report(self):
         wall = time.monotonic()

@@ -16,6 +16,9 @@ Inference uses ``execute_async_v3`` with tensor addresses set per I/O tensor.
 TensorRT and the CUDA runtime bindings (``cuda-python``) are imported only when the backend is
 created. The pure parts (cache key, engine path, rebuild decision, binding validation
 against the ONNX graph) need neither and are tested on machines without a GPU.
+
+Length (over 300 lines): engine cache key, build, binding checks and execution of one
+backend.
 """
 
 from dataclasses import asdict, dataclass

@@ -46,7 +46,7 @@ class TorchBackend(Backend):
             import torch
             from ..model.config import get_config
             from ..model.rt1 import build_policy, weights_sha256
-            from ..tools.export import load_checkpoint
+            from ..model.checkpoint import load_checkpoint
         except ImportError as exc:
             raise BackendError('the torch backend needs PyTorch (the training extra); use '
                                'backend onnxruntime on a robot') from exc
@@ -87,7 +87,7 @@ class TorchBackend(Backend):
             config = get_config(config_name)
             state = load_checkpoint(checkpoint) if checkpoint else None
             self._model = build_policy(config, decoding, state)
-        except (ValueError, SystemExit) as exc:
+        except ValueError as exc:  # CheckpointError, shape mismatches
             raise BackendError(f'cannot build the torch model: {exc}') from exc
         weights = weights_sha256(self._model)
         if metadata and metadata.get(mc.META_WEIGHTS) != weights:

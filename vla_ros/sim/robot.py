@@ -5,6 +5,9 @@ MuJoCo physics wrapper for the simulated mobile manipulator.
 hardware interface would: arm position targets, a base twist in the base frame, a gripper
 command in 0 (open) .. 1 (closed), joint states, odometry and the head camera image. It
 knows nothing about tasks or ROS; ``tasks.py`` places objects, the nodes publish.
+
+Length (over 300 lines): the MuJoCo robot wrapper (joints, base, gripper, camera geometry)
+as one object.
 """
 
 from dataclasses import dataclass

@@ -9,6 +9,9 @@ times of vla/action_tokens and arm commands (what a consumer sees). Resident mem
 of every node process is read from /proc at the start and the end of the measured window
 and every 10 s in between (flat memory over a long run), and camera_node's own count of
 published frames is taken at both ends (frames delivered, as the node saw them).
+
+Length (over 300 lines): one benchmark: graph start, load generation, measurement and the
+report.
 """
 
 import argparse
@@ -312,9 +315,9 @@ def main(argv: Sequence[str] = None) -> int:
     args = parser.parse_args(argv)
     if args.model == 'test':
         from ..core.action_space import ActionSpace
-        from . import test_model
+        from . import known_model
         folder = tempfile.mkdtemp(prefix='vla_bench_model_')
-        test_model.write(folder, ActionSpace.from_yaml(default_action_space_file()))
+        known_model.write(folder, ActionSpace.from_yaml(default_action_space_file()))
         model = os.path.join(folder, 'policy.onnx')
     elif args.model == 'default':
         model = os.path.join(default_model_dir(), 'policy.onnx')

@@ -429,8 +429,8 @@ def main(argv: Sequence[str] = None) -> int:
                 'to see the tasks solved through the same pipeline.')
     if note:
         print(f'vla-ros demo: {note}')
-    specs = [s for s in pipeline_nodes(with_sim=True, overrides=overrides)
-             if not (args.expert and s.name == 'inference_node')]
+    specs = pipeline_nodes(with_sim=True, overrides=overrides,
+                           without=('inference_node',) if args.expert else ())
     print(f'vla-ros demo: starting {", ".join(s.name for s in specs)} (sim time, real-time '
           f'factor {args.real_time_factor:g}); writing {out}/', flush=True)
 

@@ -11,6 +11,9 @@ Output directory (what the inference node loads)::
 
 Without ``--checkpoint`` the weights are the config's seeded random initialisation, so the
 same command writes the same bytes on every run (the Makefile relies on it).
+
+Length (over 300 lines): export of policy, text encoder and tokenizer plus the manifest,
+one command.
 """
 
 import argparse
@@ -74,23 +77,6 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help='training facts to embed (dataset identity, training config, '
                         'evaluation results): a JSON object, stored as vla_ros.* metadata')
     return parser.parse_args(argv)
-
-
-def load_checkpoint(path: str) -> Dict:
-    """Load a state dict from a .safetensors file or a torch checkpoint (tensors only)."""
-    import torch
-    if not os.path.isfile(path):
-        raise SystemExit(f'checkpoint not found: {path!r}')
-    if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        return load_file(path)
-    data = torch.load(path, map_location='cpu', weights_only=True)
-    for key in ('state_dict', 'model'):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-    if not isinstance(data, dict):
-        raise SystemExit(f'checkpoint {path!r}: expected a state dict, found {type(data)}')
-    return data
 
 
 def _export(module, args, path: str, input_names, output_names) -> None:
@@ -248,6 +234,7 @@ def export(config_name: str, out_dir: str, checkpoint: Optional[str] = None,
            int8: bool = False, log=print, info: Optional[Dict] = None) -> Dict:
     """Export everything into ``out_dir``; return a summary (params, FLOPs, seconds)."""
     import torch
+    from ..model.checkpoint import CheckpointError, load_checkpoint
     from ..model.config import get_config
     from ..model.flops import count_flops, count_parameters
     from ..model.rt1 import build_policy, weights_sha256
@@ -260,7 +247,10 @@ def export(config_name: str, out_dir: str, checkpoint: Optional[str] = None,
                          f'config {config.name!r}')
     space = ActionSpace.from_yaml(action_space_path or default_action_space_path())
     os.makedirs(out_dir, exist_ok=True)
-    state = load_checkpoint(checkpoint) if checkpoint else None
+    try:
+        state = load_checkpoint(checkpoint) if checkpoint else None
+    except CheckpointError as exc:
+        raise SystemExit(str(exc)) from exc
     model = build_policy(config, decoding, state)
     weights = weights_sha256(model)
     encoder_id = te.encoder_id()

@@ -28,6 +28,10 @@ time at which every message is handled. ``joint_states`` come from the bag (a re
 move a robot). interpolation_node runs with ``start_enabled`` (nobody calls ``vla/enable``)
 and ``clock_timeout`` 10 s: between two steps ROS time stands still on purpose, which must
 not be taken for a lost clock.
+
+Length (over 300 lines): one workflow (case files, the generated bag, lock-step replay, the
+readable diff, the command) whose parts change together; the replay engine itself is
+tools/lockstep.py.
 """
 
 import argparse
@@ -485,9 +489,9 @@ class Prepared:
         model = case.get('model', 'shipped')
         if model == 'test_model':
             from ..core.action_space import ActionSpace
-            from . import test_model
-            self.model_dir = test_model.write(os.path.join(self.tmp, 'test_model'),
-                                              ActionSpace.from_yaml(self.action_space_file))
+            from . import known_model
+            self.model_dir = known_model.write(os.path.join(self.tmp, 'test_model'),
+                                               ActionSpace.from_yaml(self.action_space_file))
         else:
             self.model_dir = shipped_model_dir() if model == 'shipped' else _resolve(
                 model, case_path)

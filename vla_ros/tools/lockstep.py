@@ -37,6 +37,9 @@ driver does it with events:
 
 What comes out is attributed to the sim time at which it was produced: tokens (with the
 source stamp they carry), targets, and controller commands (one set per control tick).
+
+Length (over 300 lines): one protocol (clock stepping, barriers, settling, kill/restart,
+managed bring-up) over one driver node; its parts share the driver state.
 """
 
 import threading
@@ -46,7 +49,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from .up import ProcessGroup
-from ..graph import DEFAULT_REMAPPINGS, node_params, NodeSpec, PIPELINE
+from ..graph import (DEFAULT_REMAPPINGS, MANAGED, MANAGER, node_params, NodeSpec, PIPELINE,
+                     with_manager)
 
 PIPELINE_NODES = tuple(name for _, name in PIPELINE)
 NS = 1_000_000_000
@@ -221,7 +225,51 @@ class Lockstep:
             self.group.start(self.spec(name))
         for name in self.names:
             self._wait_ready(name)
+        self._bring_up(start_manager=True)
         self.wait_matched()
+
+    # -- managed nodes ----------------------------------------------------------------------
+    def _bring_up(self, start_manager: bool = False,
+                  keep_clock: Optional[Callable[[], None]] = None):
+        """Have lifecycle_manager configure and activate the managed nodes; wait for it."""
+        from lifecycle_msgs.msg import State
+        from lifecycle_msgs.srv import GetState
+        from std_srvs.srv import Trigger
+        managed = [n for n in MANAGED if n in self.names]
+        if not managed:
+            return
+        if start_manager:
+            specs = with_manager([self.spec(n) for n in self.names])
+            self.group.start(specs[-1])
+        else:
+            startup = self.node.create_client(Trigger, f'/{MANAGER[1]}/startup')
+            startup.wait_for_service(timeout_sec=self.timeout)
+            startup.call_async(Trigger.Request())
+        clients = {n: self.node.create_client(GetState, f'/{n}/get_state') for n in managed}
+        end = time.monotonic() + self.timeout
+        pending = {}
+        while True:
+            for name, client in clients.items():
+                future = pending.get(name)
+                if future is not None and future.done():
+                    if future.result().current_state.id == State.PRIMARY_STATE_ACTIVE:
+                        clients[name] = None
+                    pending.pop(name)
+                elif future is None and client.service_is_ready():
+                    pending[name] = client.call_async(GetState.Request())
+            clients = {n: c for n, c in clients.items() if c is not None}
+            if not clients:
+                return
+            if time.monotonic() > end:
+                raise NotQuiet(f'{sorted(clients)} not active within {self.timeout:g} s\n'
+                               + self.logs())
+            for name in self.names:
+                if name in self.alive:
+                    self._check_process(name)
+            if keep_clock is not None:
+                keep_clock()
+            else:
+                self.executor.spin_once(timeout_sec=0.05)
 
     def _wait_ready(self, name: str):
         from rcl_interfaces.srv import GetParameters
@@ -342,6 +390,8 @@ class Lockstep:
             else:
                 self.executor.spin_once(timeout_sec=0.05)
         self.alive.append(name)
+        if name in MANAGED:
+            self._bring_up(keep_clock=keep_clock)
         self.wait_matched(settle_s=1.0)
 
     def close(self) -> Dict[str, Optional[int]]:

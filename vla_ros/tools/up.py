@@ -46,8 +46,15 @@ class ProcessGroup:
 
     def __init__(self, params_file: str = '', namespace: str = '', use_sim_time: bool = False,
                  log_level: str = 'info', env: Optional[Dict[str, str]] = None,
-                 log: TextIO = sys.stdout, quiet: bool = False, dds_profile: bool = True):
+                 log: TextIO = sys.stdout, quiet: bool = False, dds_profile: bool = True,
+                 respawn: bool = False, respawn_delay: float = 2.0):
+        """``respawn``: restart a node that exits (after ``respawn_delay`` s) in ``failed``."""
         self.params_file = params_file
+        self.respawn = respawn
+        self.respawn_delay = respawn_delay
+        self.respawns: Dict[str, int] = {}
+        self.specs: Dict[str, NodeSpec] = {}
+        self._died_at: Dict[str, float] = {}
         self.namespace = namespace
         self.use_sim_time = use_sim_time
         self.log_level = log_level
@@ -71,7 +78,8 @@ class ProcessGroup:
                                 stderr=subprocess.STDOUT, text=True, bufsize=1,
                                 start_new_session=True)
         self.procs[spec.name] = proc
-        self.lines[spec.name] = []
+        self.specs[spec.name] = spec
+        self.lines.setdefault(spec.name, [])
         t = threading.Thread(target=self._forward, args=(spec.name, proc), daemon=True)
         t.start()
         self._threads.append(t)
@@ -93,12 +101,32 @@ class ProcessGroup:
                     print(f'[{name}] {line}', file=self.log, flush=True)
 
     def failed(self) -> Optional[str]:
-        """Name and exit code of a node that exited while it should be running."""
-        for name, proc in self.procs.items():
+        """
+        Name and exit code of a node that exited while it should be running.
+
+        With ``respawn`` such a node is started again ``respawn_delay`` s after it exited
+        (as launch_ros's respawn does) and nothing is reported.
+        """
+        for name, proc in list(self.procs.items()):
             code = proc.poll()
-            if code is not None and not self._stopping:
+            if code is None or self._stopping:
+                continue
+            if not self.respawn:
                 return f'{name} exited with code {code}'
+            died = self._died_at.setdefault(name, time.monotonic())
+            if time.monotonic() - died >= self.respawn_delay:
+                del self._died_at[name]
+                self.respawns[name] = self.respawns.get(name, 0) + 1
+                self._note(name, f'exited with code {code}; respawning '
+                                 f'(#{self.respawns[name]})')
+                self.start(self.specs[name])
         return None
+
+    def _note(self, name: str, text: str):
+        with self._lock:
+            self.lines.setdefault(name, []).append(f'[vla-ros up] {text}')
+        if not self.quiet:
+            print(f'[{name}] {text}', file=self.log, flush=True)
 
     def kill(self, name: str, sig=signal.SIGKILL):
         """Send ``sig`` to one node (tests use this to simulate a crash)."""
@@ -148,12 +176,24 @@ def main(argv: Sequence[str] = None) -> int:
                              'VLA_ROS_DDS_PROFILE=0); --no-dds-profile: Fast DDS defaults')
     parser.add_argument('--duration', type=float, default=0.0,
                         help='stop after this many seconds (0: run until Ctrl-C)')
+    parser.add_argument('--respawn', action='store_true',
+                        help='restart a node that exits instead of stopping the graph')
+    parser.add_argument('--remap', action='append', default=[], metavar='FROM:=TO',
+                        help='remap a topic in every node, e.g. '
+                             'camera/image_raw:=/head_camera/color/image_raw (repeatable)')
     args = parser.parse_args(argv)
+    remaps = []
+    for item in args.remap:
+        src, sep, dst = item.partition(':=')
+        if not (sep and src and dst):
+            parser.error(f'--remap needs FROM:=TO, found {item!r}')
+        remaps.append((src, dst))
     overrides = {'inference_node': {'model_file_path': args.model_file_path}} \
         if args.model_file_path else {}
     group = ProcessGroup(args.params_file, args.namespace, args.use_sim_time or args.sim,
-                         args.log_level, dds_profile=args.dds_profile)
-    group.start_all(pipeline_nodes(with_sim=args.sim, overrides=overrides))
+                         args.log_level, dds_profile=args.dds_profile, respawn=args.respawn)
+    group.start_all(pipeline_nodes(with_sim=args.sim, overrides=overrides,
+                                   remappings=remaps))
     code = 0
     start = time.monotonic()
     try:

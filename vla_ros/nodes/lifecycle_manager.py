@@ -1,0 +1,175 @@
+"""
+lifecycle_manager: brings the managed nodes up (configure, then activate) and down.
+
+Start order does not order DDS discovery, so the graph does not rely on it: the managed
+nodes (inference_node, interpolation_node) start unconfigured and holding, and this node
+drives their transitions through the standard ``<node>/change_state`` services once each
+is reachable: every node is configured first (inference_node loads and verifies its model
+there, minutes for a TensorRT engine build), then all are activated in order. After that,
+a managed node seen unconfigured again (restarted by respawn or a supervisor) is brought
+up again.
+
+With ``autostart`` (default) bring-up begins at start-up; otherwise call
+``lifecycle_manager/startup`` (std_srvs/Trigger). ``lifecycle_manager/shutdown``
+deactivates them in reverse order (the interpolator holds, the policy stops). A failed
+transition is logged with the node and transition and reported on /diagnostics; the
+manager does not retry (a node that cannot be configured exits by itself with code 2).
+``vla/enable`` and the latched e-stop remain the operator's motion gate.
+"""
+
+from dataclasses import dataclass
+import threading
+import time
+from typing import Tuple
+
+from lifecycle_msgs.msg import State, Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from std_srvs.srv import Trigger
+
+from .common import ConfigError, declare_all, Diagnostics, exit_with, run
+
+
+@dataclass(frozen=True)
+class ManagerParams:
+    """Validated parameters of lifecycle_manager."""
+
+    node_names: Tuple[str, ...]
+    autostart: bool
+    service_timeout: float
+    transition_timeout: float
+
+    def __post_init__(self):
+        if not self.node_names or len(set(self.node_names)) != len(self.node_names):
+            raise ConfigError(f'node_names must list distinct nodes, found '
+                              f'{list(self.node_names)}')
+
+
+class LifecycleManager(Node):
+    """Configures, then activates, the managed nodes; deactivates them on request."""
+
+    def __init__(self):
+        super().__init__('lifecycle_manager')
+        values = declare_all(self, 'lifecycle_manager')
+        values['node_names'] = tuple(values['node_names'])
+        p = self.params = ManagerParams(**values)
+        self.diag = Diagnostics(self)
+        self._busy = threading.Lock()
+        self._lifecycle_clients = {
+            name: (self.create_client(ChangeState, f'{name}/change_state'),
+                   self.create_client(GetState, f'{name}/get_state'))
+            for name in p.node_names}
+        self.create_service(Trigger, '~/startup', self._on_startup)
+        self.create_service(Trigger, '~/shutdown', self._on_shutdown)
+        self.diag.reason = 'waiting to bring the nodes up'
+        # After a successful bring-up, a managed node found unconfigured again (it was
+        # restarted: respawn, a crash and a supervisor) is brought up again.
+        self._watching = False
+        self.create_timer(1.0, self._watch, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        if p.autostart:
+            threading.Thread(target=self.startup, daemon=True).start()
+
+    def _watch(self):
+        if self._watching and not self._busy.locked():
+            threading.Thread(target=self._rebring, daemon=True).start()
+
+    def _rebring(self):
+        for name in self.params.node_names:
+            if not self._lifecycle_clients[name][1].service_is_ready():
+                continue
+            if self._state(name) == State.PRIMARY_STATE_UNCONFIGURED:
+                self.get_logger().warn(f'{name} is unconfigured again (restarted?): '
+                                       'bringing the nodes up again')
+                self.diag.count('restarts_seen')
+                self.startup()
+                return
+
+    # -- transitions (run on a worker thread: the executor answers the service futures) ---
+    def _call(self, client, request, timeout: float):
+        done = threading.Event()
+        future = client.call_async(request)
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(timeout):
+            client.remove_pending_request(future)
+            return None
+        return future.result()
+
+    def _state(self, name: str) -> int:
+        result = self._call(self._lifecycle_clients[name][1], GetState.Request(), 10.0)
+        return State.PRIMARY_STATE_UNKNOWN if result is None else result.current_state.id
+
+    def _transition(self, name: str, transition: int, label: str) -> bool:
+        client = self._lifecycle_clients[name][0]
+        if not client.wait_for_service(timeout_sec=self.params.service_timeout):
+            return self._fail(f'{name}: no {name}/change_state service after '
+                              f'{self.params.service_timeout:g} s')
+        start = time.monotonic()
+        result = self._call(client, ChangeState.Request(transition=Transition(id=transition)),
+                            self.params.transition_timeout)
+        if result is None or not result.success:
+            why = 'no answer (the node exited or timed out)' if result is None else 'failed'
+            return self._fail(f'{name}: {label} {why}')
+        self.get_logger().info(f'{name}: {label} done in {time.monotonic() - start:.2f} s')
+        return True
+
+    def _fail(self, text: str) -> bool:
+        self.get_logger().error(f'bring-up: {text}')
+        self.diag.count('failed_transitions')
+        self.diag.reason = text
+        return False
+
+    def startup(self) -> bool:
+        """Configure every node that is unconfigured, then activate every inactive one."""
+        with self._busy:
+            names = self.params.node_names
+            for name in names:
+                if not self._lifecycle_clients[name][0].wait_for_service(
+                        timeout_sec=self.params.service_timeout):
+                    return self._fail(f'{name}: no {name}/change_state service after '
+                                      f'{self.params.service_timeout:g} s')
+                if self._state(name) == State.PRIMARY_STATE_UNCONFIGURED and \
+                        not self._transition(name, Transition.TRANSITION_CONFIGURE,
+                                             'configure'):
+                    return False
+            for name in names:
+                if self._state(name) == State.PRIMARY_STATE_INACTIVE and \
+                        not self._transition(name, Transition.TRANSITION_ACTIVATE, 'activate'):
+                    return False
+            self.diag.reason = ''
+            self._watching = True
+            self.diag.set('active', ','.join(names))
+            self.get_logger().info(f'active: {", ".join(names)}')
+            return True
+
+    def shutdown(self) -> bool:
+        """Deactivate every active node, in reverse order."""
+        with self._busy:
+            ok = True
+            for name in reversed(self.params.node_names):
+                if self._state(name) == State.PRIMARY_STATE_ACTIVE:
+                    ok = self._transition(name, Transition.TRANSITION_DEACTIVATE,
+                                          'deactivate') and ok
+            self.diag.set('active', '')
+            self._watching = False
+            self.diag.reason = 'deactivated' if ok else self.diag.reason
+            return ok
+
+    def _on_startup(self, request, response):
+        threading.Thread(target=self.startup, daemon=True).start()
+        response.success, response.message = True, 'bring-up started'
+        return response
+
+    def _on_shutdown(self, request, response):
+        threading.Thread(target=self.shutdown, daemon=True).start()
+        response.success, response.message = True, 'deactivating'
+        return response
+
+
+def main(args=None):
+    """Run lifecycle_manager."""
+    exit_with(run(LifecycleManager, args))
+
+
+if __name__ == '__main__':
+    main()
