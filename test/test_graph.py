@@ -70,11 +70,7 @@ def test_commands_match_the_known_model(graph, action_space, test_model_dir):
 
     assert harness.wait_for(converged, 40.0), (
         group.failed(), harness.latest(harness.arm), harness.latest(harness.base), expected)
-    # Commands keep flowing at the control rate.
-    t0 = time.monotonic()
-    time.sleep(1.0)
-    n = len(harness.since(harness.arm, t0))
-    assert 12 <= n <= 25, n  # 20 Hz; slack for a loaded machine
+    # (The command rate and its jitter are measured by `vla-ros bench pipeline`, not here.)
     # A new instruction changes the gripper without restarting anything.
     harness.instruct('open the gripper')
     assert harness.wait_for(lambda: harness.latest(harness.gripper)[1] == 0.0, 5.0)
@@ -92,12 +88,10 @@ def test_killing_inference_stops_base_and_holds_arm(graph):
     t_kill = time.monotonic()
     assert harness.wait_for(lambda: harness.latest(harness.base)[1][0] == 0.0
                             and harness.latest(harness.base)[0] > t_kill, 5.0)
-    zero_at = next(t for t, v in harness.since(harness.base, t_kill) if np.all(v == 0.0))
-    # watchdog + one control period + the ramp at the deceleration limit, plus slack for
-    # scheduling on a loaded 2-core machine (measured from the harness's side: its own
-    # receive delays count too; 0.25 s of slack was exceeded once in CI, at 0.39 s)
-    allowed = TIMEOUT + PERIOD + vx / DECEL + 0.5
-    assert zero_at - t_kill <= allowed, (zero_at - t_kill, allowed)
+    # How long the stop takes is a sim-time property, checked exactly in test_fuzz.py (kill
+    # -9 of each node in lock step); here: the base ramps down, never up, within the
+    # deceleration limit per command, and stops.
+    assert vx > 0.35
     ramp = [v[0] for t, v in harness.since(harness.base, t_kill)]
     assert np.all(np.diff(ramp) <= 1e-12)  # never speeds up again
     assert np.all(np.abs(np.diff(ramp)) <= DECEL * PERIOD + 1e-9)
@@ -118,8 +112,11 @@ def test_estop_stops_within_one_period_and_latches(graph):
     t0 = time.monotonic()
     harness.estop_pub.publish(Bool(data=True))
     assert harness.wait_for(lambda: harness.latest(harness.base)[1][0] == 0.0, 2.0)
-    zero_at = next(t for t, v in harness.since(harness.base, t0) if np.all(v == 0.0))
-    assert zero_at - t0 <= PERIOD + 0.15, zero_at - t0  # one period + scheduling slack
+    # Counted in commands, not seconds: the e-stop acts on the next tick, so at most one
+    # moving command (the one already in flight) comes after it.
+    after = [v for t, v in harness.since(harness.base, t0)]
+    first_zero = next(i for i, v in enumerate(after) if np.all(v == 0.0))
+    assert first_zero <= 1, after[:5]
     # Latched: the policy keeps producing targets, nothing moves, enable is refused.
     t1 = time.monotonic()
     time.sleep(1.0)
@@ -171,10 +168,12 @@ def test_stale_camera_stops_inference_and_says_why(graph):
     assert harness.wait_for(lambda: len(harness.tokens) >= 3, 40.0)
     harness.camera_enabled = False
     t_off = time.monotonic()
-    time.sleep(1.5)
-    last = harness.latest(harness.tokens)[0]
-    # max_image_age 0.5 s + one inference period (+ DDS slack)
-    assert last - t_off <= 0.5 + 0.2 + 0.1, last - t_off
+    assert harness.wait_for(
+        lambda: 'old' in getattr(harness.diagnostics.get('inference_node'), 'message', ''),
+        10.0), harness.diagnostics.get('inference_node')
+    # Counted in policy ticks: the newest frame is used while younger than max_image_age
+    # (0.5 s = 2.5 periods of 0.2 s), so at most 3 more token messages, plus one in flight.
+    assert len(harness.since(harness.tokens, t_off)) <= 4, harness.since(harness.tokens, t_off)
     assert harness.wait_for(
         lambda: 'old' in getattr(harness.diagnostics.get('inference_node'), 'message', ''),
         3.0), harness.diagnostics.get('inference_node')

@@ -103,6 +103,27 @@ def target_to_msg(target: Sequence[float], stamp_ns: int, joint_names: Sequence[
     return msg
 
 
+def _named(names: Sequence[str], values: Sequence[float], wanted: Sequence[str]) -> np.ndarray:
+    """
+    Return ``values`` of the ``wanted`` names, in that order (float64); ValueError if bad.
+
+    Names and values must pair up, no name may appear twice (which copy would be right?)
+    and every wanted name must be there.
+    """
+    names, values = list(names), list(values)
+    if len(names) != len(values):
+        raise ValueError(f'{len(names)} names but {len(values)} positions')
+    index = {}
+    for i, name in enumerate(names):
+        if name in index:
+            raise ValueError(f'joint {name!r} appears twice')
+        index[name] = i
+    missing = [n for n in wanted if n not in index]
+    if missing:
+        raise ValueError(f'missing joints {missing}')
+    return np.array([values[index[n]] for n in wanted], dtype=np.float64)
+
+
 def msg_to_target(msg: ActionTarget, joint_names: Sequence[str],
                   action_space: Optional[str] = None) -> Tuple[np.ndarray, Optional[int]]:
     """
@@ -111,21 +132,10 @@ def msg_to_target(msg: ActionTarget, joint_names: Sequence[str],
     Raises ValueError for mismatched or repeated joint names, missing joints, non-finite
     values, or (with ``action_space`` given) another action space.
     """
-    names, positions = list(msg.joint_names), list(msg.positions)
-    if len(names) != len(positions):
-        raise ValueError(f'{len(names)} joint names but {len(positions)} positions')
-    index = {}
-    for i, name in enumerate(names):
-        if name in index:
-            raise ValueError(f'joint {name!r} appears twice')
-        index[name] = i
-    missing = [n for n in joint_names if n not in index]
-    if missing:
-        raise ValueError(f'missing joints {missing}')
+    arm = _named(msg.joint_names, msg.positions, joint_names)
     _check_space(msg.action_space, action_space, 'target')
-    out = np.array([positions[index[n]] for n in joint_names]
-                   + [msg.base.linear.x, msg.base.linear.y, msg.base.angular.z, msg.gripper],
-                   dtype=np.float64)
+    out = np.append(arm, [msg.base.linear.x, msg.base.linear.y, msg.base.angular.z,
+                          msg.gripper])
     if not np.all(np.isfinite(out)):
         raise ValueError(f'non-finite values {out.tolist()}')
     return out, (time_to_ns(msg.header.stamp) or None)
@@ -139,17 +149,7 @@ def joint_positions(msg: JointState, names: Sequence[str]) -> np.ndarray:
     name (which copy would be right?), that lack a wanted joint, or whose wanted positions
     are not finite.
     """
-    if len(msg.position) != len(msg.name):
-        raise ValueError(f'{len(msg.name)} names but {len(msg.position)} positions')
-    seen = {}
-    for i, name in enumerate(msg.name):
-        if name in seen:
-            raise ValueError(f'joint {name!r} appears twice')
-        seen[name] = i
-    missing = [n for n in names if n not in seen]
-    if missing:
-        raise ValueError(f'missing joints {missing}')
-    q = np.array([msg.position[seen[n]] for n in names], dtype=np.float64)
+    q = _named(msg.name, msg.position, names)
     if not np.all(np.isfinite(q)):
         raise ValueError(f'non-finite positions {q.tolist()}')
     return q

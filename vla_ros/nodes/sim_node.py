@@ -48,6 +48,7 @@ from ..conversions import (array_to_image, camera_info_msg, ns_to_time, odometry
 from ..core.control import whole_ratio
 from ..core.stats import RateMonitor
 from ..sim.camera import CameraWorker
+from ..sim.controllers import ControllerEmulation
 
 CLOCK_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -148,15 +149,9 @@ class SimNode(Node):
         # Sim state is touched by the stepping timer and the reset service only, under
         # this lock; command callbacks only write the small pending-command fields.
         self._lock = threading.Lock()
-        self._cmd_lock = threading.Lock()
         self._clock_offset = 0.0
         self._chunk_index = 0
-        self._arm_cmd: Optional[np.ndarray] = None
-        self._trajectory = None
-        self._base_cmd = np.zeros(3)
-        self._base_cmd_time = -math.inf
-        self._grip_cmd: Optional[float] = None
-        self._ignore_until = -math.inf
+        self.controllers = ControllerEmulation(p.cmd_vel_timeout, p.reset_command_hold)
         self._last_success = False
         self.diag = Diagnostics(self)
         self._js_rate = RateMonitor(p.publish_frequency * p.real_time_factor)
@@ -248,12 +243,7 @@ class SimNode(Node):
             if self.expert is not None:
                 self.expert.reset(episode)
                 self.expert_targets.reset()
-            with self._cmd_lock:
-                self._arm_cmd = None
-                self._trajectory = None
-                self._base_cmd = np.zeros(3)
-                self._grip_cmd = None
-                self._ignore_until = self.sim_time() + self.params.reset_command_hold
+            self.controllers.reset(self.sim_time())
             self._last_success = False
             status = self.env.status()
         self._instruction_pub.publish(String(data=episode.instruction))
@@ -261,85 +251,48 @@ class SimNode(Node):
         self.get_logger().info(f'episode: {task} seed {seed}: "{episode.instruction}"')
         return episode
 
-    # -- command inputs (controller semantics) ------------------------------------------
-    def _accepting(self) -> bool:
-        return self.sim_time() >= self._ignore_until
+    # -- command inputs (sim/controllers.py applies them) ---------------------------------
+    def _command(self, what: str, counter: str, take):
+        try:
+            if not take():
+                self.diag.count('commands_ignored_after_reset')
+        except ValueError as exc:
+            self.diag.count(counter)
+            self.get_logger().warn(f'rejected {what}: {exc}', throttle_duration_sec=2.0)
 
     def _on_arm(self, msg: Float64MultiArray):
-        q = np.asarray(msg.data, dtype=float)
-        if q.shape != (7,) or not np.all(np.isfinite(q)):
-            self.diag.count('arm_commands_rejected')
-            self.get_logger().warn(f'arm_controller/commands needs 7 finite positions, found '
-                                   f'{list(msg.data)}', throttle_duration_sec=2.0)
-            return
-        if not self._accepting():
-            self.diag.count('commands_ignored_after_reset')
-            return
-        with self._cmd_lock:
-            self._arm_cmd = q
-            self._trajectory = None
+        self._command('arm command', 'arm_commands_rejected',
+                      lambda: self.controllers.arm(list(msg.data), self.sim_time()))
 
     def _on_trajectory(self, msg: JointTrajectory):
-        from vla_ros.sim.robot import ArmTrajectory
         try:
             idx = [list(msg.joint_names).index(n) for n in self._arm_names]
-        except ValueError:
-            self.diag.count('trajectories_rejected')
-            self.get_logger().warn(f'joint_trajectory must name {list(self._arm_names)}, '
-                                   f'found {list(msg.joint_names)}', throttle_duration_sec=2.0)
-            return
-        if not msg.points or not self._accepting():
-            return
-        now = self.sim_time()
-        start = time_to_ns(msg.header.stamp) * 1e-9 or now
-        try:
+            if not msg.points:
+                raise ValueError('no points')
+            now = self.sim_time()
+            start = time_to_ns(msg.header.stamp) * 1e-9 or now
             times = [start + p.time_from_start.sec + p.time_from_start.nanosec * 1e-9
                      for p in msg.points]
             positions = [[p.positions[i] for i in idx] for p in msg.points]
-            with self._cmd_lock:
-                current = (self._arm_cmd if self._arm_cmd is not None
-                           else self.robot.data.ctrl[self.robot.arm_act].copy())
-                self._trajectory = ArmTrajectory(now, current, times, positions)
         except (ValueError, IndexError) as exc:
             self.diag.count('trajectories_rejected')
-            self.get_logger().warn(f'rejected joint_trajectory: {exc}',
-                                   throttle_duration_sec=2.0)
+            self.get_logger().warn(f'rejected joint_trajectory (joints must be '
+                                   f'{list(self._arm_names)}): {exc}', throttle_duration_sec=2.0)
+            return
+        current = self.robot.data.ctrl[self.robot.arm_act].copy()
+        self._command('joint_trajectory', 'trajectories_rejected',
+                      lambda: self.controllers.trajectory(times, positions, now, current))
 
     def _on_cmd_vel(self, msg):
         twist = msg.twist if isinstance(msg, TwistStamped) else msg
-        v = np.array([twist.linear.x, twist.linear.y, twist.angular.z])
-        if not np.all(np.isfinite(v)):
-            self.diag.count('cmd_vel_rejected')
-            return
-        if not self._accepting():
-            return
-        with self._cmd_lock:
-            self._base_cmd = v
-            self._base_cmd_time = self.sim_time()
+        v = [twist.linear.x, twist.linear.y, twist.angular.z]
+        self._command('cmd_vel', 'cmd_vel_rejected',
+                      lambda: self.controllers.base(v, self.sim_time()))
 
     def _on_gripper(self, msg: Float64MultiArray):
-        if len(msg.data) != 1 or not math.isfinite(msg.data[0]):
-            self.diag.count('gripper_commands_rejected')
-            self.get_logger().warn(f'gripper_controller/commands needs 1 value in 0..1, found '
-                                   f'{list(msg.data)}', throttle_duration_sec=2.0)
-            return
-        if not self._accepting():
-            return
-        with self._cmd_lock:
-            self._grip_cmd = float(msg.data[0])
-
-    def _apply_commands(self, now: float):
-        with self._cmd_lock:
-            arm = (self._trajectory.sample(now) if self._trajectory is not None
-                   else self._arm_cmd)
-            base = (self._base_cmd if now - self._base_cmd_time <= self.params.cmd_vel_timeout
-                    else np.zeros(3))
-            grip = self._grip_cmd
-        if arm is not None:
-            self.robot.set_arm_targets(arm)
-        self.robot.set_base_twist(base)
-        if grip is not None:
-            self.robot.set_gripper(grip)
+        value = float(msg.data[0]) if len(msg.data) == 1 else math.nan
+        self._command('gripper command (1 value in 0..1)', 'gripper_commands_rejected',
+                      lambda: self.controllers.gripper(value, self.sim_time()))
 
     # -- the simulation loop --------------------------------------------------------------
     def _loop(self):
@@ -379,7 +332,7 @@ class SimNode(Node):
         tokens = None
         with self._lock:
             now = self.sim_time()
-            self._apply_commands(now)
+            self.controllers.apply(robot, now)
             robot.step(self.steps_per_chunk)
             success = self.env.update()
             self._chunk_index += 1
