@@ -8,6 +8,8 @@ remappings. Keeping them here means a robot launch and a local run cannot drift 
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Sequence, Tuple
 
+from .paths import default_dds_profile, default_params_file
+
 # (executable, node name). Start order does not order DDS discovery; the managed nodes
 # (lifecycle) start unconfigured and holding, and lifecycle_manager brings them up once
 # every one of them is reachable.
@@ -67,7 +69,6 @@ def dds_profile_env(env: Mapping[str, str], enabled: bool = True) -> Dict[str, s
         return {}
     if (env.get('RMW_IMPLEMENTATION') or FAST_DDS_RMWS[0]) not in FAST_DDS_RMWS:
         return {}
-    from .paths import default_dds_profile
     # UDP stays on loopback only while discovery is local. Unset, the range is the RMW's
     # default (SUBNET on Jazzy; on Humble, ROS_LOCALHOST_ONLY=1 means local): a robot
     # launched without it must stay visible to other machines.
@@ -150,7 +151,6 @@ def node_params(params_file: str, node: str) -> Dict[str, object]:
     """
     import yaml
     if not params_file:
-        from .paths import default_params_file
         params_file = default_params_file()
     with open(params_file, 'r', encoding='utf-8') as stream:
         data = yaml.safe_load(stream) or {}

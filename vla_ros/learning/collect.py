@@ -23,10 +23,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import dataset as ds
-from . import instructions
+from . import dataset as ds, instructions
 from .progress import Progress
 from ..core.action_space import ActionSpace, ActionTokenizer
+from ..paths import default_action_space_file
+from ..runtime import BackendOptions
+from ..runtime.policy import Policy, PolicyFiles
 from ..sim.evaluate import control_config, ExpertDecider, Observation, Pipeline
 from ..sim.robot import Robot
 from ..sim.tasks import CONTROL_PERIOD, POLICY_PERIOD, TASK_NAMES, TaskEnv
@@ -56,8 +58,6 @@ class LearnerDecider:
     """An exported policy (ONNX Runtime) as the token source (DAgger, evaluation)."""
 
     def __init__(self, model_dir: str, space: ActionSpace, threads: int = 2):
-        from ..runtime import BackendOptions
-        from ..runtime.policy import Policy, PolicyFiles
         files = PolicyFiles.from_paths(os.path.join(model_dir, 'policy.onnx'))
         self.policy = Policy(files, space, 'onnxruntime',
                              BackendOptions(model_file_path=files.policy,
@@ -77,7 +77,6 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
             policy_dir: Optional[str] = None, flush_every: int = 50,
             quiet: bool = False) -> Dict:
     """Collect episodes into ``out``; returns counts. See the module docstring."""
-    from ..paths import default_action_space_file
     space_file = action_space_file or default_action_space_file()
     space = ActionSpace.from_yaml(space_file)
     tokenizer = ActionTokenizer(space)

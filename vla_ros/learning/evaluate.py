@@ -28,6 +28,7 @@ from . import instructions
 from .collect import EVAL_SEED_START, LearnerDecider
 from .progress import Progress
 from ..core.action_space import ActionSpace, ActionTokenizer
+from ..paths import default_action_space_file
 from ..sim.evaluate import control_config, Observation, Pipeline
 from ..sim.robot import Robot
 from ..sim.tasks import CONTROL_PERIOD, TASK_NAMES, TaskEnv
@@ -75,7 +76,6 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
                     params_file: Optional[str] = None, gifs: bool = True,
                     quiet: bool = False) -> Dict:
     """Closed-loop evaluation; see the module docstring. Returns the JSON-able results."""
-    from ..paths import default_action_space_file
     space = ActionSpace.from_yaml(action_space_file or default_action_space_file())
     tokenizer = ActionTokenizer(space)
     robot = Robot()

@@ -52,6 +52,15 @@ from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import dataset as ds, instructions
+from ..bag.play import open_bag, PlayError
+from ..bag.topics import message_class, resolve
+from ..conversions import image_to_rgb8, joint_positions, msg_to_target, msg_to_tokens
+from ..core.action_space import ActionSpace, ActionSpaceError, ActionTokenizer
+from ..core.image import ImageError, Resizer
+from ..core.targets import ComposerConfig, TargetComposer
+from ..paths import default_action_space_file
+
 # Seconds of frames kept after the episode topic first reports done; the same as
 # collect.AFTER_SUCCESS (collect imports the simulator, this module must not).
 AFTER_DONE = 1.0
@@ -121,7 +130,6 @@ class Options:
 
     def topics(self) -> Dict[str, str]:
         """Role → fully qualified topic name ('' for a disabled episode topic)."""
-        from ..bag.topics import resolve
         out = {}
         for role in TOPIC_TYPES:
             name = getattr(self, f'{role}_topic')
@@ -205,7 +213,6 @@ class BagAligner:
 
     def __init__(self, options: Options, tokenizer, stats: Stats):
         """Start on a new bag."""
-        from ..core.targets import ComposerConfig, TargetComposer
         self.o = options
         self.tokenizer = tokenizer
         self.stats = stats
@@ -310,7 +317,6 @@ class BagAligner:
         return chosen[0], chosen[2], chosen[3]
 
     def _on_joint_states(self, t: int, msg):
-        from ..conversions import joint_positions
         try:
             arm = joint_positions(msg, self.o.arm_joints)
         except ValueError:
@@ -325,7 +331,6 @@ class BagAligner:
         self.latest['joint_states'] = (t, (arm, grip))
 
     def _on_target(self, t: int, msg):
-        from ..conversions import msg_to_target
         try:
             target, _ = msg_to_target(msg, self.o.arm_joints)
         except ValueError:
@@ -334,7 +339,6 @@ class BagAligner:
         self.targets.append((t, target))
 
     def _on_tokens(self, t: int, msg):
-        from ..conversions import msg_to_tokens
         self.stats.add('ticks')
         try:
             tokens, source = msg_to_tokens(msg, 11)
@@ -399,7 +403,6 @@ class BagAligner:
 
 def decode_image(msg, resizer) -> np.ndarray:
     """Image message → uint8 [300, 300, 3] rgb8 (camera_node's resize when it differs)."""
-    from ..conversions import image_to_rgb8
     rgb = image_to_rgb8(msg)
     if rgb.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
         rgb = resizer(rgb)
@@ -433,8 +436,6 @@ def iter_bag_messages(path: str, options: Options, stats: Stats, on_roles=None
     ``on_roles(roles)`` learns which roles the bag has before the first message.
     """
     from rclpy.serialization import deserialize_message
-    from ..bag.play import open_bag, PlayError
-    from ..bag.topics import message_class
     try:
         reader = open_bag(path)
     except PlayError as exc:
@@ -521,7 +522,6 @@ def params_from_instruction(task: str, instruction: str) -> Dict:
     task is unknown or no template matches (a robot's own instructions).
     """
     import re
-    from . import instructions
     templates = instructions.TRAIN.get(task, []) + instructions.HELD_OUT.get(task, [])
     groups = {'colour': r'(?P<colour>[a-z]+)', 'side': r'(?P<side>left|right)',
               'action': r'(?P<action>[a-z]+)', 'state': r'(?P<state>open|closed)'}
@@ -563,10 +563,6 @@ def convert(bags: Sequence[str], out: str, options: Optional[Options] = None,
 
     ``on_frame(provenance_dict)`` is called for every written frame, in dataset order.
     """
-    from ..core.action_space import ActionSpace, ActionSpaceError, ActionTokenizer
-    from ..core.image import ImageError, Resizer
-    from ..paths import default_action_space_file
-    from . import dataset as ds
     options = options or Options()
     space_file = action_space_file or default_action_space_file()
     try:

@@ -19,6 +19,8 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, qos_profile_sensor_data,
                        ReliabilityPolicy)
 from rclpy.qos_overriding_options import QoSOverridingOptions
 
+from ..core.params import schema
+
 SENSOR_QOS = qos_profile_sensor_data
 LATEST_IMAGE_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT,
                               history=HistoryPolicy.KEEP_LAST, depth=1)
@@ -75,7 +77,6 @@ def declare_all(node: Node, node_name: str) -> Dict[str, object]:
 
     ``node_name`` is the executable's node (the schema key), whatever the node was renamed to.
     """
-    from ..core.params import schema
     types = {'string': STRING_ARRAY, 'double': DOUBLE_ARRAY}
     return {p.name: declare(node, p.name, p.default, p.text, read_only=p.read_only,
                             low=p.low, high=p.high, type_=types.get(p.array))

@@ -43,12 +43,19 @@ from vla_ros_interfaces.msg import ActionTokens
 
 from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exclusive_group,
                      exit_with, LATCHED_QOS, run, SENSOR_QOS)
-from ..conversions import (array_to_image, camera_info_msg, ns_to_time, odometry_msg,
-                           time_to_ns, tokens_to_msg)
+from ..conversions import (array_to_image, camera_info_msg, ns_to_time, odometry_msg, time_to_ns,
+                           tokens_to_msg)
+from ..core.action_space import ActionSpace, ActionTokenizer
 from ..core.control import whole_ratio
 from ..core.stats import RateMonitor
+from ..core.targets import TargetComposer
+from ..paths import default_action_space_file
 from ..sim.camera import CameraWorker
 from ..sim.controllers import ControllerEmulation
+from ..sim.evaluate import ExpertDecider, Observation
+from ..sim.robot import ARM_JOINTS, DEFAULT_MODEL, JOINT_STATE_NAMES, RealTimePacer, Robot
+from ..sim.tasks import CONTROL_PERIOD, POLICY_PERIOD, TASK_NAMES, TaskEnv
+
 
 CLOCK_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -84,7 +91,6 @@ class SimParams:
     odom_frame_id: str
 
     def __post_init__(self):
-        from vla_ros.sim.tasks import TASK_NAMES
         if self.task not in TASK_NAMES:
             raise ConfigError(f'task must be one of {TASK_NAMES}, found {self.task!r}')
         if self.seed < 0:
@@ -102,9 +108,6 @@ class SimNode(Node):
 
     def __init__(self):
         super().__init__('sim_node')
-        from vla_ros.sim.robot import (ARM_JOINTS, JOINT_STATE_NAMES, DEFAULT_MODEL,
-                                       RealTimePacer, Robot)
-        from vla_ros.sim.tasks import TaskEnv, POLICY_PERIOD, CONTROL_PERIOD
 
         self.params = p = SimParams(**declare_all(self, 'sim_node'))
         try:
@@ -130,10 +133,6 @@ class SimNode(Node):
 
         self.expert = self.tokenizer = None
         if p.expert_actions:
-            from vla_ros.core.action_space import ActionSpace, ActionTokenizer
-            from vla_ros.paths import default_action_space_file
-            from vla_ros.core.targets import TargetComposer
-            from vla_ros.sim.evaluate import ExpertDecider
             try:
                 space = ActionSpace.from_yaml(p.action_space_file or default_action_space_file())
             except ValueError as exc:
@@ -210,7 +209,6 @@ class SimNode(Node):
 
     # -- parameters and services ----------------------------------------------------------
     def _check_params(self, params):
-        from vla_ros.sim.tasks import TASK_NAMES
         for param in params:
             if param.name == 'task' and param.value not in TASK_NAMES:
                 return SetParametersResult(successful=False, reason=(
@@ -318,7 +316,6 @@ class SimNode(Node):
 
     def _expert_tokens(self, now: float):
         """Return the expert's next tokens (the caller holds the lock)."""
-        from vla_ros.sim.evaluate import Observation
         robot = self.robot
         arm, grip = robot.arm_positions(), robot.gripper_closure()
         state = self.expert_targets.previous(now, arm, grip)

@@ -26,12 +26,13 @@ from vla_ros.core.action_space import ActionSpace, ActionTokenizer
 from vla_ros.core.control import ControlConfig, ControlLoop
 from vla_ros.core.targets import ComposerConfig, TargetComposer
 from vla_ros.graph import node_params
+from vla_ros.paths import share_file
+from vla_ros.sim.expert import ScriptedExpert
 from vla_ros.sim.robot import Robot
 from vla_ros.sim.tasks import CONTROL_PERIOD, POLICY_PERIOD, TASK_NAMES, TaskEnv
 
 
 def _share_file(*parts: str) -> str:
-    from vla_ros.paths import share_file
     return share_file(*parts)
 
 
@@ -137,7 +138,6 @@ class ExpertDecider:
     """The scripted expert as a token source: absolute targets → action-space labels."""
 
     def __init__(self, robot: Robot, tokenizer: ActionTokenizer, period: float = POLICY_PERIOD):
-        from vla_ros.sim.expert import ScriptedExpert
         space = tokenizer.space
         # Absolute joint targets are snapped to representable bins; deltas need no snapping
         # (they are relative to the exact previous command, quantisation never accumulates).

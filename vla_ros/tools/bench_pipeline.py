@@ -25,9 +25,14 @@ import time
 from typing import Dict, List, Sequence
 
 import numpy as np
+from vla_ros_interfaces.msg import ActionTokens
 
+from . import known_model
 from .up import ProcessGroup
+from ..conversions import array_to_image
+from ..core.action_space import ActionSpace
 from ..graph import dds_profile_env, DDS_PROFILE_VARS, pipeline_nodes
+from ..nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
 from ..paths import default_action_space_file, default_model_dir, default_params_file
 
 
@@ -78,10 +83,6 @@ def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz
     from rclpy.node import Node
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Float64MultiArray, String
-    from vla_ros_interfaces.msg import ActionTokens
-
-    from ..conversions import array_to_image
-    from ..nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
 
     width, height = (int(v) for v in camera_size.lower().split('x'))
     overrides = {'inference_node': {'model_file_path': model_file_path},
@@ -314,8 +315,6 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument('--json', default='', help='also write the figures to this file')
     args = parser.parse_args(argv)
     if args.model == 'test':
-        from ..core.action_space import ActionSpace
-        from . import known_model
         folder = tempfile.mkdtemp(prefix='vla_bench_model_')
         known_model.write(folder, ActionSpace.from_yaml(default_action_space_file()))
         model = os.path.join(folder, 'policy.onnx')

@@ -25,9 +25,13 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from vla_ros_interfaces.msg import ActionTokens
 
+from .up import ProcessGroup
 from ..graph import dds_profile_env, pipeline_nodes
+from ..nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
 from ..paths import default_model_dir, default_params_file
+from ..sim.tasks import TASK_NAMES, TASKS
 
 DEFAULT_EPISODES = 1
 VIDEO_EVERY = 2          # keep every 2nd camera frame (12.5 Hz → ~6 fps) for the video
@@ -60,9 +64,7 @@ class Recorder:
         from rcl_interfaces.srv import SetParameters
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import Float64MultiArray, String
-        from vla_ros_interfaces.msg import ActionTokens
         from std_srvs.srv import SetBool, Trigger
-        from ..nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
 
         rclpy.init()
         self.rclpy = rclpy
@@ -378,9 +380,6 @@ def _pipeline_figures(diagnostics: Dict[str, Dict[str, str]]) -> Dict[str, str]:
 
 def main(argv: Sequence[str] = None) -> int:
     """Run the demo; exit status 0 when it ran (success rates are reported, not judged)."""
-    from vla_ros.sim.tasks import TASK_NAMES, TASKS
-    from .up import ProcessGroup
-
     parser = argparse.ArgumentParser(prog='vla-ros demo', description=__doc__.split('\n')[0])
     parser.add_argument('--expert', action='store_true',
                         help='scripted expert instead of the policy (replaces inference_node)')

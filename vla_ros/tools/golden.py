@@ -45,6 +45,17 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import known_model
+from .lockstep import Lockstep
+from ..bag import topics as bag_topics
+from ..bag.play import open_bag
+from ..bag.record import Recording
+from ..core.action_space import ActionSpace
+from ..core.model_contract import file_sha256
+from ..graph import node_params
+from ..nodes.common import LATCHED_QOS, SENSOR_QOS
+from ..paths import default_action_space_file, default_model_dir, default_params_file, share_file
+
 NS = 1_000_000_000
 FORMAT = 1
 TOLERANCE = 1e-6
@@ -70,7 +81,6 @@ def shipped_model_dir() -> str:
     When the installed copy has no policy yet but the source checkout this module runs from
     has one (``make models`` exported it, ``make install`` has not copied it yet), that one.
     """
-    from ..paths import default_model_dir
     installed = default_model_dir()
     if os.path.isfile(os.path.join(installed, 'policy.onnx')):
         return installed
@@ -132,9 +142,6 @@ def generate_bag(path: str, start_ns: int = 1000 * NS, storage: str = 'mcap') ->
     Bag times are what a recorder stores (receive times): camera frames arrive 4 ms after
     their header stamp, joint_states 1 ms after theirs; none falls on a 50 ms control tick.
     """
-    from ..bag import topics as bag_topics
-    from ..bag.record import Recording
-    from ..nodes.common import LATCHED_QOS, SENSOR_QOS
     # Serialized by rosbags, which writes CDR alignment padding as zeros (rclpy leaves it
     # uninitialised): the bag's bytes, and the digest a golden keeps of them, never change.
     store = bag_topics.typestore()
@@ -198,8 +205,6 @@ def read_inputs(bag: str, topics: Sequence[str] = INPUT_TOPICS,
     ``camera/image_raw``). The digest is a sha256 over every (topic, time, bytes)
     replayed, so a golden can tell whether it is checked against the bag it was made from.
     """
-    from ..bag import topics as bag_topics
-    from ..bag.play import open_bag
     reader = open_bag(bag)
     renamed = {bag_topics.resolve(k): bag_topics.resolve(v) for k, v in (remap or {}).items()}
     wanted = {bag_topics.resolve(t) for t in topics}
@@ -257,8 +262,6 @@ def replay(bag: str, params_file: str, overrides: Dict[str, Dict], tail_s: float
     """
     import rclpy
 
-    from ..bag import topics as bag_topics
-    from .lockstep import Lockstep
     inputs = read_inputs(bag, topics, remap)
     owns = not rclpy.ok()
     if owns:
@@ -477,8 +480,6 @@ class Prepared:
 
     def __init__(self, case: Dict, case_path: str, bag: str = ''):
         """Resolve the case's model, action space, parameters and bag (writing temporaries)."""
-        from ..graph import node_params
-        from ..paths import default_action_space_file, default_params_file, share_file
         import yaml
         self.tmp = tempfile.mkdtemp(prefix='vla_golden_')
         space = case.get('action_space', 'shipped')
@@ -488,8 +489,6 @@ class Prepared:
         }.get(space) or _resolve(space, case_path)
         model = case.get('model', 'shipped')
         if model == 'test_model':
-            from ..core.action_space import ActionSpace
-            from . import known_model
             self.model_dir = known_model.write(os.path.join(self.tmp, 'test_model'),
                                                ActionSpace.from_yaml(self.action_space_file))
         else:
@@ -539,7 +538,6 @@ class Prepared:
 
 
 def _model_identity(model_dir: str) -> Dict:
-    from ..core.model_contract import file_sha256
     out = {'policy_sha256': file_sha256(os.path.join(model_dir, 'policy.onnx'))}
     manifest = os.path.join(model_dir, 'manifest.json')
     if os.path.isfile(manifest):

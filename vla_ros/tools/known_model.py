@@ -25,6 +25,7 @@ import numpy as np
 
 from ..core import model_contract as mc
 from ..core.action_space import ActionSpace
+from ..paths import default_action_space_file
 
 TEXT_DIM = 8
 TEXT_ENCODER_ID = 'vla_ros/test-word-embedding-v1'
@@ -186,7 +187,6 @@ def write(out_dir: str, space: ActionSpace) -> str:
 
 def main(argv: Sequence[str] = None) -> int:
     """Command line: write the test model to --out."""
-    from ..paths import default_action_space_file
     parser = argparse.ArgumentParser(prog='vla-ros test-model', description=__doc__.split(
         '\n')[0])
     parser.add_argument('--out', required=True, help='output directory')

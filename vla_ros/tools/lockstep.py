@@ -47,8 +47,10 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
 from .up import ProcessGroup
+from ..conversions import msg_to_tokens, time_to_ns
 from ..graph import (DEFAULT_REMAPPINGS, MANAGED, MANAGER, node_params, NodeSpec, PIPELINE,
                      with_manager)
 
@@ -146,9 +148,7 @@ class Lockstep:
         from rosgraph_msgs.msg import Clock
         from sensor_msgs.msg import Image
         from std_msgs.msg import Float64MultiArray
-        from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
-        from ..conversions import msg_to_tokens, time_to_ns
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         best_effort = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
         clock_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
