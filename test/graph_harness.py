@@ -164,20 +164,20 @@ class Harness(Node):
 
 def sim_graph(params_file, expert: bool = False, without=()):
     """
-    Yield (Recorder, ProcessGroup): sim_node and the pipeline nodes on sim time.
+    Yield (SimProbe, ProcessGroup): sim_node and the pipeline nodes on sim time.
 
     ``expert`` makes sim_node publish the scripted expert's tokens (inference_node is then
     left out); ``without`` names more nodes to leave out. A generator for pytest fixtures.
     """
     from vla_ros.graph import pipeline_nodes
-    from vla_ros.tools.demo import Recorder
+    from vla_ros.tools.sim_probe import SimProbe
     from vla_ros.tools.up import ProcessGroup
     overrides = {'sim_node': {'expert_actions': True}} if expert else None
     skip = set(without) | ({'inference_node'} if expert else set())
     specs = pipeline_nodes(with_sim=True, overrides=overrides, without=tuple(skip))
     group = ProcessGroup(params_file, use_sim_time=True, quiet=True)
     group.start_all(specs)
-    rec = Recorder(video_tasks=())
+    rec = SimProbe(video_tasks=())
     try:
         yield rec, group
     finally:

@@ -20,22 +20,17 @@ import datetime
 import json
 import os
 import sys
-import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-from vla_ros_interfaces.msg import ActionTokens
-
+from .demo_report import pipeline_figures, rate, summary_markdown, write_plots, write_video
+from .sim_probe import SimProbe, VIDEO_EVERY
 from .up import ProcessGroup
 from ..graph import dds_profile_env, pipeline_nodes
-from ..nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
 from ..paths import default_model_dir, default_params_file
 from ..sim.tasks import TASK_NAMES, TASKS
 
 DEFAULT_EPISODES = 1
-VIDEO_EVERY = 2          # keep every 2nd camera frame (12.5 Hz → ~6 fps) for the video
-VIDEO_MAX_FRAMES = 900
 
 
 def model_trained(policy_path: str) -> Optional[bool]:
@@ -49,333 +44,6 @@ def model_trained(policy_path: str) -> Optional[bool]:
     if 'vla_ros.trained' not in meta:
         return None
     return meta['vla_ros.trained'].strip().lower() == 'true'
-
-
-class Recorder:
-    """A node in the demo process: records the graph and drives the episodes."""
-
-    def __init__(self, video_tasks: Sequence[str]):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.node import Node
-        from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import TwistStamped
-        from nav_msgs.msg import Odometry
-        from rcl_interfaces.srv import SetParameters
-        from sensor_msgs.msg import Image, JointState
-        from std_msgs.msg import Float64MultiArray, String
-        from std_srvs.srv import SetBool, Trigger
-
-        rclpy.init()
-        self.rclpy = rclpy
-        self.node = node = Node('vla_demo')
-        self.lock = threading.Lock()
-        self.sim_now = 0.0
-        self.status: Dict = {}
-        self.tokens = 0
-        self.video_tasks = set(video_tasks)
-        self.recording_video = False
-        self.frames: List = []
-        self.frame_count = 0
-        self.image_times: List[float] = []
-        self.state_times: List[float] = []
-        self.arm_times: List[float] = []
-        self.diagnostics: Dict[str, Dict[str, str]] = {}
-        self.measured: List = []     # (sim t, arm q[7])
-        self.commanded: List = []    # (sim t, arm q[7])
-        self.base_cmd: List = []     # (sim t, vx, vy, wz)
-        self.base_meas: List = []
-        self.instruction = ''
-        self._state_skip = 0
-        node.create_subscription(Image, 'camera/image_raw', self._on_image, SENSOR_QOS)
-        node.create_subscription(JointState, 'joint_states', self._on_joints, SENSOR_QOS)
-        node.create_subscription(Float64MultiArray, 'arm_controller/commands', self._on_arm,
-                                 COMMAND_QOS)
-        node.create_subscription(TwistStamped, 'cmd_vel', self._on_cmd_vel, COMMAND_QOS)
-        node.create_subscription(Odometry, 'odom', self._on_odom, 10)
-        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
-        node.create_subscription(String, 'sim/task_status', self._on_status, LATCHED_QOS)
-        node.create_subscription(ActionTokens, 'vla/action_tokens', self._on_tokens,
-                                 COMMAND_QOS)
-        self.enable = node.create_client(SetBool, 'vla/enable')
-        self.reset = node.create_client(Trigger, 'sim/reset')
-        self.set_params = node.create_client(SetParameters, 'sim_node/set_parameters')
-        self._types = {'SetBool': SetBool, 'Trigger': Trigger, 'SetParameters': SetParameters}
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(node)
-        self._running = True
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self):
-        while self._running and self.rclpy.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # shutting down
-                break
-
-    # -- callbacks ------------------------------------------------------------------------
-    def _on_image(self, msg):
-        with self.lock:
-            self.image_times.append(time.monotonic())
-            self.frame_count += 1
-            if (self.recording_video and self.frame_count % VIDEO_EVERY == 0
-                    and len(self.frames) < VIDEO_MAX_FRAMES):
-                image = np.frombuffer(bytes(msg.data), np.uint8).reshape(
-                    msg.height, msg.width, 3)
-                self.frames.append((image.copy(), self.instruction,
-                                    dict(self.status)))
-
-    def _on_joints(self, msg):
-        # joint_states carry sim time; the demo keeps no /clock subscription of its own
-        # (250 more callbacks a second in this process would slow the graph it measures).
-        t = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        with self.lock:
-            self.sim_now = t
-            self.state_times.append(time.monotonic())
-            self._state_skip += 1
-            if self._state_skip % 5 == 0:  # 50 Hz is plenty for the plots
-                self.measured.append((t, np.array(msg.position[:7])))
-
-    def _on_arm(self, msg):
-        with self.lock:
-            self.arm_times.append(time.monotonic())
-            self.commanded.append((self.sim_now, np.array(msg.data)))
-
-    def _on_diagnostics(self, msg):
-        with self.lock:
-            for status in msg.status:
-                if status.hardware_id == 'vla_ros':
-                    self.diagnostics[status.name.split('/')[-1]] = {
-                        kv.key: kv.value for kv in status.values}
-
-    def _on_cmd_vel(self, msg):
-        with self.lock:
-            tw = msg.twist
-            self.base_cmd.append((self.sim_now, tw.linear.x, tw.linear.y, tw.angular.z))
-
-    def _on_odom(self, msg):
-        t = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        tw = msg.twist.twist
-        with self.lock:
-            self.base_meas.append((t, tw.linear.x, tw.linear.y, tw.angular.z))
-
-    def _on_status(self, msg):
-        self.status = json.loads(msg.data)
-
-    def _on_tokens(self, msg):
-        self.tokens += 1
-
-    # -- driving ----------------------------------------------------------------------------
-    def call(self, client, request, timeout: float = 15.0):
-        """Call a service from the main thread (the executor thread spins)."""
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError(f'service {client.srv_name} is not available after {timeout} s')
-        future = client.call_async(request)
-        deadline = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f'service {client.srv_name} did not answer in {timeout} s')
-            time.sleep(0.01)
-        return future.result()
-
-    def set_enabled(self, enabled: bool):
-        """Open or close the interpolation node's motion gate."""
-        request = self._types['SetBool'].Request(data=enabled)
-        return self.call(self.enable, request)
-
-    def start_episode(self, task: str, seed: int) -> Dict:
-        """Gate closed → sim parameters → sim/reset → gate open; returns the episode."""
-        from rclpy.parameter import Parameter
-        self.set_enabled(False)
-        request = self._types['SetParameters'].Request()
-        request.parameters = [Parameter('task', value=task).to_parameter_msg(),
-                              Parameter('seed', value=int(seed)).to_parameter_msg()]
-        result = self.call(self.set_params, request)
-        if not all(r.successful for r in result.results):
-            raise RuntimeError(f'sim_node refused task={task} seed={seed}: '
-                               f'{[r.reason for r in result.results]}')
-        response = self.call(self.reset, self._types['Trigger'].Request())
-        if not response.success:
-            raise RuntimeError(f'sim/reset failed: {response.message}')
-        episode = json.loads(response.message)
-        self.instruction = episode['instruction']
-        # Let a few post-reset joint_states reach interpolation_node, then open the gate:
-        # opening re-syncs its commanded state to the measured one.
-        time.sleep(0.1)
-        self.set_enabled(True)
-        return episode
-
-    def wait_done(self, task: str, seed: int, timeout: float) -> Dict:
-        """Block until sim/task_status says this episode is done (or the wall timeout)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            s = self.status
-            if s.get('task') == task and s.get('seed') == seed and s.get('done'):
-                return dict(s)
-            time.sleep(0.05)
-        s = dict(self.status)
-        s['done'] = False
-        s['timed_out_wall'] = True
-        return s
-
-    def wait_for(self, predicate, timeout: float) -> bool:
-        """Poll ``predicate`` until true or ``timeout`` seconds pass."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.05)
-        return False
-
-    def close(self):
-        """Stop spinning and shut rclpy down."""
-        self._running = False
-        self._thread.join(timeout=2.0)
-        self.node.destroy_node()
-        self.rclpy.try_shutdown()
-
-
-def _rate(times: List[float], since: float) -> float:
-    t = [x for x in times if x >= since]
-    return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 2 and t[-1] > t[0] else 0.0
-
-
-def _overlay(image: np.ndarray, instruction: str, status: Dict) -> np.ndarray:
-    from PIL import Image as PILImage, ImageDraw, ImageFont
-    canvas = PILImage.fromarray(image)
-    draw = ImageDraw.Draw(canvas)
-    try:
-        font = ImageFont.load_default(size=14)
-    except TypeError:  # Pillow < 10.1 has no sized default font
-        font = ImageFont.load_default()
-    draw.rectangle((0, 0, image.shape[1], 20), fill=(0, 0, 0))
-    draw.text((4, 3), instruction, fill=(255, 255, 255), font=font)
-    if status:
-        ok = status.get('success')
-        text = f't={status.get("episode_time", 0):.1f}s' + ('  success' if ok else '')
-        draw.rectangle((0, image.shape[0] - 20, image.shape[1], image.shape[0]), fill=(0, 0, 0))
-        draw.text((4, image.shape[0] - 17), text, fill=(120, 255, 120) if ok else (230, 230, 230),
-                  font=font)
-    return np.asarray(canvas)
-
-
-def write_video(frames, out_dir: str, fps: float) -> Optional[str]:
-    """MP4 if imageio has an ffmpeg/pyav backend, else GIF; returns the file name."""
-    import imageio
-    if not frames:
-        return None
-    images = [_overlay(img, text, status) for img, text, status in frames]
-    mp4 = os.path.join(out_dir, 'camera.mp4')
-    try:
-        imageio.mimsave(mp4, images, fps=fps)
-        return 'camera.mp4'
-    except Exception:  # no ffmpeg backend here: GIF needs only Pillow
-        if os.path.exists(mp4):
-            os.remove(mp4)
-    gif = os.path.join(out_dir, 'camera.gif')
-    imageio.mimsave(gif, images, duration=1.0 / fps, loop=0)
-    return 'camera.gif'
-
-
-def _finish(plt, fig, axes, out_dir: str, name: str, title: str, xlabel: str) -> str:
-    """Label, save and close one figure; return its file name."""
-    axes[0].legend(loc='upper right', fontsize=8)
-    axes[-1].set_xlabel(xlabel)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, name), dpi=90)
-    plt.close(fig)
-    return name
-
-
-def write_plots(rec: Recorder, out_dir: str, episodes: List[Dict]) -> List[str]:
-    """Commanded vs measured arm joints and base velocity, against sim time."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    files = []
-    with rec.lock:
-        measured, commanded = list(rec.measured), list(rec.commanded)
-        base_cmd, base_meas = list(rec.base_cmd), list(rec.base_meas)
-    if measured:
-        fig, axes = plt.subplots(7, 1, figsize=(11, 13), sharex=True)
-        tm = np.array([t for t, _ in measured])
-        qm = np.array([q for _, q in measured])
-        tc = np.array([t for t, _ in commanded]) if commanded else np.zeros(0)
-        qc = np.array([q for _, q in commanded]) if commanded else np.zeros((0, 7))
-        for j, ax in enumerate(axes):
-            ax.plot(tm, qm[:, j], lw=1.0, label='measured (joint_states)')
-            if len(tc):
-                ax.plot(tc, qc[:, j], lw=0.8, ls='--', label='commanded (arm_controller)')
-            ax.set_ylabel(f'joint {j + 1} (rad)')
-            for e in episodes:
-                ax.axvline(e['start_sim_time'], color='0.7', lw=0.6)
-        files.append(_finish(plt, fig, axes, out_dir, 'arm_joints.png',
-                             'Arm: commanded vs measured joint positions',
-                             'sim time (s); grey lines: episode starts'))
-    if base_meas:
-        fig, axes = plt.subplots(3, 1, figsize=(11, 7), sharex=True)
-        bm = np.array(base_meas)
-        bc = np.array(base_cmd) if base_cmd else np.zeros((0, 4))
-        for i, (ax, name) in enumerate(zip(axes, ('vx (m/s)', 'vy (m/s)', 'wz (rad/s)'))):
-            ax.plot(bm[:, 0], bm[:, i + 1], lw=1.0, label='measured (odom)')
-            if len(bc):
-                ax.plot(bc[:, 0], bc[:, i + 1], lw=0.8, ls='--', label='commanded (cmd_vel)')
-            ax.set_ylabel(name)
-        files.append(_finish(plt, fig, axes, out_dir, 'base_velocity.png',
-                             'Base: commanded vs measured velocity (base frame)',
-                             'sim time (s)'))
-    return files
-
-
-def summary_markdown(summary: Dict) -> str:
-    """Human-readable report."""
-    lines = ['# vla_ros closed-loop demo', '']
-    lines.append(f'- when: {summary["started"]}  (wall {summary["wall_time_s"]:.0f} s)')
-    lines.append(f'- actions from: {summary["action_source"]}')
-    if summary['model_note']:
-        lines.append(f'- **{summary["model_note"]}**')
-    lines.append(f'- real-time factor (sim): requested {summary["real_time_factor_requested"]}'
-                 f', achieved {summary["real_time_factor"]:.2f}')
-    r = summary['rates_hz']
-    lines.append(f'- rates seen by the demo (wall Hz): camera/image_raw {r["camera"]:.1f}, '
-                 f'joint_states {r["joint_states"]:.1f}, vla/action_tokens '
-                 f'{r["action_tokens"]:.2f}, arm_controller/commands {r["arm_commands"]:.2f}')
-    f = summary['pipeline']
-    if f:
-        lines.append(
-            '- pipeline, from the node diagnostics (sim clock, 4 ms /clock steps): inference '
-            f'{f["inference_rate_hz"]} Hz, model run p50/p99 {f["model_ms_p50"]}/'
-            f'{f["model_ms_p99"]} ms; control {f["control_rate_hz"]} Hz, period jitter p99 '
-            f'{f["control_jitter_ms_p99"]} ms; camera stamp → first command p50/p99 '
-            f'{f["latency_ms_p50"]}/{f["latency_ms_p99"]} ms')
-    lines += ['', '| task | success | rate |', '|---|---|---|']
-    for task, t in summary['tasks'].items():
-        lines.append(f'| {task} | {t["successes"]}/{t["episodes"]} | '
-                     f'{100 * t["success_rate"]:.0f} % |')
-    lines += ['', '| task | seed | instruction | success | episode time (s) |',
-              '|---|---|---|---|---|']
-    for e in summary['episodes']:
-        lines.append(f'| {e["task"]} | {e["seed"]} | {e["instruction"]} | '
-                     f'{"yes" if e["success"] else "no"} | {e["episode_time"]:.1f} |')
-    lines += ['', 'Files: ' + ', '.join(summary['files']), '']
-    return '\n'.join(lines)
-
-
-def _pipeline_figures(diagnostics: Dict[str, Dict[str, str]]) -> Dict[str, str]:
-    """Pick the inference/control figures out of the latest /diagnostics of the nodes."""
-    inf = diagnostics.get('inference_node', {})
-    ctl = diagnostics.get('interpolation_node', {})
-    return {
-        'inference_rate_hz': inf.get('rate_hz', 'n/a'),
-        'model_ms_p50': inf.get('model_ms_p50', 'n/a'),
-        'model_ms_p99': inf.get('model_ms_p99', 'n/a'),
-        'control_rate_hz': ctl.get('rate_hz', 'n/a'),
-        'control_jitter_ms_p99': ctl.get('jitter_ms_p99', 'n/a'),
-        'latency_ms_p50': ctl.get('latency_ms_p50', 'n/a'),
-        'latency_ms_p99': ctl.get('latency_ms_p99', 'n/a'),
-    }
 
 
 def main(argv: Sequence[str] = None) -> int:
@@ -443,7 +111,7 @@ def main(argv: Sequence[str] = None) -> int:
     code = 0
     try:
         group.start_all(specs)
-        rec = Recorder(args.tasks)
+        rec = SimProbe(args.tasks)
         ready = rec.wait_for(lambda: len(rec.state_times) > 10 and rec.status, 60.0)
         if not ready:
             raise RuntimeError('sim_node did not come up within 60 s')
@@ -479,12 +147,12 @@ def main(argv: Sequence[str] = None) -> int:
                       f'{result["episode_time"]:5.1f} s  "{episode["instruction"]}"  '
                       f'(rtf {status.get("real_time_factor", 0):.2f})', flush=True)
         wall = time.monotonic() - measure_from
-        rates = {'camera': _rate(rec.image_times, measure_from),
-                 'joint_states': _rate(rec.state_times, measure_from),
+        rates = {'camera': rate(rec.image_times, measure_from),
+                 'joint_states': rate(rec.state_times, measure_from),
                  'action_tokens': (rec.tokens - tokens_from) / wall if wall > 0 else 0.0,
-                 'arm_commands': _rate(rec.arm_times, measure_from)}
+                 'arm_commands': rate(rec.arm_times, measure_from)}
         with rec.lock:
-            pipeline = _pipeline_figures(rec.diagnostics)
+            pipeline = pipeline_figures(rec.diagnostics)
         rtf = float(rec.status.get('real_time_factor', 0.0))
     except (RuntimeError, KeyboardInterrupt) as exc:
         print(f'vla-ros demo: stopped early: {exc}', file=sys.stderr)
