@@ -516,10 +516,14 @@ def test_kill_9_and_restart_of_each_node(bench):
         print(f'{name}: 3 fresh tokens {ticks} ticks after the restart')
         _assert_alive(bench)
         assert not checker.violations, '\n'.join(checker.violations)
-        # ... and interpolation_node tracks their targets.
+        # ... and interpolation_node tracks their targets (its state comes with the next
+        # /diagnostics report, once a wall-clock second: a report from just before the
+        # targets resumed may still say target_timeout, so up to three reports are read).
         assert [e for e in records.arm if e['t_ns'] > restarted_at], name
-        state = bench.state()
-        assert state == 'tracking', (name, state, step.diagnostic_messages, step.logs())
+        states = [bench.state()]
+        while states[-1] != 'tracking' and len(states) < 3:
+            states.append(bench.state())
+        assert states[-1] == 'tracking', (name, states, step.diagnostic_messages, step.logs())
     # While interpolation_node was dead its last cmd_vel stayed on the wire; the new process
     # starts the base from zero (README, safety: the base controller's own cmd_vel timeout
     # stops the base meanwhile). Shown here, not hidden.
