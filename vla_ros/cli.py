@@ -6,6 +6,8 @@ import sys
 from typing import Sequence
 
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+# MuJoCo renders headless through EGL unless told otherwise (eval, collect, sim_node).
+os.environ.setdefault('MUJOCO_GL', 'egl')
 
 VERBS = {
     'up': ('vla_ros.tools.up', 'start the pipeline nodes as processes (--sim adds MuJoCo)'),

@@ -22,6 +22,7 @@ service (std_srvs/Trigger) start a new one; ``vla/instruction`` (latched) and
 from dataclasses import dataclass
 import json
 import math
+import os
 import threading
 import time
 from typing import Optional
@@ -424,6 +425,7 @@ class SimNode(Node):
 
 def main(args=None):
     """Run sim_node."""
+    os.environ.setdefault('MUJOCO_GL', 'egl')  # headless rendering unless told otherwise
     exit_with(run(SimNode, args))
 
 
