@@ -17,6 +17,10 @@ snapshot of the state, so a slow frame never delays physics.
 Episodes: parameters ``task`` and ``seed`` (changeable at run time) and the ``sim/reset``
 service (std_srvs/Trigger) start a new one; ``vla/instruction`` (latched) and
 ``sim/task_status`` (JSON) tell the graph what is being asked and how it is going.
+
+Length (over 300 lines): the simulator's ROS wiring (parameters, nine topics, three
+services, the stepping thread with its pacer, resets, the optional scripted expert); the
+physics, camera, controllers and tasks live in ``sim/``.
 """
 
 from dataclasses import dataclass
