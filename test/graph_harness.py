@@ -1,20 +1,15 @@
 """A real rclpy node that plays camera, operator and robot around the pipeline under test."""
 
-import threading
 import time
 from typing import Callable, List, Tuple
 
-from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TwistStamped
 import numpy as np
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
-from std_srvs.srv import SetBool
 from vla_ros.conversions import array_to_image, target_to_msg
 from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
+from vla_ros.tools.probe import Probe
 from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
 JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
@@ -37,56 +32,61 @@ def print_logs(group, lines: int = 30):
         print('\n'.join(output[-lines:]))
 
 
-class Harness(Node):
+class Harness(Probe):
     """Publishes images, joint states, instruction, e-stop; records controller commands."""
 
     def __init__(self, name: str = 'test_harness'):
+        """Create the endpoints and timers (camera 10 Hz, joints 50 Hz), then spin."""
         super().__init__(name)
-        self.lock = threading.Lock()
+        node = self.node
         self.arm: List[Tuple[float, np.ndarray]] = []
         self.base: List[Tuple[float, np.ndarray]] = []
         self.gripper: List[Tuple[float, float]] = []
         self.vla_images: List[Tuple[float, Image]] = []
         self.tokens: List[Tuple[float, bytes]] = []
-        self.diagnostics: dict = {}
-        self.image_pub = self.create_publisher(Image, 'camera/image_raw', SENSOR_QOS)
-        self.joint_pub = self.create_publisher(JointState, 'joint_states', SENSOR_QOS)
-        self.instruction_pub = self.create_publisher(String, 'vla/instruction', LATCHED_QOS)
-        self.estop_pub = self.create_publisher(Bool, 'vla/estop', LATCHED_QOS)
-        self.target_pub = self.create_publisher(ActionTarget, 'vla/target', COMMAND_QOS)
-        self.enable_client = self.create_client(SetBool, 'vla/enable')
-        self.create_subscription(Float64MultiArray, 'arm_controller/commands',
+        self.image_pub = node.create_publisher(Image, 'camera/image_raw', SENSOR_QOS)
+        self.joint_pub = node.create_publisher(JointState, 'joint_states', SENSOR_QOS)
+        self.instruction_pub = node.create_publisher(String, 'vla/instruction', LATCHED_QOS)
+        self.estop_pub = node.create_publisher(Bool, 'vla/estop', LATCHED_QOS)
+        self.target_pub = node.create_publisher(ActionTarget, 'vla/target', COMMAND_QOS)
+        node.create_subscription(Float64MultiArray, 'arm_controller/commands',
                                  self._record(self.arm, lambda m: np.array(m.data)),
                                  COMMAND_QOS)
-        self.create_subscription(TwistStamped, 'cmd_vel', self._record(
-            self.base, lambda m: np.array([m.twist.linear.x, m.twist.linear.y,
-                                           m.twist.angular.z])), COMMAND_QOS)
-        self.create_subscription(Float64MultiArray, 'gripper_controller/commands',
+        # cmd_vel values, and (publish stamp s, values): the stamp tells how many control
+        # ticks lie between two commands even if one was not received.
+        self.base_stamped: List[Tuple[float, np.ndarray]] = []
+        node.create_subscription(TwistStamped, 'cmd_vel', self._on_cmd_vel, COMMAND_QOS)
+        node.create_subscription(Float64MultiArray, 'gripper_controller/commands',
                                  self._record(self.gripper, lambda m: float(m.data[0])),
                                  COMMAND_QOS)
-        self.create_subscription(Image, 'vla/image', self._record(self.vla_images, lambda m: m),
+        node.create_subscription(Image, 'vla/image', self._record(self.vla_images, lambda m: m),
                                  LATEST_IMAGE_QOS)
-        self.create_subscription(ActionTokens, 'vla/action_tokens',
+        node.create_subscription(ActionTokens, 'vla/action_tokens',
                                  self._record(self.tokens, lambda m: bytes(m.tokens)), COMMAND_QOS)
-        self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         self.image = np.zeros((300, 300, 3), np.uint8)
         self.joint_names = list(JOINTS)
         self.joint_positions = np.zeros(7)
         self.camera_enabled = True
-        self.create_timer(0.1, self._publish_image)
-        self.create_timer(0.02, self._publish_joints)
-        self._executor = SingleThreadedExecutor()
-        self._executor.add_node(self)
-        self._running = True
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
+        node.create_timer(0.1, self._publish_image)
+        node.create_timer(0.02, self._publish_joints)
+        self.start()
 
-    def _spin(self):
-        while self._running and rclpy.ok():
-            try:
-                self._executor.spin_once(timeout_sec=0.05)
-            except Exception:  # context shut down while spinning
-                break
+    @property
+    def diagnostics(self) -> dict:
+        """Node name → newest DiagnosticStatus."""
+        with self.lock:
+            return dict(self.statuses)
+
+    def get_clock(self):
+        """Return the harness node's clock."""
+        return self.node.get_clock()
+
+    def _on_cmd_vel(self, msg):
+        v = np.array([msg.twist.linear.x, msg.twist.linear.y, msg.twist.angular.z])
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        with self.lock:
+            self.base.append((time.monotonic(), v))
+            self.base_stamped.append((stamp, v))
 
     def _record(self, store: list, convert: Callable):
         def callback(msg):
@@ -94,19 +94,14 @@ class Harness(Node):
                 store.append((time.monotonic(), convert(msg)))
         return callback
 
-    def _on_diagnostics(self, msg):
-        with self.lock:
-            for status in msg.status:
-                self.diagnostics[status.name.split('/')[-1]] = status
-
     def _publish_image(self):
         if self.camera_enabled:
-            stamp = self.get_clock().now().to_msg()
+            stamp = self.node.get_clock().now().to_msg()
             self.image_pub.publish(array_to_image(self.image, 'rgb8', stamp, 'camera'))
 
     def _publish_joints(self):
         msg = JointState()
-        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.stamp = self.node.get_clock().now().to_msg()
         msg.name = list(self.joint_names)
         msg.position = [float(v) for v in self.joint_positions]
         self.joint_pub.publish(msg)
@@ -115,12 +110,6 @@ class Harness(Node):
         """Publish a whole target stamped ``stamp_ns`` (as the detokenizer does)."""
         self.target_pub.publish(target_to_msg(list(arm) + list(base) + [gripper], stamp_ns,
                                               JOINTS))
-
-    def diagnostic_values(self, node: str) -> dict:
-        """Return the newest /diagnostics key-values of ``node`` (empty when none yet)."""
-        with self.lock:
-            status = self.diagnostics.get(node)
-        return {} if status is None else {kv.key: kv.value for kv in status.values}
 
     def set_color(self, r: int, g: int, b: int):
         """Make every camera frame one uniform colour."""
@@ -141,25 +130,9 @@ class Harness(Node):
         with self.lock:
             return [x for x in store if x[0] >= t0]
 
-    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Poll ``predicate`` until true or ``timeout`` s pass."""
-        return wait_for(predicate, timeout)
-
     def call_enable(self, value: bool, timeout: float = 5.0):
         """Call vla/enable; returns the response."""
-        assert self.enable_client.wait_for_service(timeout_sec=timeout)
-        future = self.enable_client.call_async(SetBool.Request(data=value))
-        end = time.monotonic() + timeout
-        while not future.done() and time.monotonic() < end:
-            time.sleep(0.01)
-        return future.result()
-
-    def close(self):
-        """Stop spinning and destroy the node."""
-        self._running = False
-        self._thread.join(timeout=2.0)
-        self._executor.shutdown(timeout_sec=1.0)
-        self.destroy_node()
+        return self.set_enabled(value, timeout)
 
 
 def sim_graph(params_file, expert: bool = False, without=()):
@@ -176,11 +149,13 @@ def sim_graph(params_file, expert: bool = False, without=()):
     skip = set(without) | ({'inference_node'} if expert else set())
     specs = pipeline_nodes(with_sim=True, overrides=overrides, without=tuple(skip))
     group = ProcessGroup(params_file, use_sim_time=True, quiet=True)
-    group.start_all(specs)
-    rec = SimProbe(video_tasks=())
+    rec = None
     try:
+        group.start_all(specs)
+        rec = SimProbe(video_tasks=())
         yield rec, group
-    finally:
-        rec.close()
+    finally:  # the node processes stop even when the probe could not be made
+        if rec is not None:
+            rec.close()
         group.stop()
         print_logs(group)

@@ -135,7 +135,7 @@ def test_duplicated_joint_names_in_joint_states_are_rejected(harness, params_fil
 
 def test_lost_clock_stops_the_base_on_the_steady_clock_and_resumes(harness, params_file):
     """Issue 7.1: with /clock frozen the 20 Hz timer stalled and cmd_vel stayed at 0.4."""
-    clock = SimClock(harness)
+    clock = SimClock(harness.node)
     group = _interpolation_node(params_file, use_sim_time=True, command_timeout=0.5,
                                 clock_timeout=0.5)
     arm, base = np.full(7, 0.3), np.array([0.4, 0.0, 0.0])

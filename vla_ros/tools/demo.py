@@ -151,8 +151,7 @@ def main(argv: Sequence[str] = None) -> int:
                  'joint_states': rate(rec.state_times, measure_from),
                  'action_tokens': (rec.tokens - tokens_from) / wall if wall > 0 else 0.0,
                  'arm_commands': rate(rec.arm_times, measure_from)}
-        with rec.lock:
-            pipeline = pipeline_figures(rec.diagnostics)
+        pipeline = pipeline_figures(rec.diagnostics)
         rtf = float(rec.status.get('real_time_factor', 0.0))
     except (RuntimeError, KeyboardInterrupt) as exc:
         print(f'vla-ros demo: stopped early: {exc}', file=sys.stderr)

@@ -1,49 +1,40 @@
 """
 The probe beside a simulated graph (``vla-ros demo`` and the closed-loop tests).
 
-One rclpy node, spun on its own thread: it records the camera, joint states, arm and base
-commands, odometry, action tokens, task status and /diagnostics (with sim-time stamps),
-keeps camera frames for the demo video, and drives episodes through the graph's services
-(``vla/enable``, ``sim_node/set_parameters``, ``sim/reset``). It initialises rclpy only when
-the caller has not.
+A ``tools/probe.Probe`` (its node, thread, diagnostics, enable client and service calls)
+that also records the camera, joint states, arm and base commands, odometry, action tokens
+and task status (with sim-time stamps), keeps camera frames for the demo video, and drives
+episodes through ``sim_node/set_parameters`` and ``sim/reset``.
 """
 
 import json
-import threading
 import time
 from typing import Dict, List, Sequence
 
+from geometry_msgs.msg import TwistStamped
+from nav_msgs.msg import Odometry
 import numpy as np
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import Trigger
 from vla_ros_interfaces.msg import ActionTokens
 
+from .probe import Probe
 from ..nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
 
 VIDEO_EVERY = 2          # keep every 2nd camera frame (12.5 Hz → ~6 fps) for the video
 VIDEO_MAX_FRAMES = 900
 
 
-class SimProbe:
+class SimProbe(Probe):
     """A node beside a simulated graph: records what it publishes and drives its episodes."""
 
     def __init__(self, video_tasks: Sequence[str]):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.node import Node
-        from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import TwistStamped
-        from nav_msgs.msg import Odometry
-        from rcl_interfaces.srv import SetParameters
-        from sensor_msgs.msg import Image, JointState
-        from std_msgs.msg import Float64MultiArray, String
-        from std_srvs.srv import SetBool, Trigger
-
-        # The context is the caller's when it already made one (tests); else the probe's.
-        self._owns_context = not rclpy.ok()
-        if self._owns_context:
-            rclpy.init()
-        self.rclpy = rclpy
-        self.node = node = Node('vla_demo')
-        self.lock = threading.Lock()
+        """Subscribe to the simulated robot and the graph, then start spinning."""
+        super().__init__('vla_demo')
+        node = self.node
         self.sim_now = 0.0
         self.status: Dict = {}
         self.tokens = 0
@@ -54,7 +45,6 @@ class SimProbe:
         self.image_times: List[float] = []
         self.state_times: List[float] = []
         self.arm_times: List[float] = []
-        self.diagnostics: Dict[str, Dict[str, str]] = {}
         self.measured: List = []     # (sim t, arm q[7])
         self.commanded: List = []    # (sim t, arm q[7])
         self.base_cmd: List = []     # (sim t, vx, vy, wz)
@@ -67,26 +57,12 @@ class SimProbe:
                                  COMMAND_QOS)
         node.create_subscription(TwistStamped, 'cmd_vel', self._on_cmd_vel, COMMAND_QOS)
         node.create_subscription(Odometry, 'odom', self._on_odom, 10)
-        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         node.create_subscription(String, 'sim/task_status', self._on_status, LATCHED_QOS)
         node.create_subscription(ActionTokens, 'vla/action_tokens', self._on_tokens,
                                  COMMAND_QOS)
-        self.enable = node.create_client(SetBool, 'vla/enable')
         self.reset = node.create_client(Trigger, 'sim/reset')
         self.set_params = node.create_client(SetParameters, 'sim_node/set_parameters')
-        self._types = {'SetBool': SetBool, 'Trigger': Trigger, 'SetParameters': SetParameters}
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(node)
-        self._running = True
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self):
-        while self._running and self.rclpy.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # shutting down
-                break
+        self.start()
 
     # -- callbacks ------------------------------------------------------------------------
     def _on_image(self, msg):
@@ -116,12 +92,12 @@ class SimProbe:
             self.arm_times.append(time.monotonic())
             self.commanded.append((self.sim_now, np.array(msg.data)))
 
-    def _on_diagnostics(self, msg):
+    @property
+    def diagnostics(self) -> Dict[str, Dict[str, str]]:
+        """Node name → newest /diagnostics key-values of the vla_ros nodes."""
         with self.lock:
-            for status in msg.status:
-                if status.hardware_id == 'vla_ros':
-                    self.diagnostics[status.name.split('/')[-1]] = {
-                        kv.key: kv.value for kv in status.values}
+            names = [n for n, st in self.statuses.items() if st.hardware_id == 'vla_ros']
+        return {n: self.diagnostic_values(n) for n in names}
 
     def _on_cmd_vel(self, msg):
         with self.lock:
@@ -141,35 +117,17 @@ class SimProbe:
         self.tokens += 1
 
     # -- driving ----------------------------------------------------------------------------
-    def call(self, client, request, timeout: float = 15.0):
-        """Call a service from the main thread (the executor thread spins)."""
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError(f'service {client.srv_name} is not available after {timeout} s')
-        future = client.call_async(request)
-        deadline = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f'service {client.srv_name} did not answer in {timeout} s')
-            time.sleep(0.01)
-        return future.result()
-
-    def set_enabled(self, enabled: bool):
-        """Open or close the interpolation node's motion gate."""
-        request = self._types['SetBool'].Request(data=enabled)
-        return self.call(self.enable, request)
-
     def start_episode(self, task: str, seed: int) -> Dict:
         """Gate closed → sim parameters → sim/reset → gate open; returns the episode."""
-        from rclpy.parameter import Parameter
         self.set_enabled(False)
-        request = self._types['SetParameters'].Request()
+        request = SetParameters.Request()
         request.parameters = [Parameter('task', value=task).to_parameter_msg(),
                               Parameter('seed', value=int(seed)).to_parameter_msg()]
         result = self.call(self.set_params, request)
         if not all(r.successful for r in result.results):
             raise RuntimeError(f'sim_node refused task={task} seed={seed}: '
                                f'{[r.reason for r in result.results]}')
-        response = self.call(self.reset, self._types['Trigger'].Request())
+        response = self.call(self.reset, Trigger.Request())
         if not response.success:
             raise RuntimeError(f'sim/reset failed: {response.message}')
         episode = json.loads(response.message)
@@ -192,20 +150,3 @@ class SimProbe:
         s['done'] = False
         s['timed_out_wall'] = True
         return s
-
-    def wait_for(self, predicate, timeout: float) -> bool:
-        """Poll ``predicate`` until true or ``timeout`` seconds pass."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.05)
-        return False
-
-    def close(self):
-        """Stop spinning; shut rclpy down if the probe started it."""
-        self._running = False
-        self._thread.join(timeout=2.0)
-        self.node.destroy_node()
-        if self._owns_context:
-            self.rclpy.try_shutdown()

@@ -1,0 +1,97 @@
+"""
+The probe: one rclpy node beside the graph, spun on its own thread.
+
+What every observer of a running graph needs, written once: a node in its own thread (the
+caller's rclpy context when it has one, else its own), a lock for what the callbacks
+record, the newest ``/diagnostics`` status of every node, the ``vla/enable`` client, service
+calls with a timeout, and polling waits. ``tools/sim_probe.SimProbe`` (the demo and the
+closed-loop tests) and the graph tests' harness build on it; the lock-step driver
+(``tools/lockstep``) does not, because it must never spin on its own.
+"""
+
+import threading
+import time
+from typing import Callable, Dict
+
+from diagnostic_msgs.msg import DiagnosticArray
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from std_srvs.srv import SetBool
+
+
+class Probe:
+    """A node in its own thread with diagnostics, the enable client and service calls."""
+
+    def __init__(self, name: str):
+        """Create the node (initialising rclpy if the caller has not) and start spinning."""
+        self._owns_context = not rclpy.ok()
+        if self._owns_context:
+            rclpy.init()
+        self.node = Node(name)
+        self.lock = threading.Lock()
+        self.statuses: Dict[str, object] = {}       # node name → newest DiagnosticStatus
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
+                                      10)
+        self.enable = self.node.create_client(SetBool, 'vla/enable')
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self._running = True
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+
+    def start(self):
+        """Start spinning (call after the subclass made its endpoints)."""
+        self._thread.start()
+
+    def _spin(self):
+        while self._running and rclpy.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # the context shut down while spinning
+                break
+
+    def _on_diagnostics(self, msg):
+        with self.lock:
+            for status in msg.status:
+                self.statuses[status.name.split('/')[-1]] = status
+
+    def diagnostic_values(self, node: str) -> Dict[str, str]:
+        """Return the newest /diagnostics key-values of ``node`` (empty when none yet)."""
+        with self.lock:
+            status = self.statuses.get(node)
+        return {} if status is None else {kv.key: kv.value for kv in status.values}
+
+    def call(self, client, request, timeout: float = 15.0):
+        """Call a service from the caller's thread (the probe's thread spins); RuntimeError."""
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise RuntimeError(f'service {client.srv_name} not available after {timeout} s')
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f'service {client.srv_name} did not answer in {timeout} s')
+            time.sleep(0.01)
+        return future.result()
+
+    def set_enabled(self, enabled: bool, timeout: float = 15.0):
+        """Open or close interpolation_node's motion gate; return the response."""
+        return self.call(self.enable, SetBool.Request(data=bool(enabled)), timeout)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Poll ``predicate`` until true or ``timeout`` seconds pass; return its last value."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return predicate()
+
+    def close(self):
+        """Stop spinning, destroy the node; shut rclpy down if the probe started it."""
+        self._running = False
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        if self._owns_context:
+            rclpy.try_shutdown()
