@@ -20,6 +20,16 @@ from rclpy.node import Node
 from std_srvs.srv import SetBool
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
 class Probe:
     """A node in its own thread with diagnostics, the enable client and service calls."""
 
@@ -79,12 +89,7 @@ class Probe:
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Poll ``predicate`` until true or ``timeout`` seconds pass; return its last value."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return predicate()
+        return wait_for(predicate, timeout)
 
     def close(self):
         """Stop spinning, destroy the node; shut rclpy down if the probe started it."""
