@@ -488,8 +488,20 @@ class Lockstep:
         sec, nsec = divmod(ns, NS)
         self.now_ns = ns
         msg = self._clock_cls(clock=Time(sec=sec, nanosec=nsec))
-        for name in (self.names if names is None else names):
+        targets = self.names if names is None else names
+        for name in targets:
             self._clock_pubs[name].publish(msg)
+        # The barrier that follows asks each node over a service, another DDS writer: no
+        # order with /clock. Waiting until every node's reader has acknowledged the new time
+        # puts it in the node's queue before the barrier's request, so a timer due at this
+        # time runs within the barrier rounds (under load the time once arrived after them
+        # and tokens were attributed to the next step).
+        # A killed node's reader stays matched until its lease expires and never acks:
+        # the wait is bounded (0.5 s), which a live reader on this machine never needs.
+        from rclpy.duration import Duration
+        for name in targets:
+            if name in self.alive:
+                self._clock_pubs[name].wait_for_all_acked(Duration(seconds=0.5))
 
     def tick(self):
         """
