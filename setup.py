@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 
 PACKAGE = 'vla_ros'
 NODES = ('camera_node', 'inference_node', 'detokenizer_node', 'interpolation_node',
-         'sim_node', 'lifecycle_manager')
+         'sim_node', 'expert_node', 'lifecycle_manager')
 # Model artifacts up to this size are installed into share/ (larger ones stay where
 # `vla-ros export` wrote them and are found through the model_file_path parameter).
 MAX_DATA_FILE = 512 * 1024 * 1024

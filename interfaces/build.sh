@@ -30,5 +30,5 @@ cmake -S "$HERE/vla_ros_interfaces" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV" \
 cmake --build "$BUILD" -j "$(nproc)" > "$BUILD/build.log" || { tail -50 "$BUILD/build.log"; exit 1; }
 cmake --install "$BUILD" > "$BUILD/install.log"
 # The Python package lands in <prefix>/lib/python3.X/site-packages, the venv's own.
-"$PY" -c 'from vla_ros_interfaces.msg import ActionTarget, ActionTokens' \
+"$PY" -c 'from vla_ros_interfaces.msg import ActionTarget, ActionTokens, SimState' \
   && echo "interfaces/build.sh: vla_ros_interfaces installed into $VENV"

@@ -1,7 +1,8 @@
 """
 Launch the MuJoCo robot and the pipeline on sim time: `ros2 launch vla_ros vla_sim.launch.py`.
 
-Same arguments as vla_pipeline.launch.py; motion starts after
+Same arguments as vla_pipeline.launch.py, plus ``expert:=true`` (the scripted expert,
+expert_node, in place of inference_node); motion starts after
 `ros2 service call /vla/enable std_srvs/srv/SetBool "{data: true}"`.
 """
 

@@ -45,7 +45,7 @@ def params_file(tmp_path_factory) -> str:
     """Write the shipped parameters with the absolute action space (for the test model)."""
     with open(default_params_file(), encoding='utf-8') as stream:
         params = yaml.safe_load(stream)
-    for node in ('inference_node', 'detokenizer_node', 'sim_node'):
+    for node in ('inference_node', 'detokenizer_node', 'expert_node'):
         section = params.setdefault(f'/**/{node}', {}).setdefault('ros__parameters', {})
         section['action_space_file'] = absolute_action_space_file()
     path = tmp_path_factory.mktemp('params') / 'vla_ros_absolute.yaml'

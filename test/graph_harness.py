@@ -129,15 +129,13 @@ def sim_graph(params_file, expert: bool = False, without=()):
     """
     Yield (SimProbe, ProcessGroup): sim_node and the pipeline nodes on sim time.
 
-    ``expert`` makes sim_node publish the scripted expert's tokens (inference_node is then
-    left out); ``without`` names more nodes to leave out. A generator for pytest fixtures.
+    ``expert`` runs expert_node (the scripted expert, from sim_node's ground truth) in place
+    of inference_node; ``without`` names nodes to leave out. A generator for pytest fixtures.
     """
     from vla_ros.graph import pipeline_nodes
     from vla_ros.tools.sim_probe import SimProbe
     from vla_ros.tools.up import ProcessGroup
-    overrides = {'sim_node': {'expert_actions': True}} if expert else None
-    skip = set(without) | ({'inference_node'} if expert else set())
-    specs = pipeline_nodes(with_sim=True, overrides=overrides, without=tuple(skip))
+    specs = pipeline_nodes(with_sim=True, without=tuple(without), expert=expert)
     group = ProcessGroup(params_file, use_sim_time=True, quiet=True)
     rec = None
     try:

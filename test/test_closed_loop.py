@@ -1,11 +1,12 @@
 """
 Closed loop through real processes on sim time.
 
-First sim_node runs the scripted expert (it publishes vla/action_tokens in place of
-inference_node), so a success shows the tokens, the detokenizer, the 20 Hz loop and the
-simulated controllers work together. Then the pipeline goes silent and the robot must
-stop. Last, the whole graph (camera_node, inference_node with the shipped trained policy
-and its state input, detokenizer_node, interpolation_node) completes tasks on its own.
+First expert_node runs the scripted expert from sim_node's ground truth (it publishes
+vla/action_tokens in place of inference_node), so a success shows the tokens, the
+detokenizer, the 20 Hz loop and the simulated controllers work together. Then the
+pipeline goes silent and the robot must stop. Last, the whole graph (camera_node,
+inference_node with the shipped trained policy and its state input, detokenizer_node,
+interpolation_node) completes tasks on its own.
 """
 
 import signal

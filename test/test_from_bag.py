@@ -4,7 +4,7 @@
 First on a bag built message by message (every alignment rule has a case: stamp-matched
 image received after the tokens, images from the future, stale topics, malformed
 messages, targets at the tick's own time, episode changes, done); then on a bag recorded by
-`vla-ros record` from the live graph while sim_node's scripted expert drives the robot,
+`vla-ros record` from the live graph while the scripted expert (expert_node) drives the robot,
 checked against what a subscriber in this process saw.
 """
 
@@ -284,7 +284,7 @@ def test_after_done_matches_collect():
 
 @pytest.fixture
 def live_graph(shipped_params_file):
-    """sim_node (scripted expert) + camera, detokenizer and interpolation nodes, on sim time."""
+    """sim_node, expert_node, camera, detokenizer and interpolation nodes, on sim time."""
     yield from sim_graph(shipped_params_file, expert=True)
 
 
@@ -306,7 +306,10 @@ def _watch(rec):
         array = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
         with rec.lock:
             seen['images'][time_to_ns(msg.header.stamp)] = array.copy()
-    rec.node.create_subscription(ActionTokens, 'vla/action_tokens', on_tokens, COMMAND_QOS)
+    # Reliable with a queue: this subscriber must see every token (depth 1 keeps the newest).
+    rec.node.create_subscription(ActionTokens, 'vla/action_tokens', on_tokens,
+                                 QoSProfile(reliability=COMMAND_QOS.reliability,
+                                            history=COMMAND_QOS.history, depth=50))
     # camera_node's best-effort QoS, with a queue deep enough to keep every frame
     qos = QoSProfile(reliability=LATEST_IMAGE_QOS.reliability, history=LATEST_IMAGE_QOS.history,
                      depth=50)

@@ -51,6 +51,16 @@ def test_out_of_range_parameter_is_refused():
     assert 'command_timeout' in res.stdout + res.stderr
 
 
+def test_the_expert_graph_replaces_inference_and_feeds_it_ground_truth():
+    specs = {s.name: s for s in pipeline_nodes(with_sim=True, expert=True,
+                                               overrides={'sim_node': {'seed': 4}})}
+    assert 'inference_node' not in specs and 'expert_node' in specs
+    assert specs['sim_node'].parameters == {'seed': 4, 'publish_sim_state': True}
+    assert specs['lifecycle_manager'].parameters['node_names'] == ['interpolation_node']
+    with pytest.raises(ValueError, match='simulator'):
+        pipeline_nodes(expert=True)
+
+
 def test_up_stops_everything_when_a_node_dies(params_file, test_model_dir):
     overrides = {'inference_node': {'model_file_path': f'{test_model_dir}/policy.onnx'}}
     group = ProcessGroup(params_file, quiet=True)

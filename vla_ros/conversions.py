@@ -1,13 +1,14 @@
 """Messages <-> numpy: the only layer that knows both message types and core types."""
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from builtin_interfaces.msg import Duration, Time
+from geometry_msgs.msg import Pose
 from nav_msgs.msg import Odometry
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from vla_ros_interfaces.msg import ActionTarget, ActionTokens
+from vla_ros_interfaces.msg import ActionTarget, ActionTokens, SimState
 
 from .core import image as core_image
 
@@ -182,3 +183,57 @@ def camera_info_msg(fx: float, fy: float, cx: float, cy: float, width: int, heig
     info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     info.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
     return info
+
+
+class WorldState(NamedTuple):
+    """A decoded sim/state: the episode and the world (as ``Robot.snapshot`` returns it)."""
+
+    stamp_ns: int
+    task: str
+    seed: int
+    episode_start_ns: int
+    joints: Dict[str, float]
+    bodies: Dict[str, Tuple[np.ndarray, np.ndarray]]
+
+
+def sim_state_msg(stamp_ns: int, task: str, seed: int, episode_start_ns: int,
+                  joints: Mapping[str, float], bodies: Mapping[str, Tuple], frame_id: str = ''
+                  ) -> SimState:
+    """Build a SimState; ``bodies`` maps a name to (position [3], quaternion w, x, y, z)."""
+    msg = SimState()
+    msg.header.stamp = ns_to_time(stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.task, msg.seed = task, int(seed)
+    msg.episode_start = ns_to_time(episode_start_ns)
+    msg.joint_names = list(joints)
+    msg.joint_positions = [float(v) for v in joints.values()]
+    msg.body_names = list(bodies)
+    poses = []
+    for pos, quat in bodies.values():
+        pose = Pose()
+        pose.position.x, pose.position.y, pose.position.z = (float(v) for v in pos)
+        o = pose.orientation
+        o.w, o.x, o.y, o.z = (float(v) for v in quat)
+        poses.append(pose)
+    msg.body_poses = poses
+    return msg
+
+
+def msg_to_sim_state(msg: SimState) -> WorldState:
+    """Decode a SimState; raises ValueError when names and values do not pair up."""
+    if len(msg.joint_names) != len(msg.joint_positions):
+        raise ValueError(f'{len(msg.joint_names)} joint names for '
+                         f'{len(msg.joint_positions)} positions')
+    if len(msg.body_names) != len(msg.body_poses):
+        raise ValueError(f'{len(msg.body_names)} body names for {len(msg.body_poses)} poses')
+    if len(set(msg.joint_names)) != len(msg.joint_names) or \
+            len(set(msg.body_names)) != len(msg.body_names):
+        raise ValueError('a joint or body is named twice')
+    bodies = {}
+    for name, pose in zip(msg.body_names, msg.body_poses):
+        p, o = pose.position, pose.orientation
+        bodies[name] = (np.array([p.x, p.y, p.z]), np.array([o.w, o.x, o.y, o.z]))
+    return WorldState(time_to_ns(msg.header.stamp), msg.task, int(msg.seed),
+                      time_to_ns(msg.episode_start),
+                      dict(zip(msg.joint_names, (float(v) for v in msg.joint_positions))),
+                      bodies)

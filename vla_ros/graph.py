@@ -20,6 +20,9 @@ PIPELINE = (
     ('camera_node', 'camera_node'),
 )
 SIM = ('sim_node', 'sim_node')
+# The scripted expert: decides from sim_node's ground truth (sim/state) in place of the
+# policy (inference_node), for demonstrations and for tests of the graph below the policy.
+EXPERT = ('expert_node', 'expert_node')
 # Managed (lifecycle) nodes, in bring-up order, and the node that manages them.
 MANAGED = ('interpolation_node', 'inference_node')
 MANAGER = ('lifecycle_manager', 'lifecycle_manager')
@@ -89,15 +92,23 @@ class NodeSpec:
 
 def pipeline_nodes(with_sim: bool = False, overrides: Dict[str, Dict[str, object]] = None,
                    without: Sequence[str] = (),
-                   remappings: Sequence[Tuple[str, str]] = ()) -> List[NodeSpec]:
+                   remappings: Sequence[Tuple[str, str]] = (),
+                   expert: bool = False) -> List[NodeSpec]:
     """
     Return the nodes to start, lifecycle_manager included for the managed ones.
 
     ``overrides`` adds parameters per node name; ``without`` leaves nodes out (the manager
-    then manages only those that remain); ``remappings`` go to every node.
+    then manages only those that remain); ``remappings`` go to every node. ``expert``
+    (simulation only) replaces inference_node by expert_node and has sim_node publish the
+    ground truth it decides from.
     """
-    overrides = overrides or {}
+    overrides = dict(overrides or {})
     specs = [SIM] + list(PIPELINE) if with_sim else list(PIPELINE)
+    if expert:
+        if not with_sim:
+            raise ValueError('the scripted expert needs the simulator (with_sim)')
+        specs = [EXPERT if spec[1] == 'inference_node' else spec for spec in specs]
+        overrides[SIM[1]] = {**overrides.get(SIM[1], {}), 'publish_sim_state': True}
     remaps = DEFAULT_REMAPPINGS + tuple(remappings)
     nodes = [NodeSpec(exe, name, remaps, dict(overrides.get(name, {})))
              for exe, name in specs if name not in without]

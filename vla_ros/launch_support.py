@@ -42,6 +42,10 @@ def launch_arguments():
                                           'brings a restarted managed node up again).'),
         DeclareLaunchArgument('respawn_delay', default_value='2.0',
                               description='Seconds before a node is restarted.'),
+        DeclareLaunchArgument('expert', default_value='false',
+                              description='vla_sim.launch.py only: the scripted expert '
+                                          '(expert_node, from sim/state) in place of '
+                                          'inference_node.'),
     ] + [DeclareLaunchArgument(arg, default_value=topic,
                                description=f'Name of the robot topic {topic} (remapped in '
                                            'every node).')
@@ -61,8 +65,9 @@ def node_actions(context, with_sim=False):
     respawn_delay = float(LaunchConfiguration('respawn_delay').perform(context))
     remaps = topic_remappings({arg: LaunchConfiguration(arg).perform(context)
                                for arg in ROBOT_TOPICS})
+    expert = with_sim and LaunchConfiguration('expert').perform(context).lower() == 'true'
     actions = []
-    for spec in pipeline_nodes(with_sim=with_sim, remappings=remaps):
+    for spec in pipeline_nodes(with_sim=with_sim, remappings=remaps, expert=expert):
         parameters = [params_file, {'use_sim_time': use_sim_time or with_sim}]
         # Only an explicit argument overrides a model path set in the params file.
         if spec.name == 'inference_node' and model_file_path:

@@ -40,7 +40,7 @@ class Param:
 # -- values several nodes share (one definition, one line in the parameters file) ---------
 SHARED: Dict[str, Param] = {p.name: p for p in (
     Param('inference_frequency', 5.0, 'Policy rate (inference_node ticks, the detokenizer '
-          "and interpolator plan one target per period, sim_node's expert decides at it).",
+          'and interpolator plan one target per period, sim_node publishes sim/state at it).',
           'Hz', 0.1, 100.0),
     Param('arm_joint_names', list(ARM_JOINTS), 'The 7 arm joints in action order, as named '
           'in joint_states and the targets.', array='string'),
@@ -159,12 +159,18 @@ SCHEMAS: Dict[str, Tuple[Param, ...]] = {
               'Humble-era controllers).'),
         Param('reset_command_hold', 0.3, 'After a reset, ignore commands for this long so '
               'upstream loops can re-sync to the new joint states.', 'sim s', 0.0, 10.0),
-        Param('expert_actions', False, 'Run the scripted expert here and publish its '
-              'vla/action_tokens at inference_frequency (replaces inference_node).'),
+        Param('publish_sim_state', False, 'Publish sim/state (ground truth: episode, joints, '
+              'placed bodies) at inference_frequency on the policy grid, for expert_node.'),
+        Param('world_frame_id', 'world', 'frame_id of sim/state (the poses are world poses).'),
         Param('camera_frame_id', 'head_camera_optical_frame', 'frame_id of images and '
               'camera_info.'),
         Param('odom_frame_id', 'odom', 'Frame of odom.'),
-    ) + _shared('inference_frequency', 'action_space_file', 'base_frame_id'),
+    ) + _shared('inference_frequency', 'base_frame_id'),
+    'expert_node': (
+        Param('model_file_path', '', "The simulator's MJCF model (sim_node's); empty: the "
+              'shipped robot.'),
+    ) + _shared('action_space_file', 'inference_frequency', 'target_timeout',
+                'max_target_deviation'),
     'lifecycle_manager': (
         Param('node_names', ['interpolation_node', 'inference_node'], 'Managed nodes in '
               'bring-up order (relative names).', array='string'),

@@ -19,8 +19,13 @@ service (std_srvs/Trigger) start a new one; ``vla/instruction`` (latched) and
 ``sim/task_status`` (JSON) tell the graph what is being asked and how it is going.
 
 Length (over 300 lines): the simulator's ROS wiring (parameters, nine topics, three
-services, the stepping thread with its pacer, resets, the optional scripted expert); the
+services, the stepping thread with its pacer, resets, the optional ground-truth state); the
 physics, camera, controllers and tasks live in ``sim/``.
+
+Ground truth: with ``publish_sim_state`` the node publishes ``sim/state``
+(vla_ros_interfaces/SimState: the episode, every robot joint and the placed bodies' poses) at
+``inference_frequency`` on the policy's time grid; expert_node (the scripted expert) decides
+from it. A real robot has no such topic, and a policy never reads it.
 """
 
 from dataclasses import dataclass
@@ -44,22 +49,18 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
-from vla_ros_interfaces.msg import ActionTokens
+from vla_ros_interfaces.msg import SimState
 
 from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exclusive_group,
                      exit_with, LATCHED_QOS, run, SENSOR_QOS)
-from ..conversions import (array_to_image, camera_info_msg, ns_to_time, odometry_msg, time_to_ns,
-                           tokens_to_msg)
-from ..core.action_space import ActionSpace, ActionTokenizer
+from ..conversions import (array_to_image, camera_info_msg, ns_to_time, odometry_msg,
+                           sim_state_msg, time_to_ns)
 from ..core.control import whole_ratio
 from ..core.stats import RateMonitor
-from ..core.targets import TargetComposer
-from ..paths import default_action_space_file
 from ..sim.camera import CameraWorker
 from ..sim.controllers import ControllerEmulation
-from ..sim.evaluate import ExpertDecider, Observation
 from ..sim.robot import ARM_JOINTS, DEFAULT_MODEL, JOINT_STATE_NAMES, RealTimePacer, Robot
-from ..sim.tasks import CONTROL_PERIOD, POLICY_PERIOD, TASK_NAMES, TaskEnv
+from ..sim.tasks import CONTROL_PERIOD, TASK_NAMES, TaskEnv
 
 
 CLOCK_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
@@ -88,9 +89,9 @@ class SimParams:
     cmd_vel_timeout: float
     cmd_vel_stamped: bool
     reset_command_hold: float
-    expert_actions: bool
+    publish_sim_state: bool
     inference_frequency: float
-    action_space_file: str
+    world_frame_id: str
     camera_frame_id: str
     base_frame_id: str
     odom_frame_id: str
@@ -136,20 +137,6 @@ class SimNode(Node):
         self._arm_names = ARM_JOINTS
         self._state_names = list(JOINT_STATE_NAMES)
 
-        self.expert = self.tokenizer = None
-        if p.expert_actions:
-            try:
-                space = ActionSpace.from_yaml(p.action_space_file or default_action_space_file())
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from exc
-            self.tokenizer = ActionTokenizer(space)
-            # The expert labels its targets relative to the previous commanded target,
-            # mirrored here with the detokenizer's rule (core/targets.py).
-            self.expert = ExpertDecider(robot, self.tokenizer, 1.0 / p.inference_frequency)
-            self.expert_targets = TargetComposer(space)
-            if abs(1.0 / p.inference_frequency - POLICY_PERIOD) > 1e-9:
-                self.get_logger().warn('expert tuned for 5 Hz; inference_frequency differs')
-
         # Sim state is touched by the stepping timer and the reset service only, under
         # this lock; command callbacks only write the small pending-command fields.
         self._lock = threading.Lock()
@@ -170,8 +157,8 @@ class SimNode(Node):
         self._info_pub = self.create_publisher(CameraInfo, 'camera/camera_info', SENSOR_QOS)
         self._status_pub = self.create_publisher(String, 'sim/task_status', LATCHED_QOS)
         self._instruction_pub = self.create_publisher(String, 'vla/instruction', LATCHED_QOS)
-        self._tokens_pub = (self.create_publisher(ActionTokens, 'vla/action_tokens',
-                                                  COMMAND_QOS) if self.expert else None)
+        self._state_pub = (self.create_publisher(SimState, 'sim/state', COMMAND_QOS)
+                           if p.publish_sim_state else None)
 
         inputs = exclusive_group()
         self.create_subscription(Float64MultiArray, 'arm_controller/commands', self._on_arm,
@@ -202,7 +189,7 @@ class SimNode(Node):
             f'MuJoCo {step * 1e3:g} ms physics, joint_states+clock {p.publish_frequency:g} Hz '
             f'({self.steps_per_chunk} steps), camera {p.camera_frequency:g} Hz, real-time '
             f'factor {p.real_time_factor:g}, task {p.task!r} seed {p.seed}'
-            + (', expert publishing vla/action_tokens' if self.expert else ''))
+            + (f', sim/state at {p.inference_frequency:g} Hz' if self._state_pub else ''))
 
     # -- time ---------------------------------------------------------------------------
     def sim_time(self) -> float:
@@ -243,9 +230,6 @@ class SimNode(Node):
         with self._lock:
             self._clock_offset += self.robot.time
             episode = self.env.reset(task, seed)
-            if self.expert is not None:
-                self.expert.reset(episode)
-                self.expert_targets.reset()
             self.controllers.reset(self.sim_time())
             self._last_success = False
             status = self.env.status()
@@ -319,19 +303,17 @@ class SimNode(Node):
         with self._lock:
             return self.sim_time()
 
-    def _expert_tokens(self, now: float):
-        """Return the expert's next tokens (the caller holds the lock)."""
-        robot = self.robot
-        arm, grip = robot.arm_positions(), robot.gripper_closure()
-        state = self.expert_targets.previous(now, arm, grip)
-        tokens = self.expert(Observation(now, self.env.episode.instruction, state,
-                                         np.append(arm, grip), None))
-        self.expert_targets.compose(self.tokenizer.detokenize(tokens), now, arm, grip)
-        return tokens
+    def _sim_state(self, t: float) -> SimState:
+        """Return the ground truth at sim time ``t`` (the caller holds the lock)."""
+        episode = self.env.episode
+        joints, bodies = self.robot.snapshot()
+        start = self._clock_offset + episode.start_time
+        return sim_state_msg(int(round(t * 1e9)), episode.task, episode.seed,
+                             int(round(start * 1e9)), joints, bodies, self.params.world_frame_id)
 
     def _advance(self, wall: float):
         robot = self.robot
-        tokens = None
+        state = None
         with self._lock:
             now = self.sim_time()
             self.controllers.apply(robot, now)
@@ -345,8 +327,8 @@ class SimNode(Node):
             if k % self.camera_every == 0:
                 self.camera.submit(robot.data.qpos.copy(), robot.data.mocap_pos.copy(),
                                    int(round(t * 1e9)))
-            if self.expert is not None and k % self.policy_every == 0:
-                tokens = self._expert_tokens(t)
+            if self._state_pub is not None and k % self.policy_every == 0:
+                state = self._sim_state(t)
             status = (self.env.status() if k % self.status_every == 0
                       or success != self._last_success else None)
             self._last_success = success
@@ -360,10 +342,8 @@ class SimNode(Node):
         self._js_rate.tick(wall)
         if odom is not None:
             self._publish_odom(odom, stamp)
-        if tokens is not None:
-            self._tokens_pub.publish(tokens_to_msg(
-                tokens, int(round(t * 1e9)), self.tokenizer.space.identity,
-                self.params.camera_frame_id))
+        if state is not None:
+            self._state_pub.publish(state)
         if status is not None:
             self._publish_status(status)
 

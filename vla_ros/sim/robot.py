@@ -98,6 +98,16 @@ class Robot:
         self.tcp_site = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, 'tcp')
         self.camera_id = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA)
         self._base_cmd = np.zeros(3)
+        # Bodies a task moves or places: free bodies (qpos address) and mocap bodies.
+        self._free = {}
+        self._mocap = {}
+        for b in range(m.nbody):
+            name = mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, b)
+            adr, num = m.body_jntadr[b], m.body_jntnum[b]
+            if m.body_mocapid[b] >= 0:
+                self._mocap[name] = int(m.body_mocapid[b])
+            elif num == 1 and m.jnt_type[adr] == mujoco.mjtJoint.mjJNT_FREE:
+                self._free[name] = int(m.jnt_qposadr[adr])
         self.reset()
 
     # -- properties --------------------------------------------------------------------
@@ -221,6 +231,60 @@ class Robot:
     def body_position(self, name: str) -> np.ndarray:
         """World position of a named body (after the last step)."""
         return self.data.body(name).xpos.copy()
+
+    # -- ground truth (the world's state at one instant; sim/state) ----------------------
+    def snapshot(self):
+        """
+        Return the world's state as (joints, bodies).
+
+        ``joints`` maps each arm, finger and base joint to its position; ``bodies`` maps each
+        free or mocap body (blocks, bowl, markers) to its world position [3] and quaternion
+        (w, x, y, z). ``restore`` of both reproduces the kinematics exactly.
+        """
+        d = self.data
+        joints = {}
+        for names, adrs in ((ARM_JOINTS, self.arm_qpos), (FINGER_JOINTS, self.finger_qpos),
+                            (BASE_JOINTS, self.base_qpos)):
+            joints.update((n, float(d.qpos[a])) for n, a in zip(names, adrs))
+        bodies = {n: (d.qpos[a:a + 3].copy(), d.qpos[a + 3:a + 7].copy())
+                  for n, a in self._free.items()}
+        bodies.update((n, (d.mocap_pos[i].copy(), d.mocap_quat[i].copy()))
+                      for n, i in self._mocap.items())
+        return joints, bodies
+
+    def restore(self, joints, bodies):
+        """
+        Set the state from a snapshot and recompute the kinematics (no physics step).
+
+        Names the model lacks and non-finite values raise ValueError; nothing is changed then.
+        """
+        index = dict(zip(ARM_JOINTS + FINGER_JOINTS + BASE_JOINTS,
+                         np.concatenate([self.arm_qpos, self.finger_qpos, self.base_qpos])))
+        for name, value in joints.items():
+            if name not in index or not math.isfinite(value):
+                raise ValueError(f'joint {name!r} = {value!r}: not a finite position of a '
+                                 f'joint of this model ({sorted(index)})')
+        poses = {}
+        for name, (pos, quat) in bodies.items():
+            pos, quat = np.asarray(pos, dtype=float), np.asarray(quat, dtype=float)
+            if name not in self._free and name not in self._mocap:
+                raise ValueError(f'body {name!r}: not a free or mocap body of this model '
+                                 f'({sorted(self._free) + sorted(self._mocap)})')
+            norm = float(np.linalg.norm(quat)) if quat.shape == (4,) else 0.0
+            if pos.shape != (3,) or not np.all(np.isfinite(pos)) or not 0.5 < norm < 2.0:
+                raise ValueError(f'body {name!r}: expected a finite position and a unit '
+                                 f'quaternion, found {pos!r}, {quat!r}')
+            poses[name] = (pos, quat)  # MuJoCo normalises quaternions when it uses them
+        d = self.data
+        for name, value in joints.items():
+            d.qpos[index[name]] = value
+        for name, (pos, quat) in poses.items():
+            if name in self._free:
+                a = self._free[name]
+                d.qpos[a:a + 3], d.qpos[a + 3:a + 7] = pos, quat
+            else:
+                d.mocap_pos[self._mocap[name]], d.mocap_quat[self._mocap[name]] = pos, quat
+        self.mujoco.mj_forward(self.model, d)
 
     # -- camera -------------------------------------------------------------------------
     def render(self) -> np.ndarray:

@@ -1,8 +1,8 @@
 """
 `vla-ros bench pipeline`: run the four nodes for a fixed time and print their timing.
 
-A driver node in this process plays the camera and the robot (joint_states); the nodes run
-as separate processes exactly as `vla-ros up` starts them. Figures come from two places:
+A driver node in this process (a ``tools/probe.Probe``) plays the camera and the robot
+(joint_states); the nodes run as separate processes exactly as `vla-ros up` starts them. Figures come from two places:
 the nodes' own /diagnostics (timer period jitter measured inside each process, camera
 stamp → first command latency measured by interpolation_node) and this process's arrival
 times of vla/action_tokens and arm commands (what a consumer sees). Resident memory (RSS)
@@ -25,9 +25,12 @@ import time
 from typing import Dict, List, Sequence
 
 import numpy as np
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, String
 from vla_ros_interfaces.msg import ActionTokens
 
 from . import known_model
+from .probe import Probe
 from .up import ProcessGroup
 from ..conversions import array_to_image
 from ..core.action_space import ActionSpace
@@ -66,126 +69,126 @@ def _rss_mb(pid: int) -> float:
     return float('nan')
 
 
-def _counter(diags: Dict, node: str, key: str) -> float:
-    try:
-        return float(diags.get(node, {}).get(key, 'nan'))
-    except ValueError:
-        return float('nan')
+class BenchDriver(Probe):
+    """
+    The probe that plays the camera driver and the robot, and times what comes back.
+
+    Publishes ``camera/image_raw`` (one random frame, at ``camera_hz``, while
+    ``camera_on``) and ``joint_states`` (100 Hz); records arrival times of
+    ``vla/action_tokens`` and arm commands and the source stamps sent and seen on
+    ``vla/image`` while ``recording``.
+    """
+
+    def __init__(self, width: int, height: int, camera_hz: float):
+        """Create the endpoints and timers, then spin."""
+        super().__init__('vla_bench_driver')
+        node = self.node
+        self.tokens_t: List[float] = []
+        self.arm_t: List[float] = []
+        self.sent = set()
+        self.converted = set()
+        self.sent_total = 0
+        self.recording = threading.Event()
+        self.camera_on = threading.Event()
+        self.camera_on.set()
+        self._frame = np.random.default_rng(0).integers(0, 256, (height, width, 3),
+                                                        dtype=np.uint8)
+        self._image_pub = node.create_publisher(Image, 'camera/image_raw', SENSOR_QOS)
+        self._joint_pub = node.create_publisher(JointState, 'joint_states', SENSOR_QOS)
+        self.instruction_pub = node.create_publisher(String, 'vla/instruction', LATCHED_QOS)
+        node.create_subscription(ActionTokens, 'vla/action_tokens',
+                                 self._arrival(self.tokens_t), COMMAND_QOS)
+        node.create_subscription(Float64MultiArray, 'arm_controller/commands',
+                                 self._arrival(self.arm_t), COMMAND_QOS)
+        # Frames are matched by their source stamp, so none is miscounted at the window edges.
+        node.create_subscription(Image, 'vla/image', self._on_vla_image, LATEST_IMAGE_QOS)
+        node.create_timer(1.0 / camera_hz, self._publish_image)
+        node.create_timer(0.01, self._publish_joints)
+        self.start()
+
+    def _arrival(self, store: List[float]):
+        def callback(_msg):
+            if self.recording.is_set():
+                with self.lock:
+                    store.append(time.monotonic())
+        return callback
+
+    def _publish_image(self):
+        if not self.camera_on.is_set():
+            return
+        self.sent_total += 1
+        stamp = self.node.get_clock().now().to_msg()
+        if self.recording.is_set():
+            with self.lock:
+                self.sent.add((stamp.sec, stamp.nanosec))
+        self._image_pub.publish(array_to_image(self._frame, 'rgb8', stamp, 'camera'))
+
+    def _on_vla_image(self, msg):
+        with self.lock:
+            self.converted.add((msg.header.stamp.sec, msg.header.stamp.nanosec))
+
+    def _publish_joints(self):
+        msg = JointState()
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        msg.name = [f'arm_joint_{i}' for i in range(1, 8)]
+        msg.position = [0.0] * 7
+        self._joint_pub.publish(msg)
+
+    def clear(self):
+        """Forget every arrival and stamp recorded so far."""
+        with self.lock:
+            for store in (self.tokens_t, self.arm_t, self.sent, self.converted):
+                store.clear()
+
+    def counter(self, node: str, key: str) -> float:
+        """Return a /diagnostics value of ``node`` as a number (NaN when absent)."""
+        try:
+            return float(self.diagnostic_values(node).get(key, 'nan'))
+        except ValueError:
+            return float('nan')
 
 
 def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz: float,
               warmup: float, params_file: str, dds_profile: bool = True,
               executor_threads: int = 1) -> Dict:
     """Start the graph, drive it for ``warmup + duration`` s, return the figures."""
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.node import Node
-    from sensor_msgs.msg import Image, JointState
-    from std_msgs.msg import Float64MultiArray, String
-
     width, height = (int(v) for v in camera_size.lower().split('x'))
     overrides = {'inference_node': {'model_file_path': model_file_path},
                  'interpolation_node': {'start_enabled': True}}
     group = ProcessGroup(params_file, quiet=True, dds_profile=dds_profile,
                          env={'VLA_ROS_EXECUTOR_THREADS': str(executor_threads)})
-    # The driver plays the camera driver: same transport as the nodes (read at rclpy.init).
+    # The driver plays the camera driver: same transport as the nodes (read at rclpy.init,
+    # which the probe calls).
     saved = {name: os.environ.get(name) for name in DDS_PROFILE_VARS}
     os.environ.update(dds_profile_env(os.environ, dds_profile))
-    rclpy.init()
-    node = Node('vla_bench_driver')
-    lock = threading.Lock()
-    tokens_t: List[float] = []
-    arm_t: List[float] = []
-    diags: Dict[str, Dict[str, str]] = {}
-    recording = threading.Event()
-
-    def stamp(store):
-        def cb(_msg):
-            if recording.is_set():
-                with lock:
-                    store.append(time.monotonic())
-        return cb
-
-    def on_diag(msg):
-        for status in msg.status:
-            if status.hardware_id == 'vla_ros':
-                diags[status.name.split('/')[-1]] = {kv.key: kv.value for kv in status.values}
-
-    rng = np.random.default_rng(0)
-    frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    image_pub = node.create_publisher(Image, 'camera/image_raw', SENSOR_QOS)
-    joint_pub = node.create_publisher(JointState, 'joint_states', SENSOR_QOS)
-    instr_pub = node.create_publisher(String, 'vla/instruction', LATCHED_QOS)
-    node.create_subscription(ActionTokens, 'vla/action_tokens', stamp(tokens_t), COMMAND_QOS)
-    node.create_subscription(Float64MultiArray, 'arm_controller/commands', stamp(arm_t),
-                             COMMAND_QOS)
-    node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)
-
-    sent = set()
-    converted = set()
-
-    camera_on = threading.Event()
-    camera_on.set()
-    sent_total = [0]
-
-    def publish_image():
-        if not camera_on.is_set():
-            return
-        sent_total[0] += 1
-        stamp = node.get_clock().now().to_msg()
-        if recording.is_set():
-            sent.add((stamp.sec, stamp.nanosec))
-        image_pub.publish(array_to_image(frame, 'rgb8', stamp, 'camera'))
-
-    def on_vla_image(msg):
-        converted.add((msg.header.stamp.sec, msg.header.stamp.nanosec))
-
-    def publish_joints():
-        msg = JointState()
-        msg.header.stamp = node.get_clock().now().to_msg()
-        msg.name = [f'arm_joint_{i}' for i in range(1, 8)]
-        msg.position = [0.0] * 7
-        joint_pub.publish(msg)
-
-    # Frames are matched by their source stamp, so none is miscounted at the window edges.
-    node.create_subscription(Image, 'vla/image', on_vla_image, LATEST_IMAGE_QOS)
-    node.create_timer(1.0 / camera_hz, publish_image)
-    node.create_timer(0.01, publish_joints)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spin = threading.Thread(target=executor.spin, daemon=True)
+    driver = None
     try:
         group.start_all(pipeline_nodes(overrides=overrides))
-        spin.start()
-        instr_pub.publish(String(data='pick up the red block'))
+        driver = BenchDriver(width, height, camera_hz)
+        driver.instruction_pub.publish(String(data='pick up the red block'))
         t_end = time.monotonic() + 60.0
-        while not tokens_t and time.monotonic() < t_end:  # wait for the first tokens
-            recording.set()
+        driver.recording.set()
+        while not driver.tokens_t and time.monotonic() < t_end:  # wait for the first tokens
             time.sleep(0.1)
             if group.failed():
                 raise RuntimeError(group.failed() + '\n' + '\n'.join(
                     f'[{n}] {line}' for n, ls in group.lines.items() for line in ls[-10:]))
-        recording.clear()
+        driver.recording.clear()
         time.sleep(warmup)
         # camera_node's published count is read from /diagnostics (once a second): the camera
         # pauses for one diagnostics period before the count starts and after it ends, so both
         # readings are exact; the count runs from 1 s before the window to its end.
-        camera_on.clear()
+        driver.camera_on.clear()
         time.sleep(1.2)
-        published_start = _counter(diags, 'camera_node', 'published')
-        sent_total[0] = 0
-        camera_on.set()
+        published_start = driver.counter('camera_node', 'published')
+        driver.sent_total = 0
+        driver.camera_on.set()
         time.sleep(1.0)
-        with lock:
-            tokens_t.clear()
-            arm_t.clear()
-            sent.clear()
-            converted.clear()
+        driver.clear()
         pids = {name: proc.pid for name, proc in group.procs.items()}
         pids['bench driver'] = os.getpid()
         rss = {name: [_rss_mb(pid)] for name, pid in pids.items()}
-        recording.set()
+        driver.recording.set()
         start = time.monotonic()
         next_sample = start + 10.0
         while time.monotonic() - start < duration:
@@ -196,16 +199,19 @@ def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz
                     rss[name].append(_rss_mb(pid))
             if group.failed():
                 raise RuntimeError(f'{group.failed()} during the measurement')
-        camera_on.clear()
-        recording.clear()
+        driver.camera_on.clear()
+        driver.recording.clear()
         for name, pid in pids.items():
             rss[name].append(_rss_mb(pid))
         time.sleep(1.2)  # one more diagnostics period
-        published = _counter(diags, 'camera_node', 'published') - published_start
+        published = driver.counter('camera_node', 'published') - published_start
+        with driver.lock:
+            tokens_t, arm_t = list(driver.tokens_t), list(driver.arm_t)
+            sent, converted = set(driver.sent), set(driver.converted)
+        diags = {name: driver.diagnostic_values(name) for name in group.procs}
     finally:
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
+        if driver is not None:
+            driver.close()
         group.stop()
         for name, value in saved.items():
             os.environ.pop(name, None)
@@ -217,7 +223,8 @@ def run_bench(duration: float, model_file_path: str, camera_size: str, camera_hz
         'control_arrivals': _arrival_stats(arm_t, 20.0),
         'diagnostics': diags, 'frames_sent': len(sent),
         'frames_converted': len(sent & converted),
-        'camera_node_published': published, 'frames_sent_for_camera_node': sent_total[0],
+        'camera_node_published': published,
+        'frames_sent_for_camera_node': driver.sent_total,
         'rss_mb': {name: {'start': v[0], 'end': v[-1], 'max': float(np.nanmax(v)),
                           'samples': len(v)} for name, v in rss.items()},
         'dds_profile': dds_profile, 'executor_threads': executor_threads,

@@ -6,9 +6,9 @@ sim time, runs a few seeded episodes of every task and writes ``runs/<timestamp>
 ``summary.json`` and ``summary.md`` (success per task, rates, real-time factor), a video of
 the head camera with the instruction overlaid (MP4 when imageio has an ffmpeg backend,
 otherwise GIF), plots of commanded vs measured arm joints and base velocity, and the node
-logs. ``--expert`` replaces inference_node by the scripted expert inside sim_node (it
-publishes ``vla/action_tokens``), so the same detokenizer → interpolation → sim path runs
-with actions that solve the tasks.
+logs. ``--expert`` replaces inference_node by expert_node (the scripted expert, deciding
+from sim_node's ground truth on ``sim/state``), so the same detokenizer → interpolation →
+sim path runs with actions that solve the tasks.
 
 Between episodes the demo closes the motion gate (``vla/enable`` false), resets the sim
 (``sim/reset`` after setting its ``task``/``seed`` parameters) and opens the gate again,
@@ -77,10 +77,9 @@ def main(argv: Sequence[str] = None) -> int:
     policy = os.path.join(args.model_dir, 'policy.onnx')
     trained = None
     overrides: Dict[str, Dict[str, object]] = {
-        'sim_node': {'real_time_factor': float(args.real_time_factor),
-                     'expert_actions': bool(args.expert)}}
+        'sim_node': {'real_time_factor': float(args.real_time_factor)}}
     if args.expert:
-        source = 'scripted expert (sim_node publishes vla/action_tokens)'
+        source = "scripted expert (expert_node, from sim_node's ground truth)"
         note = ''
     else:
         if not os.path.isfile(policy):
@@ -96,8 +95,7 @@ def main(argv: Sequence[str] = None) -> int:
                 'to see the tasks solved through the same pipeline.')
     if note:
         print(f'vla-ros demo: {note}')
-    specs = pipeline_nodes(with_sim=True, overrides=overrides,
-                           without=('inference_node',) if args.expert else ())
+    specs = pipeline_nodes(with_sim=True, overrides=overrides, expert=bool(args.expert))
     print(f'vla-ros demo: starting {", ".join(s.name for s in specs)} (sim time, real-time '
           f'factor {args.real_time_factor:g}); writing {out}/', flush=True)
 

@@ -169,6 +169,9 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument('--log-level', default='info')
     parser.add_argument('--sim', action='store_true', help='also start sim_node (MuJoCo)')
     parser.add_argument('--model-file-path', default='', help='policy ONNX for inference_node')
+    parser.add_argument('--expert', action='store_true',
+                        help='with --sim: the scripted expert (expert_node) in place of '
+                             'inference_node')
     parser.add_argument('--dds-profile', action=argparse.BooleanOptionalAction, default=True,
                         help='give the nodes the shipped Fast DDS profile with a large '
                              'shared-memory segment (config/fastdds_large_shm.xml; the '
@@ -182,6 +185,8 @@ def main(argv: Sequence[str] = None) -> int:
                         help='remap a topic in every node, e.g. '
                              'camera/image_raw:=/head_camera/color/image_raw (repeatable)')
     args = parser.parse_args(argv)
+    if args.expert and not args.sim:
+        parser.error("--expert needs --sim (the expert decides from the simulator's state)")
     remaps = []
     for item in args.remap:
         src, sep, dst = item.partition(':=')
@@ -193,7 +198,7 @@ def main(argv: Sequence[str] = None) -> int:
     group = ProcessGroup(args.params_file, args.namespace, args.use_sim_time or args.sim,
                          args.log_level, dds_profile=args.dds_profile, respawn=args.respawn)
     group.start_all(pipeline_nodes(with_sim=args.sim, overrides=overrides,
-                                   remappings=remaps))
+                                   remappings=remaps, expert=args.expert))
     code = 0
     start = time.monotonic()
     try:

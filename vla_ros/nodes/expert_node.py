@@ -1,0 +1,124 @@
+"""
+expert_node: the scripted expert as a token source, in place of inference_node (simulation).
+
+It reads ``sim/state`` (vla_ros_interfaces/SimState: the episode, every robot joint, the
+placed bodies; sim_node publishes it with ``publish_sim_state``), rebuilds that world on its
+own copy of the MuJoCo model (kinematics only, no physics step), runs the scripted expert
+(``sim/expert.py``) and publishes ``vla/action_tokens`` stamped with the state's time: what
+inference_node publishes, so the detokenizer, interpolator and controllers downstream are
+the same as with the policy.
+
+One decision per state message (sim_node publishes them at ``inference_frequency`` on the
+policy's time grid), never two within half a period. A state naming another episode (task,
+seed, start) restarts the expert: it draws the same episode from (task, seed) as sim_node
+did. Arm labels are relative to the previous commanded target with the detokenizer's rule
+(``core/targets.py``), measured from the state. A malformed state (unknown joint or body,
+non-finite values, unknown task) is counted and warned about, and nothing is published:
+the interpolator holds, as it does when inference stops.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from rclpy.node import Node
+from vla_ros_interfaces.msg import ActionTokens, SimState
+
+from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exit_with, run)
+from ..conversions import msg_to_sim_state, tokens_to_msg
+from ..core.action_space import ActionSpace, ActionSpaceError, ActionTokenizer
+from ..core.targets import ComposerConfig, TargetComposer
+from ..paths import default_action_space_file
+from ..sim.evaluate import ExpertDecider, Observation
+from ..sim.robot import DEFAULT_MODEL, Robot
+from ..sim.tasks import POLICY_PERIOD, TASK_NAMES, TaskEnv
+
+
+@dataclass(frozen=True)
+class ExpertParams:
+    """Validated parameters of expert_node."""
+
+    model_file_path: str
+    action_space_file: str
+    inference_frequency: float
+    target_timeout: float
+    max_target_deviation: float
+
+
+class ExpertNode(Node):
+    """Decides the scripted expert's tokens from the simulator's ground truth."""
+
+    def __init__(self):
+        super().__init__('expert_node')
+        p = self.params = ExpertParams(**declare_all(self, 'expert_node'))
+        try:
+            space = ActionSpace.from_yaml(p.action_space_file or default_action_space_file())
+            self.composer = TargetComposer(space, ComposerConfig(p.target_timeout,
+                                                                 p.max_target_deviation))
+        except (ActionSpaceError, ValueError) as exc:
+            raise ConfigError(str(exc)) from exc
+        try:
+            self.robot = Robot(p.model_file_path or DEFAULT_MODEL)
+        except Exception as exc:  # OSError, ValueError, mujoco.FatalError
+            raise ConfigError(f'cannot load model {p.model_file_path!r}: {exc}') from exc
+        self.tokenizer = ActionTokenizer(space)
+        self.period = 1.0 / p.inference_frequency
+        if abs(self.period - POLICY_PERIOD) > 1e-9:
+            self.get_logger().warn(f'the expert is tuned for {1 / POLICY_PERIOD:g} Hz; '
+                                   f'inference_frequency is {p.inference_frequency:g} Hz')
+        self.env = TaskEnv(self.robot)
+        self.expert = ExpertDecider(self.robot, self.tokenizer, self.period)
+        self._episode_key = None
+        self._last_ns = None
+        self.diag = Diagnostics(self)
+        self._pub = self.create_publisher(ActionTokens, 'vla/action_tokens', COMMAND_QOS)
+        self.create_subscription(SimState, 'sim/state', self._on_state, COMMAND_QOS)
+        self.get_logger().info('scripted expert: sim/state → vla/action_tokens')
+
+    def _reject(self, why: str):
+        n = self.diag.count('states_rejected')
+        self.get_logger().warn(f'rejecting sim/state ({n} so far): {why}',
+                               throttle_duration_sec=2.0)
+
+    def _on_state(self, msg: SimState):
+        try:
+            world = msg_to_sim_state(msg)
+            if world.task not in TASK_NAMES:
+                raise ValueError(f'unknown task {world.task!r} (known: {TASK_NAMES})')
+            key = (world.task, world.seed, world.episode_start_ns)
+            if key != self._episode_key or world.stamp_ns < (self._last_ns or 0):
+                # The episode as sim_node drew it, then the expert starts on it from the
+                # episode's initial state, as it would inside the simulator.
+                self.expert.reset(self.env.reset(world.task, world.seed))
+                self.composer.reset()
+                self._episode_key, self._last_ns = key, None
+            elif world.stamp_ns - self._last_ns < 0.5e9 * self.period:
+                self.diag.count('states_skipped')  # faster than the policy rate
+                return
+            self.robot.restore(world.joints, world.bodies)
+        except ValueError as exc:
+            # Whatever the mirror holds now, the next good state overwrites it entirely.
+            self._episode_key = None
+            return self._reject(str(exc))
+        self._last_ns = world.stamp_ns
+        self._publish(world.stamp_ns, msg.header.frame_id)
+
+    def _publish(self, stamp_ns: int, frame_id: str):
+        now = stamp_ns * 1e-9
+        robot = self.robot
+        arm, grip = robot.arm_positions(), robot.gripper_closure()
+        state = self.composer.previous(now, arm, grip)
+        tokens = self.expert(Observation(now, self.env.episode.instruction, state,
+                                         np.append(arm, grip), None))
+        self.composer.compose(self.tokenizer.detokenize(tokens), now, arm, grip)
+        self._pub.publish(tokens_to_msg(tokens, stamp_ns, self.tokenizer.space.identity,
+                                        frame_id))
+        self.diag.count('published')
+
+
+def main(args=None):
+    """Run expert_node."""
+    exit_with(run(ExpertNode, args))
+
+
+if __name__ == '__main__':
+    main()
