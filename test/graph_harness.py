@@ -147,3 +147,142 @@ def sim_graph(params_file, expert: bool = False, without=()):
             rec.close()
         group.stop()
         print_logs(group)
+
+
+class LockstepRig:
+    """
+    The pipeline nodes in lock step (``vla_ros.tools.lockstep``) with the test as the robot.
+
+    Sim time moves only when the test calls ``tick`` (one 20 Hz control period). At every
+    tick the robot reports ``joint_states`` where the last arm command put the arm (a
+    perfect position controller) and, every second tick (10 Hz) while ``camera_on``, the
+    camera sends ``frame_image()`` stamped with the sim time. Everything a tick causes has
+    happened when it returns, so tests count ticks, never seconds.
+    """
+
+    def __init__(self, params_file: str, overrides: dict, flush: str = 'settle',
+                 nodes: Tuple[str, ...] = ()):
+        from vla_ros.tools.lockstep import Lockstep, PIPELINE_NODES
+        self.step = Lockstep(params_file, overrides, nodes=nodes or PIPELINE_NODES)
+        self.step.flush = flush
+        self.camera_on = True
+        self.image = np.zeros((240, 320, 3), np.uint8)
+        self.frames = 0
+        # What joint_states say: these names, at these positions (None: where the last arm
+        # command put the arm, gripper open).
+        self.joint_names = JOINTS + ['gripper']
+        self.joint_positions = None
+
+    def inputs(self) -> list:
+        """Return (topic, class, QoS) the rig publishes to its nodes (matched at start)."""
+        names = self.step.names
+        topics = [('camera/image_raw', Image, LATEST_IMAGE_QOS, 'camera_node'),
+                  ('vla/instruction', String, LATCHED_QOS, 'inference_node'),
+                  ('joint_states', JointState, SENSOR_QOS, 'interpolation_node'),
+                  ('vla/estop', Bool, LATCHED_QOS, 'interpolation_node'),
+                  ('vla/target', ActionTarget, COMMAND_QOS, 'interpolation_node')]
+        return [(topic, cls, qos) for topic, cls, qos, reader in topics if reader in names]
+
+    def start(self, start_ns: int, inputs: list = ()):
+        """Start the graph and set the clock to ``start_ns`` (stops every node on failure)."""
+        try:
+            self.step.start(list(self.inputs()) + list(inputs))
+            self.step.set_clock(start_ns)
+            self.step.settle(2)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def records(self):
+        """Return what the driver received (``tools.lockstep.Records``)."""
+        return self.step.records
+
+    def frame_image(self) -> np.ndarray:
+        """Return the next camera frame (``image``; subclasses may vary it)."""
+        return self.image
+
+    def set_color(self, r: int, g: int, b: int):
+        """Make every camera frame one uniform colour."""
+        self.image = np.empty((240, 320, 3), np.uint8)
+        self.image[...] = (r, g, b)
+
+    def instruct(self, text: str):
+        """Publish the (latched) instruction now."""
+        self.step.publish('vla/instruction', String(data=text))
+
+    def estop(self, on: bool):
+        """Publish the (latched) e-stop now."""
+        self.step.publish('vla/estop', Bool(data=bool(on)))
+
+    def robot(self):
+        """Publish joint_states (by default where the last arm command put the arm)."""
+        from vla_ros.conversions import ns_to_time
+        positions = self.joint_positions
+        if positions is None:
+            arm = self.step.records.arm
+            positions = list(arm[-1]['values'] if arm else np.zeros(7)) + [0.0]
+        msg = JointState(name=list(self.joint_names), position=[float(v) for v in positions])
+        msg.header.stamp = ns_to_time(self.step.now_ns)
+        self.step.publish('joint_states', msg)
+
+    def send_target(self, arm, base, stamp_ns: int, gripper: float = 0.0):
+        """Publish a whole target stamped ``stamp_ns`` now (as the detokenizer does)."""
+        self.step.publish('vla/target', target_to_msg(list(arm) + list(base) + [gripper],
+                                                      stamp_ns, JOINTS))
+
+    def camera(self):
+        """Publish one frame stamped with the sim time."""
+        from vla_ros.conversions import ns_to_time
+        self.frames += 1
+        self.step.publish('camera/image_raw', array_to_image(
+            self.frame_image(), 'rgb8', ns_to_time(self.step.now_ns), 'camera'))
+
+    def tick(self, camera: bool = True):
+        """One control period: the tick, the robot's report, every second tick a frame."""
+        self.step.tick()
+        self.robot()
+        if (camera and self.camera_on and 'camera_node' in self.step.names
+                and (self.step.now_ns // self.step.period_ns) % 2 == 0):
+            self.camera()
+
+    def run_until(self, condition: Callable[[], bool], ticks: int) -> int:
+        """Tick until ``condition`` holds (checked before each tick); return the ticks used."""
+        for n in range(ticks):
+            if condition():
+                return n
+            self.tick()
+        return ticks
+
+    def enable(self, value: bool):
+        """Call vla/enable; return the response."""
+        from std_srvs.srv import SetBool
+        return self.step.call(SetBool, 'vla/enable', SetBool.Request(data=bool(value)))
+
+    def report(self, node: str, ticking: bool = False, timeout: float = 10.0):
+        """
+        Return (message, values) of the next /diagnostics report of ``node``.
+
+        Reports come once a second on the steady clock, whatever sim time does: this waits
+        (``timeout`` wall seconds at most) for one newer than the call, with sim time
+        standing still, or, with ``ticking``, while the graph keeps ticking.
+        """
+        asked = time.monotonic()
+        while (self.step.diagnostics_at.get(node, 0.0) <= asked + 0.05
+               and time.monotonic() < asked + timeout):
+            if ticking:
+                self.tick()
+            else:
+                self.step.executor.spin_once(timeout_sec=0.05)
+        return (self.step.diagnostic_messages.get(node, ''),
+                dict(self.step.diagnostics.get(node, {})))
+
+    def close(self):
+        """Stop the nodes; print their logs (pytest shows them when a test fails). Once."""
+        if getattr(self, '_closed', False):
+            return None
+        self._closed = True
+        codes = self.step.close()
+        print(self.step.logs(lines=15))
+        print('exit codes', codes)
+        return codes

@@ -21,19 +21,19 @@ pipeline moves the arm while the garbage arrives.
 import os
 
 from builtin_interfaces.msg import Time
+from graph_harness import LockstepRig
 import numpy as np
 import pytest
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
-from vla_ros.conversions import array_to_image, ns_to_time
 from vla_ros.core.action_space import ActionSpace
 from vla_ros.core.control import ControlConfig
 from vla_ros.graph import node_params
 from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
 from vla_ros.paths import default_action_space_file, default_params_file
 from vla_ros.tools.golden import shipped_model_dir
-from vla_ros.tools.lockstep import Lockstep, NS
+from vla_ros.tools.lockstep import NS
 from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
 SEED = 20261130
@@ -168,52 +168,36 @@ class LimitChecker:
 
 # -- the graph and the robot around it ----------------------------------------------------
 
-class Bench:
-    """The four nodes in lock step, a robot that follows the commands and a camera."""
+class Bench(LockstepRig):
+    """The four nodes in lock step, a robot that follows the commands, a camera, a checker."""
 
     def __init__(self, model_path: str, params_file: str):
-        self.checker = LimitChecker(params_file)
-        self.step = Lockstep(params_file, {
+        super().__init__(params_file, {
             'inference_node': {'model_file_path': model_path},
-            'interpolation_node': {'start_enabled': True, 'clock_timeout': 10.0}})
+            'interpolation_node': {'start_enabled': True, 'clock_timeout': 10.0}},
+            flush='barrier')
+        self.checker = LimitChecker(params_file)
         self.step.on_command = self.checker
-        self.step.flush = 'barrier'
         self.sent = dict.fromkeys(QOS, 0)
-        self.frame = 0
 
     def start(self):
         """Start the graph, send the instruction and run until the arm is commanded."""
-        self.step.start([(t, TYPES[t], QOS[t]) for t in QOS])
-        self.step.set_clock(START_NS)
-        self.step.settle(2)
-        self.step.publish('vla/instruction', String(data=INSTRUCTION))
+        super().start(START_NS, [(t, TYPES[t], QOS[t]) for t in QOS])
+        self.instruct(INSTRUCTION)
         for _ in range(20):
             self.tick()
         assert self.step.records.arm, self.step.logs()
 
-    def robot(self):
-        """Publish joint_states where the last arm command put the arm (perfect tracking)."""
-        arm = self.step.records.arm
-        q = arm[-1]['values'] if arm else np.zeros(7)
-        msg = JointState(name=JOINTS + ['gripper'], position=[float(v) for v in q] + [0.0])
-        msg.header.stamp = ns_to_time(self.step.now_ns)
-        self.step.publish('joint_states', msg)
-
-    def camera(self):
-        """Publish a valid frame whose colour changes slowly (the policy has work to do)."""
-        self.frame += 1
+    def frame_image(self) -> np.ndarray:
+        """Return a valid frame whose colour changes slowly (the policy has work to do)."""
         img = np.empty((240, 320, 3), np.uint8)
-        img[...] = ((60 + 7 * self.frame) % 256, (90 + 3 * self.frame) % 256, 120)
-        self.step.publish('camera/image_raw', array_to_image(
-            img, 'rgb8', ns_to_time(self.step.now_ns), 'camera'))
+        img[...] = ((60 + 7 * self.frames) % 256, (90 + 3 * self.frames) % 256, 120)
+        return img
 
     def tick(self, camera: bool = True):
-        """One control period: tick, the robot reports, every second tick a frame."""
-        self.step.tick()
+        """One control period (``LockstepRig.tick``), named in the checker's reports."""
+        super().tick(camera)
         self.checker.where = f'tick {self.step.now_ns / NS:.2f} s'
-        self.robot()
-        if camera and (self.step.now_ns // self.step.period_ns) % 2 == 0:
-            self.camera()
 
     def publish(self, topic: str, message):
         """Publish one (fuzzed) message and count it."""
@@ -221,20 +205,8 @@ class Bench:
         self.sent[topic] += 1
 
     def state(self) -> str:
-        """
-        Return the control state interpolation_node reports now: tracking, target_timeout...
-
-        /diagnostics come once a second on the steady clock, their status message being the
-        reason the last tick gave ('ok' while tracking): ticks go on (at most 200, 10 s of
-        sim time) until a report newer than this call arrives.
-        """
-        import time
-        asked = time.monotonic()
-        for _ in range(200):
-            if self.step.diagnostics_at.get('interpolation_node', 0.0) > asked + 0.05:
-                break
-            self.tick()
-        message = self.step.diagnostic_messages.get('interpolation_node', '')
+        """Return the control state interpolation_node reports next: tracking, target_timeout..."""
+        message, _ = self.report('interpolation_node', ticking=True)
         return 'tracking' if message == 'ok' else message.split(' ')[0]
 
     def counters(self, node: str) -> dict:
@@ -264,9 +236,7 @@ def bench(ros, model):
         b.start()
         yield b
     finally:
-        codes = b.step.close()
-        print(b.step.logs(lines=15))
-        print('exit codes', codes)
+        b.close()
 
 
 # -- malformed messages ---------------------------------------------------------------------

@@ -1,194 +1,218 @@
 """
-The four nodes as real processes on real DDS, driven by a real harness node.
+The four nodes as real processes on real DDS, on a sim clock that only the test moves.
 
-The policy is the known-function test model (vla_ros.tools.known_model), so the commands
-the controllers receive can be predicted exactly from the image colour and instruction.
+The graph runs in lock step (``graph_harness.LockstepRig``): each ``tick`` is one 20 Hz
+control period, and everything it causes (frame → tokens → target → command) has happened
+when it returns. So the tests count control ticks and policy periods, never wall-clock
+seconds, and predict exact outputs: the policy is the known-function test model
+(vla_ros.tools.known_model), whose commands follow from the image colour and instruction.
 """
 
-import signal
-import time
-
-from graph_harness import Harness, print_logs
+from graph_harness import LockstepRig
 import numpy as np
 import pytest
 from vla_ros.core.action_space import ActionTokenizer
-from vla_ros.graph import pipeline_nodes
 from vla_ros.tools.known_model import expected_tokens
-from vla_ros.tools.up import ProcessGroup
+from vla_ros.tools.lockstep import NS
 
-TIMEOUT = 0.5
-PERIOD = 0.05
-DECEL = 2.0
+TIMEOUT = 0.5          # interpolation_node command_timeout (s)
+PERIOD = 0.05          # control period (s)
+POLICY = 4             # control ticks per policy period (5 Hz)
+DECEL = 2.0            # base deceleration limit, x (m/s^2)
+MAX_IMAGE_AGE = 0.5    # inference_node (s)
+START_NS = 100 * NS
+DRIVE = (150, 230, 110)  # colour whose known-model base vx is about 0.40 m/s
 
 
-def _start(params_file, model_dir, **interp):
-    overrides = {'inference_node': {'model_file_path': f'{model_dir}/policy.onnx'},
-                 'interpolation_node': dict(command_timeout=TIMEOUT, start_enabled=True,
-                                            **interp)}
-    group = ProcessGroup(params_file, quiet=True)
-    group.start_all(pipeline_nodes(overrides=overrides))
-    return group
+def _rig(params_file, model_dir) -> LockstepRig:
+    rig = LockstepRig(params_file, {
+        'inference_node': {'model_file_path': f'{model_dir}/policy.onnx'},
+        # A long clock timeout: sim time stands still while the test calls services.
+        'interpolation_node': {'command_timeout': TIMEOUT, 'start_enabled': True,
+                               'clock_timeout': 10.0}})
+    rig.start(START_NS)
+    return rig
 
 
 @pytest.fixture
 def graph(ros, params_file, test_model_dir):
-    harness = Harness()
-    group = _start(params_file, test_model_dir)
-    yield harness, group
-    harness.close()
-    group.stop()
-    print_logs(group)
+    rig = _rig(params_file, test_model_dir)
+    try:
+        yield rig
+    finally:
+        rig.close()
 
 
 def _expected(action_space, test_model_dir, rgb, instruction):
+    """Return the known model's tokens for a uniform frame, and their values."""
     from vla_ros.runtime.text_encoder import TextEncoder
     enc = TextEncoder(f'{test_model_dir}/text_encoder.onnx')
     emb, mask = enc.encode(instruction)
     image = np.empty((300, 300, 3), np.uint8)
     image[...] = rgb
-    return ActionTokenizer(action_space).detokenize(expected_tokens(image, emb, mask))
+    tokens = expected_tokens(image, emb, mask)
+    return [int(v) for v in tokens], ActionTokenizer(action_space).detokenize(tokens)
 
 
-def _flowing(harness, since, timeout=30.0):
-    return harness.wait_for(lambda: len(harness.since(harness.base, since)) > 10, timeout)
+def _last(entries):
+    return entries[-1]['values'] if entries else None
+
+
+def _driving(rig) -> float:
+    """Drive forward until the base command is steady at full speed; return it."""
+    rig.set_color(*DRIVE)
+    rig.instruct('drive to the marker')
+    base = rig.records.base
+
+    def steady():
+        return (len(base) >= 3 and base[-1]['values'][0] > 0.35
+                and all(np.array_equal(e['values'], base[-1]['values']) for e in base[-3:]))
+    assert rig.run_until(steady, 100) < 100, rig.step.logs()
+    return float(_last(base)[0])
 
 
 def test_commands_match_the_known_model(graph, action_space, test_model_dir):
-    harness, group = graph
+    rig, records = graph, graph.records
     rgb, text = (150, 190, 110), 'close the gripper'
-    harness.set_color(*rgb)
-    harness.instruct(text)
-    expected = _expected(action_space, test_model_dir, rgb, text)
+    rig.set_color(*rgb)
+    rig.instruct(text)
+    tokens, expected = _expected(action_space, test_model_dir, rgb, text)
     assert expected[10] == 1.0 and expected[9] == 0.0  # closed, inside the deadband
 
     def converged():
-        arm, base, grip = (harness.latest(s)
-                           for s in (harness.arm, harness.base, harness.gripper))
+        arm, base, grip = (_last(s) for s in (records.arm, records.base, records.gripper))
         return (arm is not None and base is not None and grip is not None
-                and np.allclose(arm[1], expected[:7], atol=1e-6)
-                and np.allclose(base[1], expected[7:10], atol=1e-6) and grip[1] == 1.0)
-
-    assert harness.wait_for(converged, 40.0), (
-        group.failed(), harness.latest(harness.arm), harness.latest(harness.base), expected)
-    # (The command rate and its jitter are measured by `vla-ros bench pipeline`, not here.)
-    # A new instruction changes the gripper without restarting anything.
-    harness.instruct('open the gripper')
-    assert harness.wait_for(lambda: harness.latest(harness.gripper)[1] == 0.0, 5.0)
-    assert group.failed() is None
+                and np.allclose(arm, expected[:7], atol=1e-6)
+                and np.allclose(base, expected[7:10], atol=1e-6) and grip[0] == 1.0)
+    # Within 4 s of sim time (the arm's velocity and acceleration limits set the pace).
+    ticks = rig.run_until(converged, 80)
+    assert ticks < 80, (_last(records.arm), _last(records.base), expected, rig.step.logs())
+    # Every token is the known model's answer for the frame it carries the stamp of.
+    assert records.tokens and all(e['tokens'] == tokens for e in records.tokens)
+    # A new instruction changes the gripper without restarting anything: its tokens come
+    # at the next policy tick, the command at the control tick after it.
+    rig.instruct('open the gripper')
+    t0 = rig.step.now_ns
+    ticks = rig.run_until(lambda: _last(records.gripper)[0] == 0.0, 3 * POLICY)
+    assert ticks <= POLICY + 1, ticks
+    opened = next(e for e in records.gripper if e['t_ns'] > t0 and e['values'][0] == 0.0)
+    tokens = [e for e in records.tokens if e['t_ns'] > t0]
+    assert tokens and opened['t_ns'] == tokens[0]['t_ns'] + int(PERIOD * NS)
+    assert rig.step.group.failed() is None
 
 
 def test_killing_inference_stops_base_and_holds_arm(graph):
-    harness, group = graph
-    harness.set_color(150, 230, 110)  # vx ≈ 0.40 m/s
-    harness.instruct('drive to the marker')
-    assert harness.wait_for(
-        lambda: (harness.latest(harness.base) or (0, np.zeros(3)))[1][0] > 0.35, 40.0)
-    vx = harness.latest(harness.base)[1][0]
-    group.kill('inference_node', signal.SIGKILL)
-    t_kill = time.monotonic()
-    assert harness.wait_for(lambda: harness.latest(harness.base)[1][0] == 0.0
-                            and harness.latest(harness.base)[0] > t_kill, 5.0)
-    # How long the stop takes is a sim-time property, checked exactly in test_fuzz.py (kill
-    # -9 of each node in lock step); here: the base ramps down, never up, within the
-    # deceleration limit per command, and stops.
-    assert vx > 0.35
-    ramp = [v[0] for t, v in harness.since(harness.base, t_kill)]
-    assert np.all(np.diff(ramp) <= 1e-12)  # never speeds up again
-    # At most DECEL x PERIOD per control tick; the publish stamps count the ticks between
-    # two received commands (a command the harness did not receive in time still counts).
-    with harness.lock:
-        stamped = list(harness.base_stamped)
-    for (s0, v0), (s1, v1) in zip(stamped, stamped[1:]):
-        ticks = max(1, round((s1 - s0) / PERIOD))
-        assert abs(v1[0] - v0[0]) <= DECEL * PERIOD * ticks + 1e-9, (s0, s1, v0, v1)
-    t_hold = time.monotonic()
-    time.sleep(0.5)
-    held = [v for t, v in harness.since(harness.arm, t_hold)]
-    assert len(held) >= 5 and all(np.array_equal(h, held[0]) for h in held)
-    assert all(np.all(v == 0) for t, v in harness.since(harness.base, t_hold))
+    rig, records = graph, graph.records
+    vx = _driving(rig)
+    last_target = records.targets[-1]
+    rig.step.kill('inference_node')
+    killed = rig.step.now_ns
+    # The last target is followed until its source stamp is TIMEOUT old; then the base
+    # ramps down at the deceleration limit, one step per control tick, and stops.
+    stop_ticks = int(np.ceil(vx / (DECEL * PERIOD))) + 1
+    deadline = last_target['stamp_ns'] + int((TIMEOUT + (stop_ticks + 1) * PERIOD) * NS)
+    rig.run_until(lambda: rig.step.now_ns >= deadline, 200)
+    after = [e for e in records.base if e['t_ns'] > killed]
+    vxs = [e['values'][0] for e in after]
+    assert vxs[-1] == 0.0 and all(np.all(e['values'] == 0.0) for e in after if
+                                  e['t_ns'] >= deadline - int(PERIOD * NS)), vxs
+    assert np.all(np.diff(vxs) <= 1e-12)  # never speeds up again
+    assert np.all(np.diff(vxs) >= -DECEL * PERIOD - 1e-9)  # ramps within the limit
+    # Full speed while the last target is fresh, ramping from the tick after it expired.
+    expiry = last_target['stamp_ns'] + int(TIMEOUT * NS)
+    assert all(e['values'][0] == vx for e in after if e['t_ns'] < expiry), (vxs, expiry)
+    assert all(e['values'][0] < vx for e in after if e['t_ns'] > expiry + int(PERIOD * NS))
+    # One command per control tick throughout, and the arm holds where it stopped.
+    assert [e['t_ns'] for e in after] == sorted({e['t_ns'] for e in after})
+    for _ in range(10):
+        rig.tick()
+    held = [e['values'] for e in records.arm[-10:]]
+    assert all(np.array_equal(h, held[0]) for h in held)
+    assert all(np.all(e['values'] == 0.0) for e in records.base[-10:])
 
 
-def test_estop_stops_within_one_period_and_latches(graph):
-    harness, group = graph
-    harness.set_color(150, 230, 110)
-    harness.instruct('drive to the marker')
-    assert harness.wait_for(
-        lambda: (harness.latest(harness.base) or (0, np.zeros(3)))[1][0] > 0.35, 40.0)
-    from std_msgs.msg import Bool
-    t0 = time.monotonic()
-    harness.estop_pub.publish(Bool(data=True))
-    assert harness.wait_for(lambda: harness.latest(harness.base)[1][0] == 0.0, 2.0)
-    # Counted in commands, not seconds: the e-stop acts on the next tick, so at most one
-    # moving command (the one already in flight) comes after it.
-    after = [v for t, v in harness.since(harness.base, t0)]
-    first_zero = next(i for i, v in enumerate(after) if np.all(v == 0.0))
-    assert first_zero <= 1, after[:5]
-    # Latched: the policy keeps producing targets, nothing moves, enable is refused.
-    t1 = time.monotonic()
-    time.sleep(1.0)
-    after = harness.since(harness.base, t1)
-    # (a loaded 2-core machine can delay ticks; what matters is that every one is zero)
-    assert len(after) >= 5 and all(np.all(v == 0) for t, v in after)
-    arms = [v for t, v in harness.since(harness.arm, t1)]
+def test_estop_stops_on_the_next_tick_and_latches(graph):
+    rig, records = graph, graph.records
+    _driving(rig)
+    rig.estop(True)
+    t0 = rig.step.now_ns
+    rig.tick()
+    # The command of the very next control tick is zero.
+    first = next(e for e in records.base if e['t_ns'] > t0)
+    assert np.all(first['values'] == 0.0) and first['t_ns'] == t0 + int(PERIOD * NS), first
+    # Latched: the policy keeps producing targets for 1 s of sim time, nothing moves, and
+    # enabling is refused.
+    tokens = len(records.tokens)
+    for _ in range(20):
+        rig.tick()
+    assert len(records.tokens) >= tokens + 4
+    latched = [e for e in records.base if e['t_ns'] > t0]
+    assert len(latched) == 21 and all(np.all(e['values'] == 0.0) for e in latched)
+    arms = [e['values'] for e in records.arm if e['t_ns'] > t0]
     assert all(np.array_equal(a, arms[0]) for a in arms)
-    assert harness.call_enable(True).success is False
-    # Clearing the e-stop alone does not move the robot; enabling does.
-    harness.estop_pub.publish(Bool(data=False))
-    time.sleep(0.5)
-    assert harness.latest(harness.base)[1][0] == 0.0
-    assert harness.call_enable(True).success is True
-    assert harness.wait_for(lambda: harness.latest(harness.base)[1][0] > 0.1, 5.0)
+    assert rig.enable(True).success is False
+    # Clearing the e-stop alone does not move the robot; enabling does, within one policy
+    # period plus the ramp.
+    rig.estop(False)
+    for _ in range(10):
+        rig.tick()
+    assert np.all(_last(records.base) == 0.0)
+    assert rig.enable(True).success is True
+    assert rig.run_until(lambda: _last(records.base)[0] > 0.1, 3 * POLICY) <= 2 * POLICY
 
 
 def test_garbage_images_do_not_kill_camera_node(graph):
     from sensor_msgs.msg import Image
-    harness, group = graph
-    harness.camera_enabled = False
+    rig, records = graph, graph.records
+    rig.camera_on = False
     garbage = [
         Image(height=300, width=300, encoding='rgb8', step=900, data=b'\x01' * 100),
         Image(height=10, width=10, encoding='yuv-weird', step=20, data=b'\x00' * 200),
         Image(height=0, width=0, encoding='rgb8', step=0, data=b''),
         Image(height=10, width=10, encoding='rgb8', step=5, data=b'\x00' * 300),
     ]
+    rig.step.settle(1)
+    images = len(records.images)
     for _ in range(5):
         for msg in garbage:
-            harness.image_pub.publish(msg)
-            time.sleep(0.01)
-    time.sleep(0.5)
-    t0 = time.monotonic()
-    assert harness.since(harness.vla_images, t0) == []
-    assert group.procs['camera_node'].poll() is None
-    harness.set_color(10, 20, 30)
-    harness.camera_enabled = True
-    assert harness.wait_for(lambda: len(harness.since(harness.vla_images, t0)) >= 3, 10.0)
-    img = harness.since(harness.vla_images, t0)[-1][1]
-    assert (img.encoding, img.height, img.width) == ('rgb8', 300, 300)
-    assert bytes(img.data[:3]) == bytes([10, 20, 30])
-    assert group.procs['camera_node'].poll() is None
+            rig.step.publish('camera/image_raw', msg)
+        rig.tick()
+    rig.step.settle(1)
+    assert len(records.images) == images  # nothing came out of camera_node
+    assert rig.step.group.procs['camera_node'].poll() is None
+    _, counters = rig.report('camera_node')
+    assert int(counters.get('dropped_malformed', 0)) == 20, counters
+    # A valid frame afterwards is converted at once.
+    rig.camera_on = True
+    rig.set_color(10, 20, 30)
+    t0 = rig.step.now_ns
+    assert rig.run_until(lambda: len(records.images) > images, 3) <= 3
+    assert records.images[-1]['stamp_ns'] >= t0
+    assert rig.step.group.procs['camera_node'].poll() is None
 
 
 def test_stale_camera_stops_inference_and_says_why(graph):
-    harness, group = graph
-    harness.set_color(100, 128, 128)
-    harness.instruct('pick up the red block')
-    assert harness.wait_for(lambda: len(harness.tokens) >= 3, 40.0)
-    harness.camera_enabled = False
-    t_off = time.monotonic()
-    assert harness.wait_for(
-        lambda: 'old' in getattr(harness.diagnostics.get('inference_node'), 'message', ''),
-        10.0), harness.diagnostics.get('inference_node')
-    # Counted in policy ticks: the newest frame is used while younger than max_image_age
-    # (0.5 s = 2.5 periods of 0.2 s), so at most 3 more token messages, plus one in flight.
-    assert len(harness.since(harness.tokens, t_off)) <= 4, harness.since(harness.tokens, t_off)
-    assert harness.wait_for(
-        lambda: 'old' in getattr(harness.diagnostics.get('inference_node'), 'message', ''),
-        3.0), harness.diagnostics.get('inference_node')
-    status = harness.diagnostics['inference_node']
-    assert status.level == status.WARN
-    values = {kv.key: kv.value for kv in status.values}
+    rig, records = graph, graph.records
+    rig.set_color(100, 128, 128)
+    rig.instruct('pick up the red block')
+    assert rig.run_until(lambda: len(records.tokens) >= 3, 100) < 100, rig.step.logs()
+    rig.camera_on = False
+    rig.step.settle(1)  # the last frame sent has been converted
+    last_frame = records.images[-1]['stamp_ns']
+    for _ in range(20):
+        rig.tick()
+    # The newest frame is used while it is at most MAX_IMAGE_AGE old: the tokens after the
+    # camera stopped all carry that frame's stamp and come at policy ticks within the age.
+    late = [e for e in records.tokens if e['t_ns'] > last_frame]
+    assert late and all(e['stamp_ns'] == last_frame for e in late), late
+    assert all(e['t_ns'] - last_frame <= MAX_IMAGE_AGE * NS for e in late), late
+    assert len(late) == int(MAX_IMAGE_AGE / (POLICY * PERIOD) + 1e-9) or \
+        len(late) == int(MAX_IMAGE_AGE / (POLICY * PERIOD) + 1e-9) + 1, late
+    message, values = rig.report('inference_node')
+    assert 'old' in message, message
     assert int(values['skipped']) > 0 and int(values['published']) >= 3
-    # and the base, with no new targets, is brought to rest by the watchdog
-    assert harness.wait_for(lambda: np.all(harness.latest(harness.base)[1] == 0.0), 3.0)
+    # With no new targets, the watchdog has brought the base to rest.
+    assert np.all(_last(records.base) == 0.0)
 
 
 @pytest.fixture(scope='module')
@@ -211,23 +235,22 @@ def test_graph_runs_the_exported_rt1_tiny(ros, params_file, rt1_tiny_dir, action
     image[...] = rgb
     # ONNX Runtime on the CPU is deterministic: the node must command exactly this.
     policy = Policy(PolicyFiles.from_paths(f'{rt1_tiny_dir}/policy.onnx'), action_space)
-    expected = ActionTokenizer(action_space).detokenize(policy.predict(image, text).tokens)
-    harness = Harness()
-    group = _start(params_file, rt1_tiny_dir)
+    tokens = policy.predict(image, text).tokens
+    expected = ActionTokenizer(action_space).detokenize(tokens)
+    rig = _rig(params_file, rt1_tiny_dir)
+    records = rig.records
     try:
-        harness.set_color(*rgb)
-        harness.instruct(text)
-        assert harness.wait_for(lambda: len(harness.tokens) >= 2, 60.0), group.failed()
-        tokens = np.frombuffer(harness.latest(harness.tokens)[1], np.uint8)
-        assert np.array_equal(tokens, policy.predict(image, text).tokens)
+        rig.set_color(*rgb)
+        rig.instruct(text)
+        assert rig.run_until(lambda: len(records.tokens) >= 2, 100) < 100, rig.step.logs()
+        assert all(e['tokens'] == [int(v) for v in tokens] for e in records.tokens)
 
         def converged():
-            arm, base = harness.latest(harness.arm), harness.latest(harness.base)
+            arm, base = _last(records.arm), _last(records.base)
             return (arm is not None and base is not None
-                    and np.allclose(arm[1], expected[:7], atol=1e-6)
-                    and np.allclose(base[1], expected[7:10], atol=1e-6))
-        assert harness.wait_for(converged, 30.0), (harness.latest(harness.arm), expected)
-        assert group.failed() is None
+                    and np.allclose(arm, expected[:7], atol=1e-6)
+                    and np.allclose(base, expected[7:10], atol=1e-6))
+        assert rig.run_until(converged, 100) < 100, (_last(records.arm), expected)
+        assert rig.step.group.failed() is None
     finally:
-        harness.close()
-        group.stop()
+        rig.close()

@@ -1,16 +1,18 @@
 """
 Safety rules of issue 7 through real processes on loopback DDS.
 
-interpolation_node runs alone as a process; the harness node plays the robot
-(joint_states), the detokenizer (stamped arm and base targets) and, where the test needs it,
-the simulator's /clock. Nothing is mocked: the commands checked are the ones a controller
-would receive.
+interpolation_node runs alone as a process; the test plays the robot (joint_states), the
+detokenizer (stamped targets) and the clock. Where the rule is about sim time the node runs
+in lock step (``graph_harness.LockstepRig``: the test moves the clock, one control tick at a
+time, and counts ticks); the lost-clock rule is about the wall clock, so that test runs a
+/clock of its own that it can freeze. Nothing is mocked: the commands checked are the ones
+a controller would receive.
 """
 
 import threading
 import time
 
-from graph_harness import Harness, JOINTS, print_logs
+from graph_harness import Harness, JOINTS, LockstepRig, print_logs
 import numpy as np
 import pytest
 from rosgraph_msgs.msg import Clock
@@ -19,6 +21,9 @@ from vla_ros.tools.up import ProcessGroup
 
 PERIOD = 0.05
 DECEL = 2.0
+BASE_ACCEL = 1.0   # base_max_acceleration, x (m/s^2)
+# Far enough from 0 for stamps 1e6 s in the past.
+LOCKSTEP_START_NS = 2_000_000 * 1_000_000_000
 
 
 def _interpolation_node(params_file, use_sim_time=False, **params):
@@ -69,68 +74,67 @@ def _commands_flowing(harness, group):
         group.failed()
 
 
-def test_targets_with_bad_source_stamps_never_move_the_robot(harness, params_file):
+@pytest.fixture
+def interp(ros, params_file):
+    """interpolation_node alone in lock step; the test plays robot, detokenizer and clock."""
+    rig = LockstepRig(params_file, {'interpolation_node': {
+        'start_enabled': True, 'command_timeout': 0.5, 'clock_timeout': 10.0}},
+        nodes=('interpolation_node',))
+    try:
+        yield rig
+    finally:
+        rig.close()
+
+
+def test_targets_with_bad_source_stamps_never_move_the_robot(interp):
     """Issue 7.3: stamps 1e6 s ahead, 1e6 s behind, or 0 moved the arm 0.5 rad."""
-    group = _interpolation_node(params_file, command_timeout=0.5)
-    try:
-        _commands_flowing(harness, group)
-        t0 = time.monotonic()
-        arm, base = np.full(7, 0.5), np.array([0.4, 0.0, 0.0])
-        for offset_ns in (int(1e6 * 1e9), -int(1e6 * 1e9), None):
-            for _ in range(4):
-                now_ns = harness.get_clock().now().nanoseconds
-                harness.send_target(arm, base, 0 if offset_ns is None else now_ns + offset_ns)
-                time.sleep(0.1)
-        time.sleep(0.3)
-        arms = [v for _, v in harness.since(harness.arm, t0)]
-        bases = [v for _, v in harness.since(harness.base, t0)]
-        assert len(arms) >= 10 and all(np.all(a == 0.0) for a in arms)
-        assert all(np.all(b == 0.0) for b in bases)
-
-        def counted():
-            values = harness.diagnostic_values('interpolation_node')
-            return all(int(values.get(f'rejected_stale_targets_{kind}', 0)) >= 4
-                       for kind in ('future', 'old', 'unstamped'))
-        assert harness.wait_for(counted, 3.0), harness.diagnostic_values('interpolation_node')
-        status = harness.diagnostics['interpolation_node']
-        assert 'rejected' in status.message and status.level == status.WARN, status.message
-        # The same targets with a current stamp are executed (the channel works).
-        t1 = time.monotonic()
-        harness.send_target(arm, base, harness.get_clock().now().nanoseconds)
-        assert harness.wait_for(lambda: np.all(harness.latest(harness.arm)[1] > 0.05), 3.0)
-        assert harness.since(harness.base, t1)[-1][1][0] > 0.0
-        assert group.failed() is None
-    finally:
-        group.stop()
-        print_logs(group)
+    rig, records = interp, interp.records
+    rig.start(LOCKSTEP_START_NS)
+    assert rig.run_until(lambda: len(records.arm) >= 3, 20) < 20, rig.step.logs()
+    t0 = rig.step.now_ns
+    arm, base = np.full(7, 0.5), np.array([0.4, 0.0, 0.0])
+    for offset_ns in (int(1e6 * 1e9), -int(1e6 * 1e9), None):
+        for _ in range(4):
+            rig.send_target(arm, base, 0 if offset_ns is None else rig.step.now_ns + offset_ns)
+            rig.tick()
+    arms = [e['values'] for e in records.arm if e['t_ns'] > t0]
+    bases = [e['values'] for e in records.base if e['t_ns'] > t0]
+    assert len(arms) == len(bases) == 12  # one command per tick, every one at rest
+    assert all(np.all(a == 0.0) for a in arms) and all(np.all(b == 0.0) for b in bases)
+    message, values = rig.report('interpolation_node')
+    assert all(int(values.get(f'rejected_stale_targets_{kind}', 0)) == 4
+               for kind in ('future', 'old', 'unstamped')), values
+    assert 'rejected' in message, message
+    # The same target with a current stamp is executed on the next tick (the channel works).
+    t1 = rig.step.now_ns
+    rig.send_target(arm, base, t1)
+    rig.tick()
+    moved = [e for e in records.arm if e['t_ns'] > t1]
+    assert len(moved) == 1 and np.all(moved[0]['values'] > 0.0), moved
+    assert [e['values'][0] for e in records.base if e['t_ns'] > t1] == [
+        pytest.approx(BASE_ACCEL * PERIOD)]
 
 
-def test_duplicated_joint_names_in_joint_states_are_rejected(harness, params_file):
+def test_duplicated_joint_names_in_joint_states_are_rejected(interp):
     """A joint named twice (the last copy used to win) is refused: nothing is commanded."""
-    harness.joint_names = JOINTS + ['arm_joint_3']
-    harness.joint_positions = np.array([0.0] * 7 + [1.0])  # which arm_joint_3 is it?
-    group = _interpolation_node(params_file)
-    try:
-        assert harness.wait_for(lambda: int(harness.diagnostic_values(
-            'interpolation_node').get('joint_states_rejected', 0)) >= 20, 20.0), \
-            group.failed()
-        harness.send_target(np.zeros(7), np.zeros(3), harness.get_clock().now().nanoseconds)
-        time.sleep(0.5)
-        assert harness.arm == [] and harness.base == []  # never started: nothing commanded
-        assert any('arm_joint_3' in line and 'more than once' in line
-                   for line in group.lines['interpolation_node']), \
-            group.lines['interpolation_node']
-        status = harness.diagnostics['interpolation_node']
-        assert 'joint_states' in status.message, status.message
-        # Correct joint_states start the loop at the measured pose.
-        harness.joint_names = list(JOINTS)
-        harness.joint_positions = np.zeros(7)
-        assert harness.wait_for(lambda: harness.latest(harness.arm) is not None, 5.0)
-        assert np.all(harness.latest(harness.arm)[1] == 0.0)
-        assert group.failed() is None
-    finally:
-        group.stop()
-        print_logs(group)
+    rig, records = interp, interp.records
+    rig.joint_names = JOINTS + ['arm_joint_3']
+    rig.joint_positions = [0.0] * 7 + [1.0]  # which arm_joint_3 is it?
+    rig.start(LOCKSTEP_START_NS)
+    for _ in range(10):
+        rig.tick()
+    rig.send_target(np.zeros(7), np.zeros(3), rig.step.now_ns)
+    message, values = rig.report('interpolation_node')
+    assert int(values.get('joint_states_rejected', 0)) >= 10, values
+    assert 'joint_states' in message, message
+    assert records.arm == [] and records.base == []  # never started: nothing commanded
+    # Correct joint_states start the loop at the measured pose on the next tick.
+    rig.joint_names = list(JOINTS)
+    rig.joint_positions = [0.0] * 7
+    rig.tick()  # the robot reports the corrected state after this tick...
+    rig.tick()  # ...and the loop starts from it at this one
+    assert len(records.arm) == 1 and np.all(records.arm[0]['values'] == 0.0), records.arm
+    assert rig.step.group.failed() is None
 
 
 def test_lost_clock_stops_the_base_on_the_steady_clock_and_resumes(harness, params_file):

@@ -20,7 +20,7 @@ manager does not retry (a node that cannot be configured exits by itself with co
 from dataclasses import dataclass
 import threading
 import time
-from typing import Tuple
+from typing import Optional, Tuple
 
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
@@ -78,7 +78,9 @@ class LifecycleManager(Node):
         for name in self.params.node_names:
             if not self._lifecycle_clients[name][1].service_is_ready():
                 continue
-            if self._state(name) == State.PRIMARY_STATE_UNCONFIGURED:
+            # One quick question: a killed node's service may still be listed (until its
+            # DDS lease ends) and never answer; the next watch asks again.
+            if self._state(name, patience=0.0) == State.PRIMARY_STATE_UNCONFIGURED:
                 self.get_logger().warn(f'{name} is unconfigured again (restarted?): '
                                        'bringing the nodes up again')
                 self.diag.count('restarts_seen')
@@ -95,9 +97,22 @@ class LifecycleManager(Node):
             return None
         return future.result()
 
-    def _state(self, name: str) -> int:
-        result = self._call(self._lifecycle_clients[name][1], GetState.Request(), 10.0)
-        return State.PRIMARY_STATE_UNKNOWN if result is None else result.current_state.id
+    def _state(self, name: str, patience: Optional[float] = None) -> int:
+        """
+        Return the node's primary state (UNKNOWN when it never answers).
+
+        A request without an answer after a second is sent again, for ``patience`` seconds
+        (default ``service_timeout``): right after discovery rmw_fastrtps may drop a
+        response, and a node busy in a long transition answers once it is done.
+        """
+        client = self._lifecycle_clients[name][1]
+        end = time.monotonic() + (self.params.service_timeout if patience is None else patience)
+        while True:
+            result = self._call(client, GetState.Request(), 1.0)
+            if result is not None:
+                return result.current_state.id
+            if time.monotonic() > end:
+                return State.PRIMARY_STATE_UNKNOWN
 
     def _transition(self, name: str, transition: int, label: str) -> bool:
         client = self._lifecycle_clients[name][0]
@@ -128,14 +143,23 @@ class LifecycleManager(Node):
                         timeout_sec=self.params.service_timeout):
                     return self._fail(f'{name}: no {name}/change_state service after '
                                       f'{self.params.service_timeout:g} s')
-                if self._state(name) == State.PRIMARY_STATE_UNCONFIGURED and \
-                        not self._transition(name, Transition.TRANSITION_CONFIGURE,
-                                             'configure'):
-                    return False
+                state = self._state(name)
+                if state == State.PRIMARY_STATE_UNCONFIGURED:
+                    if not self._transition(name, Transition.TRANSITION_CONFIGURE,
+                                            'configure'):
+                        return False
+                elif state not in (State.PRIMARY_STATE_INACTIVE, State.PRIMARY_STATE_ACTIVE):
+                    return self._fail(f'{name}: cannot configure it from state {state} '
+                                      '(no answer is 0)')
             for name in names:
-                if self._state(name) == State.PRIMARY_STATE_INACTIVE and \
-                        not self._transition(name, Transition.TRANSITION_ACTIVATE, 'activate'):
-                    return False
+                # Never report a node active that is not: each one is asked again.
+                state = self._state(name)
+                if state == State.PRIMARY_STATE_INACTIVE:
+                    if not self._transition(name, Transition.TRANSITION_ACTIVATE, 'activate'):
+                        return False
+                elif state != State.PRIMARY_STATE_ACTIVE:
+                    return self._fail(f'{name}: cannot activate it from state {state} '
+                                      '(no answer is 0)')
             self.diag.reason = ''
             self._watching = True
             self.diag.set('active', ','.join(names))

@@ -2,13 +2,14 @@
 `vla-ros bench pipeline`: run the four nodes for a fixed time and print their timing.
 
 A driver node in this process (a ``tools/probe.Probe``) plays the camera and the robot
-(joint_states); the nodes run as separate processes exactly as `vla-ros up` starts them. Figures come from two places:
-the nodes' own /diagnostics (timer period jitter measured inside each process, camera
-stamp → first command latency measured by interpolation_node) and this process's arrival
-times of vla/action_tokens and arm commands (what a consumer sees). Resident memory (RSS)
-of every node process is read from /proc at the start and the end of the measured window
-and every 10 s in between (flat memory over a long run), and camera_node's own count of
-published frames is taken at both ends (frames delivered, as the node saw them).
+(joint_states); the nodes run as separate processes exactly as `vla-ros up` starts them.
+Figures come from two places: the nodes' own /diagnostics (timer period jitter measured
+inside each process, camera stamp → first command latency measured by interpolation_node)
+and this process's arrival times of vla/action_tokens and arm commands (what a consumer
+sees). Resident memory (RSS) of every node process is read from /proc at the start and the
+end of the measured window and every 10 s in between (flat memory over a long run), and
+camera_node's own count of published frames is taken at both ends (frames delivered, as
+the node saw them).
 
 Length (over 300 lines): one benchmark: graph start, load generation, measurement and the
 report.

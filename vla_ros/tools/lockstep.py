@@ -247,16 +247,21 @@ class Lockstep:
             startup.call_async(Trigger.Request())
         clients = {n: self.node.create_client(GetState, f'/{n}/get_state') for n in managed}
         end = time.monotonic() + self.timeout
-        pending = {}
+        pending = {}   # name -> (future, when asked)
         while True:
             for name, client in clients.items():
-                future = pending.get(name)
+                future, asked = pending.get(name, (None, 0.0))
                 if future is not None and future.done():
                     if future.result().current_state.id == State.PRIMARY_STATE_ACTIVE:
                         clients[name] = None
                     pending.pop(name)
+                elif future is not None and time.monotonic() - asked > 1.0:
+                    # Unanswered for a second: right after discovery rmw_fastrtps may drop
+                    # the response (as in ``barrier``); ask again.
+                    client.remove_pending_request(future)
+                    pending.pop(name)
                 elif future is None and client.service_is_ready():
-                    pending[name] = client.call_async(GetState.Request())
+                    pending[name] = (client.call_async(GetState.Request()), time.monotonic())
             clients = {n: c for n, c in clients.items() if c is not None}
             if not clients:
                 return
@@ -413,6 +418,16 @@ class Lockstep:
                 raise NotQuiet(f'{what}: no answer within {self.timeout:g} s at sim time '
                                f'{self.now_ns / NS:.3f} s\n' + self.logs())
             self.executor.spin_once(timeout_sec=0.05)
+
+    def call(self, service_type, name: str, request):
+        """Call a service of the graph (sim time stands still meanwhile); return the answer."""
+        client = self._clients.get(name)
+        if client is None:
+            client = self._clients[name] = self.node.create_client(service_type, name)
+        self._spin_until(client.service_is_ready, f'service {name}', self.alive)
+        future = client.call_async(request)
+        self._spin_until(future.done, f'service {name}', self.alive)
+        return future.result()
 
     def barrier(self, names: Optional[Sequence[str]] = None):
         """
