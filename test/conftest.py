@@ -67,3 +67,19 @@ def ros():
     rclpy.init()
     yield
     rclpy.try_shutdown()
+
+
+@pytest.fixture(scope='module')
+def expert_setup(action_space, params_file):
+    """Return the robot, the in-process pipeline (deployed parameters) and the expert."""
+    pytest.importorskip('mujoco')
+    from vla_ros.core.action_space import ActionTokenizer
+    from vla_ros.sim.evaluate import control_config, ExpertDecider, Pipeline
+    from vla_ros.sim.robot import Robot
+    from vla_ros.sim.tasks import TaskEnv
+    robot = Robot()
+    env = TaskEnv(robot)
+    tokenizer = ActionTokenizer(action_space)
+    pipeline = Pipeline(env, tokenizer, control_config(params_file))
+    yield env, pipeline, ExpertDecider(robot, tokenizer), tokenizer
+    robot.close()

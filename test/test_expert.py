@@ -20,14 +20,9 @@ SEEDS = (0, 1, 2)
 
 
 @pytest.fixture(scope='module')
-def setup(action_space, params_file):
+def setup(expert_setup):
     """Robot, pipeline (with the deployed interpolation parameters) and expert."""
-    robot = Robot()
-    env = TaskEnv(robot)
-    tokenizer = ActionTokenizer(action_space)
-    pipeline = Pipeline(env, tokenizer, control_config(params_file))
-    yield env, pipeline, ExpertDecider(robot, tokenizer), tokenizer
-    robot.close()
+    return expert_setup
 
 
 @pytest.mark.parametrize('task', TASK_NAMES)

@@ -17,9 +17,7 @@ import pytest
 pytest.importorskip('mujoco')
 
 from vla_ros.conversions import msg_to_sim_state, sim_state_msg, time_to_ns  # noqa: E402
-from vla_ros.core.action_space import ActionTokenizer  # noqa: E402
 from vla_ros.nodes.common import COMMAND_QOS  # noqa: E402
-from vla_ros.sim.evaluate import control_config, ExpertDecider, Pipeline  # noqa: E402
 from vla_ros.sim.robot import Robot  # noqa: E402
 from vla_ros.sim.tasks import TaskEnv  # noqa: E402
 from vla_ros.tools.probe import Probe  # noqa: E402
@@ -29,13 +27,10 @@ START_NS = 1000 * 10**9  # sim time of the episode's start on the wire
 
 
 @pytest.fixture(scope='module')
-def episode_record(action_space, params_file):
+def episode_record(expert_setup):
     """Run the expert in process (pick_block seed 3); keep (time, snapshot, tokens) each tick."""
-    robot = Robot()
-    env = TaskEnv(robot)
-    tokenizer = ActionTokenizer(action_space)
-    pipeline = Pipeline(env, tokenizer, control_config(params_file))
-    expert = ExpertDecider(robot, tokenizer)
+    env, pipeline, expert, _ = expert_setup
+    robot = env.robot
     expert.reset(env.reset('pick_block', 3))
     record = []
 
@@ -46,7 +41,6 @@ def episode_record(action_space, params_file):
         return expert(obs)
     status = pipeline.run_episode(decide, on_decision=lambda obs, tokens: record.append(
         (obs.now, robot.snapshot(), tokens.copy())))
-    robot.close()
     assert status['success'], status
     return record
 

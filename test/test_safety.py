@@ -177,7 +177,9 @@ def test_lost_clock_stops_the_base_on_the_steady_clock_and_resumes(harness, para
         assert all(np.all(v == 0.0) for t, v in harness.since(harness.base, zero_at))
         status = harness.diagnostics['interpolation_node']
         assert 'clock frozen' in status.message, status.message
-        assert int(harness.diagnostic_values('interpolation_node')['clock_frozen']) == 1
+        # (a loaded machine can delay this test's own /clock publisher past the timeout
+        # once more: counted too)
+        assert int(harness.diagnostic_values('interpolation_node')['clock_frozen']) >= 1
         # time moves again: new targets move the robot again
         clock.running = True
         assert drive(lambda: base_vx() > 0.1, 5.0), harness.latest(harness.base)

@@ -175,7 +175,13 @@ def run(factory: Callable[[], Node], args: Optional[Sequence[str]] = None,
         # A managed node whose configure transition found bad configuration (a model that
         # fails its hash check) sets ``fatal``: a deployment error, so it exits like one.
         while rclpy.ok() and getattr(node, 'fatal', None) is None:
-            executor.spin_once(timeout_sec=0.2)
+            try:
+                executor.spin_once(timeout_sec=0.2)
+            except RuntimeError:
+                # Ctrl-C shuts the context down under a running take ("Unable to convert
+                # call argument"): a stop, not a failure. Anything else is raised.
+                if rclpy.ok():
+                    raise
         if getattr(node, 'fatal', None) is not None:
             raise node.fatal
     except ConfigError as exc:
