@@ -16,12 +16,15 @@ import pytest
 
 pytest.importorskip('mujoco')
 
-from vla_ros.conversions import msg_to_sim_state, sim_state_msg, time_to_ns  # noqa: E402
+from vla_ros.conversions import (msg_to_sim_state, sim_state_msg, target_to_msg,  # noqa: E402
+                                 time_to_ns)
 from vla_ros.nodes.common import COMMAND_QOS  # noqa: E402
+from vla_ros.nodes.expert_node import LEAD_MARGIN  # noqa: E402
+from vla_ros.sim.evaluate import ExpertDecider  # noqa: E402
 from vla_ros.sim.robot import Robot  # noqa: E402
 from vla_ros.sim.tasks import TaskEnv  # noqa: E402
 from vla_ros.tools.probe import Probe  # noqa: E402
-from vla_ros_interfaces.msg import ActionTokens, SimState  # noqa: E402
+from vla_ros_interfaces.msg import ActionTarget, ActionTokens, SimState  # noqa: E402
 
 START_NS = 1000 * 10**9  # sim time of the episode's start on the wire
 
@@ -29,8 +32,14 @@ START_NS = 1000 * 10**9  # sim time of the episode's start on the wire
 @pytest.fixture(scope='module')
 def episode_record(expert_setup):
     """Run the expert in process (pick_block seed 3); keep (time, snapshot, tokens) each tick."""
-    env, pipeline, expert, _ = expert_setup
+    env, pipeline, _, tokenizer = expert_setup
+    return _record(env, pipeline, tokenizer)
+
+
+def _record(env, pipeline, tokenizer):
     robot = env.robot
+    # As expert_node decides: arm targets kept inside the composer's trust region.
+    expert = ExpertDecider(robot, tokenizer, lead_limit=0.35 - LEAD_MARGIN)
     expert.reset(env.reset('pick_block', 3))
     record = []
 
@@ -84,12 +93,13 @@ def test_a_restored_snapshot_reproduces_the_world():
 
 
 class TokenProbe(Probe):
-    """Publishes sim/state, records (stamp ns, tokens) from vla/action_tokens."""
+    """Publishes sim/state (and vla/target), records (stamp ns, tokens) of vla/action_tokens."""
 
     def __init__(self):
         super().__init__('expert_node_probe')
         self.tokens = []
         self.state_pub = self.node.create_publisher(SimState, 'sim/state', COMMAND_QOS)
+        self.target_pub = self.node.create_publisher(ActionTarget, 'vla/target', COMMAND_QOS)
         self.node.create_subscription(ActionTokens, 'vla/action_tokens', self._on_tokens,
                                       COMMAND_QOS)
         self.start()
@@ -104,8 +114,7 @@ class TokenProbe(Probe):
             return list(self.tokens)
 
 
-@pytest.fixture
-def expert_node(ros, params_file):
+def _expert_node(params_file):
     from graph_harness import print_logs
     from vla_ros.graph import NodeSpec
     from vla_ros.tools.up import ProcessGroup
@@ -118,6 +127,18 @@ def expert_node(ros, params_file):
         probe.close()
         group.stop()
         print_logs(group)
+
+
+@pytest.fixture
+def expert_node(ros, params_file):
+    """expert_node in the test model's absolute action space."""
+    yield from _expert_node(params_file)
+
+
+@pytest.fixture
+def shipped_expert_node(ros, shipped_params_file):
+    """expert_node in the shipped (relative arm) action space."""
+    yield from _expert_node(shipped_params_file)
 
 
 def _first_answer(probe, group, msg):
@@ -175,3 +196,38 @@ def test_expert_node_counts_bad_states_and_publishes_nothing(expert_node, episod
     assert probe.wait_for(lambda: len(probe.received()) == 2, 10.0), group.failed()
     assert probe.received()[1][0] == START_NS + int(round(t * 1e9))
     assert group.failed() is None
+
+
+def test_expert_node_labels_against_the_target_the_detokenizer_published(
+        shipped_expert_node, params_file, shipped_action_space):
+    """The previous target is the one published on vla/target, not the node's own guess."""
+    from vla_ros.core.action_space import ActionTokenizer
+    from vla_ros.sim.evaluate import control_config, Pipeline
+    probe, group = shipped_expert_node
+    action_space = shipped_action_space
+    tokenizer = ActionTokenizer(action_space)
+    env = TaskEnv(Robot())
+    record = _record(env, Pipeline(env, tokenizer, control_config(params_file)), tokenizer)
+    env.robot.close()
+    (t0, snap0, tokens0), (t1, snap1, tokens1) = record[:2]
+    _first_answer(probe, group, _state_msg(t0, snap0))
+    # The expert's own target after decision 0 (composed on the measured arm, as the
+    # in-process pipeline did), and another one the detokenizer published instead (it kept
+    # the previous episode's target, say): 0.1 rad off on every joint.
+    arm0 = np.array([snap0[0][f'arm_joint_{i}'] for i in range(1, 8)])
+    own = arm0 + tokenizer.detokenize(tokens0)[:7]
+    published = own + 0.1
+    probe.target_pub.publish(target_to_msg(list(published) + [0.0, 0.0, 0.0, 0.0],
+                                           START_NS + int(round(t0 * 1e9)),
+                                           [f'arm_joint_{i}' for i in range(1, 8)],
+                                           action_space.identity))
+    assert probe.wait_for(lambda: int(probe.diagnostic_values('expert_node').get(
+        'targets_observed', 0)) == 1, 10.0), probe.diagnostic_values('expert_node')
+    probe.state_pub.publish(_state_msg(t1, snap1))
+    assert probe.wait_for(lambda: len(probe.received()) == 2, 10.0), group.failed()
+    labels = tokenizer.detokenize(np.frombuffer(probe.received()[1][1], np.uint8))[:7]
+    # Same absolute target, now reached from the published target: labels 0.1 rad lower
+    # (within one bin of the quantisation).
+    expected = tokenizer.detokenize(tokens1)[:7] - 0.1
+    width = action_space.bin_width[:7]
+    assert np.all(np.abs(labels - expected) <= width + 1e-9), (labels, expected)

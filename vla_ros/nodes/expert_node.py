@@ -12,25 +12,36 @@ One decision per state message (sim_node publishes them at ``inference_frequency
 policy's time grid), never two within half a period. A state naming another episode (task,
 seed, start) restarts the expert: it draws the same episode from (task, seed) as sim_node
 did. Arm labels are relative to the previous commanded target with the detokenizer's rule
-(``core/targets.py``), measured from the state. A malformed state (unknown joint or body,
-non-finite values, unknown task) is counted and warned about, and nothing is published:
-the interpolator holds, as it does when inference stops.
+(``core/targets.py``): the target the detokenizer published on ``vla/target`` (as
+inference_node's state input), else the expert's own last one, else the measured arm. Without
+the published one, the first decision of an episode could be labelled against the measured
+arm while the detokenizer added it to the last episode's target, an offset that no later
+step removed. Each arm target stays within
+``max_target_deviation - LEAD_MARGIN`` of the measured joint: the detokenizer judges its
+fall-back to the measured arm on joint_states a few milliseconds newer than the state, and
+near the threshold the two sides disagreed (the labels were then added to another base; the
+expert inside sim_node had seen the same joint_states as the detokenizer). A malformed state
+(unknown joint or body, non-finite values, unknown task) is counted and warned about, and
+nothing is published: the interpolator holds, as it does when inference stops.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 from rclpy.node import Node
-from vla_ros_interfaces.msg import ActionTokens, SimState
+from vla_ros_interfaces.msg import ActionTarget, ActionTokens, SimState
 
 from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exit_with, run)
-from ..conversions import msg_to_sim_state, tokens_to_msg
+from ..conversions import msg_to_sim_state, msg_to_target, tokens_to_msg
 from ..core.action_space import ActionSpace, ActionSpaceError, ActionTokenizer
 from ..core.targets import ComposerConfig, TargetComposer
 from ..paths import default_action_space_file
 from ..sim.evaluate import ExpertDecider, Observation
-from ..sim.robot import DEFAULT_MODEL, Robot
+from ..sim.robot import ARM_JOINTS, DEFAULT_MODEL, Robot
 from ..sim.tasks import POLICY_PERIOD, TASK_NAMES, TaskEnv
+
+# How far (rad) inside max_target_deviation the expert's arm targets stay.
+LEAD_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -66,18 +77,31 @@ class ExpertNode(Node):
             self.get_logger().warn(f'the expert is tuned for {1 / POLICY_PERIOD:g} Hz; '
                                    f'inference_frequency is {p.inference_frequency:g} Hz')
         self.env = TaskEnv(self.robot)
-        self.expert = ExpertDecider(self.robot, self.tokenizer, self.period)
+        self.expert = ExpertDecider(self.robot, self.tokenizer, self.period,
+                                    lead_limit=max(0.05, p.max_target_deviation - LEAD_MARGIN))
         self._episode_key = None
         self._last_ns = None
         self.diag = Diagnostics(self)
         self._pub = self.create_publisher(ActionTokens, 'vla/action_tokens', COMMAND_QOS)
         self.create_subscription(SimState, 'sim/state', self._on_state, COMMAND_QOS)
+        self.create_subscription(ActionTarget, 'vla/target', self._on_target, COMMAND_QOS)
         self.get_logger().info('scripted expert: sim/state → vla/action_tokens')
 
     def _reject(self, why: str):
         n = self.diag.count('states_rejected')
         self.get_logger().warn(f'rejecting sim/state ({n} so far): {why}',
                                throttle_duration_sec=2.0)
+
+    def _on_target(self, msg: ActionTarget):
+        try:
+            target, stamp_ns = msg_to_target(msg, ARM_JOINTS, self.tokenizer.space.identity)
+            # Timed by its source stamp, the sim time of the state it was decided on.
+            self.composer.observe(target, (stamp_ns or 0) * 1e-9)
+            self.diag.count('targets_observed')
+        except ValueError as exc:
+            n = self.diag.count('targets_rejected')
+            self.get_logger().warn(f'ignoring vla/target ({n} so far): {exc}',
+                                   throttle_duration_sec=2.0)
 
     def _on_state(self, msg: SimState):
         try:
@@ -87,9 +111,9 @@ class ExpertNode(Node):
             key = (world.task, world.seed, world.episode_start_ns)
             if key != self._episode_key or world.stamp_ns < (self._last_ns or 0):
                 # The episode as sim_node drew it, then the expert starts on it from the
-                # episode's initial state, as it would inside the simulator.
+                # episode's initial state, as it would inside the simulator. The previous
+                # target is kept: the detokenizer keeps it too, and the rule decides.
                 self.expert.reset(self.env.reset(world.task, world.seed))
-                self.composer.reset()
                 self._episode_key, self._last_ns = key, None
             elif world.stamp_ns - self._last_ns < 0.5e9 * self.period:
                 self.diag.count('states_skipped')  # faster than the policy rate
