@@ -313,6 +313,7 @@ def record(out: str, topics: Sequence[str], storage: str = 'mcap', duration: flo
     """Record until ``duration`` s pass (0: forever), Ctrl-C or SIGTERM; return a summary."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from ..spin import spin_once
     if timestamp not in TIMESTAMPS:
         raise RecordError(f'timestamp must be one of {TIMESTAMPS}, found {timestamp!r}')
     for name in topics:
@@ -335,7 +336,8 @@ def record(out: str, topics: Sequence[str], storage: str = 'mcap', duration: flo
         while rclpy.ok():
             if end is not None and time.monotonic() >= end:
                 break
-            executor.spin_once(timeout_sec=0.1)
+            if not spin_once(executor, 0.1):  # Ctrl-C
+                break
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

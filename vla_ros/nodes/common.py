@@ -20,6 +20,7 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, qos_profile_sensor_data,
 from rclpy.qos_overriding_options import QoSOverridingOptions
 
 from ..core.params import schema
+from ..spin import spin_once
 
 SENSOR_QOS = qos_profile_sensor_data
 LATEST_IMAGE_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT,
@@ -174,14 +175,8 @@ def run(factory: Callable[[], Node], args: Optional[Sequence[str]] = None,
         executor.add_node(node)
         # A managed node whose configure transition found bad configuration (a model that
         # fails its hash check) sets ``fatal``: a deployment error, so it exits like one.
-        while rclpy.ok() and getattr(node, 'fatal', None) is None:
-            try:
-                executor.spin_once(timeout_sec=0.2)
-            except RuntimeError:
-                # Ctrl-C shuts the context down under a running take ("Unable to convert
-                # call argument"): a stop, not a failure. Anything else is raised.
-                if rclpy.ok():
-                    raise
+        while getattr(node, 'fatal', None) is None and spin_once(executor, 0.2):
+            pass
         if getattr(node, 'fatal', None) is not None:
             raise node.fatal
     except ConfigError as exc:
