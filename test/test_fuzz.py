@@ -210,16 +210,8 @@ class Bench(LockstepRig):
         return 'tracking' if message == 'ok' else message.split(' ')[0]
 
     def counters(self, node: str) -> dict:
-        """Return the newest /diagnostics counters of ``node`` (waits up to 3 s for them)."""
-        import time
-        end = time.monotonic() + 3.0
-        seen = dict(self.step.diagnostics.get(node, {}))
-        while time.monotonic() < end:
-            self.step.executor.spin_once(timeout_sec=0.1)
-            now = self.step.diagnostics.get(node, {})
-            if now and now != seen:
-                return now
-        return self.step.diagnostics.get(node, {})
+        """Return the counters of ``node``'s next /diagnostics report (waits up to 3 s)."""
+        return self.report(node, timeout=3.0)[1]
 
 
 @pytest.fixture(scope='module')
