@@ -8,6 +8,18 @@ policy tick the frame inference_node would see (300x300 rgb8), the instruction, 
 previous commanded target (the policy's state input), the measured joints, the expert's
 action values and tokens are recorded into a LeRobotDataset v3 folder (``dataset.py``).
 
+Demonstrations that teach recovery (``--arm-noise SIGMA``, DART-style noise injection):
+at every policy tick the expert's clean arm delta is the recorded label, but the delta
+*executed* is that label plus Gaussian noise, N(0, SIGMA) rad independently per arm joint,
+clipped to the action space's bounds. At the next tick the expert re-plans from the target
+that was actually commanded (``ScriptedExpert.anchor``), so the recorded states leave the
+expert's path and the labels say how to get back. Spared (executed clean): the tick where
+the expert's gripper command changes and the ``NOISE_SPARE_TICKS`` ticks around it, so a
+grasp or release is never shaken loose; base and gripper dimensions are never perturbed.
+An episode the perturbed expert fails is dropped (counted as ``expert_failures``), as clean
+ones are. The noise is drawn from a generator seeded by (seed, task), so a perturbed
+collection is as deterministic as a clean one.
+
 Deterministic by seed: episode k of task T uses seed ``seed_start + k`` (seeds whose
 (task, colour) is held out for evaluation are skipped). Resumable: episodes already in the
 folder are skipped; data is flushed every ``--flush-every`` episodes.
@@ -38,6 +50,48 @@ DEFAULT_EPISODES = {'pick_block': 500, 'place_in_bowl': 400, 'push_block': 400,
                     'drive_to_marker': 300, 'gripper': 100}
 # Seconds recorded after the success check first passes (the policy learns to finish).
 AFTER_SUCCESS = 1.0
+# Policy ticks on each side of a gripper event executed without arm noise.
+NOISE_SPARE_TICKS = 2
+
+
+class ArmNoise:
+    """DART-style noise on the executed arm delta (module docstring); labels stay clean."""
+
+    def __init__(self, sigma: float, space: ActionSpace, tokenizer: ActionTokenizer):
+        if sigma < 0.0 or not np.isfinite(sigma):
+            raise ValueError(f'--arm-noise must be a finite value >= 0, got {sigma}')
+        if sigma > 0.0 and not space.relative_arm:
+            raise ValueError('--arm-noise needs a relative (delta) arm action space')
+        self.sigma = float(sigma)
+        self.space = space
+        self.tokenizer = tokenizer
+        self.rng = np.random.default_rng(0)
+        self.last_grip: Optional[float] = None
+        self.quiet_until = -1
+        self.tick = 0
+
+    def reset(self, task: str, seed: int):
+        """Start an episode: the draws depend on (seed, task) only."""
+        self.rng = np.random.default_rng([int(seed), TASK_NAMES.index(task), 0xDA47])
+        self.last_grip = None
+        self.quiet_until = -1
+        self.tick = 0
+
+    def __call__(self, values: np.ndarray, labels: np.ndarray,
+                 upcoming_grip: Optional[float] = None) -> np.ndarray:
+        """Tokens to execute for the clean action ``values`` (tokens ``labels``)."""
+        tick, self.tick = self.tick, self.tick + 1
+        grip = float(values[10])
+        if self.last_grip is not None and grip != self.last_grip:
+            self.quiet_until = tick + NOISE_SPARE_TICKS
+        self.last_grip = grip
+        # Draw every tick (spared or not) so one episode's draws never depend on its events.
+        noise = self.rng.normal(0.0, self.sigma, 7) if self.sigma > 0.0 else np.zeros(7)
+        if self.sigma == 0.0 or tick <= self.quiet_until:
+            return labels
+        executed = np.array(values, dtype=np.float64)
+        executed[:7] = np.clip(executed[:7] + noise, self.space.low[:7], self.space.high[:7])
+        return self.tokenizer.tokenize(executed)
 
 
 def parse_episodes(text: str) -> Dict[str, int]:
@@ -75,7 +129,7 @@ class LearnerDecider:
 def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
             action_space_file: Optional[str] = None, params_file: Optional[str] = None,
             policy_dir: Optional[str] = None, flush_every: int = 50,
-            quiet: bool = False) -> Dict:
+            quiet: bool = False, arm_noise: float = 0.0) -> Dict:
     """Collect episodes into ``out``; returns counts. See the module docstring."""
     space_file = action_space_file or default_action_space_file()
     space = ActionSpace.from_yaml(space_file)
@@ -85,9 +139,10 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
     pipeline = Pipeline(env, tokenizer, control_config(params_file))
     expert = ExpertDecider(robot, tokenizer, POLICY_PERIOD)
     learner = LearnerDecider(policy_dir, space) if policy_dir else None
+    noise = ArmNoise(arm_noise, space, tokenizer)
     fps = int(round(1.0 / POLICY_PERIOD))
     meta = {'vla_ros.action_space': space.to_dict(), 'vla_ros.source': (
-        'dagger' if learner else 'expert')}
+        'dagger' if learner else 'expert'), 'vla_ros.arm_noise': float(arm_noise)}
     writer = ds.DatasetWriter(out, fps, meta)
     done = {(e['task'], e['seed']) for e in writer.episodes}
     plan = []
@@ -115,14 +170,17 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
             stats['skipped_held_out'] += 1
             continue
         expert.reset(episode)
+        noise.reset(task, seed)
         frames: List[ds.Frame] = []
 
         def decide(obs: Observation) -> np.ndarray:
-            if learner is not None:
-                # The learner moved the arm: the expert continues from the commanded target.
+            if learner is not None or noise.sigma > 0.0:
+                # The learner (or the noise) moved the arm: the expert continues from the
+                # target that was really commanded.
                 expert.expert.anchor(obs.state[:7])
             labels = expert(obs)
-            executed = learner(obs) if learner is not None else labels
+            executed = (learner(obs) if learner is not None
+                        else noise(expert.last_values, labels))
             frames.append(ds.Frame(image=obs.image, state=obs.state,
                                    joint_state=obs.joint_state,
                                    action=expert.last_values, tokens=labels))
@@ -140,7 +198,7 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
             'colour': episode.params.get('colour', ''),
             'direction': episode.params.get('direction', ''),
             'close': bool(episode.params.get('close', False)),
-            'source': 'dagger' if learner else 'expert'})
+            'source': 'dagger' if learner else 'expert', 'arm_noise': float(arm_noise)})
         stats['episodes'] += 1
         stats['frames'] += len(frames)
         progress.note(f'{stats["frames"]} frames, '
@@ -172,13 +230,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--params-file', default=None, help='parameters YAML (control loop)')
     parser.add_argument('--policy', default=None, metavar='MODEL_DIR',
                         help='DAgger: run this exported policy, label with the expert')
+    parser.add_argument('--arm-noise', type=float, default=0.0, metavar='SIGMA',
+                        help='DART: execute the expert arm delta plus N(0, SIGMA) rad per joint, '
+                        'record the clean label (default 0: clean demonstrations)')
     parser.add_argument('--flush-every', type=int, default=50)
     parser.add_argument('--quiet', action='store_true')
     args = parser.parse_args(argv)
     try:
         stats = collect(args.out, parse_episodes(args.episodes), args.seed_start,
                         args.action_space, args.params_file, args.policy, args.flush_every,
-                        args.quiet)
+                        args.quiet, args.arm_noise)
     except ValueError as exc:
         print(f'vla-ros collect: {exc}', file=sys.stderr)
         return 2
