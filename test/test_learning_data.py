@@ -110,3 +110,66 @@ def test_instruction_templates():
     assert instructions.is_held_out('push_block', {'colour': 'green'})
     with pytest.raises(ValueError, match='colour'):
         instructions.fill('pick up the {colour} block', {})
+
+
+def test_arm_noise_perturbs_the_executed_delta_and_spares_gripper_events():
+    from vla_ros.core.action_space import ActionSpace, ActionTokenizer
+    from vla_ros.paths import default_action_space_file
+    space = ActionSpace.from_yaml(default_action_space_file())
+    tokenizer = ActionTokenizer(space)
+    noise = collect.ArmNoise(0.03, space, tokenizer)
+    noise.reset('pick_block', 7)
+    values = np.zeros(11)
+    labels = tokenizer.tokenize(values)
+    executed = [noise(values, labels) for _ in range(5)]
+    # Arm dimensions move (by ~0.03 rad / 2.3 mrad per bin), base and gripper never do.
+    for tokens in executed:
+        assert np.any(tokens[:7] != labels[:7])
+        np.testing.assert_array_equal(tokens[7:], labels[7:])
+    deltas = tokenizer.detokenize(np.stack(executed).astype(np.int64))[:, :7]
+    assert 0.01 < deltas.std() < 0.06
+    # The gripper closes: that tick and the NOISE_SPARE_TICKS after it run the clean label.
+    closing = values.copy()
+    closing[10] = 1.0
+    closing_labels = tokenizer.tokenize(closing)
+    for _ in range(collect.NOISE_SPARE_TICKS + 1):
+        np.testing.assert_array_equal(noise(closing, closing_labels), closing_labels)
+    assert np.any(noise(closing, closing_labels)[:7] != closing_labels[:7])
+    # Same (seed, task) → same draws; another seed → others.
+    again = collect.ArmNoise(0.03, space, tokenizer)
+    again.reset('pick_block', 7)
+    np.testing.assert_array_equal(again(values, labels), executed[0])
+    again.reset('pick_block', 8)
+    assert np.any(again(values, labels) != executed[0])
+    with pytest.raises(ValueError):
+        collect.ArmNoise(-0.1, space, tokenizer)
+
+
+def test_noisy_collection_leaves_the_expert_path_with_clean_labels(tmp_path):
+    plan = {'push_block': 2}
+    clean = collect.collect(str(tmp_path / 'clean'), plan, seed_start=60, quiet=True)
+    noisy = collect.collect(str(tmp_path / 'noisy'), plan, seed_start=60, quiet=True,
+                            arm_noise=0.03)
+    again = collect.collect(str(tmp_path / 'again'), plan, seed_start=60, quiet=True,
+                            arm_noise=0.03)
+    assert clean['episodes'] + clean['skipped_held_out'] == 2
+    assert noisy['episodes'] == again['episodes'] and noisy['frames'] == again['frames']
+    dn, da = ds.load(str(tmp_path / 'noisy')), ds.load(str(tmp_path / 'again'))
+    np.testing.assert_array_equal(dn.columns[ds.STATE_KEY], da.columns[ds.STATE_KEY])
+    assert ds.read_info(str(tmp_path / 'noisy'))['vla_ros.arm_noise'] == 0.03
+    # A folder collected with another noise level is not resumed into.
+    with pytest.raises(ValueError):
+        collect.collect(str(tmp_path / 'noisy'), plan, seed_start=60, quiet=True)
+    # The recorded state is what was executed: it no longer follows state + label (the
+    # label is the clean correction), for most ticks away from gripper events.
+    cols = dn.columns
+    state = cols[ds.STATE_KEY][:, :7]
+    off_path = 0
+    steps = 0
+    for i in range(1, len(cols['index'])):
+        if cols['frame_index'][i] == 0:
+            continue
+        steps += 1
+        composed = state[i - 1] + _detok(cols[ds.TOKENS_KEY][i - 1])[:7]
+        off_path += not np.allclose(state[i], composed, atol=1e-5)
+    assert steps and off_path >= 0.5 * steps
