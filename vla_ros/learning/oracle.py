@@ -1,0 +1,249 @@
+"""
+``vla-ros oracle``: the same behaviour cloning with perception taken out.
+
+A small policy (an MLP over a privileged state vector in place of the image and the
+instruction) is trained on the scripted expert's labels, in the same action space, through
+the same in-process chain the nodes run (tokens → detokenize → compose → 20 Hz control loop
+→ MuJoCo, ``sim/evaluate.Pipeline``), and evaluated closed loop on unseen seeds. Nothing is
+rendered, so a whole run takes minutes on a CPU.
+
+What it tells a user: if the oracle solves a task with a recipe (demonstrations, noise,
+action space) and the image policy trained on the same recipe does not, the failure is
+perception; if the oracle fails too, it is control / the demonstrations.
+
+The privileged state (``privileged_state``, 52-D): measured arm joints (7) and gripper
+closure (1); the previous commanded 11-D target (the image policy's ``state`` input); the
+tool centre point's position (3) and yaw (sin, cos); the named object's position relative
+to the tool (3) and its yaw with the block's 4-fold symmetry (sin 4θ, cos 4θ); the bowl
+relative to the tool (3); the named marker relative to the base, in the base frame (2); the
+base's odometry (x, y, sin yaw, cos yaw); the block's start position (3); the task (one-hot,
+5), the push sign (1), the gripper goal (1), the object colour (one-hot, 3) and its lift
+above the table (1) — 52 values, documented so a reader can check what the oracle knows.
+
+The data mirrors the image recipe: two shards of ``--episodes`` each, a clean one from
+``--seed-start`` and one from ``--seed-start + 50000`` collected with ``--arm-noise`` (DART,
+as ``vla-ros collect``; 0 makes both shards clean, the same data budget). The action space
+is ``--action-space``. Evaluation seeds start at 100 000.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import instructions
+from .collect import ArmNoise, EVAL_SEED_START, parse_episodes
+from .evaluate import wilson
+from ..core.action_space import ActionSpace, ActionTokenizer
+from ..paths import default_action_space_file
+from ..sim.evaluate import control_config, ExpertDecider, Observation, Pipeline
+from ..sim.robot import Robot
+from ..sim.tasks import (BLOCK_COLOURS, CONTROL_PERIOD, POLICY_PERIOD, TABLE_TOP, TASK_NAMES,
+                         TaskEnv)
+
+STATE_DIM = 52
+
+
+def privileged_state(robot: Robot, episode, obs: Observation) -> np.ndarray:
+    """Return the oracle's 52-D input (module docstring)."""
+    params = episode.params
+    tcp, rot = robot.tcp_pose()
+    tcp_yaw = math.atan2(rot[1, 0], rot[0, 0])
+    odom = robot.odometry()
+    colour = params.get('colour', '')
+    task = episode.task
+    obj = np.zeros(3)
+    obj_yaw = 0.0
+    lift = 0.0
+    marker = np.zeros(2)
+    if colour in BLOCK_COLOURS:
+        obj = robot.body_position(f'block_{colour}')
+        xmat = robot.data.body(f'block_{colour}').xmat
+        obj_yaw = math.atan2(xmat[3], xmat[0])
+        lift = obj[2] - TABLE_TOP
+    elif colour:
+        m = robot.body_position(f'marker_{colour}')
+        dx, dy = m[0] - odom.x, m[1] - odom.y
+        c, s = math.cos(odom.yaw), math.sin(odom.yaw)
+        marker = np.array([c * dx + s * dy, -s * dx + c * dy])
+    bowl = robot.body_position('bowl')
+    onehot_task = np.eye(len(TASK_NAMES))[TASK_NAMES.index(task)]
+    onehot_colour = np.array([float(colour == c) for c in BLOCK_COLOURS])
+    start = np.asarray(params.get('block_start', np.zeros(3)), dtype=np.float64)
+    parts = [obs.joint_state, obs.state, tcp, [math.sin(tcp_yaw), math.cos(tcp_yaw)],
+             (obj - tcp) if colour in BLOCK_COLOURS else np.zeros(3),
+             [math.sin(4 * obj_yaw), math.cos(4 * obj_yaw)], bowl - tcp, marker,
+             [odom.x, odom.y, math.sin(odom.yaw), math.cos(odom.yaw)], start,
+             onehot_task, [float(params.get('sign', 0.0))],
+             [float(bool(params.get('close', False)))], onehot_colour, [lift]]
+    out = np.concatenate([np.asarray(p, dtype=np.float64).ravel() for p in parts])
+    assert out.shape == (STATE_DIM,), out.shape
+    return out
+
+
+class Scene:
+    """The in-process chain, the expert and the noise, built once."""
+
+    def __init__(self, action_space_file: Optional[str], params_file: Optional[str],
+                 arm_noise: float = 0.0):
+        self.space = ActionSpace.from_yaml(action_space_file or default_action_space_file())
+        self.tokenizer = ActionTokenizer(self.space)
+        self.robot = Robot()
+        self.env = TaskEnv(self.robot, CONTROL_PERIOD)
+        self.pipeline = Pipeline(self.env, self.tokenizer, control_config(params_file))
+        self.expert = ExpertDecider(self.robot, self.tokenizer, POLICY_PERIOD)
+        self.noise = ArmNoise(arm_noise, self.space, self.tokenizer)
+
+    def close(self):
+        self.robot.close()
+
+
+def collect_states(scene: Scene, episodes: Dict[str, int], seed_start: int):
+    """Expert episodes (perturbed by the scene's noise) → (states, label tokens, stats)."""
+    xs: List[np.ndarray] = []
+    ys: List[np.ndarray] = []
+    stats = {'episodes': 0, 'expert_failures': 0, 'skipped_held_out': 0}
+    for task, count in episodes.items():
+        for seed in range(seed_start, seed_start + count):
+            episode = scene.env.reset(task, seed)
+            if instructions.is_held_out(task, episode.params):
+                stats['skipped_held_out'] += 1
+                continue
+            scene.expert.reset(episode)
+            scene.noise.reset(task, seed)
+            ex, ey = [], []
+
+            def decide(obs: Observation) -> np.ndarray:
+                if scene.noise.sigma > 0.0:
+                    scene.expert.expert.anchor(obs.state[:7])
+                labels = scene.expert(obs)
+                ex.append(privileged_state(scene.robot, episode, obs))
+                ey.append(labels)
+                return scene.noise(scene.expert.last_values, labels)
+
+            status = scene.pipeline.run_episode(decide, extra_time=1.0)
+            if not status['success']:
+                stats['expert_failures'] += 1
+                continue
+            xs += ex
+            ys += ey
+            stats['episodes'] += 1
+    return np.stack(xs), np.stack(ys).astype(np.int64), stats
+
+
+def train_mlp(x: np.ndarray, y: np.ndarray, steps: int = 6000, batch: int = 256,
+              seed: int = 0, hidden: int = 256):
+    """Train a 2 x ``hidden`` MLP with 11 heads of 256 bins, cross-entropy (RT-1's loss)."""
+    import torch
+    torch.manual_seed(seed)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    net = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
+        torch.nn.Linear(hidden, y.shape[1] * 256))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=1e-5)
+    xt = torch.as_tensor((x - mean) / std, dtype=torch.float32)
+    yt = torch.as_tensor(y)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        idx = torch.as_tensor(rng.integers(0, len(xt), batch))
+        logits = net(xt[idx]).view(batch, y.shape[1], 256)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 256), yt[idx].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    net.eval()
+
+    def policy(state: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            z = torch.as_tensor((state - mean) / std, dtype=torch.float32)[None]
+            return net(z).view(y.shape[1], 256).argmax(-1).numpy().astype(np.uint8)
+    return policy, float(loss.item())
+
+
+def evaluate_policy(scene: Scene, policy, tasks: Sequence[str], episodes: int) -> Dict:
+    """Closed-loop success of the oracle on seeds from EVAL_SEED_START."""
+    results = {}
+    for task in tasks:
+        ok = n = 0
+        seed = EVAL_SEED_START
+        while n < episodes:
+            episode = scene.env.reset(task, seed)
+            seed += 1
+            if instructions.is_held_out(task, episode.params):
+                continue
+            status = scene.pipeline.run_episode(
+                lambda obs: policy(privileged_state(scene.robot, episode, obs)))
+            ok += bool(status['success'])
+            n += 1
+        low, high = wilson(ok, n)
+        results[task] = {'successes': ok, 'episodes': n, 'rate': ok / n,
+                         'interval': [round(low, 3), round(high, 3)]}
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``vla-ros oracle``."""
+    parser = argparse.ArgumentParser(
+        prog='vla-ros oracle', description='Behaviour cloning on privileged state (no '
+        'image): tells whether a recipe fails at control or at perception.')
+    parser.add_argument('--episodes', default='pick_block=300,place_in_bowl=250,'
+                        'push_block=250', help='training episodes per task (task=N,...)')
+    parser.add_argument('--seed-start', type=int, default=0)
+    parser.add_argument('--arm-noise', type=float, default=0.0, metavar='SIGMA',
+                        help='DART noise on the executed arm delta (as vla-ros collect)')
+    parser.add_argument('--action-space', default=None)
+    parser.add_argument('--params-file', default=None)
+    parser.add_argument('--steps', type=int, default=6000, help='training steps')
+    parser.add_argument('--seed', type=int, default=0, help='training seed')
+    parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
+    parser.add_argument('--eval-episodes', type=int, default=50, help='unseen seeds per task')
+    parser.add_argument('--json', default=None, help='also write the results here')
+    args = parser.parse_args(argv)
+    try:
+        plan = parse_episodes(args.episodes)
+        scene = Scene(args.action_space, args.params_file, args.arm_noise)
+    except ValueError as exc:
+        print(f'vla-ros oracle: {exc}', file=sys.stderr)
+        return 2
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    start = time.monotonic()
+    sigma, scene.noise.sigma = scene.noise.sigma, 0.0
+    x, y, stats = collect_states(scene, plan, args.seed_start)
+    scene.noise.sigma = sigma
+    x2, y2, stats2 = collect_states(scene, plan, args.seed_start + 50_000)
+    x, y = np.concatenate([x, x2]), np.concatenate([y, y2])
+    stats = {'clean': stats, 'second': stats2}
+    collected = time.monotonic()
+    policy, loss = train_mlp(x, y, args.steps, seed=args.seed)
+    trained = time.monotonic()
+    results = evaluate_policy(scene, policy, list(plan), args.eval_episodes)
+    scene.close()
+    summary = {'arm_noise': args.arm_noise, 'action_space': scene.space.to_dict(),
+               'frames': int(len(x)), 'collection': stats, 'final_loss': round(loss, 4),
+               'seconds': {'collect': round(collected - start, 1),
+                           'train': round(trained - collected, 1),
+                           'eval': round(time.monotonic() - trained, 1)},
+               'results': results}
+    for task, r in results.items():
+        print(f'{task:16s} {r["successes"]:3d}/{r["episodes"]:<3d} {100 * r["rate"]:5.1f} % '
+              f'[{100 * r["interval"][0]:.1f}, {100 * r["interval"][1]:.1f}]')
+    print(f'frames {len(x)}, collection {stats}, seconds {summary["seconds"]}')
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, 'w', encoding='utf-8') as stream:
+            json.dump(summary, stream, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
