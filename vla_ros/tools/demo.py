@@ -167,8 +167,8 @@ def main(argv: Sequence[str] = None) -> int:
     files = ['summary.json', 'summary.md', 'nodes.log']
     if rec is not None:
         print('vla-ros demo: writing video and plots', flush=True)
-        video = write_video(rec.frames, out, fps=12.5 / VIDEO_EVERY)
-        files += ([video] if video else []) + write_plots(rec, out, episodes)
+        files += write_video(rec.frames, out, fps=12.5 / VIDEO_EVERY) + write_plots(
+            rec, out, episodes)
         rec.close()
     tasks = {}
     for task in args.tasks:

@@ -6,6 +6,7 @@ arm joints and base velocity; the summary is Markdown. Matplotlib, Pillow and im
 imported here only.
 """
 
+from fractions import Fraction
 import os
 from typing import Dict, List, Optional
 
@@ -38,22 +39,39 @@ def _overlay(image: np.ndarray, instruction: str, status: Dict) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def write_video(frames, out_dir: str, fps: float) -> Optional[str]:
-    """MP4 if imageio has an ffmpeg/pyav backend, else GIF; returns the file name."""
+def write_video(frames, out_dir: str, fps: float) -> List[str]:
+    """
+    Write ``camera.mp4`` (H.264 through PyAV) and a ``camera.gif`` preview; return the names.
+
+    The MP4 holds every recorded frame at full resolution; the GIF (every second frame at
+    half size) is for places that show no video, such as a Markdown preview.
+    """
+    import av
     import imageio
     if not frames:
-        return None
+        return []
     images = [_overlay(img, text, status) for img, text, status in frames]
+    height, width = images[0].shape[:2]
+    names = []
     mp4 = os.path.join(out_dir, 'camera.mp4')
-    try:
-        imageio.mimsave(mp4, images, fps=fps)
-        return 'camera.mp4'
-    except Exception:  # no ffmpeg backend here: GIF needs only Pillow
-        if os.path.exists(mp4):
-            os.remove(mp4)
-    gif = os.path.join(out_dir, 'camera.gif')
-    imageio.mimsave(gif, images, duration=1.0 / fps, loop=0)
-    return 'camera.gif'
+    with av.open(mp4, 'w') as container:
+        stream = container.add_stream('libx264', rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height = width - width % 2, height - height % 2
+        stream.pix_fmt = 'yuv420p'
+        stream.options = {'crf': '23', 'preset': 'veryfast'}
+        for image in images:
+            frame = av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(image[:stream.height, :stream.width]), format='rgb24')
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    names.append('camera.mp4')
+    preview = [img[::2, ::2] for img in images[::2]]
+    imageio.mimsave(os.path.join(out_dir, 'camera.gif'), preview,
+                    duration=2.0 / fps, loop=0)
+    names.append('camera.gif')
+    return names
 
 
 def _finish(plt, fig, axes, out_dir: str, name: str, title: str, xlabel: str) -> str:
