@@ -8,7 +8,7 @@ imported here only.
 
 from fractions import Fraction
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 
