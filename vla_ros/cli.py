@@ -11,6 +11,7 @@ os.environ.setdefault('MUJOCO_GL', 'egl')
 
 VERBS = {
     'up': ('vla_ros.tools.up', 'start the pipeline nodes as processes (--sim adds MuJoCo)'),
+    'serve': ('vla_ros.serve.cli', 'serve a policy over gRPC to remote robots (TLS + auth)'),
     'demo': ('vla_ros.tools.demo', 'closed-loop demo in simulation; writes a run folder'),
     'export': ('vla_ros.tools.export', 'export RT-1 (seed|tiny|nano) + text encoder to ONNX'),
     'collect': ('vla_ros.learning.collect', 'record expert / DAgger demonstrations (sim)'),
