@@ -190,3 +190,23 @@ def test_commands_move_the_robot(sim):
         last = (probe.states[-1][0], list(probe.states[-1][1].position))
     assert _wait(executor, done, 5.0), (f'robot did not follow: status {probe.status}, '
                                         f'target {target.tolist()}, last state {last}')
+
+
+def test_gazebo_bridge_names_the_topics_and_types_sim_node_uses(sim):
+    """description/gazebo/ros_gz_bridge.yaml stands in for sim_node: same names, same types."""
+    import yaml
+    from vla_ros.paths import share_file
+    probe, executor, _ = sim
+    with open(share_file('description', 'gazebo', 'ros_gz_bridge.yaml'), encoding='utf-8') as f:
+        entries = yaml.safe_load(f)
+    wanted = {(e['direction'], '/' + e['ros_topic_name'].lstrip('/'), e['ros_type_name'])
+              for e in entries}
+
+    def graph():
+        pubs = probe.get_publisher_names_and_types_by_node('sim_node', '/')
+        subs = probe.get_subscriber_names_and_types_by_node('sim_node', '/')
+        return ({('GZ_TO_ROS', n, t) for n, types in pubs for t in types}
+                | {('ROS_TO_GZ', n, t) for n, types in subs for t in types})
+    # Discovery of the node's endpoints is asynchronous: wait until the graph holds them.
+    _wait(executor, lambda: wanted <= graph(), 15.0)
+    assert wanted <= graph(), f'not used by sim_node: {sorted(wanted - graph())}'

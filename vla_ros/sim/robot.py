@@ -27,7 +27,7 @@ ARM_JOINTS = tuple(f'arm_joint_{i}' for i in range(1, 8))
 GRIPPER_JOINT = 'gripper'
 JOINT_STATE_NAMES = ARM_JOINTS + (GRIPPER_JOINT,)
 BASE_JOINTS = ('base_x', 'base_y', 'base_yaw')
-FINGER_JOINTS = ('finger_left', 'finger_right')
+FINGER_JOINTS = ('finger_left_joint', 'finger_right_joint')
 CAMERA = 'head_camera'
 IMAGE_SIZE = 300
 
