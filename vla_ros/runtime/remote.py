@@ -192,8 +192,9 @@ class RemotePolicy:
     The remote model as inference_node uses it (``state_dim``, ``metadata``, ``encode``...).
 
     ``on_reply(tokens uint8[11], source_stamp_ns, frame_id, reply, round_trip_ms)`` is
-    called on a gRPC thread for every valid reply; ``count(key)`` and ``set(key, value)`` report to the
-    node's diagnostics; ``log(level, text)`` reports state changes (down, up, restarts).
+    called on a gRPC thread for every valid reply; ``count(key)`` and ``set(key, value)``
+    report to the node's diagnostics; ``log(level, text)`` reports state changes (down, up,
+    restarts).
     """
 
     def __init__(self, options: RemoteOptions, action_space: str,

@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument('--require-accelerator', action='store_true')
     m.add_argument('--engine-file', default='', help='TensorRT engine cache path')
     m.add_argument('--workers', type=int, default=1, help='model worker threads')
+    m.add_argument('--model-delay-ms', type=float, default=0.0,
+                   help='add this to every model run, emulating a larger model (tests, '
+                   'benchmarks; logged as a warning)')
     n = p.add_argument_group('network and security')
     n.add_argument('--host', default='127.0.0.1', help='address to bind (0.0.0.0: all; '
                    'default loopback only)')
@@ -80,12 +83,12 @@ def _new_token(robot: str) -> int:
     token = secrets.token_urlsafe(32)
     print(f'token for {robot} (store it on the robot, mode 600, and point its '
           f'remote_token_file at it):\n{token}\n')
-    print(f'line for the server\'s --tokens file:\n{robot}: {token_digest(token)}')
+    print(f"line for the server's --tokens file:\n{robot}: {token_digest(token)}")
     return 0
 
 
 def build(args):
-    """Load the model and build (not start) the server from parsed arguments."""
+    """Return the server (model loaded, not yet started) for parsed arguments."""
     from ..core.action_space import ActionSpace
     from ..paths import default_action_space_file, default_model_dir
     from ..runtime import BackendOptions
@@ -127,7 +130,10 @@ def build(args):
         engine_file_path=args.engine_file)
     policy = Policy(PolicyFiles.from_paths(model, args.text_encoder, args.tokenizer), space,
                     args.backend, options)
-    service = PolicyService(policy, args.backend, auth, limits, workers=args.workers)
+    if args.model_delay_ms > 0:
+        _log.warning(f'--model-delay-ms: every model run is {args.model_delay_ms:g} ms slower')
+    service = PolicyService(policy, args.backend, auth, limits, workers=args.workers,
+                            model_delay_s=args.model_delay_ms * 1e-3)
     host = f'[{args.host}]' if ':' in args.host else args.host
     return PolicyServer(service, f'{host}:{args.port}', tls)
 

@@ -154,8 +154,10 @@ class PolicyService:
     """The servicer: authentication, limits, checks, the per-robot queues, the workers."""
 
     def __init__(self, policy, backend_name: str, auth: Authenticator, limits: Limits,
-                 workers: int = 1):
+                 workers: int = 1, model_delay_s: float = 0.0):
         self.policy = policy
+        # Added to every model run: emulates a larger model (tests, latency benchmarks).
+        self.model_delay_s = float(model_delay_s)
         self.auth = auth
         self.limits = limits
         self.instance = uuid.uuid4().hex[:16]
@@ -359,7 +361,11 @@ class PolicyService:
         text = request.instruction.strip()
         with self._encode_lock:  # the embedding cache is not thread-safe
             self.policy.encode(text)
+        t0 = time.perf_counter()
+        if self.model_delay_s > 0:
+            time.sleep(self.model_delay_s)
         pred = self.policy.predict(job.rgb, text, job.state)
+        pred.model_ms = (time.perf_counter() - t0) * 1e3
         tokens = np.asarray(pred.tokens, dtype=np.uint8)
         timing = pb.Timing(queue_ms=max(0.0, queue_ms), decode_ms=job.decode_ms,
                            model_ms=pred.model_ms,
