@@ -183,10 +183,14 @@ class LockstepRig:
                   ('vla/target', ActionTarget, COMMAND_QOS, 'interpolation_node')]
         return [(topic, cls, qos) for topic, cls, qos, reader in topics if reader in names]
 
-    def start(self, start_ns: int, inputs: list = ()):
-        """Start the graph and set the clock to ``start_ns`` (stops every node on failure)."""
+    def start(self, start_ns: int, inputs: list = (), manage: bool = True):
+        """
+        Start the graph and set the clock to ``start_ns`` (stops every node on failure).
+
+        ``manage`` False: no lifecycle_manager, the managed nodes stay unconfigured.
+        """
         try:
-            self.step.start(list(self.inputs()) + list(inputs))
+            self.step.start(list(self.inputs()) + list(inputs), manage=manage)
             self.step.set_clock(start_ns)
             self.step.settle(2)
         except BaseException:

@@ -93,6 +93,8 @@ SCHEMAS: Dict[str, Tuple[Param, ...]] = {
               'nothing.', 's', 0.01, 10.0),
         Param('instruction_log_chars', 80, 'Longest part of an instruction quoted in the log.',
               'characters', 8, 10000),
+        Param('allow_unverified_model', False, 'Load a model that has no manifest.json (its '
+              'bytes cannot be checked; logged as a warning). Default: refused in configure.'),
     ) + _shared('inference_frequency', 'action_space_file', 'arm_joint_names',
                 'gripper_joint_name', 'target_timeout', 'max_target_deviation'),
     'detokenizer_node': (
@@ -180,6 +182,9 @@ SCHEMAS: Dict[str, Tuple[Param, ...]] = {
               's', 0.1, 3600.0),
         Param('transition_timeout', 900.0, 'Longest one transition may take (a TensorRT '
               'engine build is minutes).', 's', 0.1, 7200.0),
+        Param('configure_attempts', 3, 'Configure a node this many times before giving up '
+              'bring-up (a failed configure leaves it unconfigured).', '', 1, 1000),
+        Param('retry_delay', 5.0, 'Wait between two configure attempts.', 's', 0.0, 3600.0),
     ),
 }
 
@@ -193,3 +198,38 @@ def defaults(node: str) -> Dict[str, object]:
     """Return name → default of ``node``'s parameters (arrays copied)."""
     return {p.name: list(p.default) if isinstance(p.default, list) else p.default
             for p in SCHEMAS[node]}
+
+
+# -- inference_node with ``backend: remote``: the policy runs on a `vla-ros serve` server ---
+# (vla_ros/runtime/remote.py; docs/remote.md). TLS is on unless remote_insecure is set.
+REMOTE: Tuple[Param, ...] = (
+    Param('remote_endpoint', '', 'backend remote: host:port of the policy server.'),
+    Param('remote_robot_id', 'robot', "backend remote: this robot's id (its queue on the "
+          'server; must match its token or client certificate name).'),
+    Param('remote_ca_file', '', 'backend remote: CA certificate (PEM) that signed the '
+          'server certificate.'),
+    Param('remote_cert_file', '', 'backend remote: client certificate (PEM) for mutual TLS; '
+          'empty: none.'),
+    Param('remote_key_file', '', 'backend remote: private key (PEM) of remote_cert_file.'),
+    Param('remote_token_file', '', "backend remote: file holding this robot's bearer token "
+          '(`vla-ros serve --new-token`); empty: none.'),
+    Param('remote_server_name', '', 'backend remote: name to check in the server '
+          'certificate; empty: the endpoint host.'),
+    Param('remote_insecure', False, 'backend remote: plaintext, no TLS (trusted networks '
+          'only; logged as a warning).'),
+    Param('remote_deadline', 0.5, 'backend remote: a reply later than this is not waited '
+          'for (counted remote_deadline_exceeded).', 's', 0.01, 10.0),
+    Param('remote_connect_timeout', 10.0, 'backend remote: configure fails when the server '
+          'has not answered within this.', 's', 0.1, 600.0),
+    Param('remote_compression', 'png', 'backend remote: frame encoding: raw or png '
+          '(lossless), jpeg (lossy, smaller; tokens may differ).'),
+    Param('remote_jpeg_quality', 90, 'backend remote: JPEG quality.', '', 1, 100),
+    Param('remote_max_in_flight', 1, 'backend remote: requests awaiting a reply at once; a '
+          'tick beyond this sends nothing (newest frame wins).', '', 1, 16),
+    Param('remote_model_id', '', 'backend remote: refuse a server that runs another model '
+          '(<config>@sha256:<16 hex>, its log and ModelInfo say it); empty: accept the '
+          'model found at configure, and only that one after a reconnect.'),
+    Param('remote_reconnect_backoff_max', 5.0, 'backend remote: longest wait between two '
+          'reconnection attempts (doubles from 0.2 s).', 's', 0.2, 300.0),
+)
+SCHEMAS['inference_node'] += REMOTE

@@ -161,7 +161,7 @@ def run(factory: Callable[[], Node], args: Optional[Sequence[str]] = None,
     for inference, the only one that matters, and rclpy's MultiThreadedExecutor stalled the
     20 Hz timer for 160-620 ms at a time here (p99 period jitter 13-390 ms against 0.6-2.4
     ms single-threaded; README, "Timing"). Returns the process exit code: 0 on a normal
-    stop, 2 on bad configuration. ``VLA_ROS_EXECUTOR_THREADS`` overrides ``threads`` (used by
+    stop, 2 on bad configuration found while the node is built (a parameter value). ``VLA_ROS_EXECUTOR_THREADS`` overrides ``threads`` (used by
     `vla-ros bench pipeline --executor-threads` to reproduce that comparison).
     """
     threads = int(os.environ.get('VLA_ROS_EXECUTOR_THREADS', threads))
@@ -173,12 +173,10 @@ def run(factory: Callable[[], Node], args: Optional[Sequence[str]] = None,
         executor = (MultiThreadedExecutor(num_threads=threads) if threads > 1
                     else SingleThreadedExecutor())
         executor.add_node(node)
-        # A managed node whose configure transition found bad configuration (a model that
-        # fails its hash check) sets ``fatal``: a deployment error, so it exits like one.
-        while getattr(node, 'fatal', None) is None and spin_once(executor, 0.2):
+        # A managed node whose configure fails (a model that fails its hash check) stays
+        # alive and unconfigured (nodes/managed.py); only start-up errors end the process.
+        while spin_once(executor, 0.2):
             pass
-        if getattr(node, 'fatal', None) is not None:
-            raise node.fatal
     except ConfigError as exc:
         # The node object may not exist yet; CameraNode → camera_node names the logger.
         name = re.sub(r'(?<!^)(?=[A-Z])', '_', getattr(factory, '__name__', 'node')).lower()

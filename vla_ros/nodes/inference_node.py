@@ -14,9 +14,12 @@ the measured arm from ``joint_states`` when it is older than
 
 A managed (lifecycle) node, brought up by lifecycle_manager: ``configure`` loads the model
 and checks its bytes against ``manifest.json`` (and builds a TensorRT engine, minutes on an
-Orin); a model that fails stops the process with exit code 2 and a message naming the
-file and the hashes. ``activate`` starts the policy on the 5 Hz timer (which keeps its
-start-up grid); inactive, nothing is published.
+Orin); a model without a manifest is refused unless ``allow_unverified_model`` is set. A
+model that fails leaves the node alive and unconfigured, the error (naming the file and the
+hashes) logged and on /diagnostics (level ERROR), so lifecycle_manager can report it and
+try again. ``activate`` starts the policy on the 5 Hz timer (which keeps its start-up grid);
+only an active node publishes. ``cleanup`` and ``shutdown`` release the model and the
+endpoints; a request the current state cannot take is refused (``nodes/managed.py``).
 
 Length (over 300 lines): the node wiring and its lifecycle transitions; the policy itself
 is runtime/policy.py.
@@ -28,13 +31,14 @@ import threading
 from typing import Optional, Tuple
 
 import numpy as np
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
 from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exclusive_group,
                      exit_with, LATCHED_QOS, LATEST_IMAGE_QOS, now_s, run, SENSOR_QOS)
+from .managed import ManagedNode
 from ..conversions import (image_to_rgb8, joint_positions, msg_to_target, time_to_ns,
                            tokens_to_msg)
 from ..core.action_space import ActionSpace, ActionSpaceError, check_arm_joint_names
@@ -70,6 +74,7 @@ class InferenceParams:
     max_target_deviation: float
     state_timeout: float
     instruction_log_chars: int
+    allow_unverified_model: bool
 
     def __post_init__(self):
         try:
@@ -92,7 +97,7 @@ class InferenceParams:
             raise ConfigError(f'max_image_age must be > 0 s, found {self.max_image_age}')
 
 
-class InferenceNode(LifecycleNode):
+class InferenceNode(ManagedNode):
     """Runs the RT-1 policy on the newest image."""
 
     def __init__(self):
@@ -104,7 +109,6 @@ class InferenceNode(LifecycleNode):
         for key in ('providers', 'arm_joint_names'):
             values[key] = tuple(values[key])
         p = self.params = InferenceParams(**values)
-        self.fatal: Optional[ConfigError] = None
         self.policy: Optional[Policy] = None
         self.composer: Optional[TargetComposer] = None
         self._active = False
@@ -138,15 +142,23 @@ class InferenceNode(LifecycleNode):
             options = BackendOptions(
                 model_file_path=p.model_file_path, providers=p.providers,
                 intra_op_threads=p.intra_op_threads, require_accelerator=p.require_accelerator,
-                engine_file_path=p.engine_file_path, force_engine_update=p.force_engine_update)
+                engine_file_path=p.engine_file_path, force_engine_update=p.force_engine_update,
+                require_manifest=not p.allow_unverified_model)
             files = PolicyFiles.from_paths(p.model_file_path, p.text_encoder_path,
                                            p.tokenizer_path)
             self.policy = Policy(files, space, p.backend, options)
         except (ActionSpaceError, ContractError, BackendError, OSError, ValueError) as exc:
-            # A model that cannot be loaded or fails its hash check will not get better by
-            # retrying: the process exits with code 2 (nodes.common.run).
-            self.fatal = ConfigError(str(exc))
+            # The node stays alive and unconfigured; the reason is logged, on /diagnostics
+            # (ERROR) at once, and lifecycle_manager reports it and may configure again.
+            self.policy = None
+            n = self.diag.count('configure_failed')
+            self.diag.error = f'configure failed: {exc}'
+            self.diag.reason = 'unconfigured: configure failed'
+            self.get_logger().error(f'configure failed ({n} so far), staying unconfigured: '
+                                    f'{exc}')
+            self.diag.publish()
             return TransitionCallbackReturn.FAILURE
+        self.diag.error = ''
         meta = self.policy.metadata
         self.get_logger().info(
             f'policy {p.model_file_path} (config {meta.get("vla_ros.config")}, trained '
@@ -161,8 +173,8 @@ class InferenceNode(LifecycleNode):
         unverified = unverified_files()
         self.diag.set('model_files_unverified', len(unverified))
         if unverified:
-            self.get_logger().warn(f'model bytes NOT verified (no manifest.json beside them): '
-                                   f'{unverified}')
+            self.get_logger().warn(f'model bytes NOT verified (no manifest.json beside them; '
+                                   f'allowed by allow_unverified_model): {unverified}')
         self.composer = TargetComposer(space, ComposerConfig(p.target_timeout,
                                                              p.max_target_deviation))
         self._space_id = space.identity
@@ -198,15 +210,34 @@ class InferenceNode(LifecycleNode):
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
         """Release the model and the endpoints (back to unconfigured)."""
-        for sub in self._endpoints:
-            self.destroy_subscription(sub)
+        self._release()
+        self.diag.reason = 'unconfigured'
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        """Stop and release everything: a finalized node publishes nothing."""
+        self._release()
+        self.diag.reason = 'finalized'
+        self.get_logger().info('finalized: policy released, publishing nothing')
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self):
+        self._active = False
+        self.destroy_entities(self._endpoints)
         self._endpoints = []
         if self._pub is not None:
             self.destroy_lifecycle_publisher(self._pub)
             self._pub = None
-        self.policy = None
-        self.diag.reason = 'unconfigured'
-        return TransitionCallbackReturn.SUCCESS
+        with self._lock:
+            self.policy = None
+            self.composer = None
+            self._image = None
+            self._instruction = None
+
+    def refused(self, text: str):
+        """Log and count a refused lifecycle request (``ManagedNode``)."""
+        self.diag.count('refused_transitions')
+        self.get_logger().warn(text)
 
     # -- inputs ---------------------------------------------------------------------------
     def _on_image(self, msg: Image):
@@ -230,6 +261,8 @@ class InferenceNode(LifecycleNode):
             self._measured_at = now_s(self)
 
     def _on_target(self, msg: ActionTarget):
+        if self.composer is None:  # released (cleanup/shutdown)
+            return
         try:
             target, _ = msg_to_target(msg, self.params.arm_joint_names, self._space_id)
             with self._lock:
@@ -248,6 +281,8 @@ class InferenceNode(LifecycleNode):
             return self.composer.previous(now, self._measured, self._gripper)
 
     def _on_instruction(self, msg: String):
+        if self.policy is None:  # released (cleanup/shutdown)
+            return
         text = msg.data.strip()
         if not text:
             self.diag.count('rejected_empty_instruction')
@@ -283,7 +318,7 @@ class InferenceNode(LifecycleNode):
         self.diag.count('skipped')
 
     def _tick(self):
-        if not self._active:
+        if not self._active or self._pub is None or self.policy is None:
             return
         now = now_s(self)
         self._rate.tick(now)

@@ -10,10 +10,15 @@ All rules (limits, watchdog, e-stop, enable gate) live in ``core.control.Control
 node wires topics to it and stamps commands at publish time (controllers such as
 diff_drive_controller drop stale stamps).
 
-A managed (lifecycle) node, as ros2_control controllers are: until it is activated (and
-again after deactivate) it holds — the arm brakes to rest at the measured pose, the base
-ramps to zero, targets are ignored. Active, targets move the robot while the operator's
-gate (``vla/enable``, the latched e-stop) is open. lifecycle_manager activates it.
+A managed (lifecycle) node, as ros2_control controllers are. Unconfigured it has no
+endpoints and commands nothing; ``configure`` makes the control loop, endpoints and timers
+and ``cleanup`` / ``shutdown`` release them. Inactive (after configure, again after
+deactivate) it holds — the arm brakes to rest at the measured pose, the base ramps to zero,
+targets are ignored. Active, targets move the robot while the operator's gate
+(``vla/enable``, the latched e-stop) is open. ``cleanup`` and ``shutdown`` are carried out
+(and answered) only once the base is at rest and the arm stands still: the node brakes
+first, as on deactivate (``nodes/managed.py``); a request the current state cannot take is
+refused and changes nothing. lifecycle_manager configures and activates it.
 
 Length (over 300 lines): the rules live in core/control.py; the length is the node wiring
 (inputs, lifecycle, the lost-clock timer, command and marker publishing, diagnostics).
@@ -22,12 +27,13 @@ Length (over 300 lines): the rules live in core/control.py; the length is the no
 from dataclasses import dataclass
 import threading
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from geometry_msgs.msg import Twist, TwistStamped
 import numpy as np
 from rclpy.clock import Clock, ClockType
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.duration import Duration
+from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool
@@ -37,6 +43,7 @@ from vla_ros_interfaces.msg import ActionTarget
 
 from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exclusive_group,
                      exit_with, LATCHED_QOS, now_s, QOS_OVERRIDABLE, run, SENSOR_QOS)
+from .managed import ManagedNode, STOPPING
 from ..conversions import duration_msg, msg_to_target
 from ..core.action_space import check_arm_joint_names
 from ..core.control import (ClockWatchdog, Command, ControlConfig, ControlLoop, joint_indices,
@@ -68,7 +75,7 @@ class InterpolationParams:
                               f'{self.arm_output!r}')
 
 
-class InterpolationNode(LifecycleNode):
+class InterpolationNode(ManagedNode):
     """The 20 Hz loop between the policy and the controllers."""
 
     def __init__(self):
@@ -78,21 +85,35 @@ class InterpolationNode(LifecycleNode):
             control = ControlConfig.from_params(values)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-        p = self.params = InterpolationParams(
+        self.params = InterpolationParams(
             control=control, arm_joint_names=tuple(values['arm_joint_names']),
             **{k: values[k] for k in ('arm_output', 'cmd_vel_stamped', 'base_frame_id',
                                       'start_enabled', 'marker_frequency')})
-        self.loop = ControlLoop(control)
         self._lock = threading.Lock()
+        self.diag = Diagnostics(self)
+        self.diag.reason = 'unconfigured: commanding nothing (waiting for configure)'
+        self.loop: Optional[ControlLoop] = None
+        self._endpoints: List[object] = []
+        self._stopping = False
+        self._active = False
+        self._want_enabled = self.params.start_enabled
+
+    # -- lifecycle: unconfigured = silent, inactive = holding, active = executing -------
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        """Make the control loop, the endpoints and the timers; hold until activated."""
+        p, control = self.params, self.params.control
+        self.loop = ControlLoop(control)
         self._measured: Optional[np.ndarray] = None
         self._index_cache: Dict[Tuple[str, ...], object] = {}
         self._pending_latency: Optional[int] = None
         self._last_rejection: Tuple[float, str] = (-1e9, '')
         self._instruction = ''
-        self.diag = Diagnostics(self)
         self._rate = RateMonitor(control.control_frequency)
         self._latency_ms = WindowStats(1000)
         self._tick_ms = WindowStats(1000)
+        self._stopping = False
+        self._active = False
+        self._want_enabled = p.start_enabled
 
         qos = QOS_OVERRIDABLE  # the robot-facing endpoints: QoS settable from YAML
         if p.arm_output == 'commands':
@@ -111,38 +132,37 @@ class InterpolationNode(LifecycleNode):
         self._marker_pub = self.create_publisher(MarkerArray, 'vla/markers', 10)
 
         inputs = exclusive_group()
-        self.create_subscription(JointState, 'joint_states', self._on_joint_states, SENSOR_QOS,
-                                 callback_group=inputs, qos_overriding_options=qos)
-        self.create_subscription(ActionTarget, 'vla/target', self._on_target, COMMAND_QOS,
-                                 callback_group=inputs)
-        self.create_subscription(Bool, 'vla/estop', self._on_estop, LATCHED_QOS,
-                                 callback_group=inputs)
-        self.create_subscription(String, 'vla/instruction', self._on_instruction,
-                                 LATCHED_QOS, callback_group=inputs)
-        self.create_service(SetBool, 'vla/enable', self._on_enable, callback_group=inputs)
+        sub = self.create_subscription
+        made = [self._arm_pub, self._base_pub, self._grip_pub, self._marker_pub,
+                sub(JointState, 'joint_states', self._on_joint_states, SENSOR_QOS,
+                    callback_group=inputs, qos_overriding_options=qos),
+                sub(ActionTarget, 'vla/target', self._on_target, COMMAND_QOS,
+                    callback_group=inputs),
+                # Latched: a re-configured node gets a standing e-stop again.
+                sub(Bool, 'vla/estop', self._on_estop, LATCHED_QOS, callback_group=inputs),
+                sub(String, 'vla/instruction', self._on_instruction, LATCHED_QOS,
+                    callback_group=inputs),
+                self.create_service(SetBool, 'vla/enable', self._on_enable,
+                                    callback_group=inputs)]
         control_group = exclusive_group()
-        self.create_timer(control.control_period, self._tick, callback_group=control_group)
+        made.append(self.create_timer(control.control_period, self._tick,
+                                      callback_group=control_group))
         # A timer on ROS time stalls with /clock; this one runs on the steady clock and takes
         # over (base to zero, arm braked) when ROS time stops moving.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._clock_watch = ClockWatchdog(control.clock_timeout)
         self._clock_frozen = False
-        self.create_timer(control.control_period, self._watch_clock,
-                          callback_group=control_group, clock=steady)
-        self.create_timer(1.0 / p.marker_frequency, self._publish_markers,
-                          callback_group=inputs)
-        self.create_timer(1.0, self._report, callback_group=inputs, clock=steady)
-        self._want_enabled = p.start_enabled
-        self._active = False
+        made += [self.create_timer(control.control_period, self._watch_clock,
+                                   callback_group=control_group, clock=steady),
+                 self.create_timer(1.0 / p.marker_frequency, self._publish_markers,
+                                   callback_group=inputs),
+                 self.create_timer(1.0, self._report, callback_group=inputs, clock=steady)]
+        self._endpoints = made
+        self.diag.reason = 'inactive: holding (waiting for activate)'
         self.get_logger().info(
             f'{control.control_frequency:g} Hz {control.interpolation} interpolation, '
             f'command_timeout {control.command_timeout} s, arm output {p.arm_output}, motion '
             f'{"enabled" if p.start_enabled else "disabled until vla/enable"}')
-
-    # -- lifecycle: inactive (or unconfigured) = holding --------------------------------
-    def on_configure(self, state) -> TransitionCallbackReturn:
-        """Nothing slow to prepare: the loop and the endpoints exist from construction."""
-        self.diag.reason = 'inactive: holding (waiting for activate)'
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state) -> TransitionCallbackReturn:
@@ -161,10 +181,71 @@ class InterpolationNode(LifecycleNode):
         self.get_logger().info('inactive: holding')
         return super().on_deactivate(state)
 
+    def hold_transition(self, transition: int, label: str) -> bool:
+        """
+        Hold cleanup and shutdown until the robot is at rest (``ManagedNode``).
+
+        The gate closes now (targets ignored, the arm brakes to rest, the base ramps to zero
+        within its deceleration limit); the control ticks carry on, and the transition runs
+        and is answered at the first tick that leaves base and arm at rest. A node that
+        commands nothing (unconfigured, or no joint_states yet) goes at once.
+        """
+        if transition not in STOPPING or self._at_rest():
+            return False
+        with self._lock:
+            self._stopping = True
+            self._sync_gate()
+        self.diag.reason = 'stopping: base ramping to zero, arm braking (lifecycle request)'
+        self.get_logger().info(f'{label}: bringing the base to rest and the arm to a stop '
+                               'first')
+        return True
+
+    def _at_rest(self) -> bool:
+        """Tell whether nothing moves: not commanding, or base at zero and the arm still."""
+        loop = self.loop
+        return (loop is None or not loop.started
+                or (not loop.arm.moving and not np.any(loop.base.value != 0.0)))
+
+    def _release_when_at_rest(self):
+        """Carry out a held cleanup/shutdown once the last command left the robot at rest."""
+        if self.holding_transition is not None and self._at_rest():
+            self.release_held_transition()
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        """Release the loop, endpoints and timers (the robot is at rest: see hold)."""
+        self._release()
+        self.diag.reason = 'unconfigured: commanding nothing (waiting for configure)'
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        """Release everything: a finalized node commands nothing (the robot is at rest)."""
+        self._release()
+        self.diag.reason = 'finalized: commanding nothing'
+        self.get_logger().info('finalized: the robot was brought to rest; commanding nothing')
+        return TransitionCallbackReturn.SUCCESS
+
+    def refused(self, text: str):
+        """Log and count a refused lifecycle request (``ManagedNode``)."""
+        self.diag.count('refused_transitions')
+        self.get_logger().warn(text)
+
+    def _release(self):
+        with self._lock:
+            self._active = False
+            self._stopping = False
+        if self.loop is not None:
+            # The last command (the robot at rest) must reach the controllers before the
+            # publishers go: a sample still in flight is dropped with its writer.
+            for pub in (self._arm_pub, self._base_pub, self._grip_pub):
+                pub.wait_for_all_acked(Duration(seconds=0.2))
+        self.destroy_entities(self._endpoints)
+        self._endpoints = []
+        self.loop = None
+
     def _sync_gate(self):
         """Open the control loop's gate when active and enabled; close it otherwise (locked)."""
-        wanted = self._active and self._want_enabled
-        if self.loop.started and wanted != self.loop.enabled:
+        wanted = self._active and self._want_enabled and not self._stopping
+        if self.loop is not None and self.loop.started and wanted != self.loop.enabled:
             self.loop.set_enabled(wanted, self._measured, now_s(self))
 
     # -- inputs -------------------------------------------------------------------------
@@ -184,6 +265,8 @@ class InterpolationNode(LifecycleNode):
         return found
 
     def _on_joint_states(self, msg: JointState):
+        if self.loop is None:  # released (cleanup/shutdown)
+            return
         try:
             idx = self._arm_indices(msg.name)
             if len(msg.position) != len(msg.name):
@@ -220,6 +303,8 @@ class InterpolationNode(LifecycleNode):
                                throttle_duration_sec=2.0)
 
     def _on_target(self, msg: ActionTarget):
+        if self.loop is None:  # released (cleanup/shutdown)
+            return
         try:
             target, stamp_ns = msg_to_target(msg, self.params.arm_joint_names)
             stamp = (stamp_ns or 0) * 1e-9
@@ -234,6 +319,8 @@ class InterpolationNode(LifecycleNode):
             self.diag.count('ignored_targets_gate_closed')
 
     def _on_estop(self, msg: Bool):
+        if self.loop is None:  # released (cleanup/shutdown)
+            return
         with self._lock:
             self.loop.set_estop(bool(msg.data))
             if msg.data:  # a pending start_enabled / enable request dies with the e-stop
@@ -251,7 +338,10 @@ class InterpolationNode(LifecycleNode):
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response):
         with self._lock:
-            if request.data and self.loop.estop:
+            if self.loop is None:
+                response.success = False
+                response.message = 'interpolation_node is not configured'
+            elif request.data and self.loop.estop:
                 response.success = False
                 response.message = 'e-stop is latched: publish false on vla/estop first'
             else:
@@ -260,6 +350,8 @@ class InterpolationNode(LifecycleNode):
                 response.success = True
                 if not request.data:
                     response.message = 'disabled: arm held'
+                elif self._stopping:
+                    response.message = 'enabled, but a lifecycle cleanup/shutdown is stopping'
                 elif not self._active:
                     response.message = ('enabled: motion starts when interpolation_node is '
                                         'activated (lifecycle)')
@@ -272,6 +364,8 @@ class InterpolationNode(LifecycleNode):
 
     # -- the 20 Hz tick -----------------------------------------------------------------
     def _tick(self):
+        if self.loop is None:  # released (cleanup/shutdown)
+            return
         t0 = time.perf_counter()
         now = now_s(self)
         self._rate.tick(now)
@@ -281,6 +375,9 @@ class InterpolationNode(LifecycleNode):
             self.diag.reason = 'waiting for joint_states'
             return
         self._publish(cmd)
+        if self.holding_transition is not None:
+            self.diag.reason = f'{self.holding_transition}: stopping ({cmd.state})'
+            return self._release_when_at_rest()
         if self._pending_latency is not None and cmd.state == 'tracking':
             self._latency_ms.add((self.get_clock().now().nanoseconds - self._pending_latency)
                                  * 1e-6)
@@ -293,6 +390,8 @@ class InterpolationNode(LifecycleNode):
         self._tick_ms.add((time.perf_counter() - t0) * 1e3)
 
     def _watch_clock(self):
+        if self.loop is None:  # released (cleanup/shutdown)
+            return
         now = now_s(self)
         frozen = self._clock_watch.observe(now, time.monotonic())
         if not frozen:
@@ -321,6 +420,7 @@ class InterpolationNode(LifecycleNode):
         self._publish(cmd)
         self.diag.reason = (f'clock frozen: ROS time stuck at {now:.3f} s for {stuck:.1f} s; '
                             f'{cmd.state}')
+        self._release_when_at_rest()
 
     def _publish(self, cmd: Command):
         stamp = self.get_clock().now().to_msg()
@@ -351,6 +451,8 @@ class InterpolationNode(LifecycleNode):
 
     # -- monitoring ---------------------------------------------------------------------
     def _publish_markers(self):
+        if self.loop is None:  # released (cleanup/shutdown)
+            return
         with self._lock:
             base = self.loop.base.value.copy()
             gripper, state = self.loop.gripper, self.loop.state
@@ -381,6 +483,8 @@ class InterpolationNode(LifecycleNode):
         self._marker_pub.publish(MarkerArray(markers=[arrow, grip, text]))
 
     def _report(self):
+        if self.loop is None:  # released (cleanup/shutdown)
+            return
         r = self._rate.summary()
         lat = self._latency_ms.summary()
         self.diag.set('rate_hz', r['rate_hz'])

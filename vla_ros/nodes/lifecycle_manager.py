@@ -12,16 +12,21 @@ up again.
 With ``autostart`` (default) bring-up begins at start-up; otherwise call
 ``lifecycle_manager/startup`` (std_srvs/Trigger). ``lifecycle_manager/shutdown``
 deactivates them in reverse order (the interpolator holds, the policy stops). A failed
-transition is logged with the node and transition and reported on /diagnostics; the
-manager does not retry (a node that cannot be configured exits by itself with code 2).
+transition is logged with the node and transition and reported on /diagnostics, with the
+reason the node itself reports there (a managed node whose configure fails stays alive
+and unconfigured and publishes the error on /diagnostics). ``configure`` is tried
+``configure_attempts`` times, ``retry_delay`` apart (a model still being copied, a GPU not
+yet up); then the manager gives up visibly: an ERROR log line and an ERROR /diagnostics
+status naming the node and the reason, until ``startup`` is called again.
 ``vla/enable`` and the latched e-stop remain the operator's motion gate.
 """
 
 from dataclasses import dataclass
 import threading
 import time
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.clock import Clock, ClockType
@@ -39,6 +44,8 @@ class ManagerParams:
     autostart: bool
     service_timeout: float
     transition_timeout: float
+    configure_attempts: int
+    retry_delay: float
 
     def __post_init__(self):
         if not self.node_names or len(set(self.node_names)) != len(self.node_names):
@@ -60,6 +67,10 @@ class LifecycleManager(Node):
             name: (self.create_client(ChangeState, f'{name}/change_state'),
                    self.create_client(GetState, f'{name}/get_state'))
             for name in p.node_names}
+        # The error each managed node reports on /diagnostics (why a transition failed).
+        self._errors: Dict[str, Tuple[float, str]] = {}
+        self._error_seen = threading.Condition()
+        self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 50)
         self.create_service(Trigger, '~/startup', self._on_startup)
         self.create_service(Trigger, '~/shutdown', self._on_shutdown)
         self.diag.reason = 'waiting to bring the nodes up'
@@ -69,6 +80,28 @@ class LifecycleManager(Node):
         self.create_timer(1.0, self._watch, clock=Clock(clock_type=ClockType.STEADY_TIME))
         if p.autostart:
             threading.Thread(target=self.startup, daemon=True).start()
+
+    def _on_diagnostics(self, msg: DiagnosticArray):
+        for status in msg.status:
+            name = status.name.rsplit('/', 1)[-1]
+            if (status.hardware_id == 'vla_ros' and status.level == DiagnosticStatus.ERROR
+                    and name in self.params.node_names):
+                with self._error_seen:
+                    self._errors[name] = (time.monotonic(), status.message)
+                    self._error_seen.notify_all()
+
+    def _node_error(self, name: str, since: float, wait: float = 2.0) -> str:
+        """Return the error ``name`` reported on /diagnostics after ``since`` ('' if none)."""
+        end = time.monotonic() + wait
+        with self._error_seen:
+            while True:
+                at, text = self._errors.get(name, (0.0, ''))
+                if at >= since:
+                    return text
+                left = end - time.monotonic()
+                if left <= 0:
+                    return ''
+                self._error_seen.wait(left)
 
     def _watch(self):
         if self._watching and not self._busy.locked():
@@ -124,7 +157,8 @@ class LifecycleManager(Node):
                             self.params.transition_timeout)
         if result is None or not result.success:
             why = 'no answer (the node exited or timed out)' if result is None else 'failed'
-            return self._fail(f'{name}: {label} {why}')
+            reason = self._node_error(name, start) if result is not None else ''
+            return self._fail(f'{name}: {label} {why}' + (f': {reason}' if reason else ''))
         self.get_logger().info(f'{name}: {label} done in {time.monotonic() - start:.2f} s')
         return True
 
@@ -134,10 +168,31 @@ class LifecycleManager(Node):
         self.diag.reason = text
         return False
 
+    def _configure(self, name: str) -> bool:
+        """Configure ``name``, ``configure_attempts`` times at most; give up visibly."""
+        attempts = self.params.configure_attempts
+        for attempt in range(1, attempts + 1):
+            if self._transition(name, Transition.TRANSITION_CONFIGURE, 'configure'):
+                return True
+            if self._state(name) != State.PRIMARY_STATE_UNCONFIGURED:
+                break  # gone, or moved on by someone else: nothing to retry
+            if attempt < attempts:
+                self.get_logger().warn(f'{name}: configure attempt {attempt}/{attempts} '
+                                       f'failed; trying again in {self.params.retry_delay:g} s')
+                time.sleep(self.params.retry_delay)
+        text = (f'gave up bringing the nodes up: {name} could not be configured '
+                f'({attempts} attempt{"s" if attempts > 1 else ""}; last: '
+                f'{self.diag.reason}); call lifecycle_manager/startup to try again')
+        self.get_logger().error(text)
+        self.diag.count('gave_up')
+        self.diag.error = text
+        return False
+
     def startup(self) -> bool:
         """Configure every node that is unconfigured, then activate every inactive one."""
         with self._busy:
             names = self.params.node_names
+            self.diag.error = ''
             for name in names:
                 if not self._lifecycle_clients[name][0].wait_for_service(
                         timeout_sec=self.params.service_timeout):
@@ -145,8 +200,7 @@ class LifecycleManager(Node):
                                       f'{self.params.service_timeout:g} s')
                 state = self._state(name)
                 if state == State.PRIMARY_STATE_UNCONFIGURED:
-                    if not self._transition(name, Transition.TRANSITION_CONFIGURE,
-                                            'configure'):
+                    if not self._configure(name):
                         return False
                 elif state not in (State.PRIMARY_STATE_INACTIVE, State.PRIMARY_STATE_ACTIVE):
                     return self._fail(f'{name}: cannot configure it from state {state} '

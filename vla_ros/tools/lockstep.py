@@ -212,12 +212,14 @@ class Lockstep:
         return NodeSpec(executable, name, parameters=dict(self.overrides.get(name, {})),
                         remappings=DEFAULT_REMAPPINGS + (('/clock', CLOCK_PREFIX + name),))
 
-    def start(self, inputs: Sequence[tuple] = ()):
+    def start(self, inputs: Sequence[tuple] = (), manage: bool = True):
         """
         Start the nodes and wait until they answer and every input topic is matched.
 
         ``inputs``: (topic, message class, QoS) the driver will publish; their publishers
         are created now so that discovery has matched them before the first message.
+        ``manage`` False starts no lifecycle_manager: the managed nodes stay unconfigured
+        (without outputs) until the caller drives their transitions (``change_state``).
         """
         for topic, cls, qos in inputs:
             self.publisher(topic, cls, qos)
@@ -225,7 +227,9 @@ class Lockstep:
             self.group.start(self.spec(name))
         for name in self.names:
             self._wait_ready(name)
-        self._bring_up(start_manager=True)
+        self.unmanaged = () if manage else tuple(n for n in MANAGED if n in self.names)
+        if manage:
+            self._bring_up(start_manager=True)
         self.wait_matched()
 
     # -- managed nodes ----------------------------------------------------------------------
@@ -312,6 +316,8 @@ class Lockstep:
                     return False
             for topic, pub in self._publishers.items():
                 n = self.node.count_subscribers(topic)
+                if n == 0 and getattr(self, 'unmanaged', ()):
+                    continue  # its reader may be a managed node not configured yet
                 if n == 0 or pub.get_subscription_count() < n:
                     return False
             for topic in ('vla/image', 'vla/action_tokens', 'vla/target',
@@ -334,7 +340,7 @@ class Lockstep:
         owner = {'vla/image': 'camera_node', 'vla/action_tokens': 'inference_node',
                  'vla/target': 'detokenizer_node', 'arm_controller/commands':
                  'interpolation_node', 'cmd_vel': 'interpolation_node'}[topic]
-        return owner in self.alive
+        return owner in self.alive and owner not in getattr(self, 'unmanaged', ())
 
     def _matching_report(self) -> str:
         parts = [f'clock of {n} {self._clock_pubs[n].get_subscription_count()}/1'
@@ -398,6 +404,28 @@ class Lockstep:
         if name in MANAGED:
             self._bring_up(keep_clock=keep_clock)
         self.wait_matched(settle_s=1.0)
+
+    def change_state(self, name: str, transition: int, label: str = ''):
+        """Send ``name`` a lifecycle change_state request; return the future of its answer."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+        service = f'/{name}/change_state'
+        client = self._clients.get(service)
+        if client is None:
+            client = self._clients[service] = self.node.create_client(ChangeState, service)
+        self._spin_until(client.service_is_ready, f'service {service}', self.alive)
+        return client.call_async(ChangeState.Request(
+            transition=Transition(id=int(transition), label=label)))
+
+    def answer(self, future, what: str = 'answer'):
+        """Spin (sim time standing still) until ``future`` is done; return its result."""
+        self._spin_until(future.done, what, self.alive)
+        return future.result()
+
+    def lifecycle_state(self, name: str) -> str:
+        """Return the label of ``name``'s lifecycle state (asked over get_state)."""
+        from lifecycle_msgs.srv import GetState
+        return self.call(GetState, f'/{name}/get_state', GetState.Request()).current_state.label
 
     def close(self) -> Dict[str, Optional[int]]:
         """Stop the nodes (SIGINT) and destroy the driver node; return the exit codes."""
