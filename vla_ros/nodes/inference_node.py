@@ -49,6 +49,7 @@ from ..core.targets import ComposerConfig, TargetComposer
 from ..paths import default_action_space_file, default_model_dir
 from ..runtime import BackendError, BackendOptions, BACKENDS
 from ..runtime.policy import Policy, PolicyFiles
+from ..runtime.remote import REMOTE_BACKEND, RemoteOptions, RemotePolicy
 from ..runtime.verify import unverified_files
 
 
@@ -81,13 +82,15 @@ class InferenceParams:
             check_arm_joint_names(self.arm_joint_names)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-        if not self.model_file_path:
+        remote = self.backend == REMOTE_BACKEND  # the model is the server's (remote_*)
+        if not remote and not self.model_file_path:
             raise ConfigError('model_file_path is empty: set it to an exported policy.onnx')
-        if not os.path.isfile(self.model_file_path):
+        if not remote and not os.path.isfile(self.model_file_path):
             raise ConfigError(f'model_file_path {self.model_file_path!r} does not exist; run '
                               '`make models` or `vla-ros export --config tiny --out DIR`')
-        if self.backend not in BACKENDS:
-            raise ConfigError(f'backend must be one of {BACKENDS}, found {self.backend!r}')
+        if self.backend not in BACKENDS + (REMOTE_BACKEND,):
+            raise ConfigError(f'backend must be one of {BACKENDS + (REMOTE_BACKEND,)}, found '
+                              f'{self.backend!r}')
         if not self.providers:
             raise ConfigError('providers is empty: list execution providers explicitly')
         if not self.inference_frequency > 0:
@@ -103,6 +106,7 @@ class InferenceNode(ManagedNode):
     def __init__(self):
         super().__init__('inference_node')
         values = declare_all(self, 'inference_node')
+        self.remote_options = RemoteOptions.take(values)  # the remote_* parameters
         values['model_file_path'] = values['model_file_path'] or os.path.join(
             default_model_dir(), 'policy.onnx')
         values['action_space_file'] = values['action_space_file'] or default_action_space_file()
@@ -146,7 +150,8 @@ class InferenceNode(ManagedNode):
                 require_manifest=not p.allow_unverified_model)
             files = PolicyFiles.from_paths(p.model_file_path, p.text_encoder_path,
                                            p.tokenizer_path)
-            self.policy = Policy(files, space, p.backend, options)
+            self.policy = (self._connect_remote(space) if p.backend == REMOTE_BACKEND
+                           else Policy(files, space, p.backend, options))
         except (ActionSpaceError, ContractError, BackendError, OSError, ValueError) as exc:
             # The node stays alive and unconfigured; the reason is logged, on /diagnostics
             # (ERROR) at once, and lifecycle_manager reports it and may configure again.
@@ -161,7 +166,8 @@ class InferenceNode(ManagedNode):
         self.diag.error = ''
         meta = self.policy.metadata
         self.get_logger().info(
-            f'policy {p.model_file_path} (config {meta.get("vla_ros.config")}, trained '
+            f'policy {p.model_file_path if p.backend != REMOTE_BACKEND else "(remote)"} '
+            f'(config {meta.get("vla_ros.config")}, trained '
             f'{self.policy.trained}) on {p.backend}: active providers '
             f'{self.policy.active_providers}')
         if not self.policy.trained:
@@ -223,6 +229,8 @@ class InferenceNode(ManagedNode):
 
     def _release(self):
         self._active = False
+        if isinstance(self.policy, RemotePolicy):
+            self.policy.close()
         self.destroy_entities(self._endpoints)
         self._endpoints = []
         if self._pub is not None:
@@ -340,6 +348,9 @@ class InferenceNode(ManagedNode):
                 raise ImageError(f'expected {IMAGE_SIZE[1]}x{IMAGE_SIZE[0]}, found '
                                  f'{rgb.shape[1]}x{rgb.shape[0]}')
             state = self._state(now) if self.policy.state_dim else None
+            if isinstance(self.policy, RemotePolicy):  # the reply comes back on its own
+                return self._submit_remote(rgb, instruction, state, stamp_ns,
+                                           msg.header.frame_id)
             pred = self.policy.predict(rgb, instruction, state)
         except (ImageError, ValueError) as exc:
             self.diag.count('rejected_input')
@@ -357,6 +368,56 @@ class InferenceNode(ManagedNode):
         self._model_ms.add(pred.model_ms)
         self._age_ms.add(age * 1e3)
 
+    # -- backend: remote (runtime/remote.py) ---------------------------------------------
+    def _connect_remote(self, space: ActionSpace) -> RemotePolicy:
+        """Connect to the policy server and check its model (configure); RemoteError."""
+        try:
+            self.remote_options.check()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if self.remote_options.insecure:
+            self.get_logger().warn('remote_insecure: frames and tokens cross the network '
+                                   'unencrypted')
+        remote = RemotePolicy(self.remote_options, space.identity, self._on_remote_reply,
+                              self.diag.count, self.diag.set, self._remote_log)
+        try:
+            info = remote.connect()
+        except Exception:
+            remote.close()
+            raise
+        self._remote_ms, self._last_remote_stamp = WindowStats(500), -1
+        self.get_logger().info(f'remote policy server {self.remote_options.endpoint}: model '
+                               f'{info.model_id} (instance {info.server_instance})')
+        return remote
+
+    def _remote_log(self, level: str, text: str):
+        if level == 'info':  # one call site per severity (rclpy loggers insist)
+            self.get_logger().info(text)
+        else:
+            self.get_logger().warn(text)
+
+    def _submit_remote(self, rgb, instruction, state, stamp_ns: int, frame_id: str):
+        reason = self.policy.submit(rgb, instruction, state, stamp_ns, frame_id)
+        if reason:
+            return self._skip(reason)
+        self.diag.reason = ''
+
+    def _on_remote_reply(self, tokens, stamp_ns: int, frame_id: str, reply, round_trip_ms):
+        """Publish a reply's tokens stamped with its frame's source stamp (a gRPC thread)."""
+        pub = self._pub
+        if not self._active or pub is None:
+            return
+        with self._lock:  # replies of two requests in flight may cross: never go back
+            if stamp_ns <= self._last_remote_stamp:
+                self.diag.count('remote_out_of_order')
+                return
+            self._last_remote_stamp = stamp_ns
+        pub.publish(tokens_to_msg(tokens, stamp_ns, self._space_id, frame_id))
+        self.diag.count('published')
+        self._model_ms.add(reply.timing.model_ms)
+        self._remote_ms.add(round_trip_ms)
+        self._age_ms.add((now_s(self) - stamp_ns * 1e-9) * 1e3)
+
     def _report(self):
         r = self._rate.summary()
         m = self._model_ms.summary()
@@ -365,6 +426,10 @@ class InferenceNode(ManagedNode):
         self.diag.set('model_ms_p50', m['p50'])
         self.diag.set('model_ms_p99', m['p99'])
         self.diag.set('image_age_ms_p50', self._age_ms.summary()['p50'])
+        if isinstance(self.policy, RemotePolicy):
+            rt = self._remote_ms.summary()
+            self.diag.set('remote_round_trip_ms_p50', rt['p50'])
+            self.diag.set('remote_round_trip_ms_p99', rt['p99'])
 
 
 def main(args=None):

@@ -331,37 +331,44 @@ class RemotePolicy:
             self._wake.set()
 
     def _reconnect_loop(self):
-        backoff = 0.2
         while not self._closed.is_set():
-            self._wake.wait()
-            if self._closed.is_set():
+            try:
+                self._reconnect_until_up()
+            except Exception as exc:  # a bug here must not end reconnection for good
+                self._count('remote_reconnect_errors')
+                self._set('remote_last_error', repr(exc)[:200])
+                time.sleep(1.0)
+
+    def _reconnect_until_up(self):
+        """Wait until marked down, then try again with exponential backoff until up."""
+        self._wake.wait()
+        self._wake.clear()  # before reading _up: a later _mark_down sets it again
+        with self._lock:
+            if self._up or self._closed.is_set():
                 return
-            with self._lock:
-                up = self._up
-            if up:
-                self._wake.clear()
-                backoff = 0.2
-                continue
+        backoff = 0.2
+        while True:
             time.sleep(backoff * (0.8 + 0.4 * random.random()))
             if self._closed.is_set():
                 return
             try:
                 info = self.client.model_info(timeout=max(0.2, self.options.deadline * 4))
                 self._check_info(info)
+                break
             except Exception as exc:
-                with self._lock:
-                    self._down_reason = (f'remote policy server unreachable ({describe_error(exc)}'
-                                         f'); retrying every {backoff:.1f} s')
-                self._count('remote_reconnect_failures')
                 backoff = min(backoff * 2.0, self.options.reconnect_backoff_max)
-                continue
-            self._note_instance(info.server_instance)
-            self.info, self.model_id = info, info.model_id
-            with self._lock:
-                self._up = True
-            self._count('remote_reconnects')
-            self._log('info', f'remote policy server back: {info.model_id} (instance '
-                              f'{info.server_instance})')
+                what = 'refused' if isinstance(exc, RemoteError) else 'unreachable'
+                with self._lock:
+                    self._down_reason = (f'remote policy server {what} ({describe_error(exc)}); '
+                                         f'next try in {backoff:.1f} s')
+                self._count('remote_reconnect_failures')
+        self._note_instance(info.server_instance)
+        self.info, self.model_id = info, info.model_id
+        with self._lock:
+            self._up = True
+        self._count('remote_reconnects')
+        self._log('info', f'remote policy server back: {info.model_id} (instance '
+                          f'{info.server_instance})')
 
     def _note_instance(self, instance: str):
         if instance and instance != self.instance:

@@ -1,0 +1,192 @@
+"""
+inference_node with ``backend: remote`` in the real pipeline, against a real ``vla-ros serve``.
+
+The pipeline nodes run as processes (``vla-ros up``'s ProcessGroup) in real time and the
+policy server as another (TLS, per-robot token). The test plays camera, robot and operator
+(``graph_harness.Harness``). Tokens come back stamped with their frame's source stamp;
+killing the server mid-run stops the tokens, the base ramps to zero and the arm holds (the
+20 Hz node judges the last target by its stamp), the node keeps running and counts the
+outage in /diagnostics; after a restart on the same port it reconnects and tokens flow
+again.
+"""
+
+import os
+import threading
+import time
+
+from graph_harness import Harness, print_logs
+import numpy as np
+import pytest
+from serve_support import new_token, Pki, ServerProcess
+from vla_ros.conversions import time_to_ns
+from vla_ros.graph import pipeline_nodes
+from vla_ros.nodes.common import COMMAND_QOS
+from vla_ros.tools.up import ProcessGroup
+from vla_ros_interfaces.msg import ActionTokens
+
+pytest.importorskip('cryptography')
+DRIVE = (150, 230, 110)    # known model: base vx about 0.40 m/s
+COMMAND_TIMEOUT = 0.5      # interpolation_node (shipped parameters)
+BASE_DECEL = 2.0           # base_max_deceleration x, m/s^2
+DEADLINE = 0.3             # remote_deadline
+
+
+@pytest.fixture(scope='module')
+def secrets_dir(tmp_path_factory):
+    """Return a CA, the server's certificate and robot1's token, in a fresh folder."""
+    folder = str(tmp_path_factory.mktemp('remote_pki'))
+    pki = Pki(folder)
+    cert, key = pki.issue('localhost', server=True)
+    token, line = new_token(folder, 'robot1')
+    tokens = os.path.join(folder, 'tokens.yaml')
+    with open(tokens, 'w', encoding='utf-8') as stream:
+        stream.write(line + '\n')
+    return {'folder': folder, 'ca': pki.ca_file, 'cert': cert, 'key': key, 'token': token,
+            'tokens': tokens}
+
+
+def _server(secrets, test_model_dir, port=0, name='server'):
+    from conftest import absolute_action_space_file
+    return ServerProcess(secrets['folder'], [
+        '--tls-cert', secrets['cert'], '--tls-key', secrets['key'], '--tokens',
+        secrets['tokens'], '--model', test_model_dir, '--action-space',
+        absolute_action_space_file()], port=port, name=name)
+
+
+def _remote_params(secrets, endpoint, **extra):
+    params = {'backend': 'remote', 'remote_endpoint': endpoint, 'remote_robot_id': 'robot1',
+              'remote_ca_file': secrets['ca'], 'remote_token_file': secrets['token'],
+              'remote_deadline': DEADLINE, 'remote_reconnect_backoff_max': 1.0}
+    params.update(extra)
+    return params
+
+
+class Stamps:
+    """ActionTokens as received: (arrival monotonic, source stamp ns, tokens)."""
+
+    def __init__(self, harness):
+        self.lock = threading.Lock()
+        self.items = []
+        harness.node.create_subscription(ActionTokens, 'vla/action_tokens', self._on,
+                                         COMMAND_QOS)
+
+    def _on(self, msg):
+        with self.lock:
+            self.items.append((time.monotonic(), time_to_ns(msg.header.stamp),
+                               bytes(msg.tokens)))
+
+    def since(self, t0):
+        """Return what arrived after monotonic ``t0``."""
+        with self.lock:
+            return [x for x in self.items if x[0] >= t0]
+
+
+def _expected(test_model_dir, instruction):
+    from vla_ros.runtime.text_encoder import TextEncoder
+    from vla_ros.tools.known_model import expected_tokens
+    emb, mask = TextEncoder(f'{test_model_dir}/text_encoder.onnx').encode(instruction)
+    image = np.empty((300, 300, 3), np.uint8)
+    image[...] = DRIVE
+    return bytes(expected_tokens(image, emb, mask))
+
+
+def _values(harness, node):
+    return harness.diagnostic_values(node)
+
+
+def test_remote_backend_survives_a_server_crash_and_recovers(ros, params_file, test_model_dir,
+                                                              secrets_dir):
+    server = _server(secrets_dir, test_model_dir).start()
+    overrides = {'inference_node': _remote_params(secrets_dir, server.endpoint),
+                 'interpolation_node': {'start_enabled': True}}
+    group = ProcessGroup(params_file, quiet=True)
+    harness = None
+    try:
+        group.start_all(pipeline_nodes(overrides=overrides))
+        harness = Harness('remote_harness')
+        stamps = Stamps(harness)
+        harness.set_color(*DRIVE)
+        harness.instruct('drive to the marker')
+        expected = _expected(test_model_dir, 'drive to the marker')
+
+        def driving():
+            last = harness.latest(harness.base)
+            return last is not None and last[1][0] > 0.3
+
+        assert harness.wait_for(driving, 60.0), (group.failed(), server.log())
+        # Served tokens are the known model's, stamped with their camera frame's stamp.
+        t0 = time.monotonic()
+        assert harness.wait_for(lambda: len(stamps.since(t0)) >= 5, 10.0)
+        with harness.lock:
+            camera = {time_to_ns(m.header.stamp) for _, m in harness.vla_images}
+        for _, stamp, tokens in stamps.since(t0):
+            assert tokens == expected
+            assert stamp in camera
+
+        # The server dies (SIGKILL: no goodbye).
+        server.kill()
+        killed = time.monotonic()
+        time.sleep(COMMAND_TIMEOUT + 0.45 / BASE_DECEL + 1.5)
+        assert group.failed() is None, group.failed()
+        late = stamps.since(killed + DEADLINE + 0.1)
+        assert late == [], f'{len(late)} tokens published after the server died'
+        # Nothing stale executed: the base is at zero (ramped), the arm holds.
+        stop_by = killed + DEADLINE + COMMAND_TIMEOUT + 0.45 / BASE_DECEL + 0.3
+        base = harness.since(harness.base, stop_by)
+        assert base and all(np.allclose(v, 0.0) for _, v in base), base[-3:]
+        arm = harness.since(harness.arm, stop_by)
+        assert arm and all(np.allclose(v, arm[0][1]) for _, v in arm)
+        assert harness.wait_for(
+            lambda: int(_values(harness, 'inference_node').get('remote_disconnects', 0)) >= 1,
+            5.0), _values(harness, 'inference_node')
+        status = harness.diagnostics['inference_node']
+        assert 'unreachable' in status.message or 'UNAVAILABLE' in status.message, \
+            status.message
+
+        # Restarted on the same port: the node reconnects, checks the model, resumes.
+        restarted = _server(secrets_dir, test_model_dir, port=server.port, name='restarted')
+        restarted.start()
+        server = restarted
+        back = time.monotonic()
+        assert harness.wait_for(lambda: len(stamps.since(back)) >= 3, 30.0), \
+            (_values(harness, 'inference_node'), print_logs(group))
+        assert harness.wait_for(driving, 10.0)
+        values = _values(harness, 'inference_node')
+        assert harness.wait_for(lambda: int(_values(harness, 'inference_node').get(
+            'remote_server_restarts', 0)) >= 1, 5.0), values
+        values = _values(harness, 'inference_node')
+        assert int(values['remote_reconnects']) >= 1, values
+        assert int(values.get('remote_unavailable', 0)) + int(
+            values.get('remote_deadline_exceeded', 0)) + int(
+            values.get('remote_reconnect_failures', 0)) >= 1, values
+        print('inference_node diagnostics:', values)
+    finally:
+        if harness is not None:
+            harness.close()
+        group.stop()
+        print_logs(group)
+        server.kill()
+        print(server.log())
+
+
+def test_configure_refuses_a_server_running_another_model(ros, params_file, test_model_dir,
+                                                          secrets_dir):
+    server = _server(secrets_dir, test_model_dir, name='other').start()
+    overrides = {'inference_node': _remote_params(
+        secrets_dir, server.endpoint, remote_model_id='nano@sha256:0123456789abcdef'),
+        'lifecycle_manager': {'node_names': ['inference_node']}}
+    group = ProcessGroup(params_file, quiet=True)
+    try:
+        group.start_all(pipeline_nodes(overrides=overrides, without=(
+            'camera_node', 'detokenizer_node', 'interpolation_node')))
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            lines = '\n'.join(group.lines.get('inference_node', []))
+            if 'configure failed' in lines:
+                break
+            time.sleep(0.2)
+        assert 'expects nano@sha256:0123456789abcdef' in lines, lines[-3000:]
+        assert group.procs['inference_node'].poll() is None  # unconfigured, not dead
+    finally:
+        group.stop()
+        server.kill()
