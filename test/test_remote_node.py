@@ -94,8 +94,8 @@ def _values(harness, node):
     return harness.diagnostic_values(node)
 
 
-def test_remote_backend_survives_a_server_crash_and_recovers(ros, params_file, test_model_dir,
-                                                              secrets_dir):
+def test_remote_backend_survives_a_server_crash_and_recovers(ros, params_file,
+                                                             test_model_dir, secrets_dir):
     server = _server(secrets_dir, test_model_dir).start()
     overrides = {'inference_node': _remote_params(secrets_dir, server.endpoint),
                  'interpolation_node': {'start_enabled': True}}
