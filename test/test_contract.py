@@ -20,7 +20,10 @@ from vla_ros.tools import known_model
 
 
 def _backend(path):
-    return create_backend('onnxruntime', BackendOptions(model_file_path=path))
+    # Hand-edited copies have no manifest: loaded explicitly unverified (test_verify checks
+    # that they are refused by default).
+    return create_backend('onnxruntime', BackendOptions(model_file_path=path,
+                                                        require_manifest=False))
 
 
 def test_conforming_model_passes_and_predicts_known_tokens(test_model_dir, action_space):
@@ -92,7 +95,8 @@ def test_text_encoder_of_another_policy_is_refused(test_model_dir, action_space,
     files = PolicyFiles.from_paths(f'{test_model_dir}/policy.onnx', path,
                                    f'{test_model_dir}/tokenizer.json')
     with pytest.raises(mc.ContractError, match='someone/else'):
-        Policy(files, action_space)
+        Policy(files, action_space, options=BackendOptions(model_file_path=files.policy,
+                                                           require_manifest=False))
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path):

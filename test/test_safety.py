@@ -9,6 +9,7 @@ time, and counts ticks); the lost-clock rule is about the wall clock, so that te
 a controller would receive.
 """
 
+import os
 import threading
 import time
 
@@ -191,12 +192,22 @@ def test_lost_clock_stops_the_base_on_the_steady_clock_and_resumes(harness, para
         print_logs(group)
 
 
-@pytest.mark.parametrize('tamper', ['weights', 'manifest'])
-def test_inference_node_refuses_a_model_whose_bytes_do_not_match(params_file, test_model_dir,
-                                                                 tmp_path, tamper):
-    """Issue 7.2: corrupted weights / a wrong manifest loaded and produced tokens."""
+@pytest.mark.parametrize('tamper', ['weights', 'manifest', 'no_manifest'])
+def test_inference_node_refuses_a_model_whose_bytes_do_not_match(harness, params_file,
+                                                                 test_model_dir, tmp_path,
+                                                                 tamper):
+    """
+    Issue 7.2 / 17.7: corrupted weights, a wrong or a deleted manifest loaded and ran.
+
+    Refused in configure: the node stays alive and unconfigured with the error (file and
+    hashes) on /diagnostics; lifecycle_manager tries ``configure_attempts`` times, reports
+    the node's reason and gives up visibly; repaired, ``startup`` brings it up.
+    """
     import json
     import shutil
+    from lifecycle_msgs.msg import State
+    from lifecycle_msgs.srv import GetState
+    from std_srvs.srv import Trigger
     from test_verify import _corrupt_weights
     from vla_ros.core.model_contract import file_sha256
     folder = str(tmp_path / 'model')
@@ -204,22 +215,54 @@ def test_inference_node_refuses_a_model_whose_bytes_do_not_match(params_file, te
     policy = f'{folder}/policy.onnx'
     with open(f'{folder}/manifest.json', encoding='utf-8') as stream:
         manifest = json.load(stream)
+    expected = manifest['artifacts']['policy.onnx']['sha256']
     if tamper == 'weights':
-        expected = manifest['artifacts']['policy.onnx']['sha256']
         _corrupt_weights(policy)
-    else:
+        why = ['does not match', expected, file_sha256(policy)]
+    elif tamper == 'manifest':
         expected = manifest['artifacts']['policy.onnx']['sha256'] = 'ab' * 32
         with open(f'{folder}/manifest.json', 'w', encoding='utf-8') as stream:
             json.dump(manifest, stream)
-    found = file_sha256(policy)
+        why = ['does not match', expected, file_sha256(policy)]
+    else:  # weights corrupted and the manifest deleted (the held-out probe's case)
+        _corrupt_weights(policy)
+        os.remove(f'{folder}/manifest.json')
+        why = ['no manifest.json', 'allow_unverified_model', file_sha256(policy)]
     group = ProcessGroup(params_file, quiet=True)
-    # lifecycle_manager configures it: the hash check runs there and fails.
     group.start_all(with_manager([NodeSpec('inference_node', 'inference_node',
-                                           parameters={'model_file_path': policy})]))
+                                           parameters={'model_file_path': policy})],
+                                 {'configure_attempts': 2, 'retry_delay': 0.1}))
     try:
-        code = group.procs['inference_node'].wait(60.0)
+        def manager_gave_up():
+            status = harness.diagnostics.get('lifecycle_manager')
+            node = harness.diagnostic_values('inference_node')
+            return (status is not None and 'gave up' in status.message
+                    and node.get('configure_failed') == '2')
+        assert harness.wait_for(manager_gave_up, 60.0), group.lines
+        manager = harness.diagnostics['lifecycle_manager'].message
+        node = harness.diagnostics['inference_node']
+        assert node.level == node.ERROR and 'configure failed' in node.message
+        for text in why:
+            assert text in node.message and text in manager, (text, node.message, manager)
+        assert 'policy.onnx' in node.message
+        assert int(harness.diagnostic_values('inference_node')['configure_failed']) == 2
+        assert int(harness.diagnostic_values('lifecycle_manager')['gave_up']) == 1
+        get_state = harness.node.create_client(GetState, '/inference_node/get_state')
+        state = harness.call(get_state, GetState.Request()).current_state.id
+        assert state == State.PRIMARY_STATE_UNCONFIGURED
+        assert group.failed() is None, group.lines          # every process still runs
+        # Repaired (the original export copied back), startup brings it up.
+        shutil.rmtree(folder)
+        shutil.copytree(test_model_dir, folder)
+        startup = harness.node.create_client(Trigger, '/lifecycle_manager/startup')
+        assert harness.call(startup, Trigger.Request()).success
+
+        def active():
+            answer = harness.call(get_state, GetState.Request()).current_state.id
+            return answer == State.PRIMARY_STATE_ACTIVE
+        assert harness.wait_for(active, 60.0), group.lines
+        assert harness.wait_for(
+            lambda: harness.diagnostics['inference_node'].level != node.ERROR, 10.0)
     finally:
         group.stop()
-    text = '\n'.join(group.lines['inference_node'])
-    assert code == 2, text
-    assert 'policy.onnx' in text and expected in text and found in text, text
+        print_logs(group)

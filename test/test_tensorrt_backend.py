@@ -139,7 +139,7 @@ def test_missing_tensorrt_is_a_clear_error(tmp_path):
     path = str(tmp_path / 'policy.onnx')
     onnx.save(helper.make_model(graph), path)
     with pytest.raises(BackendError, match='TensorRT 10 Python bindings.*onnxruntime'):
-        create_backend('tensorrt', BackendOptions(model_file_path=path))
+        create_backend('tensorrt', BackendOptions(model_file_path=path, require_manifest=False))
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path):

@@ -59,7 +59,7 @@ def test_encoder_id_names_source_and_weights():
 def test_onnx_encoder_matches_torch(torch_encoder, exported):
     model, tokenizer = torch_encoder
     out, meta = exported
-    encoder = TextEncoder(os.path.join(out, 'text_encoder.onnx'))
+    encoder = TextEncoder(os.path.join(out, 'text_encoder.onnx'), require_manifest=False)
     assert encoder.dim == 384 and encoder.encoder_id == meta[mc.META_TEXT_ENCODER]
     for text in ('pick up the red apple', 'move the coke can to the top drawer', ''):
         emb, mask = encoder.encode(text)
@@ -75,13 +75,15 @@ def test_encoder_for_another_policy_is_rejected(exported):
     out, meta = exported
     policy_meta = {mc.META_TEXT_DIM: '384', mc.META_TEXT_ENCODER: 'bert-base-uncased'}
     with pytest.raises(mc.ContractError, match='bert-base-uncased'):
-        TextEncoder(os.path.join(out, 'text_encoder.onnx'), policy_metadata=policy_meta)
+        TextEncoder(os.path.join(out, 'text_encoder.onnx'), require_manifest=False,
+                    policy_metadata=policy_meta)
     policy_meta[mc.META_TEXT_ENCODER] = meta[mc.META_TEXT_ENCODER]
-    TextEncoder(os.path.join(out, 'text_encoder.onnx'), policy_metadata=policy_meta)
+    TextEncoder(os.path.join(out, 'text_encoder.onnx'), require_manifest=False,
+                policy_metadata=policy_meta)
 
 
 def test_missing_tokenizer_is_a_clear_error(exported, tmp_path):
     out, _ = exported
     with pytest.raises(BackendError, match='tokenizer not found'):
-        TextEncoder(os.path.join(out, 'text_encoder.onnx'),
+        TextEncoder(os.path.join(out, 'text_encoder.onnx'), require_manifest=False,
                     tokenizer_path=str(tmp_path / 'none.json'))

@@ -110,20 +110,29 @@ def test_a_malformed_manifest_is_refused(model_dir):
         _load(model_dir)
 
 
-def test_without_a_manifest_loads_with_a_loud_warning_unless_required(model_dir, caplog,
-                                                                      monkeypatch):
+def test_without_a_manifest_is_refused_unless_explicitly_allowed(model_dir, caplog,
+                                                                 monkeypatch):
+    """Issue 17.7: a model whose manifest was deleted loaded and ran (integrity by default)."""
     os.remove(os.path.join(model_dir, 'manifest.json'))
     path = os.path.join(model_dir, 'policy.onnx')
+    monkeypatch.delenv(verify.ALLOW_ENV, raising=False)
+    with pytest.raises(verify.IntegrityError, match='no manifest.json beside .*refused'):
+        _load(model_dir)
+    with pytest.raises(verify.IntegrityError, match='no manifest.json'):
+        TextEncoder(os.path.join(model_dir, 'text_encoder.onnx'))
+    assert path not in verify.unverified_files()
+    # Explicitly allowed (inference_node's allow_unverified_model): loads, loudly.
     with caplog.at_level(logging.WARNING, logger='vla_ros.runtime.verify'):
-        backend = _load(model_dir)
+        backend = _load(model_dir, require_manifest=False)
     assert not backend.verification.verified
     assert 'NOT verified' in caplog.text and path in caplog.text
     assert path in verify.unverified_files()
-    with pytest.raises(verify.IntegrityError, match='no manifest.json beside .*require_manifest'):
-        _load(model_dir, require_manifest=True)
-    monkeypatch.setenv(verify.REQUIRE_ENV, '1')
+    # Tools outside the nodes: the environment variable allows it.
+    monkeypatch.setenv(verify.ALLOW_ENV, '1')
+    assert not _load(model_dir).verification.verified
+    # An explicit require_manifest wins over the environment.
     with pytest.raises(verify.IntegrityError, match='no manifest.json'):
-        _load(model_dir)
+        _load(model_dir, require_manifest=True)
 
 
 def test_torch_backend_checks_the_export_it_rebuilds(tmp_path):

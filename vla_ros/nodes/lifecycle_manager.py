@@ -158,7 +158,8 @@ class LifecycleManager(Node):
         if result is None or not result.success:
             why = 'no answer (the node exited or timed out)' if result is None else 'failed'
             reason = self._node_error(name, start) if result is not None else ''
-            return self._fail(f'{name}: {label} {why}' + (f': {reason}' if reason else ''))
+            return self._fail(f'{name}: {label} {why}'
+                              + (f'; {name} reports: {reason}' if reason else ''))
         self.get_logger().info(f'{name}: {label} done in {time.monotonic() - start:.2f} s')
         return True
 

@@ -26,7 +26,7 @@ class BackendOptions:
     force_engine_update: bool = False
     fp16: bool = True
     # No manifest.json beside the model: refuse (True) or load with a warning (False); None
-    # follows the VLA_ROS_REQUIRE_MANIFEST environment variable (runtime/verify.py).
+    # refuses unless VLA_ROS_ALLOW_UNVERIFIED_MODEL=1 (runtime/verify.py).
     require_manifest: Optional[bool] = None
     extra: Dict[str, str] = field(default_factory=dict)
 

@@ -62,7 +62,8 @@ class Policy:
         self.text_encoder = TextEncoder(files.text_encoder, files.tokenizer,
                                         policy_metadata=self.metadata,
                                         providers=('CPUExecutionProvider',),
-                                        intra_op_threads=1)
+                                        intra_op_threads=1,
+                                        require_manifest=options.require_manifest)
         self._cache: 'OrderedDict[str, Tuple[np.ndarray, np.ndarray]]' = OrderedDict()
         self._cache_size = int(cache_size)
         self.last_encode_ms = 0.0

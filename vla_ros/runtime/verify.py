@@ -4,14 +4,17 @@ Model bytes checked at start-up against the ``manifest.json`` written beside the
 ``vla-ros export`` records the sha256 of every artifact it writes (``artifacts: {name:
 {sha256, bytes}}``) and the policy's ``weights_sha256``. Before a backend loads a file it
 calls ``verify_file``: the file must be listed in the manifest of its directory and hash to
-the recorded sha256, else ``IntegrityError`` (a ``BackendError``: the inference node stops
-with exit code 2) names the file, the expected and the found hash. Once a policy is loaded,
+the recorded sha256, else ``IntegrityError`` (a ``BackendError``: the inference node's
+``configure`` fails and the node stays unconfigured, the error on /diagnostics) names the
+file, the expected and the found hash. Once a policy is loaded,
 ``check_weights`` compares its ``vla_ros.weights_sha256`` metadata with the manifest's.
 
-Without a manifest (a model that did not come from ``vla-ros export``) the file is loaded,
-a warning says loudly that its bytes are not verified, and ``unverified_files()`` lists it
-for diagnostics. Set ``require_manifest`` (``BackendOptions``) or the environment variable
-``VLA_ROS_REQUIRE_MANIFEST=1`` to refuse such models instead.
+Without a manifest (a model that did not come from ``vla-ros export``) the file is refused
+too (``IntegrityError``): integrity by default. A hand-converted model is loaded only when
+asked for explicitly: ``require_manifest=False`` (``BackendOptions``; inference_node's
+parameter ``allow_unverified_model``) or, for tools outside the nodes, the environment
+variable ``VLA_ROS_ALLOW_UNVERIFIED_MODEL=1``; a warning then says loudly that its bytes
+are not verified, and ``unverified_files()`` lists it for diagnostics.
 """
 
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from .base import BackendError
 from ..core import model_contract as mc
 
 MANIFEST_FILE = 'manifest.json'
-REQUIRE_ENV = 'VLA_ROS_REQUIRE_MANIFEST'
+ALLOW_ENV = 'VLA_ROS_ALLOW_UNVERIFIED_MODEL'
 
 _log = logging.getLogger('vla_ros.runtime.verify')
 _lock = threading.Lock()
@@ -52,8 +55,8 @@ class Verification:
 
 
 def require_manifest_default() -> bool:
-    """Return True when ``VLA_ROS_REQUIRE_MANIFEST`` asks for a manifest (1/true/yes/on)."""
-    return os.environ.get(REQUIRE_ENV, '').strip().lower() in ('1', 'true', 'yes', 'on')
+    """Return True (refuse models without a manifest) unless ``ALLOW_ENV`` is 1/true/yes/on."""
+    return os.environ.get(ALLOW_ENV, '').strip().lower() not in ('1', 'true', 'yes', 'on')
 
 
 def unverified_files() -> List[str]:
@@ -87,8 +90,9 @@ def verify_file(path: str, require_manifest: Optional[bool] = None,
     Check ``path`` against the manifest in its directory before it is loaded.
 
     ``sha256`` may pass a hash the caller already computed. Raises IntegrityError when the
-    file is not listed or its sha256 differs, and, with ``require_manifest`` (default: the
-    environment variable), when there is no manifest.
+    file is not listed or its sha256 differs, and, unless ``require_manifest`` is False
+    (default: True unless the environment variable ``ALLOW_ENV`` allows), when there is no
+    manifest.
     """
     if require_manifest is None:
         require_manifest = require_manifest_default()
@@ -100,14 +104,16 @@ def verify_file(path: str, require_manifest: Optional[bool] = None,
     if manifest is None:
         if require_manifest:
             raise IntegrityError(
-                f'no {MANIFEST_FILE} beside {path} (sha256 {found}) and require_manifest is '
-                'set: export the model with `vla-ros export`, which writes the manifest')
+                f'no {MANIFEST_FILE} beside {path} (sha256 {found}): its bytes cannot be '
+                'verified, so it is refused. Export the model with `vla-ros export`, which '
+                'writes the manifest; to load a hand-converted model anyway set '
+                f"inference_node's allow_unverified_model (tools: {ALLOW_ENV}=1)")
         with _lock:
             if path not in _unverified:
                 _unverified.append(path)
         _log.warning(f'vla_ros: WARNING: model bytes NOT verified: no {MANIFEST_FILE} beside '
-                     f'{path} (sha256 {found}). Models from `vla-ros export` carry one; set '
-                     f'{REQUIRE_ENV}=1 to refuse models without it.')
+                     f'{path} (sha256 {found}), loaded because unverified models were '
+                     'explicitly allowed. Models from `vla-ros export` carry a manifest.')
         return Verification(path, found)
     entry = manifest['artifacts'].get(name)
     if entry is None:

@@ -191,7 +191,9 @@ def quantize_int8(fp32_path: str, out_path: str, text_feeds, metadata: Dict[str,
 
 def _text_feeds(out_dir: str) -> List[Dict[str, np.ndarray]]:
     from ..runtime.text_encoder import TextEncoder
-    encoder = TextEncoder(os.path.join(out_dir, TEXT_ENCODER_FILE))
+    # Calibration runs before the manifest is written: the files are the ones this export
+    # just wrote, so they are loaded without one.
+    encoder = TextEncoder(os.path.join(out_dir, TEXT_ENCODER_FILE), require_manifest=False)
     feeds = []
     for text in CALIBRATION_INSTRUCTIONS:
         emb, mask = encoder.encode(text)
