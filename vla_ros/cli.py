@@ -21,10 +21,11 @@ VERBS = {
     'play': ('vla_ros.bag.play', 'publish a rosbag2 bag at its recorded timing'),
     'dataset': ('vla_ros.learning.from_bag', '`dataset from-bag`: bags → LeRobotDataset v3'),
     'golden': ('vla_ros.tools.golden', 'golden replay of a bag through the nodes (tests)'),
-    'bench': (None, 'benchmarks: `bench pipeline` or `bench model`'),
+    'bench': (None, 'benchmarks: `bench pipeline`, `bench model` or `bench remote`'),
     'test-model': ('vla_ros.tools.known_model', 'write the known-function test policy'),
 }
-BENCHES = {'pipeline': 'vla_ros.tools.bench_pipeline', 'model': 'vla_ros.tools.bench_model'}
+BENCHES = {'pipeline': 'vla_ros.tools.bench_pipeline', 'model': 'vla_ros.tools.bench_model',
+           'remote': 'vla_ros.tools.bench_remote'}
 
 
 def _usage() -> str:

@@ -4,6 +4,7 @@ import os
 import re
 import sys
 import threading
+import time
 from typing import Callable, Dict, Optional, Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -142,6 +143,34 @@ class Diagnostics:
         self._pub.publish(msg)
 
 
+class RepeatLog:
+    """
+    Log a repeated condition when it starts, then at most once per ``period`` with a count.
+
+    A condition that recurs on every message or tick (a resync while motion is disabled)
+    must not write a line each time: the first occurrence is logged, later ones are counted
+    and reported with the next line, ``period`` seconds (steady clock) later at the earliest.
+    """
+
+    def __init__(self, log: Callable[[str], None], period: float = 30.0):
+        self._log = log
+        self.period = float(period)
+        self._last: Optional[float] = None
+        self._unlogged = 0
+
+    def __call__(self, text: str, now: Optional[float] = None) -> bool:
+        """Count one occurrence; log it (with the count since the last line) when due."""
+        now = time.monotonic() if now is None else now
+        if self._last is not None and now - self._last < self.period:
+            self._unlogged += 1
+            return False
+        if self._last is not None and self._unlogged:
+            text += f' ({self._unlogged} more times in the last {now - self._last:.0f} s)'
+        self._log(text)
+        self._last, self._unlogged = now, 0
+        return True
+
+
 def now_s(node: Node) -> float:
     """Return the node's clock (sim time when use_sim_time) in seconds."""
     return node.get_clock().now().nanoseconds * 1e-9
@@ -161,8 +190,9 @@ def run(factory: Callable[[], Node], args: Optional[Sequence[str]] = None,
     for inference, the only one that matters, and rclpy's MultiThreadedExecutor stalled the
     20 Hz timer for 160-620 ms at a time here (p99 period jitter 13-390 ms against 0.6-2.4
     ms single-threaded; README, "Timing"). Returns the process exit code: 0 on a normal
-    stop, 2 on bad configuration found while the node is built (a parameter value). ``VLA_ROS_EXECUTOR_THREADS`` overrides ``threads`` (used by
-    `vla-ros bench pipeline --executor-threads` to reproduce that comparison).
+    stop, 2 on bad configuration found while the node is built (a parameter value).
+    ``VLA_ROS_EXECUTOR_THREADS`` overrides ``threads`` (used by `vla-ros bench pipeline
+    --executor-threads` to reproduce that comparison).
     """
     threads = int(os.environ.get('VLA_ROS_EXECUTOR_THREADS', threads))
     rclpy.init(args=args)

@@ -21,7 +21,7 @@ from sensor_msgs.msg import JointState
 from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
 from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exit_with, now_s,
-                     run, SENSOR_QOS)
+                     RepeatLog, run, SENSOR_QOS)
 from ..conversions import joint_positions, msg_to_tokens, target_to_msg
 from ..core.action_space import (ActionSpace, ActionSpaceError, ActionTokenizer,
                                  check_arm_joint_names, NUM_DIMENSIONS)
@@ -77,6 +77,7 @@ class DetokenizerNode(Node):
         self._measured = None
         self._measured_at = -1e18
         self._gripper = 0.0
+        self._resync_log = RepeatLog(self.get_logger().info)
         self.diag = Diagnostics(self)
         self._rate = RateMonitor(p.inference_frequency)
         self._space_id = space.identity
@@ -130,8 +131,10 @@ class DetokenizerNode(Node):
                 return self._reject(str(exc))
             if self.composer.resyncs != resyncs:
                 self.diag.count('resynced_to_measured')
-                self.get_logger().info(f'relative arm actions start from the measured arm: '
-                                       f'{self.composer.reason}', throttle_duration_sec=2.0)
+                # Every message while the arm does not follow (motion disabled): logged
+                # when it starts, then with a count (issue 17.6: 34 lines in 75 s).
+                self._resync_log(f'relative arm actions start from the measured arm: '
+                                 f'{self.composer.reason}')
         self._pub.publish(target_to_msg(values, stamp_ns, self.params.arm_joint_names,
                                         self._space_id, self.params.base_frame_id))
         self.diag.count('published')

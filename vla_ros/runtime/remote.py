@@ -51,7 +51,7 @@ class RemoteOptions:
     insecure: bool = False
     deadline: float = 0.5
     connect_timeout: float = 10.0
-    compression: str = 'png'
+    compression: str = 'raw'
     jpeg_quality: int = 90
     max_in_flight: int = 1
     model_id: str = ''
