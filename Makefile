@@ -19,7 +19,7 @@ export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
 export MUJOCO_GL ?= egl
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all setup interfaces models install sdf-tools test lint demo bench policy clean
+.PHONY: all setup interfaces models install ros2-tools sdf-tools test lint demo bench policy clean
 
 all: test
 
@@ -50,15 +50,41 @@ $(MODEL): $(STAMP) $(shell find vla_ros/model -name '*.py' 2>/dev/null) vla_ros/
 models: $(MODEL)
 
 # Non-editable install so share/vla_ros/{config,launch,models} exist in the venv.
+NODES_FROM_SETUP_PY := import ast; print(*[ast.literal_eval(n.value) for n in \
+  ast.parse(open('setup.py').read()).body if isinstance(n, ast.Assign) and \
+  getattr(n.targets[0], 'id', '') == 'NODES'][0])
 $(INSTALLED): $(STAMP) $(INTERFACES) $(MODEL) $(SOURCES)
 	$(PIP) install --quiet --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall .
 	rm -rf build *.egg-info
+	@# ROS tools (`ros2 run|launch vla_ros ...`, `ros2 pkg executables`) look for a package's
+	@# executables in <prefix>/lib/vla_ros, where colcon puts them (setup.cfg); pip puts
+	@# console scripts in bin/. Link every node of setup.py's NODES there.
+	rm -rf $(VENV)/lib/vla_ros && mkdir -p $(VENV)/lib/vla_ros
+	for node in $$($(PY) -c "$(NODES_FROM_SETUP_PY)"); do \
+	  test -x $(VENV)/bin/$$node && ln -s ../../bin/$$node $(VENV)/lib/vla_ros/$$node || exit 1; done
 	touch $@
 
 install: $(INSTALLED)
 
 lint: $(STAMP)
 	$(PY) -m flake8 vla_ros test launch setup.py
+
+# The real ROS 2 launch system and command line (launch, launch_ros, `ros2 launch|run|node|
+# param|lifecycle|service ...`) have no wheels: CI and development machines carry their Jazzy
+# sources next to the checkout, installed into the venv here (~40 s, once: the stamp).
+# Where that folder is missing, the tests that need the tools skip and say why.
+ROS2_TOOLS_DIR ?= ../shared/ros2-tools
+ROS2_TOOLS := $(VENV)/.ros2-tools-stamp
+ifneq ($(wildcard $(ROS2_TOOLS_DIR)/install.sh),)
+$(ROS2_TOOLS): $(STAMP) $(ROS2_TOOLS_DIR)/install.sh $(wildcard $(ROS2_TOOLS_DIR)/VERSIONS \
+		$(ROS2_TOOLS_DIR)/vendor/*)
+	bash $(ROS2_TOOLS_DIR)/install.sh $(VENV)
+	touch $@
+ros2-tools: $(ROS2_TOOLS)
+else
+ros2-tools:
+	@echo 'make: no $(ROS2_TOOLS_DIR): the ros2 launch / CLI tests will skip'
+endif
 
 # Gazebo's own description checks (test/test_description.py) need Debian's `ign sdf`
 # (ignition-tools + libsdformat-dev): installed here where apt-get runs as root; elsewhere
@@ -73,7 +99,7 @@ sdf-tools:
 	    echo 'make: could not install ignition-tools/libsdformat-dev; sdformat tests will skip'; \
 	  else echo 'make: no root apt-get for ign sdf; sdformat tests will skip'; fi; fi
 
-test: $(INSTALLED) sdf-tools
+test: $(INSTALLED) ros2-tools sdf-tools
 	cd test && ../$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) .
 
 demo: $(INSTALLED)
