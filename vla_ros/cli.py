@@ -17,6 +17,8 @@ VERBS = {
     'collect': ('vla_ros.learning.collect', 'record expert / DAgger demonstrations (sim)'),
     'train': ('vla_ros.learning.train', 'behaviour cloning of RT-1 on datasets'),
     'eval': ('vla_ros.learning.evaluate', 'closed-loop success of an exported policy'),
+    'oracle': ('vla_ros.learning.oracle', 'the recipe on privileged state: control or vision?'),
+    'probe-block': ('vla_ros.learning.block_probe', 'named block position error (cm), images'),
     'record': ('vla_ros.bag.record', 'record the graph topics into a rosbag2 bag'),
     'play': ('vla_ros.bag.play', 'publish a rosbag2 bag at its recorded timing'),
     'dataset': ('vla_ros.learning.from_bag', '`dataset from-bag`: bags → LeRobotDataset v3'),
