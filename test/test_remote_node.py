@@ -185,7 +185,8 @@ def test_configure_refuses_a_server_running_another_model(ros, params_file, test
             if 'configure failed' in lines:
                 break
             time.sleep(0.2)
-        assert 'expects nano@sha256:0123456789abcdef' in lines, lines[-3000:]
+        assert 'expects nano@sha256:0123456789abcdef' in lines, (
+            lines[-3000:], group.lines.get('lifecycle_manager', [])[-20:], server.log())
         assert group.procs['inference_node'].poll() is None  # unconfigured, not dead
     finally:
         group.stop()
