@@ -35,8 +35,13 @@ VALID = {'unconfigured': {'configure', 'unconfigured_shutdown'},
          'inactive': {'cleanup', 'activate', 'inactive_shutdown'},
          'active': {'deactivate', 'active_shutdown'},
          'finalized': set()}
-# Ticks the base needs to ramp from VX to zero at the deceleration limit.
+# Ticks the base needs to ramp from VX to zero at the deceleration limit (one more may end
+# on a float residue the next tick clears to exactly 0).
 RAMP_TICKS = math.ceil(VX / (DECEL * PERIOD))
+# The answer to a held request travels on its own DDS writer, in no order with the lock-step
+# barrier: under load it can reach the test one tick after the one that released it. The
+# commands themselves are asserted exactly (_ramp_to_rest, then silence).
+ANSWER_TICKS = RAMP_TICKS + 2
 
 
 def _request(rig, node, name, label='', ticking=False, max_ticks=4 * RAMP_TICKS):
@@ -150,7 +155,7 @@ def test_interpolation_node_every_transition_from_every_state(interp):
             assert ok and ticks == 0 and rig.step.lifecycle_state(node) == 'inactive'
             rig.tick()
             ok, ticks = _request(rig, node, 'cleanup', ticking=True)
-            assert ok and 1 <= ticks <= RAMP_TICKS + 1, ticks
+            assert ok and 1 <= ticks <= ANSWER_TICKS, ticks
             _ramp_to_rest(records.base[mark:], VX)
             arm = [e['values'] for e in records.arm]
             assert np.array_equal(arm[-1], arm[-2])   # the arm was at rest at the answer
@@ -164,7 +169,7 @@ def test_interpolation_node_every_transition_from_every_state(interp):
             # shutdown while driving at VX: answered once the base is at rest.
             mark = len(records.base)
             ok, ticks = _request(rig, node, 'active_shutdown', ticking=True)
-            assert ok and RAMP_TICKS - 1 <= ticks <= RAMP_TICKS + 1, ticks
+            assert ok and RAMP_TICKS - 1 <= ticks <= ANSWER_TICKS, ticks
             _ramp_to_rest(records.base[mark:], VX)
             arm = [e['values'] for e in records.arm]
             assert np.array_equal(arm[-1], arm[-2])
@@ -191,7 +196,7 @@ def test_interpolation_node_shutdown_by_label_from_a_resting_state(interp, state
         mark = len(records.base)
         assert _request(rig, node, 'deactivate')[0]
         ok, ticks = _request(rig, node, '', label='shutdown', ticking=True)
-        assert ok and ticks <= RAMP_TICKS + 1
+        assert ok and ticks <= ANSWER_TICKS
         _ramp_to_rest(records.base[mark:], VX)
     else:
         ok, ticks = _request(rig, node, '', label='shutdown')
