@@ -66,6 +66,13 @@ $(INSTALLED): $(STAMP) $(INTERFACES) $(MODEL) $(SOURCES)
 
 install: $(INSTALLED)
 
+# The remote policy's message code (vla_ros/serve/_proto/policy_v1_pb2.py) is generated from
+# its .proto and committed, so robots need no protobuf compiler (docs/remote.md); run this
+# after editing the .proto (test_serve.py fails while the two differ).
+.PHONY: proto
+proto: $(STAMP)
+	$(PY) vla_ros/tools/gen_proto.py
+
 lint: $(STAMP)
 	$(PY) -m flake8 vla_ros test launch setup.py
 
