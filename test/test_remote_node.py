@@ -45,12 +45,12 @@ def secrets_dir(tmp_path_factory):
             'tokens': tokens}
 
 
-def _server(secrets, test_model_dir, port=0, name='server'):
+def _server(secrets, test_model_dir, port=0, name='server', extra=()):
     from conftest import absolute_action_space_file
     return ServerProcess(secrets['folder'], [
         '--tls-cert', secrets['cert'], '--tls-key', secrets['key'], '--tokens',
         secrets['tokens'], '--model', test_model_dir, '--action-space',
-        absolute_action_space_file()], port=port, name=name)
+        absolute_action_space_file()] + list(extra), port=port, name=name)
 
 
 def _remote_params(secrets, endpoint, **extra):
@@ -190,4 +190,64 @@ def test_configure_refuses_a_server_running_another_model(ros, params_file, test
         assert group.procs['inference_node'].poll() is None  # unconfigured, not dead
     finally:
         group.stop()
+        server.kill()
+
+
+@pytest.mark.parametrize('delay_ms,command_timeout', [(300, 1.0), (700, COMMAND_TIMEOUT)])
+def test_slow_server_replies_are_judged_by_their_source_stamp(ros, params_file, test_model_dir,
+                                                              secrets_dir, delay_ms,
+                                                              command_timeout):
+    """
+    300 ms per reply, command_timeout 1 s: about 3 Hz of fresh enough targets, it drives.
+
+    700 ms, command_timeout 0.5 s: every target is too old when it arrives: none is executed
+    (counted by interpolation_node), the base never moves. (300 ms with the shipped 0.5 s
+    leaves the robot mostly stopped: targets 0.4-0.8 s old; docs/remote.md.)
+    """
+    server = _server(secrets_dir, test_model_dir, name=f'slow{delay_ms}',
+                     extra=['--model-delay-ms', str(delay_ms)]).start()
+    overrides = {'inference_node': _remote_params(secrets_dir, server.endpoint,
+                                                  remote_deadline=1.5),
+                 'interpolation_node': {'start_enabled': True,
+                                        'command_timeout': command_timeout}}
+    group = ProcessGroup(params_file, quiet=True)
+    harness = None
+    try:
+        group.start_all(pipeline_nodes(overrides=overrides))
+        harness = Harness(f'slow_harness_{delay_ms}')
+        stamps = Stamps(harness)
+        harness.set_color(*DRIVE)
+        harness.instruct('drive to the marker')
+        assert harness.wait_for(lambda: len(stamps.items) >= 3, 60.0), \
+            (group.failed(), server.log())
+        # Replies reach the robot delay_ms (and more) after their frame.
+        t0 = time.monotonic()
+        assert harness.wait_for(lambda: len(stamps.since(t0)) >= 6, 20.0)
+
+        def moving():
+            last = harness.latest(harness.base)
+            return last is not None and last[1][0] > 0.3
+
+        if delay_ms < command_timeout * 1e3 / 2:
+            assert harness.wait_for(moving, 20.0), harness.diagnostics.get('interpolation_node')
+        else:
+            assert not harness.wait_for(moving, 3.0)
+            base = harness.since(harness.base, 0.0)
+            assert base and all(np.allclose(v, 0.0) for _, v in base)
+            assert harness.wait_for(lambda: int(_values(harness, 'interpolation_node').get(
+                'rejected_stale_targets_old', 0)) >= 3, 5.0), \
+                _values(harness, 'interpolation_node')
+        inference = _values(harness, 'inference_node')
+        interpolation = _values(harness, 'interpolation_node')
+        print(f'delay {delay_ms} ms: inference_node rate of replies '
+              f'{len(stamps.since(t0)) / (time.monotonic() - t0):.2f} Hz, round trip p50 '
+              f'{inference.get("remote_round_trip_ms_p50")} ms, remote_busy '
+              f'{inference.get("remote_busy")}; interpolation_node rate '
+              f'{interpolation.get("rate_hz")} Hz, stale targets rejected '
+              f'{interpolation.get("rejected_stale_targets_old", 0)}')
+    finally:
+        if harness is not None:
+            harness.close()
+        group.stop()
+        print_logs(group)
         server.kill()
