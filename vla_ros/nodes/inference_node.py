@@ -386,6 +386,10 @@ class InferenceNode(ManagedNode):
             remote.close()
             raise
         self._remote_ms, self._last_remote_stamp = WindowStats(500), -1
+        self._replies = []
+        if getattr(self, '_reply_guard', None) is None:  # once; kept across configures
+            self._reply_guard = self.create_guard_condition(self._publish_replies,
+                                                            callback_group=self._inputs)
         self.get_logger().info(f'remote policy server {self.remote_options.endpoint}: model '
                                f'{info.model_id} (instance {info.server_instance})')
         return remote
@@ -403,20 +407,29 @@ class InferenceNode(ManagedNode):
         self.diag.reason = ''
 
     def _on_remote_reply(self, tokens, stamp_ns: int, frame_id: str, reply, round_trip_ms):
-        """Publish a reply's tokens stamped with its frame's source stamp (a gRPC thread)."""
+        """Hand a reply (on a gRPC thread) to the executor, which publishes it at once."""
+        with self._lock:
+            self._replies = (self._replies + [(stamp_ns, tokens, frame_id,
+                                               reply.timing.model_ms, round_trip_ms)])[-8:]
+        self._reply_guard.trigger()
+
+    def _publish_replies(self):
+        """Publish the replies' tokens stamped with their frames' source stamps."""
+        with self._lock:
+            replies, self._replies = sorted(self._replies, key=lambda r: r[0]), []
         pub = self._pub
-        if not self._active or pub is None:
-            return
-        with self._lock:  # replies of two requests in flight may cross: never go back
-            if stamp_ns <= self._last_remote_stamp:
-                self.diag.count('remote_out_of_order')
+        for stamp_ns, tokens, frame_id, model_ms, round_trip_ms in replies:
+            if not self._active or pub is None:
                 return
+            if stamp_ns <= self._last_remote_stamp:  # replies in flight may cross
+                self.diag.count('remote_out_of_order')
+                continue
             self._last_remote_stamp = stamp_ns
-        pub.publish(tokens_to_msg(tokens, stamp_ns, self._space_id, frame_id))
-        self.diag.count('published')
-        self._model_ms.add(reply.timing.model_ms)
-        self._remote_ms.add(round_trip_ms)
-        self._age_ms.add((now_s(self) - stamp_ns * 1e-9) * 1e3)
+            pub.publish(tokens_to_msg(tokens, stamp_ns, self._space_id, frame_id))
+            self.diag.count('published')
+            self._model_ms.add(model_ms)
+            self._remote_ms.add(round_trip_ms)
+            self._age_ms.add((now_s(self) - stamp_ns * 1e-9) * 1e3)
 
     def _report(self):
         r = self._rate.summary()
