@@ -456,3 +456,14 @@ def test_sigterm_drains_in_flight_requests_then_exits_cleanly(creds, test_model_
         server.kill()
         client.close()
     assert 'shutting down: draining' in server.log() and 'stopped; counters' in server.log()
+
+
+def test_a_port_in_use_is_a_configuration_error(known_server, creds, test_model_dir, tmp_path):
+    from conftest import absolute_action_space_file
+    second = ServerProcess(str(tmp_path), _tls_args(creds) + [
+        '--model', test_model_dir, '--action-space', absolute_action_space_file()],
+        port=known_server.port, name='second')
+    with pytest.raises(RuntimeError, match='exited 2'):
+        second.start()
+    assert f'cannot listen on 127.0.0.1:{known_server.port}' in second.log()
+    assert known_server.alive()

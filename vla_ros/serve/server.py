@@ -434,15 +434,20 @@ class PolicyServer:
                                        thread_name_prefix='vla-serve-rpc'),
             handlers=[_handlers(service)], options=options,
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
-        if tls is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            root = _read(tls.client_ca) if tls.client_ca else None
-            credentials = grpc.ssl_server_credentials(
-                [(_read(tls.key), _read(tls.cert))], root_certificates=root,
-                require_client_auth=bool(root))
-            self.port = self.server.add_secure_port(address, credentials)
+        try:
+            if tls is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                root = _read(tls.client_ca) if tls.client_ca else None
+                credentials = grpc.ssl_server_credentials(
+                    [(_read(tls.key), _read(tls.cert))], root_certificates=root,
+                    require_client_auth=bool(root))
+                self.port = self.server.add_secure_port(address, credentials)
+        except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+            service.stop_workers()
+            raise OSError(f'cannot listen on {address}: {exc}') from exc
         if not self.port:
+            service.stop_workers()
             raise OSError(f'cannot listen on {address}')
 
     def start(self):
