@@ -2,6 +2,7 @@
 
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -216,6 +217,10 @@ def run(factory: Callable[[], Node], args: Optional[Sequence[str]] = None,
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ctrl-C in a terminal signals every process of the group and `ros2 launch` then
+        # forwards one more SIGINT: a second one must not break the clean-up (it used to end
+        # the nodes with a KeyboardInterrupt traceback and exit code -2).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
