@@ -83,3 +83,10 @@ def expert_setup(action_space, params_file):
     pipeline = Pipeline(env, tokenizer, control_config(params_file))
     yield env, pipeline, ExpertDecider(robot, tokenizer), tokenizer
     robot.close()
+
+
+@pytest.fixture(scope='session')
+def colcon_ws(tmp_path_factory):
+    """Build both packages with the README's `colcon build` in a fresh workspace, once."""
+    from ros2_support import build_workspace
+    return build_workspace(str(tmp_path_factory.mktemp('colcon')))
