@@ -251,3 +251,39 @@ def test_slow_server_replies_are_judged_by_their_source_stamp(ros, params_file, 
         group.stop()
         print_logs(group)
         server.kill()
+
+
+def test_mutual_tls_alone_authenticates_the_robot(ros, params_file, test_model_dir,
+                                                  secrets_dir):
+    """A server that trusts robot certificates (no tokens): the node's certificate is enough."""
+    from conftest import absolute_action_space_file
+    from vla_ros.serve.devcerts import Pki
+    robots = Pki(os.path.join(secrets_dir['folder'], 'robots'), 'robots-ca')
+    cert, key = robots.issue('robot1')
+    server = ServerProcess(secrets_dir['folder'], [
+        '--tls-cert', secrets_dir['cert'], '--tls-key', secrets_dir['key'], '--client-ca',
+        robots.ca_file, '--model', test_model_dir, '--action-space',
+        absolute_action_space_file()], name='mtls').start()
+    params = _remote_params(secrets_dir, server.endpoint, remote_cert_file=cert,
+                            remote_key_file=key)
+    del params['remote_token_file']  # ('' cannot be given on the command line)
+    overrides = {'inference_node': params,
+                 'lifecycle_manager': {'node_names': ['inference_node']}}
+    group = ProcessGroup(params_file, quiet=True)
+    harness = None
+    try:
+        group.start_all(pipeline_nodes(overrides=overrides, without=(
+            'detokenizer_node', 'interpolation_node')))
+        harness = Harness('mtls_harness')
+        stamps = Stamps(harness)
+        harness.set_color(*DRIVE)
+        harness.instruct('drive to the marker')
+        assert harness.wait_for(lambda: len(stamps.items) >= 3, 60.0), \
+            (group.failed(), server.log(), print_logs(group))
+        assert stamps.items[-1][2] == _expected(test_model_dir, 'drive to the marker')
+        assert 'TLS + mTLS' in server.log()
+    finally:
+        if harness is not None:
+            harness.close()
+        group.stop()
+        server.kill()
