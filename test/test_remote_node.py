@@ -287,3 +287,48 @@ def test_mutual_tls_alone_authenticates_the_robot(ros, params_file, test_model_d
             harness.close()
         group.stop()
         server.kill()
+
+
+def test_ros2_launch_starts_the_remote_variant(ros, params_file, test_model_dir, secrets_dir,
+                                               tmp_path):
+    """`ros2 launch vla_ros vla_pipeline.launch.py params_file:=...` with backend: remote."""
+    import yaml
+    from ros2_support import Launch, tools_missing, underlay_env
+    missing = tools_missing()
+    if missing:
+        pytest.skip(missing)
+    server = _server(secrets_dir, test_model_dir, name='launch').start()
+    with open(params_file, encoding='utf-8') as stream:
+        params = yaml.safe_load(stream)
+    params['/**/inference_node']['ros__parameters'].update(
+        _remote_params(secrets_dir, server.endpoint))
+    params.setdefault('/**/interpolation_node', {}).setdefault(
+        'ros__parameters', {})['start_enabled'] = True
+    path = tmp_path / 'remote.yaml'
+    path.write_text(yaml.safe_dump(params), encoding='utf-8')
+    launch = Launch(['launch', 'vla_ros', 'vla_pipeline.launch.py', f'params_file:={path}'],
+                    underlay_env(), str(tmp_path / 'launch.log'))
+    harness = None
+    try:
+        harness = Harness('launch_harness')
+        stamps = Stamps(harness)
+        harness.set_color(*DRIVE)
+        harness.instruct('drive to the marker')
+
+        def driving():
+            last = harness.latest(harness.base)
+            return last is not None and last[1][0] > 0.3
+
+        assert harness.wait_for(lambda: len(stamps.items) >= 3, 120.0), \
+            (launch.output()[-6000:], server.log())
+        assert stamps.items[-1][2] == _expected(test_model_dir, 'drive to the marker')
+        assert harness.wait_for(driving, 20.0), launch.output()[-6000:]
+        assert 'remote policy server 127.0.0.1:' in launch.output()
+        code = launch.stop()
+        assert code == 0, launch.output()[-6000:]
+    finally:
+        if harness is not None:
+            harness.close()
+        launch.stop()
+        launch.kill_leftovers()
+        server.kill()
