@@ -135,6 +135,12 @@ def _stop(launch: Launch):
     launch.kill_leftovers()
 
 
+def _environ(pid: int) -> Dict[str, str]:
+    with open(f'/proc/{pid}/environ', 'rb') as stream:
+        return dict(item.decode(errors='replace').split('=', 1)
+                    for item in stream.read().split(b'\0') if b'=' in item)
+
+
 def _running(launch: Launch, probe: LaunchProbe, names) -> bool:
     return launch.alive() and set(names) <= set(probe.node_names())
 
@@ -151,6 +157,12 @@ def _fill(tokens, install: str) -> List[str]:
 
 
 README_LAUNCH = ('ros2', 'launch', 'vla_ros', 'vla_pipeline.launch.py')
+# Verbs the README names in prose (no arguments) and the test here that runs each.
+NAMED_IN_PROSE = {
+    ('ros2', 'launch'): 'every graph of this module',
+    ('ros2', 'run'): 'TestMakeInstallLayout.test_ros2_run_starts_a_node',
+    ('ros2', 'pkg', 'executables'): 'TestMakeInstallLayout.test_pkg_executables_lists_every_node',
+}
 
 
 def _readme_launch(install: str) -> List[str]:
@@ -183,7 +195,7 @@ class TestReadmeLaunch:
     """`ros2 launch vla_ros vla_pipeline.launch.py params_file:=...` as the README says."""
 
     def test_nodes_listed_and_managed_nodes_active(self, readme_graph):
-        launch, env, _, _ = readme_graph
+        launch, env, _, install = readme_graph
         listed, *states = ros2_all(
             [['node', 'list', *DISCOVERY]]
             + [['lifecycle', 'get', '/' + n, *DISCOVERY] for n in MANAGED], env)
@@ -191,6 +203,12 @@ class TestReadmeLaunch:
             listed.stdout
         assert [lifecycle_state(s.stdout) for s in states] == ['active'] * len(MANAGED), \
             [s.stdout for s in states]
+        # dds_profile (default true): every node got the shipped loopback Fast DDS profile.
+        for node in PIPELINE:
+            (pid,) = launch.node_pids(node)
+            profile = _environ(pid).get('FASTRTPS_DEFAULT_PROFILES_FILE', '')
+            assert profile == os.path.join(install, 'vla_ros', 'share', 'vla_ros', 'config',
+                                           'fastdds_large_shm.xml'), (node, profile)
 
     def test_parameters_are_what_the_file_says(self, readme_graph):
         launch, env, command, install = readme_graph
@@ -226,8 +244,10 @@ class TestReadmeLaunch:
         covered = []
         for doc in doc_commands(README):
             tokens = doc.tokens
-            if tokens == ('ros2', 'launch'):
-                pass  # named in prose: the graph under test was started by `ros2 launch`
+            if len(tokens) == 1:
+                continue  # the program named in prose
+            if tokens in NAMED_IN_PROSE:
+                pass  # a verb named in prose, run by the test NAMED_IN_PROSE gives
             elif tokens[:4] == README_LAUNCH:
                 # The graph under test was started by this very command.
                 assert _fill(tokens, install) == command, (doc.line, command)
