@@ -206,6 +206,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
     parser.add_argument('--eval-episodes', type=int, default=50, help='unseen seeds per task')
     parser.add_argument('--json', default=None, help='also write the results here')
+    parser.add_argument('--cache', default=None, metavar='NPZ',
+                        help='keep the collected states here and reuse them when present '
+                        '(same --episodes, --seed-start, --arm-noise)')
     args = parser.parse_args(argv)
     try:
         plan = parse_episodes(args.episodes)
@@ -217,12 +220,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
         torch.set_num_threads(args.threads)
     start = time.monotonic()
-    sigma, scene.noise.sigma = scene.noise.sigma, 0.0
-    x, y, stats = collect_states(scene, plan, args.seed_start)
-    scene.noise.sigma = sigma
-    x2, y2, stats2 = collect_states(scene, plan, args.seed_start + 50_000)
-    x, y = np.concatenate([x, x2]), np.concatenate([y, y2])
-    stats = {'clean': stats, 'second': stats2}
+    key = json.dumps([plan, args.seed_start, args.arm_noise, scene.space.to_dict()],
+                     sort_keys=True)
+    cached = None
+    if args.cache and os.path.exists(args.cache):
+        cached = np.load(args.cache, allow_pickle=False)
+        if str(cached['key']) != key:
+            print(f'vla-ros oracle: {args.cache} holds other data; collecting anew',
+                  file=sys.stderr)
+            cached = None
+    if cached is not None:
+        x, y, stats = cached['x'], cached['y'], json.loads(str(cached['stats']))
+    else:
+        sigma, scene.noise.sigma = scene.noise.sigma, 0.0
+        x, y, stats = collect_states(scene, plan, args.seed_start)
+        scene.noise.sigma = sigma
+        x2, y2, stats2 = collect_states(scene, plan, args.seed_start + 50_000)
+        x, y = np.concatenate([x, x2]), np.concatenate([y, y2])
+        stats = {'clean': stats, 'second': stats2}
+        if args.cache:
+            np.savez(args.cache, x=x, y=y, key=key, stats=json.dumps(stats))
     collected = time.monotonic()
     policy, loss = train_mlp(x, y, args.steps, seed=args.seed)
     trained = time.monotonic()
