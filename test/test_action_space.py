@@ -1,4 +1,4 @@
-"""The action space and tokenizer of DESIGN.md section 6 (pure numpy, no ROS)."""
+"""The action space and tokenizer (pure numpy, no ROS)."""
 
 import dataclasses
 import math

@@ -1,5 +1,5 @@
 """
-The RT-1 action space and its 256-bin tokenizer (DESIGN.md section 6).
+The RT-1 action space and its 256-bin tokenizer (docs/architecture.md).
 
 Pure numpy: no rclpy, no messages. The bounds come from ``config/action_space.yaml``; this
 module only knows how to validate them and how to turn values into bins and back.

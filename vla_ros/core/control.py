@@ -1,5 +1,5 @@
 """
-The 20 Hz control loop: interpolation plus every safety rule of DESIGN.md section 8.
+The 20 Hz control loop: interpolation plus every safety rule (docs/architecture.md).
 
 ``ControlLoop`` is what the interpolation node runs each tick. It owns the watchdog on
 targets, the latched e-stop and the enable gate, so every rule is testable without ROS:

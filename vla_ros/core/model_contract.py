@@ -1,5 +1,5 @@
 """
-The policy model I/O contract (DESIGN.md section 7), checked without any runtime.
+The policy model I/O contract, checked without any runtime (docs/model.md).
 
 A backend describes the model it loaded as ``TensorSpec`` lists plus a metadata mapping;
 ``check_policy`` compares them with the contract and the configured action space and raises

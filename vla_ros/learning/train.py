@@ -16,7 +16,7 @@ them by closed-loop success (``vla-ros eval``), not by validation loss. ``OUT/me
 and ``OUT/curves.png`` record losses and per-dimension accuracies.
 
 Length (over 300 lines): the training loop, its data pipeline, resume and metrics in one
-place, as in the model codebases STYLE.md follows (one readable train script).
+place, as model codebases keep one readable train script.
 """
 
 import argparse

@@ -16,8 +16,8 @@ Two decoding modes share the weights:
 Attention is written with plain matmuls so that the ONNX graph is simple for every runtime,
 and masks use -1e4 rather than -inf so an FP16 TensorRT engine cannot produce NaN.
 
-Length (over 300 lines): the whole RT-1 network in one file (STYLE.md: a model is read top
-to bottom in one place).
+Length (over 300 lines): the whole RT-1 network in one file (as model codebases do: a model
+is read top to bottom in one place).
 """
 
 import hashlib

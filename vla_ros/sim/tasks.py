@@ -31,7 +31,7 @@ BLOCK_Y = (-0.20, 0.20)
 BOWL_X = (0.56, 0.70)
 BOWL_Y = (-0.22, 0.22)
 BOWL_INNER_RADIUS = 0.078
-# Default control periods: 20 Hz commands, 5 Hz policy (DESIGN.md section 8).
+# Default control periods: 20 Hz commands, 5 Hz policy (docs/architecture.md, Time).
 CONTROL_PERIOD = 0.05
 POLICY_PERIOD = 0.2
 

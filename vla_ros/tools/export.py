@@ -103,7 +103,7 @@ def _set_metadata(path: str, metadata: Dict[str, str]) -> None:
 
 def policy_metadata(config, space: ActionSpace, encoder: str, weights: str, trained: bool,
                     decoding: str, info: Optional[Dict] = None) -> Dict[str, str]:
-    """Return the metadata every exported policy carries (DESIGN.md section 7)."""
+    """Return the metadata every exported policy carries (core/model_contract.py)."""
     extra = {f'vla_ros.{k}': v if isinstance(v, str) else json.dumps(v, sort_keys=True)
              for k, v in (info or {}).items()}
     return {
