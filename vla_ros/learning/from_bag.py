@@ -10,10 +10,10 @@ One frame per ``vla/action_tokens`` message (the tick), at its bag time ``t``:
 
 - **tokens** the 11 uint8 tokens; **action** ``ActionTokenizer(space).detokenize(tokens)``.
 - **image** the ``vla/image`` whose header stamp equals the tokens' source stamp (the frame
-  the policy saw; ``stamp=<ns>`` label of the tokens' layout), else the newest image
+  the policy saw; the ``ActionTokens`` header carries its stamp), else the newest image
   received at or before ``t`` within ``--max-age`` whose stamp is not after the source
-  stamp. The stamp-matched image may be received a little after the tokens (sim_node's
-  scripted expert decides at the instant the camera renders): it is looked for until
+  stamp. The stamp-matched image may be received a little after the tokens (expert_node
+  decides at the instant the camera renders): it is looked for until
   ``t + --max-age``. Its stamp is the decision instant, so it carries no later information.
 - **joint_state** the 7 measured arm joints + gripper closure of the newest ``joint_states``
   received at or before ``t`` within ``--max-age``.

@@ -639,10 +639,9 @@ def regenerate(case_path: str, bag: str = '', runs: int = 2, timeout: float = 60
         diff = compare(results[0], other, tolerance=0.0)
         if diff:
             raise GoldenError(report(f'{case["name"]} run 1 vs run {i}', diff) +
-                              '\nthe replay did not repeat exactly: goldens not written (a '
-                              'model with a state input needs --param '
-                              'inference_node.target_timeout=0.01 for now: docs/bags.md, '
-                              '"Note on rt1_nano.json")')
+                              '\nthe replay did not repeat exactly: goldens not written '
+                              '(look for an input whose order of arrival decides the '
+                              'result; docs/bags.md, "Note on rt1_nano.json")')
     first = results[0]
     if not first['tokens'] or not first['commands']:
         lag = first['bag'].get('camera_lag_s')
