@@ -233,14 +233,19 @@ def ros2(args: Sequence[str], env: Dict[str, str], timeout: float = 60.0, attemp
                                                  out + f'\n(timed out after {timeout} s)')
         if until(result):
             break
+        print(f'ros2 {shlex.join(args)}: exit {result.returncode}, trying again:\n'
+              + result.stdout[-1000:], file=sys.stderr, flush=True)
     return result
 
 
-def ros2_all(calls: Sequence[Sequence[str]], env: Dict[str, str], **kwargs
+def ros2_all(calls: Sequence[Sequence[str]], env: Dict[str, str],
+             untils: Optional[Sequence[Optional[Callable]]] = None, **kwargs
              ) -> List[subprocess.CompletedProcess]:
     """Run several ``ros2`` calls at once (each waits its spin time mostly idle)."""
-    with ThreadPoolExecutor(max_workers=max(1, min(6, len(calls)))) as pool:
-        return list(pool.map(lambda call: ros2(call, env, **kwargs), calls))
+    untils = list(untils or [None] * len(calls))
+    with ThreadPoolExecutor(max_workers=max(1, min(12, len(calls)))) as pool:
+        return list(pool.map(lambda call, until: ros2(call, env, until=until, **kwargs),
+                             calls, untils))
 
 
 def lifecycle_state(output: str) -> str:
@@ -251,10 +256,11 @@ def lifecycle_state(output: str) -> str:
 
 def param_value(output: str):
     """Return the value printed by ``ros2 param get`` (``Double value is: 20.0`` -> 20.0)."""
-    match = re.search(r'^(\w+) values? (?:is|are): (.*)$', output, re.M)
+    match = re.search(r'^(\w+) (value is|values are): (.*)$', output, re.M)
     if not match:
         raise ValueError(f'not a `ros2 param get` answer: {output!r}')
-    kind, text = match.group(1), match.group(2).strip()
+    kind = match.group(1) if match.group(2) == 'value is' else 'array'
+    text = match.group(3).strip()
     if kind == 'Boolean':
         return text == 'True'
     if kind == 'Integer':
@@ -263,7 +269,9 @@ def param_value(output: str):
         return float(text)
     if kind == 'String':
         return text
-    return json.loads(text.replace("'", '"'))  # arrays print as Python lists
+    # Arrays print as Python lists, numeric ones as array('d', [...]).
+    text = re.sub(r"^array\('\w', (.*)\)$", r'\1', text)
+    return json.loads(text.replace("'", '"'))
 
 
 # -- ros2 launch -----------------------------------------------------------------------------
@@ -299,7 +307,8 @@ class Launch:
 
     def output(self) -> str:
         """Everything ``ros2 launch`` and its nodes printed so far."""
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         with open(self.log_path, encoding='utf-8', errors='replace') as stream:
             return stream.read()
 

@@ -196,11 +196,12 @@ class TestReadmeLaunch:
 
     def test_nodes_listed_and_managed_nodes_active(self, readme_graph):
         launch, env, _, install = readme_graph
+        names = sorted('/' + n for n in PIPELINE)
         listed, *states = ros2_all(
             [['node', 'list', *DISCOVERY]]
-            + [['lifecycle', 'get', '/' + n, *DISCOVERY] for n in MANAGED], env)
-        assert sorted(listed.stdout.split()) == sorted('/' + n for n in PIPELINE), \
-            listed.stdout
+            + [['lifecycle', 'get', '/' + n, *DISCOVERY] for n in MANAGED], env,
+            untils=[lambda r: sorted(r.stdout.split()) == names] + [None] * len(MANAGED))
+        assert sorted(listed.stdout.split()) == names, listed.stdout
         assert [lifecycle_state(s.stdout) for s in states] == ['active'] * len(MANAGED), \
             [s.stdout for s in states]
         # dds_profile (default true): every node got the shipped loopback Fast DDS profile.
@@ -334,7 +335,8 @@ class TestNamespaceRemapsRespawn:
         listed, enable = ros2_all(
             [['node', 'list', *DISCOVERY],
              ['service', 'call', f'/{NAMESPACE}/vla/enable', 'std_srvs/srv/SetBool',
-              '{data: true}']], env)
+              '{data: true}']], env,
+            untils=[lambda r: sorted(r.stdout.split()) == sorted(names), None])
         assert sorted(listed.stdout.split()) == sorted(names), listed.stdout
         assert 'success=True' in enable.stdout, enable.stdout
         wanted = {  # (topic, publishers?) -> nodes
