@@ -173,3 +173,49 @@ def test_noisy_collection_leaves_the_expert_path_with_clean_labels(tmp_path):
         composed = state[i - 1] + _detok(cols[ds.TOKENS_KEY][i - 1])[:7]
         off_path += not np.allclose(state[i], composed, atol=1e-5)
     assert steps and off_path >= 0.5 * steps
+
+
+def test_a_lerobot_reader_gets_the_instruction_text_and_the_chunked_files(tmp_path):
+    """Read the dataset the way LeRobot v3 does: info.json paths, pandas, PyAV."""
+    import av
+    import pandas as pd
+    rng = np.random.default_rng(1)
+    root = str(tmp_path / 'data')
+    texts = ['pick up the red block', 'open the gripper', 'push the blue block to the left']
+    episodes = []
+    # chunks_size 2: the third session's files go to chunk-001, as info.json declares.
+    for session, text in enumerate(texts):
+        writer = ds.DatasetWriter(root, 5, {'vla_ros.source': 'test'}, chunks_size=2)
+        frames = _frames(rng, 3 + session)
+        writer.add_episode(frames, text, {'task': 'x', 'seed': session})
+        writer.close()
+        episodes.append(frames)
+    info = json.load(open(os.path.join(root, 'meta', 'info.json')))
+    assert info['chunks_size'] == 2
+    tasks = pd.read_parquet(os.path.join(root, 'meta', 'tasks.parquet'))
+    meta = pd.read_parquet(os.path.join(root, 'meta', 'episodes', 'chunk-000',
+                                        'file-000.parquet'))
+    assert [tuple(r) for r in meta[['data/chunk_index', 'data/file_index']].values] == [
+        (0, 0), (0, 1), (1, 0)]
+    for ep, row in meta.iterrows():
+        data = pd.read_parquet(os.path.join(root, info['data_path'].format(
+            chunk_index=row['data/chunk_index'], file_index=row['data/file_index'])))
+        data = data[data['episode_index'] == row['episode_index']]
+        assert len(data) == row['length'] == len(episodes[ep])
+        # LeRobot: the task text is the index entry at the frame's task_index.
+        assert {tasks.iloc[int(i)].name for i in data['task_index']} == {texts[ep]}
+        key = ds.IMAGE_KEY
+        video = os.path.join(root, info['video_path'].format(
+            video_key=key, chunk_index=row[f'videos/{key}/chunk_index'],
+            file_index=row[f'videos/{key}/file_index']))
+        with av.open(video) as container:
+            decoded = [f.to_ndarray(format='rgb24') for f in container.decode(video=0)]
+        first = int(round(row[f'videos/{key}/from_timestamp'] * info['fps']))
+        for i, frame in enumerate(episodes[ep]):
+            np.testing.assert_array_equal(decoded[first + i], frame.image)
+    # The project's own reader sees the same, across chunks.
+    loaded = ds.load(root)
+    assert len(loaded) == sum(len(e) for e in episodes) and loaded.tasks == texts
+    seen = list(ds.iter_episode_images(root, loaded.episodes))
+    assert len(seen) == len(loaded)
+    np.testing.assert_array_equal(seen[-1][2], episodes[-1][-1].image)

@@ -5,13 +5,17 @@ Demonstration datasets on disk in the LeRobotDataset v3 layout (docs/dataset.md)
 
     DATASET/
       meta/info.json                               fps, features, counts, file layout
-      meta/tasks.parquet                           task_index -> instruction text
+      meta/tasks.parquet                           instruction text (index) -> task_index
       meta/episodes/chunk-000/file-000.parquet     one row per episode (+ vla_ros fields)
-      data/chunk-000/file-NNN.parquet              one row per frame
-      videos/observation.images.head_camera/chunk-000/file-NNN.mp4
+      data/chunk-CCC/file-FFF.parquet              one row per frame
+      videos/observation.images.head_camera/chunk-CCC/file-FFF.mp4
 
 One data file and one video file per writer session (``DatasetWriter``), so a collection can
-be resumed by opening the dataset again and appending a new session. Frames are the 300x300
+be resumed by opening the dataset again and appending a new session. Files are numbered as
+``info.json`` declares: ``chunks_size`` files per chunk folder, then the next chunk.
+``meta/tasks.parquet`` is laid out as LeRobot reads it: the instruction text is the table's
+(pandas) index and ``task_index`` its one column, so ``pandas.read_parquet(...).iloc[i].name``
+is the text of task ``i``. Frames are the 300x300
 rgb8 images exactly as inference_node receives them, encoded as H.264 (``libx264rgb``,
 lossless RGB by default: crf 0) through PyAV. Needs the training extra (pyarrow, av).
 
@@ -34,10 +38,38 @@ STATE_KEY = 'observation.state'
 JOINT_KEY = 'observation.joint_state'
 ACTION_KEY = 'action'
 TOKENS_KEY = 'action.tokens'
-CHUNK = 'chunk-000'
-DATA_PATH = 'data/{chunk}/file-{file:03d}.parquet'
-VIDEO_PATH = 'videos/{key}/{chunk}/file-{file:03d}.mp4'
-EPISODES_PATH = 'meta/episodes/{chunk}/file-000.parquet'
+CHUNKS_SIZE = 1000
+# The layout info.json declares (LeRobot's placeholders).
+DATA_PATH = 'data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet'
+VIDEO_PATH = 'videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4'
+EPISODES_PATH = 'meta/episodes/chunk-000/file-000.parquet'
+
+
+def chunk_of(file_number: int, chunks_size: int = CHUNKS_SIZE) -> Tuple[int, int]:
+    """Return (chunk_index, file_index) of the ``file_number``-th data/video file."""
+    return file_number // chunks_size, file_number % chunks_size
+
+
+def _data_files(root: str) -> List[str]:
+    return sorted(glob.glob(os.path.join(root, 'data', 'chunk-*', 'file-*.parquet')))
+
+
+def _tasks_table(tasks: Sequence[str]):
+    """meta/tasks.parquet as pandas writes a frame indexed by the text (no pandas needed)."""
+    _, pa = _require()
+    table = pa.table({'task_index': pa.array(range(len(tasks)), pa.int64()),
+                      'task': pa.array(list(tasks), pa.string())})
+    pandas_meta = {
+        'index_columns': ['task'],
+        'column_indexes': [{'name': None, 'field_name': None, 'pandas_type': 'unicode',
+                            'numpy_type': 'object', 'metadata': {'encoding': 'UTF-8'}}],
+        'columns': [{'name': 'task_index', 'field_name': 'task_index', 'pandas_type': 'int64',
+                     'numpy_type': 'int64', 'metadata': None},
+                    {'name': 'task', 'field_name': 'task', 'pandas_type': 'unicode',
+                     'numpy_type': 'object', 'metadata': None}],
+        'creator': {'library': 'pyarrow', 'version': pa.__version__},
+        'pandas_version': '2.2.0'}
+    return table.replace_schema_metadata({b'pandas': json.dumps(pandas_meta).encode()})
 
 
 def _require():
@@ -133,7 +165,7 @@ class DatasetWriter:
     """
 
     def __init__(self, root: str, fps: int, info_extra: Optional[Dict] = None,
-                 image_size: int = 300, crf: int = 0):
+                 image_size: int = 300, crf: int = 0, chunks_size: int = CHUNKS_SIZE):
         _require()
         self.root = root
         self.fps = int(fps)
@@ -149,9 +181,12 @@ class DatasetWriter:
             if self.info['fps'] != self.fps:
                 raise ValueError(f'dataset {root} has fps {self.info["fps"]}, not {self.fps}')
         self.extra = extra
+        self.chunks_size = int(self.info.get('chunks_size', chunks_size)
+                               if self.info is not None else chunks_size)
         self.episodes = read_episodes(root) if self.info is not None else []
         self.tasks = read_tasks(root) if self.info is not None else []
-        self.file_index = len(glob.glob(os.path.join(root, 'data', CHUNK, '*.parquet')))
+        self.file_number = len(_data_files(root))
+        self.chunk_index, self.file_index = chunk_of(self.file_number, self.chunks_size)
         self.video: Optional[VideoWriter] = None
         self.rows: List[Dict] = []
         self.total_frames = sum(e['length'] for e in self.episodes)
@@ -159,8 +194,8 @@ class DatasetWriter:
 
     def _video(self) -> VideoWriter:
         if self.video is None:
-            path = os.path.join(self.root, VIDEO_PATH.format(key=IMAGE_KEY, chunk=CHUNK,
-                                                             file=self.file_index))
+            path = os.path.join(self.root, VIDEO_PATH.format(
+                video_key=IMAGE_KEY, chunk_index=self.chunk_index, file_index=self.file_index))
             self.video = VideoWriter(path, self.fps, self.image_size, self.crf)
         return self.video
 
@@ -190,10 +225,10 @@ class DatasetWriter:
                 TOKENS_KEY: np.asarray(f.tokens, np.uint8).tolist(),
                 'next.success': bool(f.success)})
         row = {'episode_index': episode, 'length': len(frames), 'tasks': [instruction],
-               'data/chunk_index': 0, 'data/file_index': self.file_index,
+               'data/chunk_index': self.chunk_index, 'data/file_index': self.file_index,
                'dataset_from_index': self.total_frames,
                'dataset_to_index': self.total_frames + len(frames),
-               f'videos/{IMAGE_KEY}/chunk_index': 0,
+               f'videos/{IMAGE_KEY}/chunk_index': self.chunk_index,
                f'videos/{IMAGE_KEY}/file_index': self.file_index,
                f'videos/{IMAGE_KEY}/from_timestamp': start / self.fps,
                f'videos/{IMAGE_KEY}/to_timestamp': (start + len(frames)) / self.fps,
@@ -211,26 +246,21 @@ class DatasetWriter:
         if self.video is not None:
             self.video.close()
         if self.rows:
-            path = os.path.join(self.root, DATA_PATH.format(chunk=CHUNK, file=self.file_index))
+            path = os.path.join(self.root, DATA_PATH.format(chunk_index=self.chunk_index,
+                                                            file_index=self.file_index))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             pq.write_table(pa.Table.from_pylist(self.rows), path)
-        os.makedirs(os.path.join(self.root, 'meta', 'episodes', CHUNK), exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.join(self.root, EPISODES_PATH)), exist_ok=True)
         if self.episodes:
             pq.write_table(pa.Table.from_pylist(self.episodes),
-                           os.path.join(self.root, EPISODES_PATH.format(chunk=CHUNK)))
-        pq.write_table(pa.table({'task_index': list(range(len(self.tasks))),
-                                 'task': self.tasks}),
-                       os.path.join(self.root, 'meta', 'tasks.parquet'))
+                           os.path.join(self.root, EPISODES_PATH))
+        pq.write_table(_tasks_table(self.tasks), os.path.join(self.root, 'meta', 'tasks.parquet'))
         info = {
             'codebase_version': CODEBASE_VERSION, 'robot_type': 'vla_ros_sim_mobile_manipulator',
             'fps': self.fps, 'total_episodes': len(self.episodes),
             'total_frames': self.total_frames, 'total_tasks': len(self.tasks),
-            'chunks_size': 1000, 'data_files_size_in_mb': 100, 'video_files_size_in_mb': 500,
-            'data_path': DATA_PATH.replace('{chunk}', 'chunk-{chunk_index:03d}')
-                                  .replace('{file:03d}', '{file_index:03d}'),
-            'video_path': VIDEO_PATH.replace('{key}', '{video_key}')
-                                    .replace('{chunk}', 'chunk-{chunk_index:03d}')
-                                    .replace('{file:03d}', '{file_index:03d}'),
+            'chunks_size': self.chunks_size, 'data_files_size_in_mb': 100,
+            'video_files_size_in_mb': 500, 'data_path': DATA_PATH, 'video_path': VIDEO_PATH,
             'features': features(self.image_size),
         }
         info.update(self.extra)
@@ -258,7 +288,7 @@ def read_info(root: str) -> Dict:
 def read_episodes(root: str) -> List[Dict]:
     """One dict per episode (meta/episodes), in episode order."""
     import pyarrow.parquet as pq
-    path = os.path.join(root, EPISODES_PATH.format(chunk=CHUNK))
+    path = os.path.join(root, EPISODES_PATH)
     return pq.read_table(path).to_pylist() if os.path.exists(path) else []
 
 
@@ -287,7 +317,7 @@ def load(root: str) -> LoadedDataset:
     _, pa = _require()
     import pyarrow.parquet as pq
     info = read_info(root)
-    files = sorted(glob.glob(os.path.join(root, 'data', CHUNK, '*.parquet')))
+    files = _data_files(root)
     table = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
     cols: Dict[str, np.ndarray] = {}
     if table is not None:
@@ -304,13 +334,14 @@ def load(root: str) -> LoadedDataset:
 def iter_episode_images(root: str, episodes: Sequence[Dict]
                         ) -> Iterator[Tuple[Dict, int, np.ndarray]]:
     """Yield (episode row, frame index, image) for ``episodes``, file by file."""
-    by_file: Dict[int, List[Dict]] = {}
+    by_file: Dict[Tuple[int, int], List[Dict]] = {}
     for e in episodes:
-        by_file.setdefault(int(e[f'videos/{IMAGE_KEY}/file_index']), []).append(e)
-    for file_index in sorted(by_file):
-        path = os.path.join(root, VIDEO_PATH.format(key=IMAGE_KEY, chunk=CHUNK,
-                                                    file=file_index))
-        wanted = sorted(by_file[file_index], key=lambda e: e['video_from_frame'])
+        key = (int(e[f'videos/{IMAGE_KEY}/chunk_index']), int(e[f'videos/{IMAGE_KEY}/file_index']))
+        by_file.setdefault(key, []).append(e)
+    for chunk_index, file_index in sorted(by_file):
+        path = os.path.join(root, VIDEO_PATH.format(video_key=IMAGE_KEY, chunk_index=chunk_index,
+                                                    file_index=file_index))
+        wanted = sorted(by_file[(chunk_index, file_index)], key=lambda e: e['video_from_frame'])
         frames = read_video(path)
         position = 0
         for e in wanted:
@@ -325,8 +356,8 @@ def iter_episode_images(root: str, episodes: Sequence[Dict]
 def dataset_id(root: str) -> str:
     """Content identity: sha256 over the data parquet files and meta (first 16 hex)."""
     digest = hashlib.sha256()
-    paths = sorted(glob.glob(os.path.join(root, 'data', CHUNK, '*.parquet')))
-    paths.append(os.path.join(root, EPISODES_PATH.format(chunk=CHUNK)))
+    paths = _data_files(root)
+    paths.append(os.path.join(root, EPISODES_PATH))
     for path in paths:
         with open(path, 'rb') as stream:
             digest.update(stream.read())
