@@ -34,6 +34,7 @@ from rclpy.node import Node
 from std_srvs.srv import Trigger
 
 from .common import ConfigError, declare_all, Diagnostics, exit_with, run
+from .. import service_calls
 
 
 @dataclass(frozen=True)
@@ -121,40 +122,34 @@ class LifecycleManager(Node):
                 return
 
     # -- transitions (run on a worker thread: the executor answers the service futures) ---
-    def _call(self, client, request, timeout: float):
-        done = threading.Event()
-        future = client.call_async(request)
-        future.add_done_callback(lambda _: done.set())
-        if not done.wait(timeout):
-            client.remove_pending_request(future)
-            return None
-        return future.result()
-
     def _state(self, name: str, patience: Optional[float] = None) -> int:
         """
         Return the node's primary state (UNKNOWN when it never answers).
 
-        A request without an answer after a second is sent again, for ``patience`` seconds
-        (default ``service_timeout``): right after discovery rmw_fastrtps may drop a
-        response, and a node busy in a long transition answers once it is done.
+        The request is sent again while unanswered (``service_calls.call``), for
+        ``patience`` seconds (default ``service_timeout``; one second at least): right
+        after discovery rmw_fastrtps may drop a response, and a node busy in a long
+        transition answers once it is done.
         """
         client = self._lifecycle_clients[name][1]
-        end = time.monotonic() + (self.params.service_timeout if patience is None else patience)
-        while True:
-            result = self._call(client, GetState.Request(), 1.0)
-            if result is not None:
-                return result.current_state.id
-            if time.monotonic() > end:
-                return State.PRIMARY_STATE_UNKNOWN
+        patience = self.params.service_timeout if patience is None else patience
+        try:
+            return service_calls.get_state(client, max(1.0, patience))
+        except service_calls.ServiceCallError:
+            return State.PRIMARY_STATE_UNKNOWN
 
     def _transition(self, name: str, transition: int, label: str) -> bool:
-        client = self._lifecycle_clients[name][0]
-        if not client.wait_for_service(timeout_sec=self.params.service_timeout):
+        change, get = self._lifecycle_clients[name]
+        if not change.wait_for_service(timeout_sec=self.params.service_timeout):
             return self._fail(f'{name}: no {name}/change_state service after '
                               f'{self.params.service_timeout:g} s')
         start = time.monotonic()
-        result = self._call(client, ChangeState.Request(transition=Transition(id=transition)),
-                            self.params.transition_timeout)
+        try:
+            # Sent once; a lost answer is recovered from get_state (service_calls).
+            result = service_calls.change_state(change, get, transition,
+                                                self.params.transition_timeout)
+        except service_calls.ServiceCallError:
+            result = None
         if result is None or not result.success:
             why = 'no answer (the node exited or timed out)' if result is None else 'failed'
             reason = self._node_error(name, start) if result is not None else ''

@@ -50,6 +50,7 @@ import numpy as np
 from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
 from .up import ProcessGroup
+from .. import service_calls
 from ..conversions import msg_to_tokens, time_to_ns
 from ..graph import (DEFAULT_REMAPPINGS, MANAGED, MANAGER, node_params, NodeSpec, PIPELINE,
                      with_manager)
@@ -246,39 +247,55 @@ class Lockstep:
             specs = with_manager([self.spec(n) for n in self.names])
             self.group.start(specs[-1])
         else:
-            startup = self.node.create_client(Trigger, f'/{MANAGER[1]}/startup')
-            startup.wait_for_service(timeout_sec=self.timeout)
+            # Fire and forget: its answer comes when the bring-up is done, and the states
+            # asked below are what counts (a lost answer changes nothing).
+            startup = self._client(Trigger, f'/{MANAGER[1]}/startup')
+            self._service_call(lambda **kw: service_calls.wait_for_service(
+                startup, time.monotonic() + self.timeout, **kw), 'startup', keep_clock)
             startup.call_async(Trigger.Request())
-        clients = {n: self.node.create_client(GetState, f'/{n}/get_state') for n in managed}
         end = time.monotonic() + self.timeout
-        pending = {}   # name -> (future, when asked)
-        while True:
-            for name, client in clients.items():
-                future, asked = pending.get(name, (None, 0.0))
-                if future is not None and future.done():
-                    if future.result().current_state.id == State.PRIMARY_STATE_ACTIVE:
-                        clients[name] = None
-                    pending.pop(name)
-                elif future is not None and time.monotonic() - asked > 1.0:
-                    # Unanswered for a second: right after discovery rmw_fastrtps may drop
-                    # the response (as in ``barrier``); ask again.
-                    client.remove_pending_request(future)
-                    pending.pop(name)
-                elif future is None and client.service_is_ready():
-                    pending[name] = (client.call_async(GetState.Request()), time.monotonic())
-            clients = {n: c for n, c in clients.items() if c is not None}
-            if not clients:
-                return
-            if time.monotonic() > end:
-                raise NotQuiet(f'{sorted(clients)} not active within {self.timeout:g} s\n'
-                               + self.logs())
-            for name in self.names:
-                if name in self.alive:
-                    self._check_process(name)
-            if keep_clock is not None:
-                keep_clock()
-            else:
-                self.executor.spin_once(timeout_sec=0.05)
+        for name in managed:
+            client = self._client(GetState, f'/{name}/get_state')
+            while True:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise NotQuiet(f'{name} not active within {self.timeout:g} s\n'
+                                   + self.logs())
+                state = self._service_call(lambda **kw: service_calls.get_state(
+                    client, left, **kw), f'{name}/get_state', keep_clock)
+                if state == State.PRIMARY_STATE_ACTIVE:
+                    break
+                if keep_clock is not None:
+                    keep_clock()
+                else:
+                    self.executor.spin_once(timeout_sec=0.05)
+
+    def _client(self, service_type, name: str):
+        """Return the driver's client of service ``name`` (created on first use)."""
+        client = self._clients.get(name)
+        if client is None:
+            client = self._clients[name] = self.node.create_client(service_type, name)
+        return client
+
+    def _check_alive(self):
+        for name in list(self.alive):
+            self._check_process(name)
+
+    def _service_call(self, call: Callable, what: str,
+                      keep_clock: Optional[Callable[[], None]] = None):
+        """
+        Run a ``service_calls`` function with this driver's spinning and liveness check.
+
+        ``keep_clock`` (called while waiting) moves sim time on; without it sim time stands
+        still and the driver's executor spins. No answer in time raises NotQuiet.
+        """
+        spin = ((lambda _: keep_clock()) if keep_clock is not None
+                else (lambda seconds: self.executor.spin_once(timeout_sec=seconds)))
+        try:
+            return call(spin=spin, check=self._check_alive)
+        except service_calls.ServiceCallError as exc:
+            raise NotQuiet(f'{what}: {exc} at sim time {self.now_ns / NS:.3f} s\n'
+                           + self.logs()) from exc
 
     def _wait_ready(self, name: str):
         from rcl_interfaces.srv import GetParameters
@@ -383,39 +400,26 @@ class Lockstep:
         from rcl_interfaces.srv import GetParameters
         self.group.start(self.spec(name))
         client = self._clients[name]
-        end = time.monotonic() + self.timeout
-        future = None
-        asked = 0.0
-        while future is None or not future.done():
-            self._check_process(name)
-            if time.monotonic() > end:
-                raise NotQuiet(f'{name} did not come back within {self.timeout:g} s\n'
-                               + self.logs(name))
-            if client.service_is_ready() and time.monotonic() - asked > 0.5:
-                if future is not None:
-                    client.remove_pending_request(future)
-                future = client.call_async(GetParameters.Request())
-                asked = time.monotonic()
-            if keep_clock is not None:
-                keep_clock()
-            else:
-                self.executor.spin_once(timeout_sec=0.05)
+        self._service_call(lambda spin, check: service_calls.call(
+            client, GetParameters.Request(), self.timeout, retry_after=0.5, spin=spin,
+            check=lambda: self._check_process(name)), f'{name} did not come back', keep_clock)
         self.alive.append(name)
         if name in MANAGED:
             self._bring_up(keep_clock=keep_clock)
         self.wait_matched(settle_s=1.0)
 
     def change_state(self, name: str, transition: int, label: str = ''):
-        """Send ``name`` a lifecycle change_state request; return the future of its answer."""
-        from lifecycle_msgs.msg import Transition
-        from lifecycle_msgs.srv import ChangeState
-        service = f'/{name}/change_state'
-        client = self._clients.get(service)
-        if client is None:
-            client = self._clients[service] = self.node.create_client(ChangeState, service)
-        self._spin_until(client.service_is_ready, f'service {service}', self.alive)
-        return client.call_async(ChangeState.Request(
-            transition=Transition(id=int(transition), label=label)))
+        """
+        Send ``name`` a lifecycle change_state request; return its pending answer.
+
+        The answer (``service_calls.ChangeStateCall``: ``done()``, ``result()``) survives
+        a lost response: the node's state is asked before, and again when no answer came.
+        """
+        from lifecycle_msgs.srv import ChangeState, GetState
+        change = self._client(ChangeState, f'/{name}/change_state')
+        get = self._client(GetState, f'/{name}/get_state')
+        return self._service_call(lambda **kw: service_calls.start_change_state(
+            change, get, transition, label, self.timeout, **kw), f'{name}/change_state')
 
     def answer(self, future, what: str = 'answer'):
         """Spin (sim time standing still) until ``future`` is done; return its result."""
@@ -448,14 +452,15 @@ class Lockstep:
             self.executor.spin_once(timeout_sec=0.05)
 
     def call(self, service_type, name: str, request):
-        """Call a service of the graph (sim time stands still meanwhile); return the answer."""
-        client = self._clients.get(name)
-        if client is None:
-            client = self._clients[name] = self.node.create_client(service_type, name)
-        self._spin_until(client.service_is_ready, f'service {name}', self.alive)
-        future = client.call_async(request)
-        self._spin_until(future.done, f'service {name}', self.alive)
-        return future.result()
+        """
+        Call a service of the graph (sim time stands still meanwhile); return the answer.
+
+        For requests that may be repeated (``service_calls.call``: sent again when the
+        answer is lost).
+        """
+        client = self._client(service_type, name)
+        return self._service_call(lambda **kw: service_calls.call(
+            client, request, self.timeout, **kw), f'service {name}')
 
     def barrier(self, names: Optional[Sequence[str]] = None):
         """

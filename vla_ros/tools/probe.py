@@ -4,9 +4,10 @@ The probe: one rclpy node beside the graph, spun on its own thread.
 What every observer of a running graph needs, written once: a node in its own thread (the
 caller's rclpy context when it has one, else its own), a lock for what the callbacks
 record, the newest ``/diagnostics`` status of every node, the ``vla/enable`` client, service
-calls with a timeout, and polling waits. ``tools/sim_probe.SimProbe`` (the demo and the
-closed-loop tests) and the graph tests' harness build on it; the lock-step driver
-(``tools/lockstep``) does not, because it must never spin on its own.
+calls with a deadline that survive a lost answer (``vla_ros/service_calls``), and polling
+waits. ``tools/sim_probe.SimProbe`` (the demo and the closed-loop tests) and the graph
+tests' harness build on it; the lock-step driver (``tools/lockstep``) does not, because it
+must never spin on its own.
 """
 
 import threading
@@ -18,6 +19,8 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from std_srvs.srv import SetBool
+
+from .. import service_calls
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -44,6 +47,7 @@ class Probe:
         self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
                                       10)
         self.enable = self.node.create_client(SetBool, 'vla/enable')
+        self._lifecycle: Dict[str, tuple] = {}   # node → (change_state, get_state) clients
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         self._running = True
@@ -71,17 +75,27 @@ class Probe:
             status = self.statuses.get(node)
         return {} if status is None else {kv.key: kv.value for kv in status.values}
 
-    def call(self, client, request, timeout: float = 15.0):
-        """Call a service from the caller's thread (the probe's thread spins); RuntimeError."""
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError(f'service {client.srv_name} not available after {timeout} s')
-        future = client.call_async(request)
-        deadline = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f'service {client.srv_name} did not answer in {timeout} s')
-            time.sleep(0.01)
-        return future.result()
+    def call(self, client, request, timeout: float = 15.0,
+             retry_after: float = service_calls.RETRY_AFTER):
+        """
+        Call a service from the caller's thread (the probe's thread spins); RuntimeError.
+
+        ``service_calls.call``: the request is sent again when no answer came after
+        ``retry_after`` s, so only for requests that may be repeated (parameters,
+        get_state, vla/enable, sim/reset of a chosen episode); a lifecycle transition goes
+        through ``change_state``.
+        """
+        return service_calls.call(client, request, timeout, retry_after=retry_after)
+
+    def change_state(self, node: str, transition: int, timeout: float = 30.0):
+        """Send ``node`` one lifecycle transition; return the answer (lost answers recovered)."""
+        from lifecycle_msgs.srv import ChangeState, GetState
+        clients = self._lifecycle.get(node)
+        if clients is None:
+            clients = self._lifecycle[node] = (
+                self.node.create_client(ChangeState, f'{node}/change_state'),
+                self.node.create_client(GetState, f'{node}/get_state'))
+        return service_calls.change_state(clients[0], clients[1], transition, timeout)
 
     def set_enabled(self, enabled: bool, timeout: float = 15.0):
         """Open or close interpolation_node's motion gate; return the response."""

@@ -8,6 +8,7 @@ episodes through ``sim_node/set_parameters`` and ``sim/reset``.
 """
 
 import json
+import threading
 import time
 from typing import Dict, List, Sequence
 
@@ -51,6 +52,9 @@ class SimProbe(Probe):
         self.base_meas: List = []
         self.instruction = ''
         self._state_skip = 0
+        # Notified on every joint_states and task status: what start_episode and wait_done
+        # wait for (events, not sleeps).
+        self.changed = threading.Condition(self.lock)
         node.create_subscription(Image, 'camera/image_raw', self._on_image, SENSOR_QOS)
         node.create_subscription(JointState, 'joint_states', self._on_joints, SENSOR_QOS)
         node.create_subscription(Float64MultiArray, 'arm_controller/commands', self._on_arm,
@@ -86,6 +90,7 @@ class SimProbe(Probe):
             self._state_skip += 1
             if self._state_skip % 5 == 0:  # 50 Hz is plenty for the plots
                 self.measured.append((t, np.array(msg.position[:7])))
+            self.changed.notify_all()
 
     def _on_arm(self, msg):
         with self.lock:
@@ -111,7 +116,10 @@ class SimProbe(Probe):
             self.base_meas.append((t, tw.linear.x, tw.linear.y, tw.angular.z))
 
     def _on_status(self, msg):
-        self.status = json.loads(msg.data)
+        status = json.loads(msg.data)
+        with self.lock:
+            self.status = status
+            self.changed.notify_all()
 
     def _on_tokens(self, msg):
         self.tokens += 1
@@ -127,26 +135,35 @@ class SimProbe(Probe):
         if not all(r.successful for r in result.results):
             raise RuntimeError(f'sim_node refused task={task} seed={seed}: '
                                f'{[r.reason for r in result.results]}')
-        response = self.call(self.reset, Trigger.Request())
+        # A reset repeated because its answer was lost restarts the same episode; a slow
+        # answer is waited for (5 s) before the request is sent again.
+        response = self.call(self.reset, Trigger.Request(), retry_after=5.0)
         if not response.success:
             raise RuntimeError(f'sim/reset failed: {response.message}')
         episode = json.loads(response.message)
         self.instruction = episode['instruction']
-        # Let a few post-reset joint_states reach interpolation_node, then open the gate:
-        # opening re-syncs its commanded state to the measured one.
-        time.sleep(0.1)
+        # Open the gate once joint_states of the new episode flow (interpolation_node
+        # re-syncs its commanded state to the first measurement after the gate opens).
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.sim_now > episode['sim_time'], 30.0):
+                raise RuntimeError('no joint_states after sim/reset within 30 s')
         self.set_enabled(True)
         return episode
 
     def wait_done(self, task: str, seed: int, timeout: float) -> Dict:
         """Block until sim/task_status says this episode is done (or the wall timeout)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def done():
             s = self.status
-            if s.get('task') == task and s.get('seed') == seed and s.get('done'):
-                return dict(s)
-            time.sleep(0.05)
-        s = dict(self.status)
+            return s.get('task') == task and s.get('seed') == seed and bool(s.get('done'))
+        with self.changed:
+            if self.changed.wait_for(done, timeout):
+                return dict(self.status)
+            s = dict(self.status)
         s['done'] = False
         s['timed_out_wall'] = True
         return s
+
+    def wait_sim_time(self, t: float, timeout: float) -> bool:
+        """Block until joint_states report sim time ``t`` s or later (False at the timeout)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: self.sim_now >= t, timeout)
