@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 
 from graph_harness import sim_graph, wait_for
 import numpy as np
@@ -317,6 +317,36 @@ def _watch(rec):
     return seen
 
 
+class _Lines:
+    """Every line a child process prints, read on a thread; waits on a condition."""
+
+    def __init__(self, proc):
+        self.lines = []
+        self.changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream):
+        for line in stream:
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+
+    def wait(self, predicate, timeout: float) -> bool:
+        """Wait until ``predicate(lines)`` holds (False after ``timeout`` s)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: predicate(self.lines), timeout)
+
+    def text(self) -> str:
+        """Return everything read so far."""
+        with self.changed:
+            return ''.join(self.lines)
+
+    def close(self):
+        """Wait for the end of the output (the process has exited)."""
+        self._thread.join(timeout=10.0)
+
+
 def test_dataset_from_a_bag_of_the_live_graph(live_graph, tmp_path):
     """Record the expert driving the robot, convert, compare with what was published."""
     from vla_ros.tools.up import child_env
@@ -327,30 +357,36 @@ def test_dataset_from_a_bag_of_the_live_graph(live_graph, tmp_path):
     proc = subprocess.Popen([sys.executable, '-m', 'vla_ros.cli', 'record', '--out', bag],
                             env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
+    output = _Lines(proc)
     try:
-        for line in proc.stdout:
-            if 'vla-ros record: recording' in line:
-                break
-        else:
-            pytest.fail('vla-ros record did not start')
-        # Discovery: wait until the recorder's subscriptions are on the graph (the
-        # detokenizer, this process and the recorder on the tokens; this process and the
-        # recorder on the images and the status).
-        node = rec.node
-        assert wait_for(lambda: node.count_subscribers('vla/action_tokens') >= 3
-                        and node.count_subscribers('vla/image') >= 2
-                        and node.count_subscribers('sim/task_status') >= 2, 30.0)
-        time.sleep(0.5)
+        # Events, no sleeping: the recorder writes the first message of every topic the
+        # converter reads (so each publisher has matched it), and this process sees tokens
+        # and frames of the graph (so its subscriptions matched too).
+        flowing = ('/vla/action_tokens', '/vla/image', '/sim/task_status', '/joint_states',
+                   '/vla/target', '/vla/instruction')
+        assert output.wait(lambda lines: all(
+            any(f'first message on {topic} ' in line for line in lines) for topic in flowing),
+            60.0), output.text()
+        assert wait_for(lambda: seen['tokens'] and seen['images'], 30.0)
         first = rec.start_episode('gripper', 1)
         status = rec.wait_done('gripper', 1, timeout=20.0)
         assert status.get('success'), status
-        time.sleep(2.0)  # the expert keeps publishing after done: frames to drop
+        # The expert keeps publishing after done: frames to drop, 2 s of sim time.
+        with rec.lock:
+            done_at = rec.sim_now
+        assert rec.wait_sim_time(done_at + 2.0, 60.0)
         second = rec.start_episode('pick_block', 3)
-        time.sleep(4.0)
+        assert rec.wait_sim_time(second['sim_time'] + 4.0, 60.0)
         assert group.failed() is None, group.failed()
     finally:
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        output.close()
+    rest = output.text()
     assert proc.returncode == 0, rest
     out = str(tmp_path / 'dataset')
     records = []

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from vla_ros.graph import pipeline_nodes
+from vla_ros.tools.probe import wait_for
 from vla_ros.tools.up import child_env, ProcessGroup
 
 
@@ -74,8 +75,7 @@ def test_up_stops_everything_when_a_node_dies(params_file, test_model_dir):
             time.sleep(0.2)
         assert group.failed() is None
         group.kill('detokenizer_node', signal.SIGKILL)
-        time.sleep(0.5)
-        assert 'detokenizer_node exited' in (group.failed() or '')
+        assert wait_for(lambda: 'detokenizer_node exited' in (group.failed() or ''), 30.0)
     finally:
         codes = group.stop(timeout=10.0)
     assert codes['detokenizer_node'] == -signal.SIGKILL

@@ -1,4 +1,10 @@
-"""sim_node as a real process: sensor rates, /clock, commands, the reset service."""
+"""
+sim_node as a real process: sensors, /clock, commands, the reset service.
+
+The tests assert what sim_node publishes and in what order, never how fast: the rates and
+the real-time factor are printed by ``vla-ros bench sim`` (a loaded machine slows them
+without anything being wrong). Waits are on events (messages seen, sim time reached).
+"""
 
 import json
 import os
@@ -23,6 +29,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
+from vla_ros import service_calls  # noqa: E402
 from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS  # noqa: E402
 
 
@@ -62,10 +69,13 @@ class Probe(Node):
     def _on_instruction(self, msg):
         self.instruction = msg.data
 
-    def rate(self, store, since):
+    def sim_now(self) -> float:
+        """Return the sim time of the newest joint_states (0 before any)."""
         with self.lock:
-            t = [s for s, _ in store if s >= since]
-        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 2 else 0.0
+            if not self.states:
+                return 0.0
+            stamp = self.states[-1][1].header.stamp
+        return stamp.sec + stamp.nanosec * 1e-9
 
 
 def _wait(executor, predicate, timeout):
@@ -77,11 +87,10 @@ def _wait(executor, predicate, timeout):
     return False
 
 
-def _call(executor, client, request, timeout=10.0):
-    assert client.wait_for_service(timeout_sec=timeout), f'{client.srv_name} not available'
-    future = client.call_async(request)
-    assert _wait(executor, future.done, timeout), f'{client.srv_name} did not answer'
-    return future.result()
+def _call(executor, client, request, timeout=30.0):
+    """Call a service, sent again when its answer is lost (vla_ros.service_calls)."""
+    return service_calls.call(client, request, timeout,
+                              spin=lambda seconds: executor.spin_once(timeout_sec=seconds))
 
 
 @pytest.fixture(scope='module')
@@ -117,13 +126,17 @@ def sim(tmp_path_factory):
     assert proc.returncode == 0, 'sim_node did not stop cleanly:\n' + log_path.read_text()
 
 
-def test_sensor_rates_and_clock(sim):
+def test_sensors_and_clock(sim):
+    """Frames, camera info, joint states and an advancing /clock arrive (rates: bench sim)."""
     probe, executor, _ = sim
-    start = time.monotonic()
-    _wait(executor, lambda: False, 4.0)
-    camera, joints = probe.rate(probe.images, start), probe.rate(probe.states, start)
-    assert camera >= 10.0, f'camera at {camera:.1f} Hz'
-    assert joints >= 100.0, f'joint_states at {joints:.1f} Hz'
+    with probe.lock:
+        counts = len(probe.images), len(probe.states), len(probe.clocks)
+
+    def more():
+        with probe.lock:
+            return (len(probe.images) >= counts[0] + 3 and len(probe.states) >= counts[1] + 60
+                    and len(probe.clocks) >= counts[2] + 60)
+    assert _wait(executor, more, 60.0), 'sim_node stopped publishing'
     _, image = probe.images[-1]
     assert (image.width, image.height, image.encoding) == (300, 300, 'rgb8')
     assert len(image.data) == 300 * 300 * 3
@@ -133,15 +146,14 @@ def test_sensor_rates_and_clock(sim):
     assert list(state.name) == [f'arm_joint_{i}' for i in range(1, 8)] + ['gripper']
     clock = [c.clock.sec + c.clock.nanosec * 1e-9 for _, c in probe.clocks[-200:]]
     assert len(clock) > 50 and np.all(np.diff(clock) > 0), '/clock must advance'
-    # Real-time factor ~1: sim time advanced about as much as wall time.
-    sim_span = clock[-1] - clock[0]
-    wall_span = probe.clocks[-1][0] - probe.clocks[-len(clock)][0]
-    assert 0.8 < sim_span / wall_span < 1.25
+    # Frames and joint states carry sim time: stamps inside the span /clock went through.
+    stamp = state.header.stamp.sec + state.header.stamp.nanosec * 1e-9
+    assert clock[0] <= stamp <= clock[-1] + 1.0
 
 
 def test_reset_service_with_task_and_seed(sim):
     probe, executor, _ = sim
-    assert _wait(executor, lambda: probe.instruction is not None, 5.0)
+    assert _wait(executor, lambda: probe.instruction is not None, 30.0)
     request = SetParameters.Request()
     request.parameters = [Parameter('task', value='gripper').to_parameter_msg(),
                           Parameter('seed', value=5).to_parameter_msg()]
@@ -151,8 +163,8 @@ def test_reset_service_with_task_and_seed(sim):
     assert response.success, response.message
     episode = json.loads(response.message)
     assert episode['task'] == 'gripper' and episode['seed'] == 5
-    assert _wait(executor, lambda: probe.instruction == episode['instruction'], 5.0)
-    assert _wait(executor, lambda: probe.status and probe.status['task'] == 'gripper', 5.0)
+    assert _wait(executor, lambda: probe.instruction == episode['instruction'], 30.0)
+    assert _wait(executor, lambda: probe.status and probe.status['task'] == 'gripper', 30.0)
     # Same seed, same episode.
     again = json.loads(_call(executor, probe.reset_client, Trigger.Request()).message)
     assert again['instruction'] == episode['instruction']
@@ -169,18 +181,26 @@ def test_commands_move_the_robot(sim):
                           Parameter('seed', value=0).to_parameter_msg()]
     _call(executor, probe.param_client, request)
     reply = _call(executor, probe.reset_client, Trigger.Request())
-    assert _wait(executor, lambda: probe.status and probe.status['task'] == 'gripper', 5.0)
+    assert _wait(executor, lambda: probe.status and probe.status['task'] == 'gripper', 30.0)
     # The reset reply names this episode's instruction (the latched topic may lag behind).
-    close = json.loads(reply.message)['instruction'] == 'close the gripper'
-    _wait(executor, lambda: False, 0.5)  # past the post-reset command hold
+    episode = json.loads(reply.message)
+    close = episode['instruction'] == 'close the gripper'
+    # Commands are ignored for reset_command_hold (0.3 s of sim time) after a reset.
+    assert _wait(executor, lambda: probe.sim_now() > episode['sim_time'] + 0.4, 30.0)
     with probe.lock:
         q0 = np.array(probe.states[-1][1].position[:7])
     target = q0.copy()
     target[0] += 0.2
-    for _ in range(20):
-        probe.arm_pub.publish(Float64MultiArray(data=target.tolist()))
-        probe.grip_pub.publish(Float64MultiArray(data=[1.0 if close else 0.0]))
-        _wait(executor, lambda: False, 0.05)
+    # A forward command controller: the command is sent at 20 Hz of sim time, 20 times.
+    sent = []
+
+    def command():
+        if not sent or probe.sim_now() >= sent[-1] + 0.05:
+            probe.arm_pub.publish(Float64MultiArray(data=target.tolist()))
+            probe.grip_pub.publish(Float64MultiArray(data=[1.0 if close else 0.0]))
+            sent.append(probe.sim_now())
+        return len(sent) >= 20
+    assert _wait(executor, command, 60.0)
 
     def done():
         with probe.lock:
@@ -188,8 +208,8 @@ def test_commands_move_the_robot(sim):
         return abs(q[0] - target[0]) < 0.02 and probe.status['success']
     with probe.lock:
         last = (probe.states[-1][0], list(probe.states[-1][1].position))
-    assert _wait(executor, done, 5.0), (f'robot did not follow: status {probe.status}, '
-                                        f'target {target.tolist()}, last state {last}')
+    assert _wait(executor, done, 30.0), (f'robot did not follow: status {probe.status}, '
+                                         f'target {target.tolist()}, last state {last}')
 
 
 def test_gazebo_bridge_names_the_topics_and_types_sim_node_uses(sim):

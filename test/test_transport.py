@@ -58,7 +58,12 @@ CAMERA = textwrap.dedent("""
     while (pub.get_subscription_count() == 0 or node.count_publishers('vla/image') == 0) \\
             and time.monotonic() < end:
         rclpy.spin_once(node, timeout_sec=0.1)
-    time.sleep(1.0)  # let the endpoints finish matching
+    # Both directions matched: a warm-up frame made it there and back (no sleeping).
+    end = time.monotonic() + 30.0
+    while not back and time.monotonic() < end:
+        pub.publish(array_to_image(frame, 'rgb8', node.get_clock().now().to_msg(), 'camera'))
+        rclpy.spin_once(node, timeout_sec=0.1)
+    back.clear()
     sent = set()
     t = time.monotonic()
     for _ in range(frames):
@@ -68,8 +73,8 @@ CAMERA = textwrap.dedent("""
         t += 1.0 / hz
         while time.monotonic() < t:
             rclpy.spin_once(node, timeout_sec=max(0.0, t - time.monotonic()))
-    end = time.monotonic() + 1.0
-    while time.monotonic() < end:
+    end = time.monotonic() + 5.0  # the last frames' way back (every one, or 5 s)
+    while not sent <= back and time.monotonic() < end:
         rclpy.spin_once(node, timeout_sec=0.05)
     print(json.dumps({'sent': len(sent), 'back': len(sent & back)}))
 """)

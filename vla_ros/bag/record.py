@@ -271,13 +271,17 @@ class Recorder:
 
     def _write(self, topic: str, msgtype: str, stamp: int, data: bytes):
         key = (topic, msgtype)
-        if key not in self.recording.connections:
+        first = key not in self.recording.connections
+        if first:
             self.offered[key] = self._offered_now(topic, msgtype)
         try:
             self.recording.write(topic, msgtype, stamp, bytes(data), self.offered.get(key, ()))
         except Exception as exc:  # a full disk must not lose the rest of the bag
             self.count('write_errors')
             self._warn_once(('write', topic), f'cannot write {topic}: {exc!r}')
+            return
+        if first:  # the topic's data flows: what a caller waits for (no sleeping)
+            self.log(f'vla-ros record: first message on {topic} [{msgtype}]')
 
     def _offered_now(self, topic: str, msgtype: str) -> List:
         """Return the publishers' QoS for the metadata (ours when none is known)."""
