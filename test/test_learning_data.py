@@ -135,6 +135,10 @@ def test_arm_noise_perturbs_the_executed_delta_and_spares_gripper_events():
     for _ in range(collect.NOISE_SPARE_TICKS + 1):
         np.testing.assert_array_equal(noise(closing, closing_labels), closing_labels)
     assert np.any(noise(closing, closing_labels)[:7] != closing_labels[:7])
+    # The expert's precision phases run clean too.
+    for phase in collect.NOISE_SPARED_PHASES:
+        np.testing.assert_array_equal(noise(closing, closing_labels, phase), closing_labels)
+    assert np.any(noise(closing, closing_labels, 'pregrasp')[:7] != closing_labels[:7])
     # Same (seed, task) → same draws; another seed → others.
     again = collect.ArmNoise(0.03, space, tokenizer)
     again.reset('pick_block', 7)

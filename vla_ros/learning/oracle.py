@@ -124,7 +124,8 @@ def collect_states(scene: Scene, episodes: Dict[str, int], seed_start: int):
                 labels = scene.expert(obs)
                 ex.append(privileged_state(scene.robot, episode, obs))
                 ey.append(labels)
-                return scene.noise(scene.expert.last_values, labels)
+                return scene.noise(scene.expert.last_values, labels,
+                                   scene.expert.expert.phase)
 
             status = scene.pipeline.run_episode(decide, extra_time=1.0)
             if not status['success']:
