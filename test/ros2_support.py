@@ -117,9 +117,15 @@ def _gaps(spans, end):
 
 # -- the colcon workspace --------------------------------------------------------------------
 def copy_checkout(dest: str):
-    """Copy what a clone holds (tracked files; the working tree's when not a git checkout)."""
+    """
+    Copy the checkout as a clone of it would hold it, with the working tree's changes.
+
+    Tracked files and new files git does not ignore (what ``make install`` builds from too,
+    so a new module and the import of it travel together); without git, the whole tree.
+    """
     try:
-        files = subprocess.run(['git', 'ls-files', '-z'], cwd=REPO, check=True,
+        files = subprocess.run(['git', 'ls-files', '-z', '--cached', '--others',
+                                '--exclude-standard'], cwd=REPO, check=True,
                                capture_output=True).stdout.decode().split('\0')
     except (OSError, subprocess.CalledProcessError):
         files = []

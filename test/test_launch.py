@@ -31,7 +31,7 @@ import os
 import shlex
 import signal
 import subprocess
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 from lifecycle_msgs.srv import GetState
 import pytest
@@ -77,14 +77,15 @@ class LaunchProbe(Probe):
         except RuntimeError:
             return ''
 
-    def wait_active(self, nodes, timeout: float = BRING_UP) -> Dict[str, str]:
-        """Wait until every node in ``nodes`` is active; return the last states seen."""
+    def wait_active(self, nodes, gave_up: Callable[[], bool], timeout: float = BRING_UP
+                    ) -> Dict[str, str]:
+        """Wait until every node in ``nodes`` is active (or ``gave_up``); return the states."""
         states = {}
 
         def active():
             states.update({n: self.state(n) for n in nodes if states.get(n) != 'active'})
             return all(s == 'active' for s in states.values())
-        wait_for(active, timeout)
+        wait_for(lambda: active() or gave_up(), timeout)
         return states
 
     def node_names(self) -> List[str]:
@@ -141,6 +142,11 @@ def _environ(pid: int) -> Dict[str, str]:
                     for item in stream.read().split(b'\0') if b'=' in item)
 
 
+def _died(launch: Launch) -> Callable[[], bool]:
+    """Return whether ``ros2 launch`` ended or one of its processes died (bring-up failed)."""
+    return lambda: not launch.alive() or 'process has died' in launch.output()
+
+
 def _running(launch: Launch, probe: LaunchProbe, names) -> bool:
     return launch.alive() and set(names) <= set(probe.node_names())
 
@@ -182,7 +188,7 @@ def readme_graph(colcon_ws, probe, tmp_path_factory):
     command = _readme_launch(colcon_ws.install)
     launch = _start(command, env, tmp_path_factory.mktemp('launch') / 'readme.log')
     try:
-        states = probe.wait_active(['/' + n for n in MANAGED])
+        states = probe.wait_active(['/' + n for n in MANAGED], _died(launch))
         assert all(s == 'active' for s in states.values()), \
             f'{states}\n' + launch.output()[-6000:]
         yield launch, env, command, colcon_ws.install
@@ -317,7 +323,7 @@ def respawn_graph(colcon_ws, probe, tmp_path_factory):
                      f'camera_topic:={CAMERA}', f'cmd_vel_topic:={CMD_VEL}', 'respawn:=true'],
                     env, tmp_path_factory.mktemp('launch') / 'respawn.log')
     try:
-        states = probe.wait_active([f'/{NAMESPACE}/{n}' for n in MANAGED])
+        states = probe.wait_active([f'/{NAMESPACE}/{n}' for n in MANAGED], _died(launch))
         assert all(s == 'active' for s in states.values()), \
             f'{states}\n' + launch.output()[-6000:]
         yield launch, env
@@ -364,7 +370,7 @@ class TestNamespaceRemapsRespawn:
         assert wait_until(lambda: bool(new.extend(p for p in launch.node_pids(node)
                                                   if p != old) or new), 60.0), \
             launch.output()[-4000:]
-        states = probe.wait_active([f'/{NAMESPACE}/{node}'])
+        states = probe.wait_active([f'/{NAMESPACE}/{node}'], lambda: not launch.alive())
         assert states == {f'/{NAMESPACE}/{node}': 'active'}, launch.output()[-6000:]
         result = ros2(['lifecycle', 'get', f'/{NAMESPACE}/{node}', *DISCOVERY], env)
         assert lifecycle_state(result.stdout) == 'active', result.stdout
@@ -382,7 +388,7 @@ def sim_graph(colcon_ws, probe, tmp_path_factory):
     managed = [n for n in MANAGED if n in
                [s.name for s in pipeline_nodes(with_sim=True, expert=True)]]
     try:
-        states = probe.wait_active(['/' + n for n in managed])
+        states = probe.wait_active(['/' + n for n in managed], _died(launch))
         assert all(s == 'active' for s in states.values()), \
             f'{states}\n' + launch.output()[-6000:]
         yield launch, env
