@@ -7,6 +7,8 @@ does not look for packages inside another package's folder, so the interface pac
 folder is named as a second base path). Here the ROS underlay is this venv (what
 ``source /opt/ros/jazzy/setup.bash`` provides on a robot): AMENT_PREFIX_PATH and
 CMAKE_PREFIX_PATH point at it and its bin/ comes first on PATH. Nothing else differs.
+The workspace is built once per run (conftest's ``colcon_ws``, test/ros2_support.py) and
+shared with the launch tests (test_launch.py).
 """
 
 import signal
