@@ -46,6 +46,52 @@ def model_trained(policy_path: str) -> Optional[bool]:
     return meta['vla_ros.trained'].strip().lower() == 'true'
 
 
+def wait_ready(rec: SimProbe, group: ProcessGroup):
+    """Wait until sim_node runs and action tokens flow, gate closed; RuntimeError if not."""
+    ready = rec.wait_for(lambda: len(rec.state_times) > 10 and rec.status, 60.0)
+    if not ready:
+        raise RuntimeError('sim_node did not come up within 60 s')
+    rec.set_enabled(False)
+    # The policy (or expert) is ready once action tokens flow.
+    if not rec.wait_for(lambda: rec.tokens > 0 or group.failed(), 180.0):
+        raise RuntimeError('no vla/action_tokens within 180 s; is inference_node running?')
+    problem = group.failed()
+    if problem:
+        raise RuntimeError(problem)
+
+
+def run_episode(rec: SimProbe, group: ProcessGroup, task: str, seed: int,
+                real_time_factor: float) -> Dict:
+    """
+    Run one episode (reset, gate open, until sim_node says done); return its result.
+
+    The result: task, seed, instruction, success, episode_time (sim s), start_sim_time
+    (sim time when the gate opened), end_sim_time (the episode's end in sim time) and
+    real_time_factor (sim_node's). RuntimeError when a node process died.
+    """
+    limit = TASKS[task].time_limit
+    episode = rec.start_episode(task, seed)
+    start_sim = rec.sim_now
+    status = rec.wait_done(task, seed, (limit + 2.0) / real_time_factor + 15.0)
+    problem = group.failed()
+    if problem:
+        raise RuntimeError(problem)
+    episode_time = float(status.get('episode_time', 0.0))
+    return {'task': task, 'seed': seed, 'instruction': episode['instruction'],
+            'success': bool(status.get('success')), 'episode_time': episode_time,
+            'start_sim_time': start_sim,
+            'end_sim_time': float(episode.get('sim_time', start_sim)) + episode_time,
+            'real_time_factor': float(status.get('real_time_factor', 0.0))}
+
+
+def episode_line(result: Dict) -> str:
+    """One line for a finished episode."""
+    return (f'{result["task"]:16s} seed {result["seed"]:3d} '
+            f'{"SUCCESS" if result["success"] else "fail   "} '
+            f'{result["episode_time"]:5.1f} s  "{result["instruction"]}"  '
+            f'(rtf {result["real_time_factor"]:.2f})')
+
+
 def main(argv: Sequence[str] = None) -> int:
     """Run the demo; exit status 0 when it ran (success rates are reported, not judged)."""
     parser = argparse.ArgumentParser(prog='vla-ros demo', description=__doc__.split('\n')[0])
@@ -110,40 +156,19 @@ def main(argv: Sequence[str] = None) -> int:
     try:
         group.start_all(specs)
         rec = SimProbe(args.tasks)
-        ready = rec.wait_for(lambda: len(rec.state_times) > 10 and rec.status, 60.0)
-        if not ready:
-            raise RuntimeError('sim_node did not come up within 60 s')
-        rec.set_enabled(False)
-        # The policy (or expert) is ready once action tokens flow.
-        if not rec.wait_for(lambda: rec.tokens > 0 or group.failed(), 180.0):
-            raise RuntimeError('no vla/action_tokens within 180 s; is inference_node running?')
-        problem = group.failed()
-        if problem:
-            raise RuntimeError(problem)
+        wait_ready(rec, group)
         print(f'vla-ros demo: graph ready after {time.monotonic() - t_start:.1f} s', flush=True)
         measure_from = time.monotonic()
         tokens_from = rec.tokens
         for task in args.tasks:
-            limit = TASKS[task].time_limit
             for i in range(args.episodes):
                 seed = args.first_seed + i
                 rec.recording_video = i < args.video_episodes
-                episode = rec.start_episode(task, seed)
-                start_sim = rec.sim_now
-                status = rec.wait_done(task, seed, (limit + 2.0) / args.real_time_factor + 15.0)
+                result = run_episode(rec, group, task, seed, args.real_time_factor)
                 rec.recording_video = False
-                problem = group.failed()
-                if problem:
-                    raise RuntimeError(problem)
-                result = {'task': task, 'seed': seed, 'instruction': episode['instruction'],
-                          'success': bool(status.get('success')),
-                          'episode_time': float(status.get('episode_time', 0.0)),
-                          'start_sim_time': start_sim}
                 episodes.append(result)
-                print(f'  [{len(episodes):3d}/{len(args.tasks) * args.episodes}] {task:16s} '
-                      f'seed {seed:3d} {"SUCCESS" if result["success"] else "fail   "} '
-                      f'{result["episode_time"]:5.1f} s  "{episode["instruction"]}"  '
-                      f'(rtf {status.get("real_time_factor", 0):.2f})', flush=True)
+                print(f'  [{len(episodes):3d}/{len(args.tasks) * args.episodes}] '
+                      f'{episode_line(result)}', flush=True)
         wall = time.monotonic() - measure_from
         rates = {'camera': rate(rec.image_times, measure_from),
                  'joint_states': rate(rec.state_times, measure_from),
