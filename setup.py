@@ -33,7 +33,9 @@ setup(
     ] + _tree('launch') + _tree('config') + _tree('models') + _tree('description'),
     install_requires=['setuptools', 'numpy', 'pyyaml', 'onnxruntime', 'tokenizers'],
     extras_require={'train': ['torch', 'safetensors', 'pyarrow', 'av'], 'sim': ['mujoco'],
-                    'bags': ['rosbags']},
+                    'bags': ['rosbags'],
+                    # backend: remote and vla-ros serve (package.xml says why not rosdep)
+                    'remote': ['grpcio', 'protobuf>=7.35.1', 'pillow']},
     zip_safe=True,
     maintainer='vla_ros maintainers',
     maintainer_email='maintainers@vla-ros.invalid',
