@@ -74,7 +74,8 @@ def expert_setup(action_space, params_file):
     """Return the robot, the in-process pipeline (deployed parameters) and the expert."""
     pytest.importorskip('mujoco')
     from vla_ros.core.action_space import ActionTokenizer
-    from vla_ros.sim.evaluate import control_config, ExpertDecider, Pipeline
+    from vla_ros.sim.expert import ExpertDecider
+    from vla_ros.sim.pipeline import control_config, Pipeline
     from vla_ros.sim.robot import Robot
     from vla_ros.sim.tasks import TaskEnv
     robot = Robot()

@@ -11,8 +11,9 @@ import pytest
 pytest.importorskip('mujoco')
 
 from vla_ros.core.action_space import ActionTokenizer  # noqa: E402
-from vla_ros.sim.evaluate import control_config, evaluate, ExpertDecider, Pipeline  # noqa: E402,E501
-from vla_ros.sim.expert import ScriptedExpert  # noqa: E402
+from vla_ros.sim.evaluate import evaluate  # noqa: E402
+from vla_ros.sim.expert import ExpertDecider, ScriptedExpert  # noqa: E402
+from vla_ros.sim.pipeline import control_config, Pipeline  # noqa: E402
 from vla_ros.sim.robot import Robot  # noqa: E402
 from vla_ros.sim.tasks import TASK_NAMES, TaskEnv  # noqa: E402
 

@@ -19,7 +19,7 @@ from vla_ros.conversions import (msg_to_sim_state, sim_state_msg, target_to_msg,
                                  time_to_ns)
 from vla_ros.nodes.common import COMMAND_QOS  # noqa: E402
 from vla_ros.nodes.expert_node import LEAD_MARGIN  # noqa: E402
-from vla_ros.sim.evaluate import ExpertDecider  # noqa: E402
+from vla_ros.sim.expert import ExpertDecider  # noqa: E402
 from vla_ros.sim.robot import Robot  # noqa: E402
 from vla_ros.sim.tasks import TaskEnv  # noqa: E402
 from vla_ros.tools.probe import Probe  # noqa: E402
@@ -201,7 +201,7 @@ def test_expert_node_labels_against_the_target_the_detokenizer_published(
         shipped_expert_node, params_file, shipped_action_space):
     """The previous target is the one published on vla/target, not the node's own guess."""
     from vla_ros.core.action_space import ActionTokenizer
-    from vla_ros.sim.evaluate import control_config, Pipeline
+    from vla_ros.sim.pipeline import control_config, Pipeline
     probe, group = shipped_expert_node
     action_space = shipped_action_space
     tokenizer = ActionTokenizer(action_space)

@@ -6,7 +6,8 @@ import pytest
 pytest.importorskip('mujoco')
 
 from vla_ros.core.action_space import ActionTokenizer  # noqa: E402
-from vla_ros.sim.evaluate import control_config, ExpertDecider, Pipeline  # noqa: E402
+from vla_ros.sim.expert import ExpertDecider  # noqa: E402
+from vla_ros.sim.pipeline import control_config, Pipeline  # noqa: E402
 from vla_ros.sim.robot import ArmTrajectory, RealTimePacer, Robot  # noqa: E402
 from vla_ros.sim.tasks import TASK_NAMES, TaskEnv  # noqa: E402
 

@@ -33,7 +33,6 @@ Collection seeds are below ``EVAL_SEED_START``; ``vla-ros eval`` uses seeds from
 """
 
 import argparse
-import os
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
@@ -41,12 +40,12 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import dataset as ds, instructions
+from .learner import LearnerDecider
 from .progress import Progress
 from ..core.action_space import ActionSpace, ActionTokenizer
 from ..paths import default_action_space_file
-from ..runtime import BackendOptions
-from ..runtime.policy import Policy, PolicyFiles
-from ..sim.evaluate import control_config, ExpertDecider, Observation, Pipeline
+from ..sim.expert import ExpertDecider
+from ..sim.pipeline import control_config, Observation, Pipeline
 from ..sim.robot import Robot
 from ..sim.tasks import CONTROL_PERIOD, POLICY_PERIOD, TASK_NAMES, TaskEnv
 
@@ -113,24 +112,6 @@ def parse_episodes(text: str) -> Dict[str, int]:
                              f'{TASK_NAMES}')
         out[task] = int(n)
     return out
-
-
-class LearnerDecider:
-    """An exported policy (ONNX Runtime) as the token source (DAgger, evaluation)."""
-
-    def __init__(self, model_dir: str, space: ActionSpace, threads: int = 2):
-        files = PolicyFiles.from_paths(os.path.join(model_dir, 'policy.onnx'))
-        self.policy = Policy(files, space, 'onnxruntime',
-                             BackendOptions(model_file_path=files.policy,
-                                            intra_op_threads=threads))
-        self.instruction: Optional[str] = None
-        self.model_ms: List[float] = []
-
-    def __call__(self, obs: Observation) -> np.ndarray:
-        """Tokens of the policy for this observation."""
-        pred = self.policy.predict(obs.image, self.instruction or obs.instruction, obs.state)
-        self.model_ms.append(pred.model_ms)
-        return pred.tokens
 
 
 def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,

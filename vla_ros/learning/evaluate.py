@@ -25,11 +25,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import instructions
-from .collect import EVAL_SEED_START, LearnerDecider
+from .collect import EVAL_SEED_START
+from .learner import LearnerDecider
 from .progress import Progress
 from ..core.action_space import ActionSpace, ActionTokenizer
 from ..paths import default_action_space_file
-from ..sim.evaluate import control_config, Observation, Pipeline
+from ..sim.pipeline import control_config, Observation, Pipeline
 from ..sim.robot import Robot
 from ..sim.tasks import CONTROL_PERIOD, TASK_NAMES, TaskEnv
 

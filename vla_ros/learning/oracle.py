@@ -4,7 +4,7 @@
 A small policy (an MLP over a privileged state vector in place of the image and the
 instruction) is trained on the scripted expert's labels, in the same action space, through
 the same in-process chain the nodes run (tokens → detokenize → compose → 20 Hz control loop
-→ MuJoCo, ``sim/evaluate.Pipeline``), and evaluated closed loop on unseen seeds. Nothing is
+→ MuJoCo, ``sim/pipeline.Pipeline``), and evaluated closed loop on unseen seeds. Nothing is
 rendered, so a whole run takes minutes on a CPU.
 
 What it tells a user: if the oracle solves a task with a recipe (demonstrations, noise,
@@ -41,7 +41,8 @@ from .collect import ArmNoise, EVAL_SEED_START, parse_episodes
 from .evaluate import wilson
 from ..core.action_space import ActionSpace, ActionTokenizer
 from ..paths import default_action_space_file
-from ..sim.evaluate import control_config, ExpertDecider, Observation, Pipeline
+from ..sim.expert import ExpertDecider
+from ..sim.pipeline import control_config, Observation, Pipeline
 from ..sim.robot import Robot
 from ..sim.tasks import (BLOCK_COLOURS, CONTROL_PERIOD, POLICY_PERIOD, TABLE_TOP, TASK_NAMES,
                          TaskEnv)

@@ -36,7 +36,8 @@ from ..conversions import msg_to_sim_state, msg_to_target, tokens_to_msg
 from ..core.action_space import ActionSpace, ActionSpaceError, ActionTokenizer
 from ..core.targets import ComposerConfig, TargetComposer
 from ..paths import default_action_space_file
-from ..sim.evaluate import ExpertDecider, Observation
+from ..sim.expert import ExpertDecider
+from ..sim.pipeline import Observation
 from ..sim.robot import ARM_JOINTS, DEFAULT_MODEL, Robot
 from ..sim.tasks import POLICY_PERIOD, TASK_NAMES, TaskEnv
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from vla_ros.core.action_space import ActionTokenizer
 from vla_ros.sim.ik import ArmIK, tool_down_rotation
+from vla_ros.sim.pipeline import Observation
 from vla_ros.sim.robot import HOME_ARM, Robot
 from vla_ros.sim.tasks import BLOCK_HALF, Episode, POLICY_PERIOD
 
@@ -253,3 +254,45 @@ class ScriptedExpert:
         q = self.q_solution if self.phase_steps > 1 else self.robot.arm_positions()
         self.q_solution = q
         return self._quantise(q) if self.tokenizer is not None else q.copy()
+
+
+class ExpertDecider:
+    """The scripted expert as a token source: absolute targets → action-space labels."""
+
+    def __init__(self, robot: Robot, tokenizer: ActionTokenizer, period: float = POLICY_PERIOD,
+                 lead_limit: Optional[float] = None):
+        """
+        Wrap a ScriptedExpert for ``robot``.
+
+        ``lead_limit`` (rad, relative arm spaces only): keep each arm target within this of
+        the measured joint, so the previous target never strays far enough from the arm for
+        the composer to fall back to the measured arm (core/targets.py). A decider in another
+        process than the detokenizer needs it: the two judge that fallback on measurements a
+        few milliseconds apart and would otherwise disagree near the threshold.
+        """
+        space = tokenizer.space
+        # Absolute joint targets are snapped to representable bins; deltas need no snapping
+        # (they are relative to the exact previous command, quantisation never accumulates).
+        self.expert = ScriptedExpert(robot, None if space.relative_arm else tokenizer, period)
+        self.tokenizer = tokenizer
+        self.lead_limit = lead_limit
+        self.last_values: Optional[np.ndarray] = None
+
+    def reset(self, episode):
+        """Start on a new episode."""
+        self.expert.reset(episode)
+
+    def __call__(self, obs: Observation) -> np.ndarray:
+        """Tokens of the expert's next action relative to the observation's state."""
+        target = self.expert.act()
+        space = self.tokenizer.space
+        if self.lead_limit is not None and space.relative_arm:
+            measured = np.asarray(obs.joint_state[:7], dtype=np.float64)
+            target = target.copy()
+            target[:7] = np.clip(target[:7], measured - self.lead_limit,
+                                 measured + self.lead_limit)
+        # Clipped to the bounds, as tokenize clips: the recorded values are what the
+        # tokens mean (a big wrist turn takes several steps of +-0.3 rad).
+        self.last_values = np.clip(space.relative_labels(target, obs.state[:7]),
+                                   space.low, space.high)
+        return self.tokenizer.tokenize(self.last_values)
