@@ -8,11 +8,12 @@ import numpy as np
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from vla_ros.conversions import array_to_image, target_to_msg
+from vla_ros.core.action_space import DEFAULT_ARM_JOINTS
 from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
 from vla_ros.tools.probe import Probe, wait_for  # noqa: F401 - tests import wait_for here
 from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
-JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
+JOINTS = list(DEFAULT_ARM_JOINTS)
 
 
 def print_logs(group, lines: int = 30):

@@ -22,13 +22,13 @@ from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from vla_ros.bag import topics as bag_topics
 from vla_ros.conversions import array_to_image, ns_to_time, target_to_msg, tokens_to_msg
-from vla_ros.core.action_space import ActionSpace, ActionTokenizer
+from vla_ros.core.action_space import ActionSpace, ActionTokenizer, DEFAULT_ARM_JOINTS
 from vla_ros.learning import dataset as ds, from_bag
 from vla_ros.paths import default_action_space_file
 
 MS = 1_000_000
 T0 = 1_800_000_000_000_000_000   # bag times: wall-clock-like
-JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
+JOINTS = list(DEFAULT_ARM_JOINTS)
 
 
 class BagBuilder:

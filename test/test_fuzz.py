@@ -27,7 +27,7 @@ import pytest
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
-from vla_ros.core.action_space import ActionSpace
+from vla_ros.core.action_space import ActionSpace, DEFAULT_ARM_JOINTS
 from vla_ros.core.control import ControlConfig
 from vla_ros.graph import node_params
 from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
@@ -38,7 +38,7 @@ from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
 SEED = 20261130
 MESSAGES_PER_TOPIC = 1000
-JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
+JOINTS = list(DEFAULT_ARM_JOINTS)
 START_NS = 500 * NS
 INSTRUCTION = 'pick up the red block'
 FUZZED = ('camera/image_raw', 'vla/image', 'vla/instruction', 'vla/action_tokens',

@@ -15,7 +15,11 @@ from dataclasses import dataclass
 import math
 from typing import Dict, Optional, Tuple
 
-ARM_JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
+from .action_space import DEFAULT_ARM_JOINTS
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work: a node's parameter values, a model recipe."""
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,8 @@ SHARED: Dict[str, Param] = {p.name: p for p in (
     Param('inference_frequency', 5.0, 'Policy rate (inference_node ticks, the detokenizer '
           'and interpolator plan one target per period, sim_node publishes sim/state at it).',
           'Hz', 0.1, 100.0),
-    Param('arm_joint_names', list(ARM_JOINTS), 'The 7 arm joints in action order, as named '
-          'in joint_states and the targets.', array='string'),
+    Param('arm_joint_names', list(DEFAULT_ARM_JOINTS), 'The 7 arm joints in action order, '
+          'as named in joint_states and the targets.', array='string'),
     Param('gripper_joint_name', 'gripper', 'joint_states entry of the gripper closure (0 '
           'open .. 1 closed).'),
     Param('base_frame_id', 'base_link', 'frame_id of base targets, stamped base commands '
@@ -198,6 +202,11 @@ def defaults(node: str) -> Dict[str, object]:
     """Return name → default of ``node``'s parameters (arrays copied)."""
     return {p.name: list(p.default) if isinstance(p.default, list) else p.default
             for p in SCHEMAS[node]}
+
+
+def default_period(node: str, rate: str) -> float:
+    """Return the seconds of one period of ``node``'s rate parameter ``rate`` by default."""
+    return 1.0 / float(defaults(node)[rate])
 
 
 # -- inference_node with ``backend: remote``: the policy runs on a `vla-ros serve` server ---

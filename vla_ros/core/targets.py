@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .action_space import ActionSpace, ARM, BASE, GRIPPER, NUM_ARM_JOINTS, NUM_DIMENSIONS
+from .params import SHARED
 
 STATE_DIM = NUM_DIMENSIONS
 
@@ -29,8 +30,8 @@ STATE_DIM = NUM_DIMENSIONS
 class ComposerConfig:
     """When the previous commanded target stops being trusted (s, rad)."""
 
-    timeout: float = 1.0
-    max_deviation: float = 0.35
+    timeout: float = SHARED['target_timeout'].default
+    max_deviation: float = SHARED['max_target_deviation'].default
 
     def __post_init__(self):
         if not self.timeout > 0:

@@ -33,7 +33,7 @@ import numpy as np
 
 from .collect import EVAL_SEED_START
 from ..sim.robot import Robot
-from ..sim.tasks import CONTROL_PERIOD, TaskEnv
+from ..sim.tasks import TaskEnv
 
 TASKS = ('pick_block', 'place_in_bowl', 'push_block')
 GRASP_TOLERANCE_CM = 1.0
@@ -51,7 +51,7 @@ class Scenes:
 def render_scenes(count: int, seed_start: int) -> Scenes:
     """Render ``count`` scenes, cycling through the block tasks from ``seed_start``."""
     robot = Robot()
-    env = TaskEnv(robot, CONTROL_PERIOD)
+    env = TaskEnv(robot)  # only reset and render: no control steps
     images, texts, xy = [], [], []
     for i in range(count):
         episode = env.reset(TASKS[i % len(TASKS)], seed_start + i)

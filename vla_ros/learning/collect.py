@@ -45,9 +45,8 @@ from .progress import Progress
 from ..core.action_space import ActionSpace, ActionTokenizer
 from ..paths import default_action_space_file
 from ..sim.expert import ExpertDecider
-from ..sim.pipeline import control_config, Observation, Pipeline
-from ..sim.robot import Robot
-from ..sim.tasks import CONTROL_PERIOD, POLICY_PERIOD, TASK_NAMES, TaskEnv
+from ..sim.pipeline import Observation, Pipeline
+from ..sim.tasks import TASK_NAMES
 
 EVAL_SEED_START = 100_000
 DEFAULT_EPISODES = {'pick_block': 500, 'place_in_bowl': 400, 'push_block': 400,
@@ -122,13 +121,13 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
     space_file = action_space_file or default_action_space_file()
     space = ActionSpace.from_yaml(space_file)
     tokenizer = ActionTokenizer(space)
-    robot = Robot()
-    env = TaskEnv(robot, CONTROL_PERIOD)
-    pipeline = Pipeline(env, tokenizer, control_config(params_file))
-    expert = ExpertDecider(robot, tokenizer, POLICY_PERIOD)
+    pipeline = Pipeline.from_params(tokenizer, params_file)
+    env = pipeline.env
+    robot = env.robot
+    expert = ExpertDecider(robot, tokenizer, pipeline.config.inference_period)
     learner = LearnerDecider(policy_dir, space) if policy_dir else None
     noise = ArmNoise(arm_noise, space, tokenizer)
-    fps = int(round(1.0 / POLICY_PERIOD))
+    fps = int(round(pipeline.config.inference_frequency))
     meta = {'vla_ros.action_space': space.to_dict(), 'vla_ros.source': (
         'dagger' if learner else 'expert'), 'vla_ros.arm_noise': float(arm_noise)}
     writer = ds.DatasetWriter(out, fps, meta)

@@ -32,6 +32,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..core.action_space import DEFAULT_ARM_JOINTS
+
 CODEBASE_VERSION = 'v3.0'
 IMAGE_KEY = 'observation.images.head_camera'
 STATE_KEY = 'observation.state'
@@ -84,8 +86,7 @@ def _require():
 
 def features(image_size: int = 300) -> Dict:
     """Feature table of meta/info.json (LeRobot's dtype/shape/names convention)."""
-    state_names = [f'arm_joint_{i}' for i in range(1, 8)] + ['base_vx', 'base_vy', 'base_wz',
-                                                             'gripper']
+    state_names = list(DEFAULT_ARM_JOINTS) + ['base_vx', 'base_vy', 'base_wz', 'gripper']
     return {
         IMAGE_KEY: {'dtype': 'video', 'shape': [image_size, image_size, 3],
                     'names': ['height', 'width', 'channels'],

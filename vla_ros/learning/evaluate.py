@@ -30,9 +30,8 @@ from .learner import LearnerDecider
 from .progress import Progress
 from ..core.action_space import ActionSpace, ActionTokenizer
 from ..paths import default_action_space_file
-from ..sim.pipeline import control_config, Observation, Pipeline
-from ..sim.robot import Robot
-from ..sim.tasks import CONTROL_PERIOD, TASK_NAMES, TaskEnv
+from ..sim.pipeline import Observation, Pipeline
+from ..sim.tasks import TASK_NAMES
 
 PHRASINGS = ('canonical', 'train', 'heldout')
 COMBOS = ('seen', 'heldout', 'all')
@@ -79,9 +78,9 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
     """Closed-loop evaluation; see the module docstring. Returns the JSON-able results."""
     space = ActionSpace.from_yaml(action_space_file or default_action_space_file())
     tokenizer = ActionTokenizer(space)
-    robot = Robot()
-    env = TaskEnv(robot, CONTROL_PERIOD)
-    pipeline = Pipeline(env, tokenizer, control_config(params_file))
+    pipeline = Pipeline.from_params(tokenizer, params_file)
+    env = pipeline.env
+    robot = env.robot
     learner = LearnerDecider(model_dir, space)
     rng = np.random.default_rng(seeds[0])
     results: Dict = {}

@@ -58,6 +58,7 @@ from ..bag.topics import message_class, resolve
 from ..conversions import image_to_rgb8, joint_positions, msg_to_target, msg_to_tokens
 from ..core.action_space import ActionSpace, ActionSpaceError, ActionTokenizer
 from ..core.image import ImageError, Resizer
+from ..core.params import SHARED
 from ..core.targets import ComposerConfig, TargetComposer
 from ..paths import default_action_space_file
 
@@ -104,13 +105,13 @@ class Options:
     joint_states_topic: str = 'joint_states'
     target_topic: str = 'vla/target'
     namespace: str = '/'
-    arm_joints: Tuple[str, ...] = tuple(f'arm_joint_{i}' for i in range(1, 8))
-    gripper_joint: str = 'gripper'
+    arm_joints: Tuple[str, ...] = tuple(SHARED['arm_joint_names'].default)
+    gripper_joint: str = SHARED['gripper_joint_name'].default
     after_done: float = AFTER_DONE
     max_gap: float = 2.0
-    target_timeout: float = 1.0
-    max_target_deviation: float = 0.35
-    fps: int = 5
+    target_timeout: float = SHARED['target_timeout'].default
+    max_target_deviation: float = SHARED['max_target_deviation'].default
+    fps: int = int(SHARED['inference_frequency'].default)
     only_success: bool = False
     keep_partial: bool = False
 
@@ -705,12 +706,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.add_argument(f'--{role}-topic', default=default, help=f'(default {default})')
     p.add_argument('--arm-joints', default=','.join(Options.arm_joints),
                    help='the 7 arm joint names in joint_states, comma separated')
-    p.add_argument('--gripper-joint', default='gripper')
-    p.add_argument('--target-timeout', type=float, default=1.0,
+    p.add_argument('--gripper-joint', default=Options.gripper_joint)
+    p.add_argument('--target-timeout', type=float, default=Options.target_timeout,
                    help='state: previous target older than this (s) → measured arm')
-    p.add_argument('--max-target-deviation', type=float, default=0.35,
+    p.add_argument('--max-target-deviation', type=float, default=Options.max_target_deviation,
                    help='state: previous target further than this (rad) → measured arm')
-    p.add_argument('--fps', type=int, default=5, help='policy rate of the frames (Hz)')
+    p.add_argument('--fps', type=int, default=Options.fps, help='policy rate of the frames (Hz)')
     p.add_argument('--only-success', action='store_true',
                    help='keep only episodes the episode topic reports successful')
     p.add_argument('--keep-partial', action='store_true', help='keep an episode the '

@@ -42,10 +42,9 @@ from .evaluate import wilson
 from ..core.action_space import ActionSpace, ActionTokenizer
 from ..paths import default_action_space_file
 from ..sim.expert import ExpertDecider
-from ..sim.pipeline import control_config, Observation, Pipeline
+from ..sim.pipeline import Observation, Pipeline
 from ..sim.robot import Robot
-from ..sim.tasks import (BLOCK_COLOURS, CONTROL_PERIOD, POLICY_PERIOD, TABLE_TOP, TASK_NAMES,
-                         TaskEnv)
+from ..sim.tasks import BLOCK_COLOURS, TABLE_TOP, TASK_NAMES
 
 STATE_DIM = 52
 
@@ -94,10 +93,11 @@ class Scene:
                  arm_noise: float = 0.0):
         self.space = ActionSpace.from_yaml(action_space_file or default_action_space_file())
         self.tokenizer = ActionTokenizer(self.space)
-        self.robot = Robot()
-        self.env = TaskEnv(self.robot, CONTROL_PERIOD)
-        self.pipeline = Pipeline(self.env, self.tokenizer, control_config(params_file))
-        self.expert = ExpertDecider(self.robot, self.tokenizer, POLICY_PERIOD)
+        self.pipeline = Pipeline.from_params(self.tokenizer, params_file)
+        self.env = self.pipeline.env
+        self.robot = self.env.robot
+        self.expert = ExpertDecider(self.robot, self.tokenizer,
+                                    self.pipeline.config.inference_period)
         self.noise = ArmNoise(arm_noise, self.space, self.tokenizer)
 
     def close(self):

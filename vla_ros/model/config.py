@@ -10,13 +10,10 @@ from dataclasses import dataclass, fields, replace
 from typing import Dict, Tuple
 
 from ..core import model_contract
+from ..core.params import ConfigError
 
 # all-MiniLM-L6-v2 hidden size: the text embeddings the policy consumes.
 MINILM_DIM = 384
-
-
-class ConfigError(ValueError):
-    """An RT-1 configuration that cannot build a model."""
 
 
 def _conv_out(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:

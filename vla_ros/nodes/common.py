@@ -21,7 +21,7 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, qos_profile_sensor_data,
                        ReliabilityPolicy)
 from rclpy.qos_overriding_options import QoSOverridingOptions
 
-from ..core.params import schema
+from ..core.params import ConfigError, schema
 from ..spin import spin_once
 
 SENSOR_QOS = qos_profile_sensor_data
@@ -34,10 +34,6 @@ RELIABLE_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
 LATCHED_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
                          history=HistoryPolicy.KEEP_LAST, depth=1,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-class ConfigError(ValueError):
-    """Bad configuration at start-up: the node logs it and exits non-zero."""
 
 
 def declare(node: Node, name: str, default, description: str, *, read_only: bool = True,

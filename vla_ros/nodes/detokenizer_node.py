@@ -48,9 +48,6 @@ class DetokenizerParams:
             check_arm_joint_names(self.arm_joint_names)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-        if not self.inference_frequency > 0:
-            raise ConfigError(f'inference_frequency must be > 0, found '
-                              f'{self.inference_frequency}')
 
 
 class DetokenizerNode(Node):

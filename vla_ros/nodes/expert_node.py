@@ -34,12 +34,13 @@ from vla_ros_interfaces.msg import ActionTarget, ActionTokens, SimState
 from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exit_with, run)
 from ..conversions import msg_to_sim_state, msg_to_target, tokens_to_msg
 from ..core.action_space import ActionSpace, ActionSpaceError, ActionTokenizer
+from ..core.params import default_period
 from ..core.targets import ComposerConfig, TargetComposer
 from ..paths import default_action_space_file
 from ..sim.expert import ExpertDecider
 from ..sim.pipeline import Observation
 from ..sim.robot import ARM_JOINTS, DEFAULT_MODEL, Robot
-from ..sim.tasks import POLICY_PERIOD, TASK_NAMES, TaskEnv
+from ..sim.tasks import TASK_NAMES, TaskEnv
 
 # How far (rad) inside max_target_deviation the expert's arm targets stay.
 LEAD_MARGIN = 0.1
@@ -74,8 +75,9 @@ class ExpertNode(Node):
             raise ConfigError(f'cannot load model {p.model_file_path!r}: {exc}') from exc
         self.tokenizer = ActionTokenizer(space)
         self.period = 1.0 / p.inference_frequency
-        if abs(self.period - POLICY_PERIOD) > 1e-9:
-            self.get_logger().warn(f'the expert is tuned for {1 / POLICY_PERIOD:g} Hz; '
+        tuned = default_period('expert_node', 'inference_frequency')
+        if abs(self.period - tuned) > 1e-9:
+            self.get_logger().warn(f'the expert is tuned for {1 / tuned:g} Hz; '
                                    f'inference_frequency is {p.inference_frequency:g} Hz')
         self.env = TaskEnv(self.robot)
         self.expert = ExpertDecider(self.robot, self.tokenizer, self.period,

@@ -93,9 +93,6 @@ class InferenceParams:
                               f'{self.backend!r}')
         if not self.providers:
             raise ConfigError('providers is empty: list execution providers explicitly')
-        if not self.inference_frequency > 0:
-            raise ConfigError(f'inference_frequency must be > 0 Hz, found '
-                              f'{self.inference_frequency}')
         if not self.max_image_age > 0:
             raise ConfigError(f'max_image_age must be > 0 s, found {self.max_image_age}')
 

@@ -24,9 +24,8 @@ import numpy as np
 from vla_ros.core.action_space import ActionSpace, ActionTokenizer
 from vla_ros.paths import share_file
 from vla_ros.sim.expert import ExpertDecider
-from vla_ros.sim.pipeline import control_config, Pipeline
-from vla_ros.sim.robot import Robot
-from vla_ros.sim.tasks import CONTROL_PERIOD, POLICY_PERIOD, TASK_NAMES, TaskEnv
+from vla_ros.sim.pipeline import Pipeline
+from vla_ros.sim.tasks import TASK_NAMES
 
 
 def evaluate(tasks: Sequence[str], episodes: int, first_seed: int = 0,
@@ -36,10 +35,10 @@ def evaluate(tasks: Sequence[str], episodes: int, first_seed: int = 0,
     space = ActionSpace.from_yaml(action_space_file
                                   or share_file('config', 'action_space.yaml'))
     tokenizer = ActionTokenizer(space)
-    robot = Robot()
-    env = TaskEnv(robot, CONTROL_PERIOD)
-    pipeline = Pipeline(env, tokenizer, control_config(params_file))
-    expert = ExpertDecider(robot, tokenizer, POLICY_PERIOD)
+    pipeline = Pipeline.from_params(tokenizer, params_file)
+    env = pipeline.env
+    robot = env.robot
+    expert = ExpertDecider(robot, tokenizer, pipeline.config.inference_period)
     results: Dict = {}
     for task in tasks:
         runs: List[Dict] = []

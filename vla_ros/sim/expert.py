@@ -16,10 +16,11 @@ from typing import Optional
 import numpy as np
 
 from vla_ros.core.action_space import ActionTokenizer
+from vla_ros.core.params import default_period
 from vla_ros.sim.ik import ArmIK, tool_down_rotation
 from vla_ros.sim.pipeline import Observation
 from vla_ros.sim.robot import HOME_ARM, Robot
-from vla_ros.sim.tasks import BLOCK_HALF, Episode, POLICY_PERIOD
+from vla_ros.sim.tasks import BLOCK_HALF, Episode
 
 # Tool centre point heights relative to the block centre for each phase (m). The finger
 # tips are 15 mm below the tool centre point.
@@ -45,10 +46,12 @@ class ScriptedExpert:
     """Phase-machine expert for the tasks in ``vla_ros.sim.tasks``."""
 
     def __init__(self, robot: Robot, tokenizer: Optional[ActionTokenizer] = None,
-                 period: float = POLICY_PERIOD):
+                 period: Optional[float] = None):
         self.robot = robot
         self.tokenizer = tokenizer
-        self.period = float(period)
+        # Callers pass the configured policy period; the default is the schema's rate.
+        self.period = float(period if period is not None
+                            else default_period('expert_node', 'inference_frequency'))
         self.ik = ArmIK(robot, rest=HOME_ARM, posture_gain=0.3)
         if tokenizer is not None:
             self._step = tokenizer.space.bin_width[:7]
@@ -259,8 +262,8 @@ class ScriptedExpert:
 class ExpertDecider:
     """The scripted expert as a token source: absolute targets → action-space labels."""
 
-    def __init__(self, robot: Robot, tokenizer: ActionTokenizer, period: float = POLICY_PERIOD,
-                 lead_limit: Optional[float] = None):
+    def __init__(self, robot: Robot, tokenizer: ActionTokenizer,
+                 period: Optional[float] = None, lead_limit: Optional[float] = None):
         """
         Wrap a ScriptedExpert for ``robot``.
 

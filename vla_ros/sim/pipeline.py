@@ -19,6 +19,7 @@ from vla_ros.core.action_space import ActionTokenizer
 from vla_ros.core.control import ControlConfig, ControlLoop
 from vla_ros.core.targets import ComposerConfig, TargetComposer
 from vla_ros.graph import node_params
+from vla_ros.sim.robot import Robot
 from vla_ros.sim.tasks import TaskEnv
 
 
@@ -53,6 +54,19 @@ class Pipeline:
                                           / config.inference_frequency))
         self.composer = TargetComposer(tokenizer.space, composer)
         self.loop: Optional[ControlLoop] = None
+
+    @classmethod
+    def from_params(cls, tokenizer: ActionTokenizer, params_file: Optional[str] = None,
+                    robot: Optional[Robot] = None) -> 'Pipeline':
+        """
+        Build the pipeline on a (new) robot at the rates of the parameters file.
+
+        The simulator steps at the control loop's period and deciders run at
+        ``config.inference_period``, both from interpolation_node's section.
+        """
+        config = control_config(params_file)
+        env = TaskEnv(robot if robot is not None else Robot(), config.control_period)
+        return cls(env, tokenizer, config)
 
     def start(self):
         """Fresh control loop that takes the measured state, as the node does at start-up."""

@@ -17,13 +17,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from vla_ros.core.action_space import DEFAULT_ARM_JOINTS
 from vla_ros.core.control import whole_ratio
 from vla_ros.core.interpolation import JointLimits
 
 ASSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets')
 DEFAULT_MODEL = os.path.join(ASSET_DIR, 'robot.xml')
 
-ARM_JOINTS = tuple(f'arm_joint_{i}' for i in range(1, 8))
+ARM_JOINTS = tuple(DEFAULT_ARM_JOINTS)
 GRIPPER_JOINT = 'gripper'
 JOINT_STATE_NAMES = ARM_JOINTS + (GRIPPER_JOINT,)
 BASE_JOINTS = ('base_x', 'base_y', 'base_yaw')

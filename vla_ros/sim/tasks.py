@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from vla_ros.core.params import default_period
 from vla_ros.sim.robot import Robot
 
 TABLE_TOP = 0.40
@@ -31,9 +32,6 @@ BLOCK_Y = (-0.20, 0.20)
 BOWL_X = (0.56, 0.70)
 BOWL_Y = (-0.22, 0.22)
 BOWL_INNER_RADIUS = 0.078
-# Default control periods: 20 Hz commands, 5 Hz policy (docs/architecture.md, Time).
-CONTROL_PERIOD = 0.05
-POLICY_PERIOD = 0.2
 
 
 @dataclass
@@ -290,8 +288,11 @@ class TaskEnv:
     dm_control checks it), so every command is held for the same number of physics steps.
     """
 
-    def __init__(self, robot: Optional[Robot] = None, control_period: float = CONTROL_PERIOD):
+    def __init__(self, robot: Optional[Robot] = None, control_period: Optional[float] = None):
         self.robot = robot if robot is not None else Robot()
+        # Callers pass the configured rate; the default is the schema's control rate.
+        if control_period is None:
+            control_period = default_period('interpolation_node', 'control_frequency')
         self.control_period = float(control_period)
         self.steps_per_control = self.robot.steps_per(self.control_period)
         self.task: Optional[Task] = None

@@ -34,7 +34,7 @@ from . import known_model
 from .probe import Probe
 from .up import ProcessGroup
 from ..conversions import array_to_image
-from ..core.action_space import ActionSpace
+from ..core.action_space import ActionSpace, DEFAULT_ARM_JOINTS
 from ..graph import dds_profile_env, DDS_PROFILE_VARS, pipeline_nodes
 from ..nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
 from ..paths import default_action_space_file, default_model_dir, default_params_file
@@ -131,7 +131,7 @@ class BenchDriver(Probe):
     def _publish_joints(self):
         msg = JointState()
         msg.header.stamp = self.node.get_clock().now().to_msg()
-        msg.name = [f'arm_joint_{i}' for i in range(1, 8)]
+        msg.name = list(DEFAULT_ARM_JOINTS)
         msg.position = [0.0] * 7
         self._joint_pub.publish(msg)
 

@@ -50,22 +50,21 @@ from .lockstep import Lockstep
 from ..bag import topics as bag_topics
 from ..bag.play import open_bag
 from ..bag.record import Recording
-from ..core.action_space import ActionSpace
+from ..core.action_space import ActionSpace, DEFAULT_ARM_JOINTS
 from ..core.model_contract import file_sha256
 from ..graph import node_params
 from ..nodes.common import LATCHED_QOS, SENSOR_QOS
 from ..paths import default_action_space_file, default_model_dir, default_params_file, share_file
+# The simulated robot's ready pose; vla_ros.sim.robot imports MuJoCo only when a Robot is made.
+from ..sim.robot import READY_ARM
 
 NS = 1_000_000_000
 FORMAT = 1
 TOLERANCE = 1e-6
 GENERATED_BAG_VERSION = 1
 INPUT_TOPICS = ('camera/image_raw', 'joint_states', 'vla/instruction', 'vla/estop')
-ARM_JOINTS = [f'arm_joint_{i}' for i in range(1, 8)]
+ARM_JOINTS = list(DEFAULT_ARM_JOINTS)
 DIMENSION_NAMES = ARM_JOINTS + ['base_vx', 'base_vy', 'base_wz', 'gripper']
-# The simulated robot's ready pose (vla_ros/sim/robot.py READY_ARM), copied so that the
-# bag generator does not import MuJoCo.
-READY_ARM = (-1.366, 0.44, 0.308, 1.745, -0.156, 0.98, 0.072)
 # Run so that a bag replays exactly (see the module docstring).
 REPLAY_PARAMETERS = {'interpolation_node': {'start_enabled': True, 'clock_timeout': 10.0}}
 
@@ -128,7 +127,7 @@ def frame(task: int, k: int, height: int = 240, width: int = 320) -> np.ndarray:
 def joint_positions_at(task: int, k: int) -> List[float]:
     """Return the 7 arm positions of joint_states sample ``k`` of a task (triangle waves)."""
     out = []
-    for j, q in enumerate(READY_ARM):
+    for j, q in enumerate(READY_ARM.tolist()):
         phase = (k * (3 + j) + 40 * task) % 120
         tri = phase if phase < 60 else 120 - phase          # 0..60
         out.append(round(q + (tri - 30) * 1e-3, 6))         # +-30 mrad around the pose
