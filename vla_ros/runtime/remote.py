@@ -124,7 +124,13 @@ class RemoteClient:
         channel_options = [('grpc.max_receive_message_length', 1024 * 1024),
                            ('grpc.max_send_message_length', 16 * 1024 * 1024),
                            ('grpc.initial_reconnect_backoff_ms', 200),
-                           ('grpc.min_reconnect_backoff_ms', 200),
+                           # gRPC also takes this as the least time one connection attempt
+                           # (TCP, TLS, HTTP/2 SETTINGS: 2-3 round trips) may take: at 200 ms
+                           # no attempt could finish over a 600 ms link (found by bench
+                           # remote-loop). A refused connection still fails at once and is
+                           # retried after the 200 ms initial backoff.
+                           ('grpc.min_reconnect_backoff_ms',
+                            int(max(1.0, options.connect_timeout) * 1000)),
                            ('grpc.max_reconnect_backoff_ms',
                             int(options.reconnect_backoff_max * 1000)),
                            ('grpc.keepalive_time_ms', 20000),

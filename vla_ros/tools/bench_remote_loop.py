@@ -157,14 +157,17 @@ def episode_figures(rec, start: float, end: float, command_timeout: float) -> Di
         all_targets = list(rec.targets)
     out = {'sim_s': end - start, 'commands': len(cmds), 'arm_commands': arm,
            'targets': len(targets), 'ages': [], 'unexecuted': 0,
-           'loop_ticks': 0, 'loop_span': 0.0, 'wall_span': 0.0, 'max_gap': 0.0}
+           'loop_ticks': 0, 'loop_span': 0.0, 'wall_span': 0.0, 'max_gap': 0.0, 'missed': 0}
     if len(cmds) < 2:
         return out
     stamps = np.array([c[1] for c in cmds])
     out['loop_ticks'] = len(cmds) - 1
     out['loop_span'] = float(stamps[-1] - stamps[0])
     out['wall_span'] = cmds[-1][0] - cmds[0][0]
-    out['max_gap'] = float(np.diff(stamps).max())
+    gaps = np.diff(stamps)
+    out['max_gap'] = float(gaps.max())
+    # Control periods with no command: a tick the node skipped (or one the probe lost).
+    out['missed'] = int(np.maximum(np.round(gaps * CONTROL_HZ) - 1, 0).sum())
     # The target a command executes: the newest (by source stamp) that had arrived before
     # the command, if younger than command_timeout at the command's stamp.
     i, newest = 0, None
@@ -209,6 +212,8 @@ def summarize(setting: Setting, episodes: List[Dict], diag_before: Dict, diag_af
         'loop_hz': ticks / span if span > 0 else 0.0,
         'arm_hz': sum(f['arm_commands'] for f in figs) / sim_s if sim_s > 0 else 0.0,
         'max_gap_ms': 1e3 * max((f['max_gap'] for f in figs), default=0.0),
+        'missed_ticks': sum(f['missed'] for f in figs),
+        'node_hz': diag_after.get('interpolation_node', {}).get('rate_hz', ''),
         'targets_hz': sum(f['targets'] for f in figs) / sim_s if sim_s > 0 else 0.0,
         'fresh': len(ages) / commands if commands else 0.0,
         'age_p50_ms': 1e3 * float(np.percentile(ages, 50)) if len(ages) else float('nan'),
@@ -331,13 +336,21 @@ def run(args, settings: List[Setting]) -> None:
                 proc.wait(30)
 
 
+def _num(value, digits: int) -> str:
+    try:
+        return f'{float(value):.{digits}f}'
+    except (TypeError, ValueError):
+        return '-'
+
+
 def table(settings: List[Setting], tasks: Sequence[str]) -> str:
     """Return the printed table."""
     short = {'drive_to_marker': 'drive', 'gripper': 'grip', 'push_block': 'push',
              'pick_block': 'pick', 'place_in_bowl': 'place'}
     head = (f'{"setting":<22} {"ct s":>4} {"success":>8} '
             + ' '.join(f'{short.get(t, t)[:6]:>6}' for t in tasks)
-            + f' {"loop Hz":>8} {"arm Hz":>7} {"gap ms":>6} {"tgt Hz":>6} {"fresh":>6}'
+            + f' {"loop Hz":>8} {"node Hz":>7} {"missed":>6} {"arm Hz":>6} {"gap ms":>6}'
+            f' {"tgt Hz":>6} {"fresh":>6}'
             f' {"age p50":>7} {"age p99":>7} {"stale":>5} {"rtt p50":>7} {"dl miss":>7}'
             f' {"disc":>4} {"rtf":>5}')
     lines = [head]
@@ -348,14 +361,11 @@ def table(settings: List[Setting], tasks: Sequence[str]) -> str:
             continue
         per_task = ' '.join(f'{"%d/%d" % tuple(r["tasks"].get(t, (0, 0))):>6}' for t in tasks)
         name = s.name + (' (on-robot)' if not s.remote else '')
-        rtt = r['rtt_p50_ms']
-        try:
-            rtt = f'{float(rtt):.0f}'
-        except (TypeError, ValueError):
-            rtt = '-'
+        rtt = _num(r['rtt_p50_ms'], 0)
         lines.append(
             f'{name:<22} {r["command_timeout"]:>4.1f} {r["successes"]:>4}/{r["episodes"]:<3} '
-            f'{per_task} {r["loop_hz"]:>8.3f} {r["arm_hz"]:>7.2f} {r["max_gap_ms"]:>6.0f} '
+            f'{per_task} {r["loop_hz"]:>8.3f} {_num(r["node_hz"], 3):>7} '
+            f'{r["missed_ticks"]:>6} {r["arm_hz"]:>6.2f} {r["max_gap_ms"]:>6.0f} '
             f'{r["targets_hz"]:>6.2f} {100 * r["fresh"]:>5.0f}% {r["age_p50_ms"]:>7.0f} '
             f'{r["age_p99_ms"]:>7.0f} {r["stale_refused"]:>5} {rtt:>7} '
             f'{r["deadline_missed"] if s.remote else "-":>7} '
@@ -405,7 +415,9 @@ def main(argv: Sequence[str] = None) -> int:
     print(f'{len(args.tasks)} tasks x {args.episodes} episodes per setting, seeds from '
           f'{args.first_seed}; latency = added round trip (half each way), wall time')
     print(table(settings, args.tasks))
-    print('loop Hz: cmd_vel per sim second from its stamps (target 20); arm Hz: arm commands '
+    print('loop Hz: cmd_vel per sim second from its stamps (target 20.00 +- 0.5 %); node Hz: '
+          "interpolation_node's own tick rate (/diagnostics, sim time, its last 2000 ticks); "
+          'missed: control periods without a command; arm Hz: arm commands '
           'per sim second; gap: longest cmd_vel interval; tgt Hz: vla/target per sim second; '
           'fresh: commands executing a target younger than ct; age: command stamp - source '
           'stamp of that target (ms, sim time); stale: targets refused by '

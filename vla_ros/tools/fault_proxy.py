@@ -222,7 +222,10 @@ class FaultProxy:
         try:
             loop.run_forever()
         finally:
-            loop.run_until_complete(asyncio.sleep(0))
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
     def _apply(self, faults: Faults):
