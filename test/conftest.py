@@ -69,6 +69,24 @@ def ros():
     rclpy.try_shutdown()
 
 
+@pytest.fixture
+def interp(ros, params_file):
+    """
+    interpolation_node alone in lock step (graph_harness.LockstepRig), enabled.
+
+    The test plays robot, detokenizer and clock; clock_timeout is long because sim time
+    moves only while the test ticks.
+    """
+    from graph_harness import LockstepRig
+    rig = LockstepRig(params_file, {'interpolation_node': {
+        'start_enabled': True, 'command_timeout': 0.5, 'clock_timeout': 10.0}},
+        nodes=('interpolation_node',))
+    try:
+        yield rig
+    finally:
+        rig.close()
+
+
 @pytest.fixture(scope='module')
 def expert_setup(action_space, params_file):
     """Return the robot, the in-process pipeline (deployed parameters) and the expert."""

@@ -350,15 +350,21 @@ def _names(rng):
     return names
 
 
+def _stamped_joints(rng, now_ns: int, msg, names: str, values: str, lengths):
+    """Stamp ``msg`` anyhow and fill its joint ``names`` and ``values`` (often ragged)."""
+    msg.header.stamp = stamp(rng, now_ns)
+    joints = _names(rng)
+    setattr(msg, names, joints)
+    n = int(rng.choice([len(joints), len(joints), *lengths]))
+    setattr(msg, values, [weird_float(rng) for _ in range(n)])
+    return msg
+
+
 def fuzz_target(rng, now_ns: int) -> object:
     """Return a target with wrong names, lengths, NaN/huge values, any stamp or space."""
     if rng.random() < 0.08:
         return garbage(rng)
-    msg = ActionTarget()
-    msg.header.stamp = stamp(rng, now_ns)
-    msg.joint_names = _names(rng)
-    n = int(rng.choice([len(msg.joint_names), len(msg.joint_names), 7, 0, 3, 9]))
-    msg.positions = [weird_float(rng) for _ in range(n)]
+    msg = _stamped_joints(rng, now_ns, ActionTarget(), 'joint_names', 'positions', (7, 0, 3, 9))
     b = msg.base
     b.linear.x, b.linear.y, b.angular.z = (weird_float(rng) for _ in range(3))
     b.linear.z, b.angular.x, b.angular.y = (weird_float(rng) for _ in range(3))
@@ -371,11 +377,7 @@ def fuzz_joint_states(rng, now_ns: int) -> object:
     """Return joint states with repeated, missing or foreign names, ragged arrays, bad values."""
     if rng.random() < 0.08:
         return garbage(rng)
-    msg = JointState()
-    msg.header.stamp = stamp(rng, now_ns)
-    msg.name = _names(rng)
-    n = int(rng.choice([len(msg.name), len(msg.name), 0, 3, 8]))
-    msg.position = [weird_float(rng) for _ in range(n)]
+    msg = _stamped_joints(rng, now_ns, JointState(), 'name', 'position', (0, 3, 8))
     msg.velocity = [weird_float(rng) for _ in range(int(rng.integers(0, 9)))]
     return msg
 

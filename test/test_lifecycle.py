@@ -91,17 +91,6 @@ def _ramp_to_rest(entries, v0):
     assert len(vx) - 1 <= RAMP_TICKS + 1, vx
 
 
-@pytest.fixture
-def interp(ros, params_file):
-    rig = LockstepRig(params_file, {'interpolation_node': {
-        'start_enabled': True, 'command_timeout': 0.5, 'clock_timeout': 10.0}},
-        nodes=('interpolation_node',))
-    try:
-        yield rig
-    finally:
-        rig.close()
-
-
 def _drive(rig, ticks=None):
     """Send a moving target each tick until the base runs at VX (or for ``ticks``)."""
     arm = np.full(7, 0.3)

@@ -21,7 +21,6 @@ import math
 import subprocess
 import time
 
-from graph_harness import LockstepRig
 import numpy as np
 import pytest
 from ros2_support import DISCOVERY, lifecycle_state, tools_missing, underlay_env
@@ -37,18 +36,6 @@ VX = 0.4             # base target, x (m/s)
 RAMP_TICKS = math.ceil(VX / (DECEL * PERIOD))
 NODE = '/interpolation_node'
 CLI_TIMEOUT = 120.0  # wall seconds for one ros2 command (two discovery spins of 5 s)
-
-
-@pytest.fixture
-def interp(ros, params_file):
-    # clock_timeout: sim time moves only while the test ticks (it ticks throughout).
-    rig = LockstepRig(params_file, {'interpolation_node': {
-        'start_enabled': True, 'command_timeout': 0.5, 'clock_timeout': 10.0}},
-        nodes=('interpolation_node',))
-    try:
-        yield rig
-    finally:
-        rig.close()
 
 
 def _cli(rig, args, drive=False):
@@ -90,6 +77,16 @@ def _set(rig, transition, drive=False):
         print(f'ros2 lifecycle set {transition}: {out}; state now '
               f'{rig.step.lifecycle_state("interpolation_node")}')
     return code, out, ticks
+
+
+def _set_and_reach(rig, transition, state, drive=False):
+    """``ros2 lifecycle set`` that must succeed (or lose its answer) and leave ``state``."""
+    code, out, ticks = _set(rig, transition, drive)
+    assert code in (0, None), out
+    if code == 0:
+        assert 'Transitioning successful' in out, out
+    assert rig.step.lifecycle_state('interpolation_node') == state
+    return ticks
 
 
 def _get(rig, drive=False) -> str:
@@ -151,11 +148,7 @@ def test_ros2_lifecycle_set_on_a_moving_interpolation_node(interp):
 
     # deactivate while targets keep coming: the base ramps to zero within the limit.
     mark = len(records.base)
-    code, out, _ = _set(rig, 'deactivate', drive=True)
-    assert code in (0, None), out
-    if code == 0:
-        assert 'Transitioning successful' in out, out
-    assert rig.step.lifecycle_state('interpolation_node') == 'inactive'
+    _set_and_reach(rig, 'deactivate', 'inactive', drive=True)
     for _ in range(RAMP_TICKS + 2):   # the ramp ends within the limit, whatever the timing
         rig.send_target(np.full(7, 0.3), [VX, 0.0, 0.0], rig.step.now_ns)
         rig.tick()
@@ -168,11 +161,7 @@ def test_ros2_lifecycle_set_on_a_moving_interpolation_node(interp):
         out
     drive_to_speed()
     mark = len(records.base)
-    code, out, ticks = _set(rig, 'shutdown', drive=True)
-    assert code in (0, None), out
-    if code == 0:
-        assert 'Transitioning successful' in out, out
-    assert rig.step.lifecycle_state('interpolation_node') == 'finalized'
+    _set_and_reach(rig, 'shutdown', 'finalized', drive=True)
     vx = _base(rig, mark)
     _assert_ramp_then_zero(vx)   # the answer came once the base was at rest
     arm = [e['values'] for e in records.arm]

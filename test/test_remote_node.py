@@ -94,6 +94,16 @@ def _values(harness, node):
     return harness.diagnostic_values(node)
 
 
+def _close(harness, group, server, logs=True):
+    """Stop the test's probe, the nodes (their logs printed) and the policy server."""
+    if harness is not None:
+        harness.close()
+    group.stop()
+    if logs:
+        print_logs(group)
+    server.kill()
+
+
 def test_remote_backend_survives_a_server_crash_and_recovers(ros, params_file,
                                                              test_model_dir, secrets_dir):
     server = _server(secrets_dir, test_model_dir).start()
@@ -161,11 +171,7 @@ def test_remote_backend_survives_a_server_crash_and_recovers(ros, params_file,
             values.get('remote_reconnect_failures', 0)) >= 1, values
         print('inference_node diagnostics:', values)
     finally:
-        if harness is not None:
-            harness.close()
-        group.stop()
-        print_logs(group)
-        server.kill()
+        _close(harness, group, server)
         print(server.log())
 
 
@@ -246,11 +252,7 @@ def test_slow_server_replies_are_judged_by_their_source_stamp(ros, params_file, 
               f'{interpolation.get("rate_hz")} Hz, stale targets rejected '
               f'{interpolation.get("rejected_stale_targets_old", 0)}')
     finally:
-        if harness is not None:
-            harness.close()
-        group.stop()
-        print_logs(group)
-        server.kill()
+        _close(harness, group, server)
 
 
 def test_mutual_tls_alone_authenticates_the_robot(ros, params_file, test_model_dir,
@@ -283,10 +285,7 @@ def test_mutual_tls_alone_authenticates_the_robot(ros, params_file, test_model_d
         assert stamps.items[-1][2] == _expected(test_model_dir, 'drive to the marker')
         assert 'TLS + mTLS' in server.log()
     finally:
-        if harness is not None:
-            harness.close()
-        group.stop()
-        server.kill()
+        _close(harness, group, server, logs=False)
 
 
 def test_ros2_launch_starts_the_remote_variant(ros, params_file, test_model_dir, secrets_dir,

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 
-from graph_harness import Harness, JOINTS, LockstepRig, print_logs
+from graph_harness import Harness, JOINTS, print_logs
 import numpy as np
 import pytest
 from rosgraph_msgs.msg import Clock
@@ -73,18 +73,6 @@ def _commands_flowing(harness, group):
     t0 = time.monotonic()
     assert harness.wait_for(lambda: len(harness.since(harness.arm, t0)) >= 3, 20.0), \
         group.failed()
-
-
-@pytest.fixture
-def interp(ros, params_file):
-    """interpolation_node alone in lock step; the test plays robot, detokenizer and clock."""
-    rig = LockstepRig(params_file, {'interpolation_node': {
-        'start_enabled': True, 'command_timeout': 0.5, 'clock_timeout': 10.0}},
-        nodes=('interpolation_node',))
-    try:
-        yield rig
-    finally:
-        rig.close()
 
 
 def test_targets_with_bad_source_stamps_never_move_the_robot(interp):

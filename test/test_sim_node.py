@@ -31,6 +31,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 
 from vla_ros import service_calls  # noqa: E402
 from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS  # noqa: E402
+from vla_ros.tools.up import interrupt  # noqa: E402
 
 
 class Probe(Node):
@@ -116,12 +117,7 @@ def sim(tmp_path_factory):
     finally:
         probe.destroy_node()
         rclpy.try_shutdown()
-        proc.send_signal(2)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        interrupt(proc)
         log.close()
     assert proc.returncode == 0, 'sim_node did not stop cleanly:\n' + log_path.read_text()
 

@@ -18,38 +18,26 @@ from .graph import dds_profile_env, pipeline_nodes, ROBOT_TOPICS, topic_remappin
 def launch_arguments():
     """Return the declared arguments shared by the pipeline and simulation launches."""
     share = get_package_share_directory('vla_ros')
-    return [
-        DeclareLaunchArgument('params_file',
-                              default_value=os.path.join(share, 'config', 'vla_ros.yaml'),
-                              description='Parameters file (one /**/<node> key per node).'),
-        DeclareLaunchArgument('namespace', default_value='',
-                              description='Namespace for all nodes.'),
-        DeclareLaunchArgument('use_sim_time', default_value='false',
-                              description='Use /clock (simulation or bag replay).'),
-        DeclareLaunchArgument('log_level', default_value='info',
-                              description='Log level for all nodes.'),
-        DeclareLaunchArgument('model_file_path', default_value='',
-                              description='Exported policy ONNX for inference_node; empty: '
-                                          'the params file, else share/vla_ros/models/'
-                                          'rt1_nano.'),
-        DeclareLaunchArgument('dds_profile', default_value='true',
-                              description='Give the nodes config/fastdds_large_shm.xml (Fast '
-                                          'DDS shared memory large enough for camera frames) '
-                                          'unless FASTRTPS_DEFAULT_PROFILES_FILE is set; '
-                                          'export it for the camera driver too.'),
-        DeclareLaunchArgument('respawn', default_value='false',
-                              description='Restart a node that exits (lifecycle_manager '
-                                          'brings a restarted managed node up again).'),
-        DeclareLaunchArgument('respawn_delay', default_value='2.0',
-                              description='Seconds before a node is restarted.'),
-        DeclareLaunchArgument('expert', default_value='false',
-                              description='vla_sim.launch.py only: the scripted expert '
-                                          '(expert_node, from sim/state) in place of '
-                                          'inference_node.'),
-    ] + [DeclareLaunchArgument(arg, default_value=topic,
-                               description=f'Name of the robot topic {topic} (remapped in '
-                                           'every node).')
-         for arg, topic in ROBOT_TOPICS.items()]
+    arguments = (  # (name, default, description)
+        ('params_file', os.path.join(share, 'config', 'vla_ros.yaml'),
+         'Parameters file (one /**/<node> key per node).'),
+        ('namespace', '', 'Namespace for all nodes.'),
+        ('use_sim_time', 'false', 'Use /clock (simulation or bag replay).'),
+        ('log_level', 'info', 'Log level for all nodes.'),
+        ('model_file_path', '', 'Exported policy ONNX for inference_node; empty: the params '
+         'file, else share/vla_ros/models/rt1_nano.'),
+        ('dds_profile', 'true', 'Give the nodes config/fastdds_large_shm.xml (Fast DDS shared '
+         'memory large enough for camera frames) unless FASTRTPS_DEFAULT_PROFILES_FILE is '
+         'set; export it for the camera driver too.'),
+        ('respawn', 'false', 'Restart a node that exits (lifecycle_manager brings a '
+         'restarted managed node up again).'),
+        ('respawn_delay', '2.0', 'Seconds before a node is restarted.'),
+        ('expert', 'false', 'vla_sim.launch.py only: the scripted expert (expert_node, from '
+         'sim/state) in place of inference_node.'),
+    ) + tuple((arg, topic, f'Name of the robot topic {topic} (remapped in every node).')
+              for arg, topic in ROBOT_TOPICS.items())
+    return [DeclareLaunchArgument(name, default_value=default, description=description)
+            for name, default, description in arguments]
 
 
 def node_actions(context, with_sim=False):

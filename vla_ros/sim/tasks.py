@@ -82,6 +82,22 @@ class Task:
         raise NotImplementedError
 
 
+class ColourTask(Task):
+    """A task about one object of a drawn colour: ``instruction`` names it (``{colour}``)."""
+
+    colours: Tuple[str, ...] = BLOCK_COLOURS
+    instruction = ''
+
+    def draw_colour(self, rng: np.random.Generator) -> str:
+        """Draw the colour of the object the task is about (the episode's first draw)."""
+        return self.colours[rng.integers(len(self.colours))]
+
+    def sample(self, rng: np.random.Generator) -> Tuple[str, Dict]:
+        """Draw the colour; the instruction names it."""
+        colour = self.draw_colour(rng)
+        return self.instruction.format(colour=colour), {'colour': colour}
+
+
 def _block_pos(robot: Robot, colour: str) -> np.ndarray:
     return robot.body_position(f'block_{colour}')
 
@@ -98,31 +114,25 @@ def _block_touches_fingers(robot: Robot, colour: str) -> bool:
     return False
 
 
-class PickBlock(Task):
+class PickBlock(ColourTask):
     """'pick up the <colour> block': lift it at least 8 cm above the table."""
 
     name = 'pick_block'
+    instruction = 'pick up the {colour} block'
     time_limit = 12.0
     lift_height = 0.08
-
-    def sample(self, rng):
-        colour = BLOCK_COLOURS[rng.integers(len(BLOCK_COLOURS))]
-        return f'pick up the {colour} block', {'colour': colour}
 
     def check(self, robot, episode):
         z = _block_pos(robot, episode.params['colour'])[2]
         return bool(z - BLOCK_HALF - TABLE_TOP >= self.lift_height)
 
 
-class PlaceInBowl(Task):
+class PlaceInBowl(ColourTask):
     """'put the <colour> block in the bowl': block resting inside the bowl, released."""
 
     name = 'place_in_bowl'
+    instruction = 'put the {colour} block in the bowl'
     time_limit = 20.0
-
-    def sample(self, rng):
-        colour = BLOCK_COLOURS[rng.integers(len(BLOCK_COLOURS))]
-        return f'put the {colour} block in the bowl', {'colour': colour}
 
     def check(self, robot, episode):
         colour = episode.params['colour']
@@ -134,7 +144,7 @@ class PlaceInBowl(Task):
         return bool(inside and speed < 0.05 and not _block_touches_fingers(robot, colour))
 
 
-class PushBlock(Task):
+class PushBlock(ColourTask):
     """'push the <colour> block to the left/right': slide it >= 10 cm that way, on the table."""
 
     name = 'push_block'
@@ -142,7 +152,7 @@ class PushBlock(Task):
     distance = 0.10
 
     def sample(self, rng):
-        colour = BLOCK_COLOURS[rng.integers(len(BLOCK_COLOURS))]
+        colour = self.draw_colour(rng)
         side = ('left', 'right')[rng.integers(2)]
         return (f'push the {colour} block to the {side}',
                 {'colour': colour, 'direction': side, 'sign': 1.0 if side == 'left' else -1.0})
@@ -170,16 +180,14 @@ class PushBlock(Task):
         return bool(moved >= self.distance and on_table)
 
 
-class DriveToMarker(Task):
+class DriveToMarker(ColourTask):
     """'drive to the <colour> marker': base centre within 10 cm of the marker's centre."""
 
     name = 'drive_to_marker'
+    colours = MARKER_COLOURS
+    instruction = 'drive to the {colour} marker'
     time_limit = 15.0
     tolerance = 0.10
-
-    def sample(self, rng):
-        colour = MARKER_COLOURS[rng.integers(len(MARKER_COLOURS))]
-        return f'drive to the {colour} marker', {'colour': colour}
 
     def check(self, robot, episode):
         odom = robot.odometry()

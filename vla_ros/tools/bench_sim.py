@@ -52,7 +52,7 @@ def measure(duration: float, warmup: float, task: str, seed: int,
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image, JointState
-    from .up import child_env
+    from .up import child_env, interrupt
     from ..nodes.common import SENSOR_QOS
 
     proc = subprocess.Popen(
@@ -114,12 +114,7 @@ def measure(duration: float, warmup: float, task: str, seed: int,
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
-        proc.send_signal(2)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        interrupt(proc)
     with lock:
         rtf = ((sim[-1][1] - sim[0][1]) / (sim[-1][0] - sim[0][0])
                if len(sim) > 2 and sim[-1][0] > sim[0][0] else float('nan'))

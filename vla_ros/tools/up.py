@@ -41,6 +41,17 @@ def child_env(extra: Optional[Dict[str, str]] = None, dds_profile: bool = True
     return env
 
 
+def interrupt(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+    """SIGINT one process (rclpy shuts down cleanly), SIGKILL it after ``timeout`` s."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return proc.returncode
+
+
 class ProcessGroup:
     """A set of node processes supervised together."""
 
