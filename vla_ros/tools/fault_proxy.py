@@ -207,6 +207,7 @@ class FaultProxy:
     # -- the event loop -------------------------------------------------------------------
     def _run(self):
         loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         self._loop = loop
         try:
             self._server = loop.run_until_complete(
@@ -225,7 +226,8 @@ class FaultProxy:
             pending = asyncio.all_tasks(loop)
             for task in pending:
                 task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=5.0))
             loop.close()
 
     def _apply(self, faults: Faults):
