@@ -119,9 +119,8 @@ def resolution_probe(factor: int, train: Scenes, test: Scenes, steps: int, batch
     cfg = dataclasses.replace(get_config('nano'), input_downsample=factor, seed=seed)
     model = build_policy(cfg).train().to(memory_format=torch.channels_last)
     head = torch.nn.Linear(cfg.num_image_tokens * cfg.d_model, 2)
-    flags = open('/proc/cpuinfo', encoding='utf-8').read() if os.path.exists(
-        '/proc/cpuinfo') else ''
-    bf16 = 'avx512_bf16' in flags or 'amx_bf16' in flags
+    from .train import _use_bf16, TrainConfig
+    bf16 = _use_bf16(TrainConfig(), torch.device('cpu'))  # the training command's rule
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
     emb_tr, mask_tr = _text(train.instructions)
