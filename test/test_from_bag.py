@@ -353,6 +353,10 @@ def test_dataset_from_a_bag_of_the_live_graph(live_graph, tmp_path):
     rec, group = live_graph
     seen = _watch(rec)
     assert wait_for(lambda: rec.enable.service_is_ready() and rec.reset.service_is_ready(), 60)
+    # The episode sim_node starts at launch (sim time 0) must be one the recording joins
+    # late: start recording only once it has run longer than the converter's partial-start
+    # limit, whatever the machine's load did to the launch.
+    assert rec.wait_sim_time(from_bag.PARTIAL_START_S + 1.0, 60.0)
     bag = str(tmp_path / 'bag')
     proc = subprocess.Popen([sys.executable, '-m', 'vla_ros.cli', 'record', '--out', bag],
                             env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -170,7 +170,8 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
                         else noise(expert.last_values, labels, expert.expert.phase))
             frames.append(ds.Frame(image=obs.image, state=obs.state,
                                    joint_state=obs.joint_state,
-                                   action=expert.last_values, tokens=labels))
+                                   action=expert.last_values, tokens=labels,
+                                   target=env.target_in_base()))
             return executed
 
         status = pipeline.run_episode(decide, render=True, extra_time=AFTER_SUCCESS)

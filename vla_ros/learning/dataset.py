@@ -40,6 +40,9 @@ STATE_KEY = 'observation.state'
 JOINT_KEY = 'observation.joint_state'
 ACTION_KEY = 'action'
 TOKENS_KEY = 'action.tokens'
+# The named object's position in the base frame + a valid flag (training target only).
+TARGET_KEY = 'observation.environment_state'
+TARGET_NAMES = ['target_x', 'target_y', 'target_z', 'target_valid']
 CHUNKS_SIZE = 1000
 # The layout info.json declares (LeRobot's placeholders).
 DATA_PATH = 'data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet'
@@ -100,6 +103,9 @@ def features(image_size: int = 300) -> Dict:
         ACTION_KEY: {'dtype': 'float32', 'shape': [11], 'names': state_names,
                      'description': 'action values in the dataset action space'},
         TOKENS_KEY: {'dtype': 'uint8', 'shape': [11], 'names': state_names},
+        TARGET_KEY: {'dtype': 'float32', 'shape': [4], 'names': TARGET_NAMES,
+                     'description': 'named object in the base frame (m), valid flag; zeros '
+                     'where unknown (no named object, or recorded on a robot)'},
         'timestamp': {'dtype': 'float32', 'shape': [1]},
         'frame_index': {'dtype': 'int64', 'shape': [1]},
         'episode_index': {'dtype': 'int64', 'shape': [1]},
@@ -119,6 +125,7 @@ class Frame:
     action: np.ndarray          # float [11]
     tokens: np.ndarray          # uint8 [11]
     success: bool = False
+    target: Optional[np.ndarray] = None  # [x, y, z, valid] (TARGET_KEY), None: unknown
 
 
 class VideoWriter:
@@ -224,6 +231,8 @@ class DatasetWriter:
                 JOINT_KEY: np.asarray(f.joint_state, np.float32).tolist(),
                 ACTION_KEY: np.asarray(f.action, np.float32).tolist(),
                 TOKENS_KEY: np.asarray(f.tokens, np.uint8).tolist(),
+                TARGET_KEY: (np.zeros(4, np.float32) if f.target is None
+                             else np.asarray(f.target, np.float32)).tolist(),
                 'next.success': bool(f.success)})
         row = {'episode_index': episode, 'length': len(frames), 'tasks': [instruction],
                'data/chunk_index': self.chunk_index, 'data/file_index': self.file_index,

@@ -6,8 +6,17 @@ label smoothing (a Gaussian over adjacent bins). Train / validation split by epi
 Images: decoded once into a cache at the network's resolution (the same average pooling
 the exported graph applies to the 300x300 input), random shifts of up to ``--shift`` px.
 Instructions: every sample draws one of its episode's training phrasings
-(``instructions.TRAIN``); their text embeddings are computed once. bf16 autocast and
-channels-last on CPU when faster (``--bf16 auto``), CUDA when present.
+(``instructions.TRAIN``); their text embeddings are computed once, or read from
+``--text-embeddings FILE`` (written by the same option where the MiniLM package is
+installed, so training can run on a machine without it). bf16 autocast and channels-last
+on CPU when faster (``--bf16 auto``); on CUDA the whole image cache is moved to the GPU and
+batches (random shifts included) are cut there.
+
+Auxiliary target loss (``--aux-target-weight W``, 0 = off): a linear head on the encoder's
+visual tokens regresses the named object's position in the base frame (the datasets'
+``observation.environment_state``, recorded by ``vla-ros collect``), so the image features
+are pushed to locate the block the instruction names. The head is training-only: weight
+snapshots hold the policy alone, and frames without a known target do not enter the loss.
 
 Resumable: ``OUT/last.pt`` holds model, optimiser, step and RNG states; rerun the same
 command to continue (in pieces, in the background with ``nice``). Weight snapshots
@@ -62,6 +71,11 @@ class TrainConfig:
     threads: int = 0
     snapshot_every: int = 2500
     val_every: int = 500
+    aux_target_weight: float = 0.0
+
+
+# The auxiliary target is regressed in units of 10 cm (a unit-scale output).
+TARGET_SCALE = 0.1
 
 
 def _pool(image: np.ndarray, factor: int) -> np.ndarray:
@@ -96,31 +110,78 @@ def image_cache(root: str, factor: int, episodes: List[Dict], quiet: bool = Fals
 
 
 class TextTable:
-    """Text embeddings of every phrasing, computed once with the torch MiniLM."""
+    """
+    Text embeddings of every phrasing, computed once with the torch MiniLM.
 
-    def __init__(self, phrasings: Sequence[str]):
+    With ``path``: read from that file when it exists (every phrasing must be in it), else
+    computed for every training phrasing of every task and written there.
+    """
+
+    def __init__(self, phrasings: Sequence[str], path: Optional[str] = None):
+        self.index = {p: i for i, p in enumerate(phrasings)}
+        if path and os.path.exists(path):
+            table = read_text_embeddings(path)
+            missing = [p for p in phrasings if p not in table]
+            if missing:
+                raise ValueError(f'{path} lacks the embeddings of {len(missing)} phrasing(s), '
+                                 f'e.g. {missing[0]!r}; write it again where the MiniLM '
+                                 'package is installed')
+            self.embeddings, self.masks = _stack([table[p] for p in phrasings])
+            return
         import torch
         from ..model import text_encoder as te
         encoder = te.load_text_encoder().eval()
         tokenizer = te.load_tokenizer()
-        self.index = {p: i for i, p in enumerate(phrasings)}
-        embs, masks = [], []
+        every = sorted(set(phrasings) | set(_every_training_phrasing())) if path else phrasings
+        table = {}
         with torch.no_grad():
-            for text in phrasings:
+            for text in every:
                 ids, mask = te.tokenize(tokenizer, text)
-                embs.append(encoder(ids, mask)[0])
-                masks.append(mask[0].float())
-        self.embeddings = torch.stack(embs)
-        self.masks = torch.stack(masks)
+                table[text] = (encoder(ids, mask)[0], mask[0].float())
+        self.embeddings, self.masks = _stack([table[p] for p in phrasings])
+        if path:
+            write_text_embeddings(path, table, te.encoder_id())
+
+
+def _stack(pairs):
+    import torch
+    return torch.stack([e for e, _ in pairs]), torch.stack([m for _, m in pairs])
+
+
+def _every_training_phrasing() -> List[str]:
+    from ..sim.tasks import make_task, TASK_NAMES
+    colours = {t: getattr(make_task(t), 'colours', ()) for t in TASK_NAMES}
+    return instructions.all_training_phrasings(TASK_NAMES, colours)
+
+
+def write_text_embeddings(path: str, table: Dict, encoder: str):
+    """Save {phrasing: (embeddings [16, 384], mask [16])} with the encoder's identity."""
+    import torch
+    from safetensors.torch import save_file
+    texts = sorted(table)
+    tensors = {'embeddings': torch.stack([table[t][0] for t in texts]).contiguous(),
+               'masks': torch.stack([table[t][1] for t in texts]).contiguous()}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file(tensors, path, metadata={'phrasings': json.dumps(texts), 'encoder': encoder})
+
+
+def read_text_embeddings(path: str) -> Dict:
+    """Read what ``write_text_embeddings`` saved: {phrasing: (embeddings, mask)}."""
+    from safetensors import safe_open
+    with safe_open(path, 'pt') as stream:
+        texts = json.loads(stream.metadata()['phrasings'])
+        embs, masks = stream.get_tensor('embeddings'), stream.get_tensor('masks')
+    return {t: (embs[i], masks[i]) for i, t in enumerate(texts)}
 
 
 @dataclasses.dataclass
 class Data:
     """All frames of the training datasets in memory."""
 
-    images: np.ndarray       # uint8 [N, s, s, 3]
+    images: np.ndarray       # uint8 [N, s, s, 3] (a torch tensor once moved to a GPU)
     state: np.ndarray        # float32 [N, 11]
     tokens: np.ndarray       # int64 [N, 11]
+    target: np.ndarray       # float32 [N, 4]: named object x, y, z (base frame), valid
     episode: np.ndarray      # int64 [N] (global over datasets)
     choices: List[List[int]]  # per global episode: phrasing indices
     identity: Dict[str, str]
@@ -129,7 +190,7 @@ class Data:
 def load_data(roots: Sequence[str], factor: int, quiet: bool = False
               ) -> Tuple[Data, List[str], Dict]:
     """Load datasets; return data, phrasings and the action space they were recorded in."""
-    images, state, tokens, episode, choices = [], [], [], [], []
+    images, state, tokens, target, episode, choices = [], [], [], [], [], []
     phrasings: Dict[str, int] = {}
     identity, space = {}, None
     offset = 0
@@ -147,6 +208,8 @@ def load_data(roots: Sequence[str], factor: int, quiet: bool = False
         cols = loaded.columns
         state.append(np.asarray(cols[ds.STATE_KEY][:n], np.float32))
         tokens.append(np.asarray(cols[ds.TOKENS_KEY][:n], np.int64))
+        target.append(np.asarray(cols[ds.TARGET_KEY][:n], np.float32) if ds.TARGET_KEY in cols
+                      else np.zeros((n, 4), np.float32))
         episode.append(np.asarray(cols['episode_index'][:n], np.int64) + offset)
         for e in loaded.episodes:
             params = {'colour': e['colour'], 'direction': e['direction'], 'close': e['close']}
@@ -158,7 +221,7 @@ def load_data(roots: Sequence[str], factor: int, quiet: bool = False
             choices.append([phrasings.setdefault(p, len(phrasings)) for p in options])
         offset += len(loaded.episodes)
     data = Data(np.concatenate(images), np.concatenate(state), np.concatenate(tokens),
-                np.concatenate(episode), choices, identity)
+                np.concatenate(target), np.concatenate(episode), choices, identity)
     return data, sorted(phrasings, key=phrasings.get), space
 
 
@@ -189,7 +252,7 @@ def smooth_targets(tokens, bins: float, num_bins: int = 256):
     one_hot = torch.nn.functional.one_hot(tokens, num_bins).float()
     if bins <= 0:
         return one_hot
-    grid = torch.arange(num_bins, dtype=torch.float32)
+    grid = torch.arange(num_bins, dtype=torch.float32, device=tokens.device)
     weights = torch.exp(-0.5 * ((grid - tokens[..., None].float()) / bins) ** 2)
     smoothed = weights / weights.sum(-1, keepdim=True)
     # The gripper (last dimension) is binary: keep it one-hot.
@@ -197,21 +260,73 @@ def smooth_targets(tokens, bins: float, num_bins: int = 256):
     return smoothed
 
 
+def _shifted_on_device(images, idx: np.ndarray, rng: np.random.Generator, shift: int):
+    """The same random shifts (edge-padded crops) cut from a GPU-resident image tensor."""
+    import torch
+    device = images.device
+    imgs = images[torch.from_numpy(idx).to(device)]
+    if shift <= 0:
+        return imgs
+    b, h, w, _ = imgs.shape
+    dy = torch.from_numpy(rng.integers(0, 2 * shift + 1, size=b)).to(device)
+    dx = torch.from_numpy(rng.integers(0, 2 * shift + 1, size=b)).to(device)
+    # Edge padding = clamping the source row / column of every output pixel.
+    rows = (dy[:, None] + torch.arange(h, device=device)[None] - shift).clamp(0, h - 1)
+    cols = (dx[:, None] + torch.arange(w, device=device)[None] - shift).clamp(0, w - 1)
+    batch = torch.arange(b, device=device)[:, None, None]
+    return imgs[batch, rows[:, :, None], cols[:, None, :]]
+
+
 def _batch(data: Data, idx: np.ndarray, text: TextTable, rng: np.random.Generator,
            shift: int, device):
     import torch
-    imgs = data.images[idx]
-    if shift > 0:
-        b, h, w, _ = imgs.shape
-        padded = np.pad(imgs, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode='edge')
-        dy = rng.integers(0, 2 * shift + 1, size=b)
-        dx = rng.integers(0, 2 * shift + 1, size=b)
-        imgs = np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    if isinstance(data.images, torch.Tensor):
+        imgs = _shifted_on_device(data.images, idx, rng, shift)
+    else:
+        imgs = data.images[idx]
+        if shift > 0:
+            b, h, w, _ = imgs.shape
+            padded = np.pad(imgs, ((0, 0), (shift, shift), (shift, shift), (0, 0)),
+                            mode='edge')
+            dy = rng.integers(0, 2 * shift + 1, size=b)
+            dx = rng.integers(0, 2 * shift + 1, size=b)
+            imgs = np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+        imgs = torch.from_numpy(np.ascontiguousarray(imgs)).to(device)
     phr = np.array([rng.choice(data.choices[e]) for e in data.episode[idx]])
-    return (torch.from_numpy(np.ascontiguousarray(imgs)).to(device),
-            text.embeddings[phr].to(device), text.masks[phr].to(device),
+    return (imgs, text.embeddings[phr].to(device), text.masks[phr].to(device),
             torch.from_numpy(data.state[idx]).to(device),
             torch.from_numpy(data.tokens[idx]).to(device))
+
+
+class TargetHead:
+    """The auxiliary head: visual tokens of the encoder output -> named object x, y, z."""
+
+    def __init__(self, model, device):
+        import torch
+        cfg = model.config
+        self.tokens = cfg.num_image_tokens
+        self.linear = torch.nn.Linear(cfg.num_image_tokens * cfg.d_model, 3).to(device)
+
+    def __call__(self, memory):
+        return self.linear(memory[:, :self.tokens].flatten(1).float())
+
+    def loss(self, memory, target):
+        """Smooth-L1 (10 cm units) over frames with a known target; 0 when none."""
+        import torch
+        valid = target[:, 3] > 0.5
+        if not bool(valid.any()):
+            return memory.new_zeros(()).float()
+        pred = self(memory[valid])
+        return torch.nn.functional.smooth_l1_loss(pred, target[valid, :3] / TARGET_SCALE,
+                                                  beta=0.1)
+
+
+def _forward(model, head: Optional[TargetHead], img, emb, mask, state):
+    """Logits, and the encoder output when the auxiliary head needs it."""
+    if head is None:
+        return model(img, emb, mask, state), None
+    memory, bias = model.encode(img, emb, mask, state)
+    return model.decode_single(memory, bias), memory
 
 
 def _lr(cfg: TrainConfig, step: int) -> float:
@@ -234,18 +349,28 @@ def _use_bf16(cfg: TrainConfig, device) -> bool:
 
 
 def evaluate_offline(model, data: Data, idx: np.ndarray, text: TextTable, device,
-                     bf16: bool, batch: int = 256) -> Dict[str, float]:
-    """Return the validation loss and per-dimension exact / within-one-bin accuracy."""
+                     bf16: bool, batch: int = 256, head: Optional[TargetHead] = None
+                     ) -> Dict[str, float]:
+    """
+    Return the validation loss and per-dimension exact / within-one-bin accuracy.
+
+    With the auxiliary head: the median error (cm) of its named-object position.
+    """
     import torch
     model.eval()
     rng = np.random.default_rng(0)
-    losses, exact, near = [], [], []
+    losses, exact, near, errors = [], [], [], []
     with torch.no_grad():
         for s in range(0, len(idx), batch):
             part = idx[s:s + batch]
             img, emb, mask, state, tok = _batch(data, part, text, rng, 0, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(img, emb, mask, state)
+                logits, memory = _forward(model, head, img, emb, mask, state)
+            if head is not None:
+                valid = data.target[part, 3] > 0.5
+                if valid.any():
+                    pred = head(memory).float().cpu().numpy()[valid] * TARGET_SCALE
+                    errors.append(np.linalg.norm(pred - data.target[part][valid, :3], axis=1))
             logits = logits.float()
             losses.append(torch.nn.functional.cross_entropy(
                 logits.reshape(-1, 256), tok.reshape(-1), reduction='sum').item())
@@ -259,6 +384,8 @@ def evaluate_offline(model, data: Data, idx: np.ndarray, text: TextTable, device
     for i, name in enumerate(DIM_NAMES):
         out[f'acc_{name}'] = float(acc[i])
         out[f'acc1_{name}'] = float(acc1[i])
+    if errors:
+        out['val_target_cm'] = float(np.median(np.concatenate(errors)) * 100.0)
     return out
 
 
@@ -295,7 +422,7 @@ def plot(metrics_path: str, out_png: str):
 
 
 def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[float] = None,
-          quiet: bool = False) -> Dict:
+          quiet: bool = False, text_embeddings: Optional[str] = None) -> Dict:
     """Train (or resume) into ``out``; returns a summary."""
     import torch
     from safetensors.torch import save_file
@@ -310,7 +437,10 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
     data, phrasings, space = load_data(roots, factor, quiet)
     if cfg.action_space:
         space = relabel(data, space, cfg.action_space)
-    text = TextTable(phrasings)
+    text = TextTable(phrasings, text_embeddings)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+        data.images = torch.from_numpy(data.images).to(device)
     num_episodes = len(data.choices)
     val_ep = split_episodes(num_episodes, cfg.val_fraction, cfg.seed)
     is_val = val_ep[data.episode]
@@ -323,8 +453,12 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
     model = build_policy(model_cfg, state_dict=state_dict).train().to(device)
     if device.type == 'cpu':
         model = model.to(memory_format=torch.channels_last)
+    head = TargetHead(model, device) if cfg.aux_target_weight > 0.0 else None
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    if head is not None:
+        decay.append(head.linear.weight)
+        no_decay.append(head.linear.bias)
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': cfg.weight_decay},
                              {'params': no_decay, 'weight_decay': 0.0}], lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
@@ -341,6 +475,8 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
             raise ValueError(f'{last} was written with other data or settings; use a new '
                              '--out folder or the same arguments')
         model.load_state_dict(ckpt['model'])
+        if head is not None:
+            head.linear.load_state_dict(ckpt['target_head'])
         opt.load_state_dict(ckpt['optimizer'])
         step = int(ckpt['step'])
         rng.bit_generator.state = ckpt['numpy_rng']
@@ -352,6 +488,8 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
     metrics_path = os.path.join(out, 'metrics.csv')
     fields = ['step', 'seconds', 'lr', 'train_loss', 'samples_per_s', 'val_loss'] + [
         f'{k}_{n}' for n in DIM_NAMES for k in ('acc', 'acc1')]
+    if head is not None:
+        fields += ['train_target_loss', 'val_target_cm']
     new_file = not os.path.exists(metrics_path)
     metrics = open(metrics_path, 'a', newline='', encoding='utf-8')
     writer = csv.DictWriter(metrics, fieldnames=fields)
@@ -360,12 +498,13 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
     progress = Progress(cfg.steps, 'train', quiet=quiet)
     progress.count = step
     start = time.monotonic()
-    window, window_t, window_n = [], time.monotonic(), 0
+    window, window_t, window_n, aux_window = [], time.monotonic(), 0, []
 
     def save():
+        extra = {'target_head': head.linear.state_dict()} if head is not None else {}
         torch.save({'model': model.state_dict(), 'optimizer': opt.state_dict(), 'step': step,
                     'numpy_rng': rng.bit_generator.state, 'torch_rng': torch.get_rng_state(),
-                    'run_info': run_info}, last + '.tmp')
+                    'run_info': run_info, **extra}, last + '.tmp')
         os.replace(last + '.tmp', last)
 
     while step < cfg.steps:
@@ -376,13 +515,19 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
         idx = rng.choice(train_idx, size=cfg.batch_size, replace=len(train_idx) < cfg.batch_size)
         img, emb, mask, state, tok = _batch(data, idx, text, rng, cfg.shift, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(img, emb, mask, state)
+            logits, memory = _forward(model, head, img, emb, mask, state)
         logp = torch.log_softmax(logits.float(), dim=-1)
         target = smooth_targets(tok, cfg.label_smoothing_bins)
         loss = -(target * logp).sum(-1).mean()
+        total = loss
+        if head is not None:
+            aux = head.loss(memory, torch.from_numpy(data.target[idx]).to(device))
+            total = loss + cfg.aux_target_weight * aux
+            aux_window.append(aux.item())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group['params']],
+                                       1.0)
         opt.step()
         step += 1
         window.append(loss.item())
@@ -395,11 +540,14 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
             row = {'step': step, 'seconds': round(now - start, 1), 'lr': _lr(cfg, step),
                    'train_loss': float(np.mean(window)),
                    'samples_per_s': round(window_n / max(1e-9, now - window_t), 1)}
+            if head is not None and aux_window:
+                row['train_target_loss'] = float(np.mean(aux_window))
             if len(val_idx):
-                row.update(evaluate_offline(model, data, val_idx, text, device, bf16))
+                row.update(evaluate_offline(model, data, val_idx, text, device, bf16,
+                                            head=head))
             writer.writerow(row)
             metrics.flush()
-            window, window_t, window_n = [], time.monotonic(), 0
+            window, window_t, window_n, aux_window = [], time.monotonic(), 0, []
             save()
         if step % cfg.snapshot_every == 0 or step == cfg.steps:
             weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -426,6 +574,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--minutes', type=float, default=None,
                         help='stop after this much wall time (resume later)')
     parser.add_argument('--quiet', action='store_true')
+    parser.add_argument('--text-embeddings', default=None, metavar='FILE',
+                        help='read the instruction embeddings from FILE (written there, for '
+                        'every training phrasing, when it does not exist)')
     defaults = TrainConfig()
     for field in dataclasses.fields(TrainConfig):
         parser.add_argument('--' + field.name.replace('_', '-'), type=type(field.default),
@@ -433,7 +584,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     try:
-        summary = train(args.data, args.out, cfg, args.minutes, args.quiet)
+        summary = train(args.data, args.out, cfg, args.minutes, args.quiet,
+                        args.text_embeddings)
     except ValueError as exc:
         print(f'vla-ros train: {exc}', file=sys.stderr)
         return 2

@@ -164,7 +164,15 @@ NANO = RT1Config(
 # representation comparison in docs/model-card.md.
 NANO_NOSTATE = replace(NANO, name='nano_nostate', state_dim=0)
 
-CONFIGS: Dict[str, RT1Config] = {c.name: c for c in (SEED, TINY, NANO, NANO_NOSTATE)}
+# nano with more pixels on the block: the network sees the image at 150x150 (a 10x10
+# feature map) or at the full 300x300 (19x19). At 100 px the named block is ~2.4 px wide
+# (1 px ~ 1.7 cm); the block-position probe (``vla-ros probe-block``) measures what each
+# resolution can localise.
+NANO_150 = replace(NANO, name='nano_150', input_downsample=2)
+NANO_300 = replace(NANO, name='nano_300', input_downsample=1)
+
+CONFIGS: Dict[str, RT1Config] = {c.name: c for c in (SEED, TINY, NANO, NANO_NOSTATE,
+                                                      NANO_150, NANO_300)}
 
 
 def get_config(name: str) -> RT1Config:

@@ -81,6 +81,10 @@ class Task:
         """Return True when the task is achieved in the robot's current state."""
         raise NotImplementedError
 
+    def target_body(self, params: Dict) -> Optional[str]:
+        """The body the instruction names (None: the task names no object)."""
+        return None
+
 
 class ColourTask(Task):
     """A task about one object of a drawn colour: ``instruction`` names it (``{colour}``)."""
@@ -96,6 +100,10 @@ class ColourTask(Task):
         """Draw the colour; the instruction names it."""
         colour = self.draw_colour(rng)
         return self.instruction.format(colour=colour), {'colour': colour}
+
+    def target_body(self, params: Dict) -> Optional[str]:
+        """The named block (the marker for ``drive_to_marker``)."""
+        return f'block_{params["colour"]}'
 
 
 def _block_pos(robot: Robot, colour: str) -> np.ndarray:
@@ -189,9 +197,13 @@ class DriveToMarker(ColourTask):
     time_limit = 15.0
     tolerance = 0.10
 
+    def target_body(self, params):
+        """The named marker."""
+        return f'marker_{params["colour"]}'
+
     def check(self, robot, episode):
         odom = robot.odometry()
-        target = robot.body_position(f'marker_{episode.params["colour"]}')
+        target = robot.body_position(self.target_body(episode.params))
         return bool(math.hypot(odom.x - target[0], odom.y - target[1]) <= self.tolerance)
 
 
@@ -367,6 +379,22 @@ class TaskEnv:
         """Advance one control period; returns the (latched) success flag."""
         self.robot.step(self.steps_per_control)
         return self.update()
+
+    def target_in_base(self) -> np.ndarray:
+        """
+        The named object's position in the base frame (m) and a valid flag: [x, y, z, 1].
+
+        [0, 0, 0, 0] when the task names no object (gripper). The head camera rides on the
+        base, so this is what the image alone determines (a training target, never an input).
+        """
+        body = self.task.target_body(self.episode.params)
+        if body is None:
+            return np.zeros(4)
+        odom = self.robot.odometry()
+        p = self.robot.body_position(body)
+        dx, dy = p[0] - odom.x, p[1] - odom.y
+        c, s = math.cos(odom.yaw), math.sin(odom.yaw)
+        return np.array([c * dx + s * dy, -s * dx + c * dy, p[2], 1.0])
 
     def status(self) -> Dict:
         """Return the active episode's status as a JSON-friendly dict."""
