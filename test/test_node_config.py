@@ -122,3 +122,24 @@ def test_respawned_managed_node_is_brought_up_again(params_file, test_model_dir)
         assert any('unconfigured again' in line for line in group.lines['lifecycle_manager'])
     finally:
         group.stop(timeout=10.0)
+
+
+@pytest.mark.parametrize('code', [0, 2])
+def test_a_clean_up_stuck_in_the_middleware_ends_with_the_node_exit_code(code):
+    """run()'s watchdog: a teardown that never returns is reported and the process exits."""
+    script = ('import time\n'
+              'from vla_ros.nodes.common import _ShutdownWatchdog\n'
+              f'_ShutdownWatchdog({code}, grace=0.5)\n'
+              'time.sleep(30)  # a destroy_node that never returns\n')
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, '-c', script], env=child_env(),
+                          capture_output=True, text=True, timeout=25)
+    assert done.returncode == code, done.stderr
+    assert time.monotonic() - start < 20.0
+    assert 'clean-up still running after 0.5 s' in done.stderr
+    assert 'line 4, in <module>' in done.stderr  # where it was stuck
+    # A teardown that returns in time exits normally, the watchdog silent.
+    quick = subprocess.run([sys.executable, '-c', script.replace(
+        'time.sleep(30)', 'w = _ShutdownWatchdog(0, grace=0.5)\nw.finish(); time.sleep(1.5)')],
+        env=child_env(), capture_output=True, text=True, timeout=25)
+    assert quick.returncode == code

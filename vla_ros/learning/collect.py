@@ -6,7 +6,10 @@ expert labels (DAgger) — runs through the chain the nodes run: tokens → deto
 compose with the previous commanded target → ControlLoop at 20 Hz → MuJoCo. At every
 policy tick the frame inference_node would see (300x300 rgb8), the instruction, the
 previous commanded target (the policy's state input), the measured joints, the expert's
-action values and tokens are recorded into a LeRobotDataset v3 folder (``dataset.py``).
+action values and tokens are recorded into a LeRobotDataset v3 folder (``dataset.py``),
+with the position of the object the instruction names in the base frame
+(``observation.environment_state``: a training target for the auxiliary loss of
+``vla-ros train``, which the policy never receives as an input).
 
 Demonstrations that teach recovery (``--arm-noise SIGMA``, DART-style noise injection):
 at every policy tick the expert's clean arm delta is the recorded label, but the delta
@@ -42,6 +45,7 @@ import numpy as np
 from . import dataset as ds, instructions
 from .learner import LearnerDecider
 from .progress import Progress
+from .train import pool_image, write_cache
 from ..core.action_space import ActionSpace, ActionTokenizer
 from ..paths import default_action_space_file
 from ..sim.expert import ExpertDecider
@@ -116,8 +120,15 @@ def parse_episodes(text: str) -> Dict[str, int]:
 def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
             action_space_file: Optional[str] = None, params_file: Optional[str] = None,
             policy_dir: Optional[str] = None, flush_every: int = 50,
-            quiet: bool = False, arm_noise: float = 0.0) -> Dict:
-    """Collect episodes into ``out``; returns counts. See the module docstring."""
+            quiet: bool = False, arm_noise: float = 0.0,
+            cache_factors: Sequence[int] = ()) -> Dict:
+    """
+    Collect episodes into ``out``; returns counts. See the module docstring.
+
+    ``cache_factors``: also write the training image cache at these pooling factors
+    (what ``vla-ros train`` would otherwise decode from the videos) when the run ends; a
+    new folder only, and frames are held in memory until then.
+    """
     space_file = action_space_file or default_action_space_file()
     space = ActionSpace.from_yaml(space_file)
     tokenizer = ActionTokenizer(space)
@@ -132,6 +143,9 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
         'dagger' if learner else 'expert'), 'vla_ros.arm_noise': float(arm_noise)}
     writer = ds.DatasetWriter(out, fps, meta)
     done = {(e['task'], e['seed']) for e in writer.episodes}
+    if cache_factors and writer.episodes:
+        raise ValueError(f'--cache needs a new folder; {out} already holds episodes')
+    pooled: Dict[int, List[np.ndarray]] = {int(f): [] for f in cache_factors}
     plan = []
     for task, count in episodes.items():
         seed, planned = seed_start, 0
@@ -187,6 +201,8 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
             'direction': episode.params.get('direction', ''),
             'close': bool(episode.params.get('close', False)),
             'source': 'dagger' if learner else 'expert', 'arm_noise': float(arm_noise)})
+        for factor, kept in pooled.items():
+            kept.extend(pool_image(f.image, factor) for f in frames)
         stats['episodes'] += 1
         stats['frames'] += len(frames)
         progress.note(f'{stats["frames"]} frames, '
@@ -197,6 +213,9 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
     writer.close()
     progress.close()
     robot.close()
+    for factor, kept in pooled.items():
+        if kept:
+            write_cache(out, factor, np.stack(kept))
     stats['seconds'] = round(time.monotonic() - start, 1)
     return stats
 
@@ -222,12 +241,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='DART: execute the expert arm delta plus N(0, SIGMA) rad per joint, '
                         'record the clean label (default 0: clean demonstrations)')
     parser.add_argument('--flush-every', type=int, default=50)
+    parser.add_argument('--cache', default='', metavar='FACTORS',
+                        help='also write the training image cache at these pooling factors '
+                        '(comma-separated, e.g. 1,2,3 for 300/150/100 px) at the end, so '
+                        'training skips decoding the videos; a new folder only')
     parser.add_argument('--quiet', action='store_true')
     args = parser.parse_args(argv)
     try:
         stats = collect(args.out, parse_episodes(args.episodes), args.seed_start,
                         args.action_space, args.params_file, args.policy, args.flush_every,
-                        args.quiet, args.arm_noise)
+                        args.quiet, args.arm_noise,
+                        [int(f) for f in args.cache.split(',') if f.strip()])
     except ValueError as exc:
         print(f'vla-ros collect: {exc}', file=sys.stderr)
         return 2

@@ -78,7 +78,7 @@ class TrainConfig:
 TARGET_SCALE = 0.1
 
 
-def _pool(image: np.ndarray, factor: int) -> np.ndarray:
+def pool_image(image: np.ndarray, factor: int) -> np.ndarray:
     """Average-pool uint8 [H, W, 3] by ``factor`` (as the exported graph does), rounded."""
     if factor == 1:
         return image
@@ -87,11 +87,24 @@ def _pool(image: np.ndarray, factor: int) -> np.ndarray:
     return np.rint(x.mean(axis=(1, 3))).astype(np.uint8)
 
 
+def cache_path(root: str, factor: int) -> str:
+    """Where the frames of ``root`` pooled by ``factor`` are cached (keyed by its content)."""
+    return os.path.join(root, 'cache', f'images_x{factor}_{ds.dataset_id(root)}.npy')
+
+
+def write_cache(root: str, factor: int, frames: np.ndarray):
+    """Save pooled frames (all of the dataset's, in index order) as its cache."""
+    path = cache_path(root, factor)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.save(path + '.tmp.npy', frames)
+    os.replace(path + '.tmp.npy', path)
+
+
 def image_cache(root: str, factor: int, episodes: List[Dict], quiet: bool = False
                 ) -> np.ndarray:
     """Frames of ``root`` pooled by ``factor``, cached as .npy beside the dataset."""
     total = max(e['dataset_to_index'] for e in episodes)
-    path = os.path.join(root, 'cache', f'images_x{factor}_{ds.dataset_id(root)}.npy')
+    path = cache_path(root, factor)
     if os.path.exists(path):
         cached = np.load(path, mmap_mode='r')
         if len(cached) == total:
@@ -100,12 +113,10 @@ def image_cache(root: str, factor: int, episodes: List[Dict], quiet: bool = Fals
     out = np.zeros((total, size, size, 3), np.uint8)
     progress = Progress(total, f'decode {os.path.basename(root)}', quiet=quiet)
     for e, i, frame in ds.iter_episode_images(root, episodes):
-        out[e['dataset_from_index'] + i] = _pool(frame, factor)
+        out[e['dataset_from_index'] + i] = pool_image(frame, factor)
         progress.step()
     progress.close()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.save(path + '.tmp.npy', out)
-    os.replace(path + '.tmp.npy', path)
+    write_cache(root, factor, out)
     return out
 
 
@@ -261,7 +272,7 @@ def smooth_targets(tokens, bins: float, num_bins: int = 256):
 
 
 def _shifted_on_device(images, idx: np.ndarray, rng: np.random.Generator, shift: int):
-    """The same random shifts (edge-padded crops) cut from a GPU-resident image tensor."""
+    """Cut the same random shifts (edge-padded crops) from a GPU-resident image tensor."""
     import torch
     device = images.device
     imgs = images[torch.from_numpy(idx).to(device)]

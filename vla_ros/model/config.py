@@ -171,8 +171,8 @@ NANO_NOSTATE = replace(NANO, name='nano_nostate', state_dim=0)
 NANO_150 = replace(NANO, name='nano_150', input_downsample=2)
 NANO_300 = replace(NANO, name='nano_300', input_downsample=1)
 
-CONFIGS: Dict[str, RT1Config] = {c.name: c for c in (SEED, TINY, NANO, NANO_NOSTATE,
-                                                      NANO_150, NANO_300)}
+CONFIGS: Dict[str, RT1Config] = {
+    c.name: c for c in (SEED, TINY, NANO, NANO_NOSTATE, NANO_150, NANO_300)}
 
 
 def get_config(name: str) -> RT1Config:

@@ -178,6 +178,41 @@ def exclusive_group() -> MutuallyExclusiveCallbackGroup:
     return MutuallyExclusiveCallbackGroup()
 
 
+# Seconds the middleware may take to tear a node down after its executor stopped. Fast DDS
+# participant deletion was seen to hang on this machine (once in many launch tests, under
+# load: SIGINT, then SIGTERM ignored, then SIGKILL from ros2 launch); past this the
+# process logs where it was stuck and exits with its code rather than hang.
+SHUTDOWN_GRACE_S = 4.0
+
+
+class _ShutdownWatchdog:
+    """Bound the clean-up of ``run``: stack of the stuck thread to stderr, then exit."""
+
+    def __init__(self, code: int, grace: float = SHUTDOWN_GRACE_S):
+        import faulthandler
+        self.done = threading.Event()
+        self.code = code
+        # Last resort, from a C thread that needs no GIL (exit code 1).
+        faulthandler.dump_traceback_later(2.0 * grace, exit=True)
+        threading.Thread(target=self._watch, args=(grace,), daemon=True).start()
+
+    def _watch(self, grace: float):
+        if self.done.wait(grace):
+            return
+        import traceback
+        main = sys._current_frames().get(threading.main_thread().ident)
+        stack = ''.join(traceback.format_stack(main)) if main is not None else '?'
+        sys.stderr.write(f'[ERROR] node clean-up still running after {grace:g} s (the '
+                         f'middleware did not return); exiting. Stuck at:\n{stack}')
+        sys.stderr.flush()
+        os._exit(self.code)
+
+    def finish(self):
+        import faulthandler
+        self.done.set()
+        faulthandler.cancel_dump_traceback_later()
+
+
 def run(factory: Callable[[], Node], args: Optional[Sequence[str]] = None,
         threads: int = 1) -> int:
     """
@@ -217,9 +252,11 @@ def run(factory: Callable[[], Node], args: Optional[Sequence[str]] = None,
         # forwards one more SIGINT: a second one must not break the clean-up (it used to end
         # the nodes with a KeyboardInterrupt traceback and exit code -2).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        watchdog = _ShutdownWatchdog(code)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        watchdog.finish()
     return code
 
 

@@ -82,7 +82,7 @@ class Task:
         raise NotImplementedError
 
     def target_body(self, params: Dict) -> Optional[str]:
-        """The body the instruction names (None: the task names no object)."""
+        """Return the body the instruction names (None: the task names no object)."""
         return None
 
 
@@ -102,7 +102,7 @@ class ColourTask(Task):
         return self.instruction.format(colour=colour), {'colour': colour}
 
     def target_body(self, params: Dict) -> Optional[str]:
-        """The named block (the marker for ``drive_to_marker``)."""
+        """Return the named block (the marker for ``drive_to_marker``)."""
         return f'block_{params["colour"]}'
 
 
@@ -198,7 +198,7 @@ class DriveToMarker(ColourTask):
     tolerance = 0.10
 
     def target_body(self, params):
-        """The named marker."""
+        """Return the named marker."""
         return f'marker_{params["colour"]}'
 
     def check(self, robot, episode):
@@ -382,7 +382,7 @@ class TaskEnv:
 
     def target_in_base(self) -> np.ndarray:
         """
-        The named object's position in the base frame (m) and a valid flag: [x, y, z, 1].
+        Return the named object's position in the base frame (m), valid flag: [x, y, z, 1].
 
         [0, 0, 0, 0] when the task names no object (gripper). The head camera rides on the
         base, so this is what the image alone determines (a training target, never an input).

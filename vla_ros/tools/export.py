@@ -59,8 +59,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     """Parse the command-line options of ``vla-ros export``."""
     parser = argparse.ArgumentParser(
         prog='vla-ros export', description='Export the RT-1 policy and text encoder to ONNX.')
-    parser.add_argument('--config', required=True,
-                        choices=('seed', 'tiny', 'nano', 'nano_nostate'),
+    from ..model.config import CONFIGS
+    parser.add_argument('--config', required=True, choices=sorted(CONFIGS),
                         help='model configuration (nano: the shipped trained policy)')
     parser.add_argument('--checkpoint', default=None,
                         help='trained weights (.safetensors or torch .pt state dict); '
