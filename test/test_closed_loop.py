@@ -61,16 +61,32 @@ def policy_loop(shipped_params_file):
     yield from sim_graph(shipped_params_file)
 
 
-# Evaluation seeds (never collected) that the shipped policy solves in process. It does not
-# solve the manipulation tasks reliably (docs/model-card.md), so they are not asserted here.
-POLICY_EPISODES = (('drive_to_marker', 100001), ('gripper', 100000))
+# The first evaluation seeds (never collected, not chosen by outcome) of the tasks the
+# shipped policy is measured to do: docs/model-card.md gives drive_to_marker 46/50 (81-97 %)
+# and gripper 50/50 (93-100 %) in process. At those lower bounds, fewer than 2 successes in
+# 4 episodes has a probability of 2.4 % (drive) and 0.4 % (gripper); the manipulation tasks
+# (0-4 %) are not asserted.
+EPISODES_PER_TASK = 4
+MIN_SUCCESSES = 2
 
 
 def test_shipped_policy_completes_tasks_through_the_nodes(policy_loop):
+    from vla_ros.learning.evaluate import evaluation_seeds
+    from vla_ros.sim.tasks import TaskEnv
+    env = TaskEnv()
+    plan = {task: evaluation_seeds(env, task, EPISODES_PER_TASK)
+            for task in ('drive_to_marker', 'gripper')}
+    env.robot.close()
     rec, group = policy_loop
     assert wait_for(lambda: rec.enable.service_is_ready() and rec.reset.service_is_ready(), 60)
-    for task, seed in POLICY_EPISODES:
-        episode = rec.start_episode(task, seed)
-        status = rec.wait_done(task, seed, timeout=90.0)
-        assert status.get('success'), (episode, status, group.failed())
+    results = {}
+    for task, seeds in plan.items():
+        for seed in seeds:
+            rec.start_episode(task, seed)
+            status = rec.wait_done(task, seed, timeout=90.0)
+            assert status.get('done'), (task, seed, status, group.failed())  # an answer
+            results.setdefault(task, []).append(bool(status.get('success')))
+    print(results)
+    for task, outcomes in results.items():
+        assert sum(outcomes) >= MIN_SUCCESSES, (task, plan[task], outcomes)
     assert group.failed() is None

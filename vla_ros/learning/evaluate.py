@@ -69,6 +69,23 @@ def _save_gif(frames: List[np.ndarray], path: str, instruction: str):
         stream.write(instruction + '\n')
 
 
+def wanted(task: str, params: Dict, combos: str) -> bool:
+    """Tell whether an episode's (task, colour) belongs to ``combos`` (seen/heldout/all)."""
+    held = instructions.is_held_out(task, params)
+    return not ((combos == 'seen' and held) or (combos == 'heldout' and not held))
+
+
+def evaluation_seeds(env, task: str, count: int, start: int = EVAL_SEED_START,
+                     combos: str = 'seen') -> List[int]:
+    """Return the first ``count`` seeds from ``start`` that ``evaluate_policy`` would run."""
+    seeds, seed = [], start
+    while len(seeds) < count:
+        if wanted(task, env.reset(task, seed).params, combos):
+            seeds.append(seed)
+        seed += 1
+    return seeds
+
+
 def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
                     seeds: Tuple[int, int], phrasing: str = 'canonical',
                     templates: Optional[Dict[str, List[str]]] = None, combos: str = 'seen',
@@ -91,8 +108,7 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
         seed = seeds[0]
         while len(runs) < episodes and seed < seeds[1]:
             episode = env.reset(task, seed)
-            held = instructions.is_held_out(task, episode.params)
-            if (combos == 'seen' and held) or (combos == 'heldout' and not held):
+            if not wanted(task, episode.params, combos):
                 seed += 1
                 continue
             values = instructions.slots(task, episode.params)

@@ -345,6 +345,13 @@ class RT1Policy(nn.Module):
                text_mask: torch.Tensor, state: Optional[torch.Tensor] = None
                ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Return the encoder output [B, L, d] and its additive key bias [B, 1, 1, L]."""
+        memory, bias, _ = self.encode_with_vision(image, text_embeddings, text_mask, state)
+        return memory, bias
+
+    def encode_with_vision(self, image: torch.Tensor, text_embeddings: torch.Tensor,
+                           text_mask: torch.Tensor, state: Optional[torch.Tensor] = None
+                           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``encode``'s outputs and the visual tokens [B, N, d] it started from."""
         text = self.text_projection(text_embeddings)
         vision = self.image_tokens(image, text, text_mask)
         parts = [vision, text]
@@ -361,7 +368,7 @@ class RT1Policy(nn.Module):
         bias = ((1.0 - valid) * MASK_VALUE)[:, None, None, :]
         for layer in self.encoder:
             x = layer(x, bias)
-        return self.encoder_norm(x), bias
+        return self.encoder_norm(x), bias, vision
 
     def _decode(self, x: torch.Tensor, memory_kv, self_bias, memory_bias) -> torch.Tensor:
         for layer, kv in zip(self.decoder, memory_kv):
