@@ -15,10 +15,13 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 SCHEMES = ('uniform', 'rt1')
-KINDS = ('position', 'delta_position', 'velocity', 'binary')
-# How the 7 arm dimensions are read: absolute joint positions (the chapter's RT-1 space) or
-# joint deltas added to the previous *commanded* arm target (``ActionSpace.compose``).
-ARM_KINDS = ('position', 'delta_position')
+KINDS = ('position', 'delta_position', 'tool_delta', 'velocity', 'binary')
+# How the 7 arm dimensions are read: absolute joint positions (the chapter's RT-1 space),
+# joint deltas added to the previous *commanded* arm target (``ActionSpace.compose``), or
+# tool deltas (RT-1's own arm actions): dx, dy, dz (m) and a rotation vector rx, ry, rz
+# (rad) in the base frame applied to the previous commanded target's tool pose, turned
+# into joints by IK (``core/kinematics.py``); the 7th value is reserved (ignored, label 0).
+ARM_KINDS = ('position', 'delta_position', 'tool_delta')
 NUM_ARM_JOINTS = 7
 NUM_DIMENSIONS = 11
 ARM = slice(0, 7)
@@ -39,6 +42,10 @@ def check_arm_joint_names(names) -> tuple:
 
 class ActionSpaceError(ValueError):
     """An action space definition that cannot be used."""
+
+
+class UnreachableTarget(ValueError):
+    """A tool delta the arm's IK cannot reach without a jump; the arm holds instead."""
 
 
 @dataclass(frozen=True)
@@ -202,16 +209,24 @@ class ActionSpace:
     @property
     def relative_arm(self) -> bool:
         """Tell whether arm values are deltas on the previous commanded arm target."""
-        return self.arm_kind == 'delta_position'
+        return self.arm_kind in ('delta_position', 'tool_delta')
 
-    def compose(self, values: Sequence[float], previous_arm: Sequence[float]) -> np.ndarray:
+    @property
+    def tool_arm(self) -> bool:
+        """Tell whether arm values are tool-pose deltas (joint targets come from IK)."""
+        return self.arm_kind == 'tool_delta'
+
+    def compose(self, values: Sequence[float], previous_arm: Sequence[float],
+                kinematics=None) -> np.ndarray:
         """
         Turn detokenized values [11] into an absolute 11-D target.
 
         For ``delta_position`` arms the 7 arm values are added to ``previous_arm``, the arm
         target commanded one policy step earlier (not the measured joints: controller lag
         is invisible in one frame, the command is known exactly). Absolute arms pass
-        through. Joint limits are the interpolator's job.
+        through. Joint limits are the interpolator's job. For ``tool_delta`` arms
+        ``kinematics`` (``core.kinematics.ArmKinematics``) solves the joints; a target it
+        cannot reach raises ``UnreachableTarget`` (the caller holds the previous arm).
         """
         out = np.array(values, dtype=np.float64)
         if out.shape != (NUM_DIMENSIONS,):
@@ -221,7 +236,15 @@ class ActionSpace:
             if prev.shape != (NUM_ARM_JOINTS,) or not np.all(np.isfinite(prev)):
                 raise ValueError(f'previous arm target must be {NUM_ARM_JOINTS} finite '
                                  f'values, found {prev}')
-            out[ARM] = prev + out[ARM]
+            if self.tool_arm:
+                if kinematics is None:
+                    raise ValueError('a tool_delta action space needs the arm kinematics')
+                solution = kinematics.apply_delta(prev, out[:6])
+                if not solution.ok:
+                    raise UnreachableTarget(solution.reason)
+                out[ARM] = solution.q
+            else:
+                out[ARM] = prev + out[ARM]
         return out
 
     def check_target(self, target: Sequence[float], dims=slice(None)) -> np.ndarray:
@@ -249,11 +272,16 @@ class ActionSpace:
                              f'composes (range [{d.low}, {d.high}] {d.unit}, finite float32)')
         return t
 
-    def relative_labels(self, target: Sequence[float],
-                        previous_arm: Sequence[float]) -> np.ndarray:
+    def relative_labels(self, target: Sequence[float], previous_arm: Sequence[float],
+                        kinematics=None) -> np.ndarray:
         """Inverse of ``compose``: the values that turn ``previous_arm`` into ``target``."""
         out = np.array(target, dtype=np.float64)
-        if self.relative_arm:
+        if self.tool_arm:
+            if kinematics is None:
+                raise ValueError('a tool_delta action space needs the arm kinematics')
+            out[:6] = kinematics.delta_between(previous_arm, out[ARM])
+            out[6] = 0.0
+        elif self.relative_arm:
             out[ARM] = out[ARM] - np.asarray(previous_arm, dtype=np.float64)
         return out
 

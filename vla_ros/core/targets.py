@@ -20,7 +20,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .action_space import ActionSpace, ARM, BASE, GRIPPER, NUM_ARM_JOINTS, NUM_DIMENSIONS
+from .action_space import (ActionSpace, ARM, BASE, GRIPPER, NUM_ARM_JOINTS, NUM_DIMENSIONS,
+                           UnreachableTarget)
 from .params import SHARED
 
 STATE_DIM = NUM_DIMENSIONS
@@ -51,9 +52,17 @@ def measured_state(measured_arm: Sequence[float], measured_gripper: float) -> np
 class TargetComposer:
     """Holds the previous commanded 11-D target and applies the action space to it."""
 
-    def __init__(self, space: ActionSpace, config: Optional[ComposerConfig] = None):
+    def __init__(self, space: ActionSpace, config: Optional[ComposerConfig] = None,
+                 kinematics=None):
         self.space = space
         self.config = config or ComposerConfig()
+        if kinematics is None and space.tool_arm:
+            from .kinematics import default_kinematics
+            kinematics = default_kinematics()
+        self.kinematics = kinematics
+        # Tool deltas the IK refused (the arm held its previous target) and why.
+        self.unreachable = 0
+        self.unreachable_reason = ''
         self._target: Optional[np.ndarray] = None
         self._time = -np.inf
         self.resyncs = 0
@@ -98,7 +107,14 @@ class TargetComposer:
                 measured_gripper: float) -> np.ndarray:
         """Turn detokenized values into the next absolute target and remember it."""
         base = self.previous(now, measured_arm, measured_gripper)
-        target = self.space.compose(values, base[ARM])
+        try:
+            target = self.space.compose(values, base[ARM], self.kinematics)
+        except UnreachableTarget as exc:
+            # Hold the arm where it was commanded; base and gripper still follow.
+            self.unreachable += 1
+            self.unreachable_reason = str(exc)
+            target = np.array(values, dtype=np.float64)
+            target[ARM] = base[ARM]
         self.observe(target, now)
         return target
 
@@ -106,6 +122,6 @@ class TargetComposer:
                measured_gripper: float) -> np.ndarray:
         """Return the action values that ``compose`` turns into ``target`` (expert side)."""
         base = self.previous(now, measured_arm, measured_gripper)
-        out = self.space.relative_labels(target, base[ARM])
+        out = self.space.relative_labels(target, base[ARM], self.kinematics)
         out[BASE] = np.asarray(target, dtype=np.float64)[BASE]
         return out

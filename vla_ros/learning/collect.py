@@ -69,8 +69,9 @@ class ArmNoise:
     def __init__(self, sigma: float, space: ActionSpace, tokenizer: ActionTokenizer):
         if sigma < 0.0 or not np.isfinite(sigma):
             raise ValueError(f'--arm-noise must be a finite value >= 0, got {sigma}')
-        if sigma > 0.0 and not space.relative_arm:
-            raise ValueError('--arm-noise needs a relative (delta) arm action space')
+        if sigma > 0.0 and space.arm_kind != 'delta_position':
+            raise ValueError('--arm-noise needs the joint-delta arm action space (collect '
+                             'there; training relabels to tool deltas)')
         self.sigma = float(sigma)
         self.space = space
         self.tokenizer = tokenizer

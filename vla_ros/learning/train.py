@@ -237,15 +237,29 @@ def load_data(roots: Sequence[str], factor: int, quiet: bool = False
 
 
 def relabel(data: Data, recorded: Dict, target_file: str) -> Dict:
-    """Re-tokenize the arm labels in another arm representation; return its action space."""
+    """
+    Re-tokenize the arm labels in another arm representation; return its action space.
+
+    Absolute joint targets are rebuilt from the recorded labels and the previous commanded
+    target (the state input); a tool-delta space gets the tool motion between the two by
+    forward kinematics (``core/kinematics.py``).
+    """
     from ..core.action_space import ActionSpace, ActionTokenizer
     source = ActionTokenizer(ActionSpace.from_dict(recorded))
     target_space = ActionSpace.from_yaml(target_file)
     target = ActionTokenizer(target_space)
     values = source.detokenize(data.tokens)
+    if source.space.tool_arm:
+        raise ValueError('datasets recorded in tool deltas cannot be relabelled (record in '
+                         'joint deltas)')
     if source.space.relative_arm:
         values[:, :7] += data.state[:, :7]
-    if target_space.relative_arm:
+    if target_space.tool_arm:
+        from ..core.kinematics import default_kinematics
+        kinematics = default_kinematics()
+        for i in range(len(values)):
+            values[i] = target_space.relative_labels(values[i], data.state[i, :7], kinematics)
+    elif target_space.relative_arm:
         values[:, :7] -= data.state[:, :7]
     data.tokens = target.tokenize(values).astype(np.int64)
     return target_space.to_dict()

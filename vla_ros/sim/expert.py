@@ -280,6 +280,10 @@ class ExpertDecider:
         self.tokenizer = tokenizer
         self.lead_limit = lead_limit
         self.last_values: Optional[np.ndarray] = None
+        self.kinematics = None
+        if space.tool_arm:  # tool-delta labels: FK of the previous and the next target
+            from vla_ros.core.kinematics import default_kinematics
+            self.kinematics = default_kinematics()
 
     def reset(self, episode):
         """Start on a new episode."""
@@ -296,6 +300,7 @@ class ExpertDecider:
                                  measured + self.lead_limit)
         # Clipped to the bounds, as tokenize clips: the recorded values are what the
         # tokens mean (a big wrist turn takes several steps of +-0.3 rad).
-        self.last_values = np.clip(space.relative_labels(target, obs.state[:7]),
+        self.last_values = np.clip(space.relative_labels(target, obs.state[:7],
+                                                         self.kinematics),
                                    space.low, space.high)
         return self.tokenizer.tokenize(self.last_values)
