@@ -121,11 +121,17 @@ class DetokenizerNode(Node):
             if self._measured is None or now - self._measured_at > self.params.state_timeout:
                 return self._reject('relative arm tokens need a recent joint_states message '
                                     f'(state_timeout {self.params.state_timeout} s)')
-            resyncs = self.composer.resyncs
+            resyncs, unreachable = self.composer.resyncs, self.composer.unreachable
             try:
                 values = self.composer.compose(values, now, self._measured, self._gripper)
             except ValueError as exc:  # e.g. a measured arm no target can be composed on
                 return self._reject(str(exc))
+            if self.composer.unreachable != unreachable:
+                # Tool deltas: the IK refused the pose, the arm holds its previous target.
+                n = self.diag.count('tool_target_unreachable')
+                self.get_logger().warn(f'arm held ({n} so far): '
+                                       f'{self.composer.unreachable_reason}',
+                                       throttle_duration_sec=2.0)
             if self.composer.resyncs != resyncs:
                 self.diag.count('resynced_to_measured')
                 # Every message while the arm does not follow (motion disabled): logged
