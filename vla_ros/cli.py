@@ -13,7 +13,7 @@ VERBS = {
     'up': ('vla_ros.tools.up', 'start the pipeline nodes as processes (--sim adds MuJoCo)'),
     'serve': ('vla_ros.serve.cli', 'serve a policy over gRPC to remote robots (TLS + auth)'),
     'demo': ('vla_ros.tools.demo', 'closed-loop demo in simulation; writes a run folder'),
-    'export': ('vla_ros.tools.export', 'export RT-1 (seed|tiny|nano) + text encoder to ONNX'),
+    'export': ('vla_ros.tools.export', 'export an RT-1 configuration + text encoder to ONNX'),
     'collect': ('vla_ros.learning.collect', 'record expert / DAgger demonstrations (sim)'),
     'train': ('vla_ros.learning.train', 'behaviour cloning of RT-1 on datasets'),
     'eval': ('vla_ros.learning.evaluate', 'closed-loop success of an exported policy'),

@@ -21,7 +21,6 @@ bag or bad arguments.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -242,15 +241,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.clock < 0 or args.wait < 0:
         print('vla-ros play: --clock and --wait must be >= 0', file=sys.stderr)
         return 2
-    try:
-        summary = play(args.bag, args.rate, args.loop, args.clock, args.topics, args.wait,
-                       args.quiet)
-    except PlayError as exc:
-        print(f'vla-ros play: {exc}', file=sys.stderr)
-        return 2
-    print(f'vla-ros play: published {summary["messages"]} messages')
-    print(json.dumps(summary, indent=1, sort_keys=True))
-    return 0
+    from ..verbs import finish, guarded
+    summary = guarded('play', lambda: play(args.bag, args.rate, args.loop, args.clock,
+                                           args.topics, args.wait, args.quiet), (PlayError,))
+    return finish('play', summary, lambda s: f'published {s["messages"]} messages')
 
 
 if __name__ == '__main__':

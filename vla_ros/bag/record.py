@@ -384,15 +384,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'vla-ros record: --duration must be >= 0, found {args.duration}',
               file=sys.stderr)
         return 2
-    try:
-        summary = record(args.out, args.topics, args.storage, args.duration, args.timestamp,
-                         args.all, args.bag_version, args.use_sim_time, args.quiet)
-    except (RecordError, ValueError) as exc:
-        print(f'vla-ros record: {exc}', file=sys.stderr)
-        return 2
-    print(f'vla-ros record: wrote {summary.get("messages", 0)} messages to {args.out}')
-    print(json.dumps(summary, indent=1, sort_keys=True))
-    return 0
+    from ..verbs import finish, guarded
+    summary = guarded('record', lambda: record(
+        args.out, args.topics, args.storage, args.duration, args.timestamp, args.all,
+        args.bag_version, args.use_sim_time, args.quiet), (RecordError, ValueError))
+    return finish('record', summary,
+                  lambda s: f'wrote {s.get("messages", 0)} messages to {args.out}')
 
 
 if __name__ == '__main__':

@@ -23,7 +23,6 @@ Both report the median and 90th-percentile error (cm) on the test scenes.
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import sys
 import time
@@ -195,9 +194,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'trained at {300 // factor} px: {r}', flush=True)
     results['scenes'] = {'train': args.scenes, 'test': args.test_scenes,
                          'steps': args.steps, 'seconds': round(time.monotonic() - start, 1)}
-    if args.json:
-        with open(args.json, 'w', encoding='utf-8') as stream:
-            json.dump(results, stream, indent=2)
+    from ..verbs import write_json
+    write_json(args.json, results)
     return 0
 
 

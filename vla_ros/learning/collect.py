@@ -51,6 +51,7 @@ from ..paths import default_action_space_file
 from ..sim.expert import ExpertDecider
 from ..sim.pipeline import Observation, Pipeline
 from ..sim.tasks import TASK_NAMES
+from ..verbs import guarded
 
 EVAL_SEED_START = 100_000
 DEFAULT_EPISODES = {'pick_block': 500, 'place_in_bowl': 400, 'push_block': 400,
@@ -248,16 +249,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         'training skips decoding the videos; a new folder only')
     parser.add_argument('--quiet', action='store_true')
     args = parser.parse_args(argv)
-    try:
-        stats = collect(args.out, parse_episodes(args.episodes), args.seed_start,
-                        args.action_space, args.params_file, args.policy, args.flush_every,
-                        args.quiet, args.arm_noise,
-                        [int(f) for f in args.cache.split(',') if f.strip()])
-    except ValueError as exc:
-        print(f'vla-ros collect: {exc}', file=sys.stderr)
-        return 2
-    print(f'collected {stats}')
-    return 0
+    stats = guarded('collect', lambda: collect(
+        args.out, parse_episodes(args.episodes), args.seed_start, args.action_space,
+        args.params_file, args.policy, args.flush_every, args.quiet, args.arm_noise,
+        [int(f) for f in args.cache.split(',') if f.strip()]))
+    if stats is not None:
+        print(f'collected {stats}')
+    return 0 if stats is not None else 2
 
 
 if __name__ == '__main__':

@@ -616,14 +616,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             default=getattr(defaults, field.name))
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    try:
-        summary = train(args.data, args.out, cfg, args.minutes, args.quiet,
-                        args.text_embeddings)
-    except ValueError as exc:
-        print(f'vla-ros train: {exc}', file=sys.stderr)
-        return 2
-    print(f'trained {summary}')
-    return 0
+    from ..verbs import guarded
+    summary = guarded('train', lambda: train(args.data, args.out, cfg, args.minutes,
+                                             args.quiet, args.text_embeddings))
+    if summary is not None:
+        print(f'trained {summary}')
+    return 0 if summary is not None else 2
 
 
 if __name__ == '__main__':

@@ -20,7 +20,7 @@ drives, never blocking its executor:
 Plain Python (no rclpy): the node passes ``count``/``set`` (its Diagnostics) and ``log``.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import random
 import threading
 import time
@@ -37,25 +37,31 @@ class RemoteError(BackendError):
     """The remote server cannot be used as configured (unreachable, refused, other model)."""
 
 
+def _schema_default(name: str):
+    from ..core.params import defaults
+    return defaults('inference_node')[RemoteOptions.PREFIX + name]
+
+
 @dataclass(frozen=True)
 class RemoteOptions:
-    """inference_node's ``remote_*`` parameters (core/params.py documents each)."""
+    """inference_node's ``remote_*`` parameters; defaults from the schema (core/params.py)."""
 
-    endpoint: str = ''
-    robot_id: str = ''
-    ca_file: str = ''
-    cert_file: str = ''
-    key_file: str = ''
-    token_file: str = ''
-    server_name: str = ''
-    insecure: bool = False
-    deadline: float = 0.5
-    connect_timeout: float = 10.0
-    compression: str = 'raw'
-    jpeg_quality: int = 90
-    max_in_flight: int = 1
-    model_id: str = ''
-    reconnect_backoff_max: float = 5.0
+    endpoint: str = field(default_factory=lambda: _schema_default('endpoint'))
+    robot_id: str = field(default_factory=lambda: _schema_default('robot_id'))
+    ca_file: str = field(default_factory=lambda: _schema_default('ca_file'))
+    cert_file: str = field(default_factory=lambda: _schema_default('cert_file'))
+    key_file: str = field(default_factory=lambda: _schema_default('key_file'))
+    token_file: str = field(default_factory=lambda: _schema_default('token_file'))
+    server_name: str = field(default_factory=lambda: _schema_default('server_name'))
+    insecure: bool = field(default_factory=lambda: _schema_default('insecure'))
+    deadline: float = field(default_factory=lambda: _schema_default('deadline'))
+    connect_timeout: float = field(default_factory=lambda: _schema_default('connect_timeout'))
+    compression: str = field(default_factory=lambda: _schema_default('compression'))
+    jpeg_quality: int = field(default_factory=lambda: _schema_default('jpeg_quality'))
+    max_in_flight: int = field(default_factory=lambda: _schema_default('max_in_flight'))
+    model_id: str = field(default_factory=lambda: _schema_default('model_id'))
+    reconnect_backoff_max: float = field(
+        default_factory=lambda: _schema_default('reconnect_backoff_max'))
 
     PREFIX = 'remote_'
 

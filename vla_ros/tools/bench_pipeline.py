@@ -347,9 +347,8 @@ def main(argv: Sequence[str] = None) -> int:
             # silently reuse the first one's transport.
             res = _run_in_child(args, model, threads, profile)[label]
         results[label] = res
-    if args.json:
-        with open(args.json, 'w', encoding='utf-8') as f:
-            json.dump(results, f, indent=2)
+    from ..verbs import write_json
+    write_json(args.json, results)
     return 0
 
 
