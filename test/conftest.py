@@ -56,7 +56,7 @@ def params_file(tmp_path_factory) -> str:
 @pytest.fixture(scope='session')
 def test_model_dir(tmp_path_factory, action_space) -> str:
     """A freshly written known-function test model directory."""
-    from vla_ros.tools import known_model
+    from vla_ros.testing import known_model
     return known_model.write(str(tmp_path_factory.mktemp('test_model')), action_space)
 
 

@@ -10,7 +10,7 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from vla_ros.conversions import array_to_image, target_to_msg
 from vla_ros.core.action_space import DEFAULT_ARM_JOINTS
 from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
-from vla_ros.tools.probe import Probe, wait_for  # noqa: F401 - tests import wait_for here
+from vla_ros.testing.probe import Probe, wait_for  # noqa: F401 - tests import wait_for here
 from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
 JOINTS = list(DEFAULT_ARM_JOINTS)
@@ -134,8 +134,8 @@ def sim_graph(params_file, expert: bool = False, without=()):
     of inference_node; ``without`` names nodes to leave out. A generator for pytest fixtures.
     """
     from vla_ros.graph import pipeline_nodes
-    from vla_ros.tools.sim_probe import SimProbe
-    from vla_ros.tools.up import ProcessGroup
+    from vla_ros.testing.sim_probe import SimProbe
+    from vla_ros.processes import ProcessGroup
     specs = pipeline_nodes(with_sim=True, without=tuple(without), expert=expert)
     group = ProcessGroup(params_file, use_sim_time=True, quiet=True)
     rec = None
@@ -152,7 +152,7 @@ def sim_graph(params_file, expert: bool = False, without=()):
 
 class LockstepRig:
     """
-    The pipeline nodes in lock step (``vla_ros.tools.lockstep``) with the test as the robot.
+    The pipeline nodes in lock step (``vla_ros.testing.lockstep``) with the test as the robot.
 
     Sim time moves only when the test calls ``tick`` (one 20 Hz control period). At every
     tick the robot reports ``joint_states`` where the last arm command put the arm (a
@@ -163,7 +163,7 @@ class LockstepRig:
 
     def __init__(self, params_file: str, overrides: dict, flush: str = 'settle',
                  nodes: Tuple[str, ...] = ()):
-        from vla_ros.tools.lockstep import Lockstep, PIPELINE_NODES
+        from vla_ros.testing.lockstep import Lockstep, PIPELINE_NODES
         self.step = Lockstep(params_file, overrides, nodes=nodes or PIPELINE_NODES)
         self.step.flush = flush
         self.camera_on = True
@@ -200,7 +200,7 @@ class LockstepRig:
 
     @property
     def records(self):
-        """Return what the driver received (``tools.lockstep.Records``)."""
+        """Return what the driver received (``testing.lockstep.Records``)."""
         return self.step.records
 
     def frame_image(self) -> np.ndarray:

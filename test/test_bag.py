@@ -26,7 +26,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from vla_ros.bag import play as bag_play, record as bag_record, topics as bag_topics
 from vla_ros.conversions import array_to_image, ns_to_time, tokens_to_msg
 from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
-from vla_ros.tools.up import child_env
+from vla_ros.processes import child_env
 import yaml
 
 

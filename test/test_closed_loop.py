@@ -10,7 +10,7 @@ interpolation_node) completes tasks on its own.
 
 Every wait is on an event (an episode's status, sim time reached, messages seen), and every
 service call (sim_node/set_parameters, sim/reset, vla/enable) is sent again when its answer
-is lost (``tools/probe.Probe.call``): under load a response once went missing.
+is lost (``testing/probe.Probe.call``): under load a response once went missing.
 """
 
 import signal

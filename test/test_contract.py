@@ -16,7 +16,7 @@ from vla_ros.core import model_contract as mc
 from vla_ros.core.action_space import ActionSpace
 from vla_ros.runtime import BackendError, BackendOptions, create_backend
 from vla_ros.runtime.policy import Policy, PolicyFiles
-from vla_ros.tools import known_model
+from vla_ros.testing import known_model
 
 
 def _backend(path):

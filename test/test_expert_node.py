@@ -22,7 +22,7 @@ from vla_ros.nodes.expert_node import LEAD_MARGIN  # noqa: E402
 from vla_ros.sim.expert import ExpertDecider  # noqa: E402
 from vla_ros.sim.robot import Robot  # noqa: E402
 from vla_ros.sim.tasks import TaskEnv  # noqa: E402
-from vla_ros.tools.probe import Probe  # noqa: E402
+from vla_ros.testing.probe import Probe  # noqa: E402
 from vla_ros_interfaces.msg import ActionTarget, ActionTokens, SimState  # noqa: E402
 
 START_NS = 1000 * 10**9  # sim time of the episode's start on the wire
@@ -116,7 +116,7 @@ class TokenProbe(Probe):
 def _expert_node(params_file):
     from graph_harness import print_logs
     from vla_ros.graph import NodeSpec
-    from vla_ros.tools.up import ProcessGroup
+    from vla_ros.processes import ProcessGroup
     group = ProcessGroup(params_file, quiet=True)
     group.start_all([NodeSpec('expert_node', 'expert_node')])
     probe = TokenProbe()

@@ -349,7 +349,7 @@ class _Lines:
 
 def test_dataset_from_a_bag_of_the_live_graph(live_graph, tmp_path):
     """Record the expert driving the robot, convert, compare with what was published."""
-    from vla_ros.tools.up import child_env
+    from vla_ros.processes import child_env
     rec, group = live_graph
     seen = _watch(rec)
     assert wait_for(lambda: rec.enable.service_is_ready() and rec.reset.service_is_ready(), 60)

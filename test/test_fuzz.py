@@ -2,7 +2,7 @@
 Fault suite: every input topic fuzzed, and every node killed with -9 and restarted.
 
 The four nodes run as processes on loopback DDS with sim time driven in lock step
-(``vla_ros.tools.lockstep``), so every run sees the same sequence of events, and every
+(``vla_ros.testing.lockstep``), so every run sees the same sequence of events, and every
 controller command is checked exactly: each one is one control period after the last
 (the timers only fire when the driver moves time), so positions, velocities and
 accelerations follow from consecutive commands without wall-clock noise.
@@ -32,8 +32,8 @@ from vla_ros.core.control import ControlConfig
 from vla_ros.graph import node_params
 from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
 from vla_ros.paths import default_action_space_file, default_params_file
-from vla_ros.tools.golden import shipped_model_dir
-from vla_ros.tools.lockstep import NS
+from vla_ros.testing.golden import shipped_model_dir
+from vla_ros.testing.lockstep import NS
 from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
 SEED = 20261130
@@ -62,7 +62,7 @@ def model(tmp_path_factory):
     policy = os.path.join(shipped_model_dir(), 'policy.onnx')
     if os.path.isfile(policy):
         return policy
-    from vla_ros.tools import known_model
+    from vla_ros.testing import known_model
     folder = known_model.write(str(tmp_path_factory.mktemp('fuzz_model')),
                                ActionSpace.from_yaml(default_action_space_file()))
     print(f'{policy} is not exported: fuzzing with the test model (inference_node then '

@@ -1,7 +1,7 @@
 """
 Golden replay: a bag's inputs through the four node processes, compared with goldens.
 
-Every ``test/golden/*.json`` is a case (``vla_ros/tools/golden.py``; docs/bags.md, "Golden
+Every ``test/golden/*.json`` is a case (``vla_ros/testing/golden``; docs/bags.md, "Golden
 replay tests"). Its bag's camera frames, joint_states and instructions are replayed in lock
 step on sim time through camera_node, inference_node, detokenizer_node and
 interpolation_node (real processes, loopback DDS); the action tokens must equal the goldens
@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from vla_ros.tools import golden
+from vla_ros.testing import golden
 
 CASES = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'golden',
                                       '*.json')))

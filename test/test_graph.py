@@ -5,15 +5,15 @@ The graph runs in lock step (``graph_harness.LockstepRig``): each ``tick`` is on
 control period, and everything it causes (frame → tokens → target → command) has happened
 when it returns. So the tests count control ticks and policy periods, never wall-clock
 seconds, and predict exact outputs: the policy is the known-function test model
-(vla_ros.tools.known_model), whose commands follow from the image colour and instruction.
+(vla_ros.testing.known_model), whose commands follow from the image colour and instruction.
 """
 
 from graph_harness import LockstepRig
 import numpy as np
 import pytest
 from vla_ros.core.action_space import ActionTokenizer
-from vla_ros.tools.known_model import expected_tokens
-from vla_ros.tools.lockstep import NS
+from vla_ros.testing.known_model import expected_tokens
+from vla_ros.testing.lockstep import NS
 
 TIMEOUT = 0.5          # interpolation_node command_timeout (s)
 PERIOD = 0.05          # control period (s)

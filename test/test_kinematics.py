@@ -169,8 +169,8 @@ def test_detokenizer_node_turns_tool_tokens_into_joint_targets_and_holds_when_un
     from vla_ros.conversions import msg_to_target, tokens_to_msg
     from vla_ros.nodes.common import COMMAND_QOS, SENSOR_QOS
     from vla_ros.sim.robot import READY_ARM
-    from vla_ros.tools.probe import Probe, wait_for
-    from vla_ros.tools.up import child_env, interrupt
+    from vla_ros.testing.probe import Probe, wait_for
+    from vla_ros.processes import child_env, interrupt
     from vla_ros_interfaces.msg import ActionTarget, ActionTokens
     space = ActionSpace.from_yaml(TOOL_SPACE)
     tokenizer = ActionTokenizer(space)

@@ -43,7 +43,7 @@ from ros2_support import (DISCOVERY, doc_commands, Launch, lifecycle_state, para
 from std_msgs.msg import String
 from vla_ros.core.params import schema
 from vla_ros.graph import MANAGED, node_params, pipeline_nodes
-from vla_ros.tools.probe import Probe, wait_for
+from vla_ros.testing.probe import Probe, wait_for
 import yaml
 
 MISSING = tools_missing()

@@ -14,8 +14,8 @@ import time
 import pytest
 
 from vla_ros.graph import pipeline_nodes
-from vla_ros.tools.probe import wait_for
-from vla_ros.tools.up import child_env, ProcessGroup
+from vla_ros.processes import child_env, ProcessGroup
+from vla_ros.testing.probe import wait_for
 
 
 def _run_node(module, *ros_args, timeout=30.0):

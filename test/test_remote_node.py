@@ -21,7 +21,7 @@ from serve_support import new_token, Pki, ServerProcess
 from vla_ros.conversions import time_to_ns
 from vla_ros.graph import pipeline_nodes
 from vla_ros.nodes.common import COMMAND_QOS
-from vla_ros.tools.up import ProcessGroup
+from vla_ros.processes import ProcessGroup
 from vla_ros_interfaces.msg import ActionTokens
 
 pytest.importorskip('cryptography')
@@ -83,7 +83,7 @@ class Stamps:
 
 def _expected(test_model_dir, instruction):
     from vla_ros.runtime.text_encoder import TextEncoder
-    from vla_ros.tools.known_model import expected_tokens
+    from vla_ros.testing.known_model import expected_tokens
     emb, mask = TextEncoder(f'{test_model_dir}/text_encoder.onnx').encode(instruction)
     image = np.empty((300, 300, 3), np.uint8)
     image[...] = DRIVE

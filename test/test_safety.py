@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from rosgraph_msgs.msg import Clock
 from vla_ros.graph import NodeSpec, with_manager
-from vla_ros.tools.up import ProcessGroup
+from vla_ros.processes import ProcessGroup
 
 PERIOD = 0.05
 DECEL = 2.0

@@ -302,7 +302,7 @@ def _png(size, mode='RGB'):
 
 def _expected_known(test_model_dir, rgb, text):
     from vla_ros.runtime.text_encoder import TextEncoder
-    from vla_ros.tools.known_model import expected_tokens
+    from vla_ros.testing.known_model import expected_tokens
     emb, mask = TextEncoder(f'{test_model_dir}/text_encoder.onnx').encode(text)
     return expected_tokens(rgb, emb, mask)
 

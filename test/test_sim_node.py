@@ -31,7 +31,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 
 from vla_ros import service_calls  # noqa: E402
 from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS  # noqa: E402
-from vla_ros.tools.up import interrupt  # noqa: E402
+from vla_ros.processes import interrupt  # noqa: E402
 
 
 class Probe(Node):

@@ -13,7 +13,7 @@ import textwrap
 
 from vla_ros.graph import dds_profile_env, NodeSpec
 from vla_ros.paths import default_dds_profile
-from vla_ros.tools.up import child_env, ProcessGroup
+from vla_ros.processes import child_env, ProcessGroup
 
 PROFILE = 'FASTRTPS_DEFAULT_PROFILES_FILE'
 

@@ -22,10 +22,10 @@ VERBS = {
     'record': ('vla_ros.bag.record', 'record the graph topics into a rosbag2 bag'),
     'play': ('vla_ros.bag.play', 'publish a rosbag2 bag at its recorded timing'),
     'dataset': ('vla_ros.learning.from_bag', '`dataset from-bag`: bags → LeRobotDataset v3'),
-    'golden': ('vla_ros.tools.golden', 'golden replay of a bag through the nodes (tests)'),
+    'golden': ('vla_ros.testing.golden', 'golden replay of a bag through the nodes (tests)'),
     'bench': (None, 'benchmarks: `bench pipeline`, `bench model`, `bench remote`, '
                     '`bench remote-loop` or `bench sim`'),
-    'test-model': ('vla_ros.tools.known_model', 'write the known-function test policy'),
+    'test-model': ('vla_ros.testing.known_model', 'write the known-function test policy'),
 }
 BENCHES = {'pipeline': 'vla_ros.tools.bench_pipeline', 'model': 'vla_ros.tools.bench_model',
            'remote': 'vla_ros.tools.bench_remote',

@@ -19,7 +19,7 @@ therefore has a bounded deadline, and:
 
 Who spins: with ``spin`` (a callable taking a timeout, e.g. ``executor.spin_once``) the
 caller's thread runs the client's executor while it waits (the lock-step driver, a test
-that owns its executor); without it another thread spins (``tools/probe.Probe``,
+that owns its executor); without it another thread spins (``testing/probe.Probe``,
 lifecycle_manager's worker thread) and the caller waits on the answer's event. ``check`` is
 called while waiting (e.g. to raise when a node process died).
 """

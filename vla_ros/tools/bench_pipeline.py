@@ -1,7 +1,7 @@
 """
 `vla-ros bench pipeline`: run the four nodes for a fixed time and print their timing.
 
-A driver node in this process (a ``tools/probe.Probe``) plays the camera and the robot
+A driver node in this process (a ``testing/probe.Probe``) plays the camera and the robot
 (joint_states); the nodes run as separate processes exactly as `vla-ros up` starts them.
 Figures come from two places: the nodes' own /diagnostics (timer period jitter measured
 inside each process, camera stamp → first command latency measured by interpolation_node)
@@ -30,14 +30,14 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from vla_ros_interfaces.msg import ActionTokens
 
-from . import known_model
-from .probe import Probe
-from .up import ProcessGroup
 from ..conversions import array_to_image
 from ..core.action_space import ActionSpace, DEFAULT_ARM_JOINTS
 from ..graph import dds_profile_env, DDS_PROFILE_VARS, pipeline_nodes
 from ..nodes.common import COMMAND_QOS, LATCHED_QOS, LATEST_IMAGE_QOS, SENSOR_QOS
 from ..paths import default_action_space_file, default_model_dir, default_params_file
+from ..processes import ProcessGroup
+from ..testing import known_model
+from ..testing.probe import Probe
 
 
 def _percentiles(values: List[float]) -> Dict[str, float]:

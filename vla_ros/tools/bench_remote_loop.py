@@ -121,7 +121,7 @@ def parse_setting(text: str, command_timeout: float) -> Setting:
 
 def _probe_class():
     from vla_ros_interfaces.msg import ActionTarget
-    from .sim_probe import SimProbe
+    from ..testing.sim_probe import SimProbe
     from ..nodes.common import COMMAND_QOS
 
     class LoopProbe(SimProbe):
@@ -261,7 +261,7 @@ def run(args, settings: List[Setting]) -> None:
     from .bench_remote import _start_server
     from .demo import episode_line, run_episode, wait_ready
     from .fault_proxy import FaultProxy
-    from .up import ProcessGroup
+    from ..processes import ProcessGroup
     from ..graph import dds_profile_env, node_params, pipeline_nodes
 
     shipped_timeout = float(node_params(args.params_file, 'interpolation_node')

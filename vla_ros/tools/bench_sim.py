@@ -52,7 +52,7 @@ def measure(duration: float, warmup: float, task: str, seed: int,
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image, JointState
-    from .up import child_env, interrupt
+    from ..processes import child_env, interrupt
     from ..nodes.common import SENSOR_QOS
 
     proc = subprocess.Popen(

@@ -24,11 +24,11 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from .demo_report import pipeline_figures, rate, summary_markdown, write_plots, write_video
-from .sim_probe import SimProbe, VIDEO_EVERY
-from .up import ProcessGroup
 from ..graph import dds_profile_env, pipeline_nodes
 from ..paths import default_model_dir, default_params_file
+from ..processes import ProcessGroup
 from ..sim.tasks import TASK_NAMES, TASKS
+from ..testing.sim_probe import SimProbe, VIDEO_EVERY
 
 DEFAULT_EPISODES = 1
 

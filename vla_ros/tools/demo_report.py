@@ -12,7 +12,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from .sim_probe import SimProbe
+from ..testing.sim_probe import SimProbe
 
 
 def rate(times: List[float], since: float) -> float:

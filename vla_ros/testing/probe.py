@@ -5,8 +5,8 @@ What every observer of a running graph needs, written once: a node in its own th
 caller's rclpy context when it has one, else its own), a lock for what the callbacks
 record, the newest ``/diagnostics`` status of every node, the ``vla/enable`` client, service
 calls with a deadline that survive a lost answer (``vla_ros/service_calls``), and polling
-waits. ``tools/sim_probe.SimProbe`` (the demo and the closed-loop tests) and the graph
-tests' harness build on it; the lock-step driver (``tools/lockstep``) does not, because it
+waits. ``testing/sim_probe.SimProbe`` (the demo and the closed-loop tests) and the graph
+tests' harness build on it; the lock-step driver (``testing/lockstep``) does not, because it
 must never spin on its own.
 """
 

@@ -1,7 +1,7 @@
 """
 The probe beside a simulated graph (``vla-ros demo`` and the closed-loop tests).
 
-A ``tools/probe.Probe`` (its node, thread, diagnostics, enable client and service calls)
+A ``testing/probe.Probe`` (its node, thread, diagnostics, enable client and service calls)
 that also records the camera, joint states, arm and base commands, odometry, action tokens
 and task status (with sim-time stamps), keeps camera frames for the demo video, and drives
 episodes through ``sim_node/set_parameters`` and ``sim/reset``.
