@@ -7,7 +7,7 @@ each camera frame (matched by the source stamp they carry), the targets the deto
 of them, and the controller commands of every 20 Hz tick. Checking a case replays the bag's
 input topics (``camera/image_raw``, ``joint_states``, ``vla/instruction``, ``vla/estop``)
 through camera_node, inference_node, detokenizer_node and interpolation_node on sim time
-driven in lock step (``testing/lockstep.py``), and compares: tokens exactly, targets and
+driven in lock step (``testing/lockstep/``), and compares: tokens exactly, targets and
 commands to ``tolerance`` (1e-6). A changed model, tokenizer, action space, interpolation
 rule or parameter shows up as a diff naming the frame or tick, the dimension, the expected
 and the found value.
@@ -30,7 +30,7 @@ and ``clock_timeout`` 10 s: between two steps ROS time stands still on purpose, 
 not be taken for a lost clock.
 
 The parts: ``bag`` (the generated input bag), ``replay`` (reading a bag and running it
-through the nodes in lock step, ``testing/lockstep.py``), ``diff`` (the readable
+through the nodes in lock step, ``testing/lockstep/``), ``diff`` (the readable
 comparison), ``case`` (case files, check, regenerate, the command); ``common`` holds the
 constants they share.
 """

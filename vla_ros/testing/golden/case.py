@@ -283,7 +283,7 @@ def main(argv: Sequence[str] = None) -> int:
                         help='seconds any single step may take')
     args = parser.parse_args(argv)
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    os.environ['RMW_FASTRTPS_PUBLICATION_MODE'] = 'SYNCHRONOUS'  # see testing/lockstep.py
+    os.environ['RMW_FASTRTPS_PUBLICATION_MODE'] = 'SYNCHRONOUS'  # see testing/lockstep/
     try:
         if args.write_bag:
             counts = generate_bag(args.write_bag)
