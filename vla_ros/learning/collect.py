@@ -13,8 +13,9 @@ with the position of the object the instruction names in the base frame
 
 Demonstrations that teach recovery (``--arm-noise SIGMA``, DART-style noise injection):
 at every policy tick the expert's clean arm delta is the recorded label, but the delta
-*executed* is that label plus Gaussian noise, N(0, SIGMA) rad independently per arm joint,
-clipped to the action space's bounds. At the next tick the expert re-plans from the target
+*executed* is that label plus Gaussian noise, N(0, SIGMA) rad independently per arm joint
+(in a tool-delta space: N(0, SIGMA) metres on dx, dy, dz, the rotation clean), clipped to
+the action space's bounds. At the next tick the expert re-plans from the target
 that was actually commanded (``ScriptedExpert.anchor``), so the recorded states leave the
 expert's path and the labels say how to get back. Spared (executed clean): the tick where
 the expert's gripper command changes and the ``NOISE_SPARE_TICKS`` ticks after it, so a
@@ -70,9 +71,9 @@ class ArmNoise:
     def __init__(self, sigma: float, space: ActionSpace, tokenizer: ActionTokenizer):
         if sigma < 0.0 or not np.isfinite(sigma):
             raise ValueError(f'--arm-noise must be a finite value >= 0, got {sigma}')
-        if sigma > 0.0 and space.arm_kind != 'delta_position':
-            raise ValueError('--arm-noise needs the joint-delta arm action space (collect '
-                             'there; training relabels to tool deltas)')
+        if sigma > 0.0 and not space.relative_arm:
+            raise ValueError('--arm-noise needs a relative arm action space (joint or tool '
+                             'deltas)')
         self.sigma = float(sigma)
         self.space = space
         self.tokenizer = tokenizer
@@ -98,6 +99,8 @@ class ArmNoise:
         self.last_grip = grip
         # Draw every tick (spared or not) so one episode's draws never depend on its events.
         noise = self.rng.normal(0.0, self.sigma, 7) if self.sigma > 0.0 else np.zeros(7)
+        if self.space.tool_arm:
+            noise[3:] = 0.0  # tool deltas: metres on dx, dy, dz; the tool's turn stays clean
         if self.sigma == 0.0 or tick <= self.quiet_until or phase in NOISE_SPARED_PHASES:
             return labels
         executed = np.array(values, dtype=np.float64)
@@ -240,7 +243,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--policy', default=None, metavar='MODEL_DIR',
                         help='DAgger: run this exported policy, label with the expert')
     parser.add_argument('--arm-noise', type=float, default=0.0, metavar='SIGMA',
-                        help='DART: execute the expert arm delta plus N(0, SIGMA) rad per joint, '
+                        help='DART: execute the expert arm delta plus N(0, SIGMA) rad per joint '
+                        '(metres on dx, dy, dz in a tool-delta space), '
                         'record the clean label (default 0: clean demonstrations)')
     parser.add_argument('--flush-every', type=int, default=50)
     parser.add_argument('--cache', default='', metavar='FACTORS',
