@@ -23,7 +23,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from vla_ros.bag import topics as bag_topics
 from vla_ros.conversions import array_to_image, ns_to_time, target_to_msg, tokens_to_msg
 from vla_ros.core.action_space import ActionSpace, ActionTokenizer, DEFAULT_ARM_JOINTS
-from vla_ros.learning import dataset as ds, from_bag
+from vla_ros.learning import dataset as ds, from_bag, from_bag_config
 from vla_ros.paths import default_action_space_file
 
 MS = 1_000_000
@@ -188,7 +188,7 @@ def test_alignment_rules_on_a_built_bag(tmp_path, storage):
     tokens, expect, m = _synthetic(bag, storage)
     out = str(tmp_path / 'dataset')
     records = []
-    stats = from_bag.convert([bag], out, from_bag.Options(after_done=0.3),
+    stats = from_bag.convert([bag], out, from_bag_config.Options(after_done=0.3),
                              on_frame=records.append)
     assert stats['dropped'] == {'after_done': 1, 'malformed_tokens': 1, 'no_image': 1,
                                 'no_joint_states': 1}, stats
@@ -277,7 +277,7 @@ def test_episode_parameters_from_the_instruction():
 def test_after_done_matches_collect():
     """from_bag keeps as many seconds after done as collect keeps after success."""
     from vla_ros.learning import collect
-    assert from_bag.AFTER_DONE == collect.AFTER_SUCCESS
+    assert from_bag_config.AFTER_DONE == collect.AFTER_SUCCESS
 
 
 # -- the live graph -------------------------------------------------------------------------
@@ -356,7 +356,7 @@ def test_dataset_from_a_bag_of_the_live_graph(live_graph, tmp_path):
     # The episode sim_node starts at launch (sim time 0) must be one the recording joins
     # late: start recording only once it has run longer than the converter's partial-start
     # limit, whatever the machine's load did to the launch.
-    assert rec.wait_sim_time(from_bag.PARTIAL_START_S + 1.0, 60.0)
+    assert rec.wait_sim_time(from_bag_config.PARTIAL_START_S + 1.0, 60.0)
     bag = str(tmp_path / 'bag')
     proc = subprocess.Popen([sys.executable, '-m', 'vla_ros.cli', 'record', '--out', bag],
                             env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -122,13 +122,13 @@ def test_tool_tokens_compose_to_joint_targets_and_an_unreachable_pose_holds_the_
 
 def test_joint_delta_datasets_relabel_to_tool_deltas_that_reproduce_the_tool_path(tmp_path):
     """Training's relabelling: the composed tool-delta targets put the tool where it was."""
-    from vla_ros.learning import collect, train
+    from vla_ros.learning import collect, train_data
     root = str(tmp_path / 'joints')
     collect.collect(root, {'pick_block': 2, 'push_block': 1}, seed_start=21, quiet=True)
-    data, _, space = train.load_data([root], 3, quiet=True)
+    data, _, space = train_data.load_data([root], 3, quiet=True)
     joint = ActionTokenizer(ActionSpace.from_dict(space))
     targets = joint.detokenize(data.tokens)[:, :7] + data.state[:, :7]
-    tool_space = train.relabel(data, space, TOOL_SPACE)
+    tool_space = train_data.relabel(data, space, TOOL_SPACE)
     tool = ActionTokenizer(ActionSpace.from_dict(tool_space))
     kin = default_kinematics()
     values = tool.detokenize(data.tokens)

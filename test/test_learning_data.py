@@ -227,14 +227,14 @@ def test_a_lerobot_reader_gets_the_instruction_text_and_the_chunked_files(tmp_pa
 
 def test_collect_writes_the_training_cache_equal_to_the_decoded_frames(tmp_path):
     """--cache saves what training would decode from the lossless videos, bit for bit."""
-    from vla_ros.learning import train
+    from vla_ros.learning import train_data
     root = str(tmp_path / 'cached')
     collect.collect(root, {'pick_block': 2, 'gripper': 1}, seed_start=11, quiet=True,
                     cache_factors=[3])
-    path = train.cache_path(root, 3)
+    path = train_data.cache_path(root, 3)
     written = np.load(path)
     os.remove(path)
-    decoded = train.image_cache(root, 3, ds.load(root).episodes, quiet=True)
+    decoded = train_data.image_cache(root, 3, ds.load(root).episodes, quiet=True)
     assert written.shape == decoded.shape and written.shape[1:] == (100, 100, 3)
     assert np.array_equal(written, decoded)
     with pytest.raises(ValueError, match='new folder'):

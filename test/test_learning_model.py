@@ -9,7 +9,8 @@ import pytest
 torch = pytest.importorskip('torch')
 pytest.importorskip('pyarrow')
 
-from vla_ros.learning import collect, dataset as ds, train  # noqa: E402
+from vla_ros.learning import (collect, dataset as ds, train, train_config,  # noqa: E402
+                              train_data)
 from vla_ros.paths import default_model_dir  # noqa: E402
 
 SHIPPED = default_model_dir()
@@ -24,10 +25,11 @@ def small_dataset(tmp_path_factory):
 
 
 def test_a_few_training_steps_lower_the_loss(small_dataset, tmp_path):
-    cfg = train.TrainConfig(steps=20, batch_size=8, lr=2e-3, warmup=3, val_fraction=0.0,
-                            snapshot_every=20, val_every=10, threads=2)
-    data, phrasings, _ = train.load_data([small_dataset], 3, quiet=True)
-    text = train.TextTable(phrasings)
+    cfg = train_config.TrainConfig(steps=20, batch_size=8, lr=2e-3, warmup=3,
+                                   val_fraction=0.0, snapshot_every=20, val_every=10,
+                                   threads=2)
+    data, phrasings, _ = train_data.load_data([small_dataset], 3, quiet=True)
+    text = train_data.TextTable(phrasings)
     idx = np.arange(len(data.tokens))
     from vla_ros.model.config import get_config
     from vla_ros.model.rt1 import build_policy
@@ -55,13 +57,13 @@ def test_a_few_training_steps_lower_the_loss(small_dataset, tmp_path):
 
 def test_shifts_cut_from_a_tensor_equal_the_numpy_shifts(small_dataset):
     """The GPU path (images resident as a tensor) cuts the same crops as the CPU path."""
-    data, phrasings, _ = train.load_data([small_dataset], 2, quiet=True)
-    text = train.TextTable(phrasings)
+    data, phrasings, _ = train_data.load_data([small_dataset], 2, quiet=True)
+    text = train_data.TextTable(phrasings)
     idx = np.arange(0, len(data.tokens), 3)
-    on_cpu = train._batch(data, idx, text, np.random.default_rng(5), 4, torch.device('cpu'))
+    on_cpu = train_data._batch(data, idx, text, np.random.default_rng(5), 4, torch.device('cpu'))
     data.images = torch.from_numpy(data.images)
-    as_tensor = train._batch(data, idx, text, np.random.default_rng(5), 4,
-                             torch.device('cpu'))
+    as_tensor = train_data._batch(data, idx, text, np.random.default_rng(5), 4,
+                                  torch.device('cpu'))
     for a, b in zip(on_cpu, as_tensor):
         assert torch.equal(a, b)
 
@@ -69,21 +71,22 @@ def test_shifts_cut_from_a_tensor_equal_the_numpy_shifts(small_dataset):
 def test_text_embeddings_file_and_the_auxiliary_target_head(small_dataset, tmp_path):
     """Embeddings written once serve a run without the encoder; the head reports cm."""
     path = str(tmp_path / 'text.safetensors')
-    data, phrasings, _ = train.load_data([small_dataset], 3, quiet=True)
-    computed = train.TextTable(phrasings, path)  # computes and writes every phrasing
-    table = train.read_text_embeddings(path)
+    data, phrasings, _ = train_data.load_data([small_dataset], 3, quiet=True)
+    computed = train_data.TextTable(phrasings, path)  # computes and writes every phrasing
+    table = train_data.read_text_embeddings(path)
     assert set(phrasings) <= set(table) and len(table) > len(phrasings)
-    read = train.TextTable(phrasings, path)
+    read = train_data.TextTable(phrasings, path)
     assert torch.equal(computed.embeddings, read.embeddings)
     assert torch.equal(computed.masks, read.masks)
     with pytest.raises(ValueError, match='lacks the embeddings'):
-        train.TextTable(phrasings + ['fly to the moon'], path)
+        train_data.TextTable(phrasings + ['fly to the moon'], path)
     # Gripper frames name no object (valid 0), the others carry a base-frame position.
     valid = data.target[:, 3] > 0.5
     assert 0 < valid.sum() < len(valid)
     assert np.all(np.abs(data.target[valid, :2]) < 3.0) and np.all(data.target[~valid] == 0)
-    cfg = train.TrainConfig(model='nano', steps=10, batch_size=8, warmup=2, val_fraction=0.0,
-                            snapshot_every=10, val_every=10, threads=2, aux_target_weight=1.0)
+    cfg = train_config.TrainConfig(model='nano', steps=10, batch_size=8, warmup=2,
+                                   val_fraction=0.0, snapshot_every=10, val_every=10,
+                                   threads=2, aux_target_weight=1.0)
     out = str(tmp_path / 'run')
     train.train([small_dataset], out, cfg, quiet=True, text_embeddings=path)
     rows = open(os.path.join(out, 'metrics.csv')).read().splitlines()

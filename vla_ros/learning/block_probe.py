@@ -70,7 +70,7 @@ def _errors_cm(predicted: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
 
 @functools.lru_cache(maxsize=4)
 def _table(phrasings: tuple):
-    from .train import TextTable
+    from .train_data import TextTable
     return TextTable(phrasings)
 
 
@@ -118,7 +118,8 @@ def resolution_probe(factor: int, train: Scenes, test: Scenes, steps: int, batch
     cfg = dataclasses.replace(get_config('nano'), input_downsample=factor, seed=seed)
     model = build_policy(cfg).train().to(memory_format=torch.channels_last)
     head = torch.nn.Linear(cfg.num_image_tokens * cfg.d_model, 2)
-    from .train import _use_bf16, TrainConfig
+    from .train import _use_bf16
+    from .train_config import TrainConfig
     bf16 = _use_bf16(TrainConfig(), torch.device('cpu'))  # the training command's rule
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)

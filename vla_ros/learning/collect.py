@@ -46,7 +46,7 @@ import numpy as np
 from . import dataset as ds, instructions
 from .learner import LearnerDecider
 from .progress import Progress
-from .train import pool_image, write_cache
+from .train_data import pool_image, write_cache
 from ..core.action_space import ActionSpace, ActionTokenizer
 from ..paths import default_action_space_file
 from ..sim.expert import ExpertDecider

@@ -36,126 +36,27 @@ after a gap of ``--max-gap`` seconds without ticks. An episode the recording joi
 colour, direction, close) come from the status JSON, the last three read back from a
 simulated task's instruction when the status lacks them.
 
-Length (over 300 lines): the alignment rules, the episode cutting and the command are one
-conversion documented above as a whole; splitting them would scatter the rules the
-docstring states.
+Split as training is: ``from_bag_config.py`` (options, limits, counters),
+``from_bag_align.py`` (reading the bag, aligning topics into ticks) and this file (episodes,
+writing the dataset, the command).
 """
 
 import argparse
-from collections import deque
 from dataclasses import dataclass, field
 import json
-import math
 import os
 import sys
-from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import dataset as ds, instructions
-from ..bag.play import open_bag, PlayError
-from ..bag.topics import message_class, resolve
-from ..conversions import image_to_rgb8, joint_positions, msg_to_target, msg_to_tokens
+from .from_bag_align import BagAligner, decode_image, Frame, iter_bag_messages
+from .from_bag_config import (AFTER_DONE, BagDatasetError, IMAGE_SIZE, Options, PARTIAL_START_S,
+                              Stats)
 from ..core.action_space import ActionSpace, ActionSpaceError, ActionTokenizer
 from ..core.image import ImageError, Resizer
-from ..core.params import SHARED
-from ..core.targets import ComposerConfig, TargetComposer
 from ..paths import default_action_space_file
-
-# Seconds of frames kept after the episode topic first reports done; the same as
-# collect.AFTER_SUCCESS (collect imports the simulator, this module must not).
-AFTER_DONE = 1.0
-IMAGE_SIZE = 300
-# An episode whose first frame's status says it has been running longer than this was
-# joined in the middle (the recording started late): not a whole demonstration.
-PARTIAL_START_S = 1.0
-# How far before a tick a stamp-matched image may have been received (inference_node
-# accepts images up to its max_image_age, 0.5 s by default).
-MATCH_BEFORE_S = 2.0
-# Status messages kept for matching ticks to episodes by source stamp (5 Hz: 12 s).
-STATUS_HISTORY = 64
-# An episode start computed from a status (sim_time and episode_time rounded to 1 ms).
-START_TOLERANCE_NS = 1_500_000
-
-TOKENS_TYPE = 'vla_ros_interfaces/msg/ActionTokens'
-TOPIC_TYPES = {
-    'tokens': TOKENS_TYPE,
-    'image': 'sensor_msgs/msg/Image',
-    'instruction': 'std_msgs/msg/String',
-    'joint_states': 'sensor_msgs/msg/JointState',
-    'target': 'vla_ros_interfaces/msg/ActionTarget',
-    'episode': 'std_msgs/msg/String',
-}
-REQUIRED = ('tokens', 'image', 'instruction', 'joint_states')
-
-
-class BagDatasetError(ValueError):
-    """A bag or an option that cannot be converted (exit status 2)."""
-
-
-@dataclass
-class Options:
-    """Conversion settings (the command's options)."""
-
-    max_age: float = 0.25
-    episode_topic: str = 'sim/task_status'
-    tokens_topic: str = 'vla/action_tokens'
-    image_topic: str = 'vla/image'
-    instruction_topic: str = 'vla/instruction'
-    joint_states_topic: str = 'joint_states'
-    target_topic: str = 'vla/target'
-    namespace: str = '/'
-    arm_joints: Tuple[str, ...] = tuple(SHARED['arm_joint_names'].default)
-    gripper_joint: str = SHARED['gripper_joint_name'].default
-    after_done: float = AFTER_DONE
-    max_gap: float = 2.0
-    target_timeout: float = SHARED['target_timeout'].default
-    max_target_deviation: float = SHARED['max_target_deviation'].default
-    fps: int = int(SHARED['inference_frequency'].default)
-    only_success: bool = False
-    keep_partial: bool = False
-
-    def __post_init__(self):
-        """Validate the values (BagDatasetError naming the option)."""
-        for name in ('max_age', 'after_done', 'max_gap', 'target_timeout',
-                     'max_target_deviation'):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise BagDatasetError(f'--{name.replace("_", "-")} must be a finite number '
-                                      f'>= 0, found {value}')
-        if self.fps < 1:
-            raise BagDatasetError(f'--fps must be >= 1, found {self.fps}')
-        if len(self.arm_joints) != 7 or len(set(self.arm_joints)) != 7:
-            raise BagDatasetError(f'--arm-joints needs 7 distinct names, found '
-                                  f'{list(self.arm_joints)}')
-
-    def topics(self) -> Dict[str, str]:
-        """Role → fully qualified topic name ('' for a disabled episode topic)."""
-        out = {}
-        for role in TOPIC_TYPES:
-            name = getattr(self, f'{role}_topic')
-            out[role] = resolve(name, self.namespace) if name else ''
-        return out
-
-
-@dataclass
-class Frame:
-    """A tick being assembled: everything but (possibly) the stamp-matched image."""
-
-    t: int                                   # bag time of the tokens (ns)
-    tokens: np.ndarray
-    source_stamp: Optional[int]
-    action: np.ndarray
-    state: np.ndarray
-    joint_state: np.ndarray
-    instruction: str
-    status: Dict
-    status_key: Tuple
-    image_msg: object = None                 # the Image message chosen so far
-    image_t: Optional[int] = None            # its bag time
-    image_stamp: Optional[int] = None        # its header stamp
-    matched: bool = False                    # image stamp == source stamp
-    sources: Dict[str, int] = field(default_factory=dict)  # role → bag time used
 
 
 @dataclass
@@ -170,300 +71,6 @@ class Episode:
     success: bool = False
     status: Dict = field(default_factory=dict)
     closed: bool = False
-
-
-class Stats:
-    """Counters of one conversion (printed as JSON)."""
-
-    def __init__(self):
-        """Start with no counts."""
-        self.counts: Dict[str, int] = {}
-        self.dropped: Dict[str, int] = {}
-        self.malformed: Dict[str, int] = {}
-        self.episodes: List[Dict] = []
-
-    def add(self, key: str, n: int = 1):
-        """Count an event."""
-        self.counts[key] = self.counts.get(key, 0) + n
-
-    def drop(self, reason: str, n: int = 1):
-        """Count a dropped frame."""
-        self.dropped[reason] = self.dropped.get(reason, 0) + n
-
-    def bad(self, topic: str):
-        """Count a malformed (skipped) message."""
-        self.malformed[topic] = self.malformed.get(topic, 0) + 1
-
-    def to_dict(self) -> Dict:
-        """JSON-friendly summary."""
-        return {**self.counts, 'dropped': dict(sorted(self.dropped.items())),
-                'malformed': dict(sorted(self.malformed.items())), 'episodes': self.episodes}
-
-
-def _stamp_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-class BagAligner:
-    """
-    Streams one bag's messages in bag-time order and yields complete frames in tick order.
-
-    Only the newest message of each topic (and the images of the last few seconds) is kept,
-    so bags of any length convert in bounded memory.
-    """
-
-    def __init__(self, options: Options, tokenizer, stats: Stats):
-        """Start on a new bag."""
-        self.o = options
-        self.tokenizer = tokenizer
-        self.stats = stats
-        self.topics = options.topics()
-        self.roles = {name: role for role, name in self.topics.items() if name}
-        self.max_age_ns = int(round(options.max_age * 1e9))
-        self.composer = TargetComposer(tokenizer.space, ComposerConfig(
-            max(options.target_timeout, 1e-9), max(options.max_target_deviation, 1e-9)))
-        self.latest: Dict[str, Tuple[int, object]] = {}
-        self.images: Deque[Tuple[int, int, object]] = deque()   # (bag t, stamp ns, msg)
-        self.targets: Deque[Tuple[int, np.ndarray]] = deque()
-        self.target_t: Optional[int] = None
-        self.pending: Deque[Frame] = deque()
-        self.status_gen = 0
-        self._last_status: Optional[Dict] = None
-        # (bag t, episode start ns or None, status, generation), oldest first.
-        self.statuses: Deque[Tuple[int, Optional[int], Dict, int]] = deque(
-            maxlen=STATUS_HISTORY)
-        self.now = -1
-        self.status_required = False
-
-    def set_roles(self, roles):
-        """Learn the bag's topics: with an episode topic, every frame needs a status."""
-        self.status_required = 'episode' in roles
-
-    # -- message handling ------------------------------------------------------------------
-    def feed(self, role: str, t: int, msg) -> Iterator[Frame]:
-        """Take one deserialized message; yield frames that became complete."""
-        if t < self.now:
-            self.stats.add('out_of_order_messages')
-        self.now = max(self.now, t)
-        yield from self._flush(self.now)
-        handler = getattr(self, f'_on_{role}')
-        handler(t, msg)
-        yield from self._flush(self.now)
-
-    def finish(self) -> Iterator[Frame]:
-        """Yield every frame still waiting for a stamp-matched image (end of the bag)."""
-        while self.pending:
-            yield self.pending.popleft()
-
-    def _flush(self, now: int) -> Iterator[Frame]:
-        while self.pending and (self.pending[0].matched or self.pending[0].source_stamp is None
-                                or now > self.pending[0].t + self.max_age_ns):
-            yield self.pending.popleft()
-
-    def _on_image(self, t: int, msg):
-        stamp = _stamp_ns(msg.header.stamp)
-        self.images.append((t, stamp, msg))
-        while self.images and self.images[0][0] < t - int(MATCH_BEFORE_S * 1e9):
-            self.images.popleft()
-        for frame in self.pending:
-            if not frame.matched and frame.source_stamp is not None \
-                    and stamp == frame.source_stamp:
-                frame.image_msg, frame.image_t, frame.matched = msg, t, True
-                frame.image_stamp = stamp
-                frame.sources['image'] = t
-
-    def _on_instruction(self, t: int, msg):
-        text = msg.data.strip()
-        if not text:
-            self.stats.bad(self.topics['instruction'])
-            return
-        self.latest['instruction'] = (t, text)
-
-    def _on_episode(self, t: int, msg):
-        try:
-            status = json.loads(msg.data)
-            if not isinstance(status, dict):
-                raise ValueError('not a JSON object')
-        except ValueError:
-            self.stats.bad(self.topics['episode'])
-            return
-        last = self._last_status
-        if last is not None and (last.get('task'), last.get('seed')) == \
-                (status.get('task'), status.get('seed')):
-            try:
-                restarted = float(status.get('episode_time', 0.0)) < \
-                    float(last.get('episode_time', 0.0)) - 1e-6
-            except (TypeError, ValueError):
-                restarted = False
-            if restarted:  # sim/reset of the same (task, seed)
-                self.status_gen += 1
-        self._last_status = status
-        try:
-            start = int(round((float(status['sim_time']) - float(status['episode_time']))
-                              * 1e9))
-        except (KeyError, TypeError, ValueError):
-            start = None
-        self.statuses.append((t, start, status, self.status_gen))
-
-    def _status_for(self, source: Optional[int]):
-        """Return (bag t, status, generation) of the episode a tick's source stamp is in."""
-        if not self.statuses:
-            return None, {}, 0
-        chosen = self.statuses[-1]
-        if source is not None and chosen[1] is not None:
-            for entry in reversed(self.statuses):
-                if entry[1] is not None and entry[1] <= source + START_TOLERANCE_NS:
-                    chosen = entry
-                    break
-        return chosen[0], chosen[2], chosen[3]
-
-    def _on_joint_states(self, t: int, msg):
-        try:
-            arm = joint_positions(msg, self.o.arm_joints)
-        except ValueError:
-            self.stats.bad(self.topics['joint_states'])
-            return
-        names = list(msg.name)
-        grip = None
-        if self.o.gripper_joint in names:
-            i = names.index(self.o.gripper_joint)
-            if i < len(msg.position) and math.isfinite(msg.position[i]):
-                grip = float(msg.position[i])
-        self.latest['joint_states'] = (t, (arm, grip))
-
-    def _on_target(self, t: int, msg):
-        try:
-            target, _ = msg_to_target(msg, self.o.arm_joints)
-        except ValueError:
-            self.stats.bad(self.topics['target'])
-            return
-        self.targets.append((t, target))
-
-    def _on_tokens(self, t: int, msg):
-        self.stats.add('ticks')
-        try:
-            tokens, source = msg_to_tokens(msg, 11)
-            action = self.tokenizer.detokenize(tokens)
-        except ValueError:
-            self.stats.bad(self.topics['tokens'])
-            self.stats.drop('malformed_tokens')
-            return
-        # Targets received strictly before the tick become the previous commanded target.
-        while self.targets and self.targets[0][0] < t:
-            target_t, target = self.targets.popleft()
-            try:
-                self.composer.observe(target, target_t * 1e-9)
-            except ValueError:
-                self.stats.bad(self.topics['target'])
-                continue
-            self.target_t = target_t
-        instruction = self.latest.get('instruction')
-        if instruction is None:  # latched: no age limit
-            return self.stats.drop('no_instruction')
-        joints = self.latest.get('joint_states')
-        if joints is None or t - joints[0] > self.max_age_ns:
-            return self.stats.drop('no_joint_states')
-        js_t, (arm, grip) = joints
-        if grip is None:
-            self.stats.add('gripper_joint_missing')
-            grip = 0.0
-        state = self.composer.previous(t * 1e-9, arm, grip)
-        status_t, status, gen = self._status_for(source)
-        if status_t is None and self.status_required:  # latched: no age limit
-            return self.stats.drop('no_episode_status')
-        # The status names the episode's instruction; the instruction topic may lag it.
-        text = status.get('instruction') if isinstance(status.get('instruction'), str) \
-            and status.get('instruction').strip() else instruction[1]
-        key = (text, status.get('task'), status.get('seed'), gen) if status else (text,)
-        frame = Frame(t=t, tokens=tokens, source_stamp=source, action=action, state=state,
-                      joint_state=np.append(arm, grip), instruction=text,
-                      status=dict(status), status_key=key)
-        frame.sources = {'tokens': t, 'instruction': instruction[0], 'joint_states': js_t}
-        if self.composer.reason == '' and self.target_t is not None:
-            frame.sources['target'] = self.target_t
-        if status_t is not None:
-            frame.sources['episode'] = status_t
-        self._choose_image(frame)
-        self.pending.append(frame)
-
-    def _choose_image(self, frame: Frame):
-        fallback = None
-        for t, stamp, msg in reversed(self.images):
-            if frame.source_stamp is not None and stamp == frame.source_stamp:
-                frame.image_msg, frame.image_t, frame.matched = msg, t, True
-                frame.image_stamp = stamp
-                frame.sources['image'] = t
-                return
-            if fallback is None and frame.t - t <= self.max_age_ns and (
-                    frame.source_stamp is None or stamp <= frame.source_stamp):
-                fallback = (t, stamp, msg)
-        if fallback is not None:
-            frame.image_t, frame.image_stamp, frame.image_msg = fallback
-            frame.sources['image'] = fallback[0]
-
-
-def decode_image(msg, resizer) -> np.ndarray:
-    """Image message → uint8 [300, 300, 3] rgb8 (camera_node's resize when it differs)."""
-    rgb = image_to_rgb8(msg)
-    if rgb.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
-        rgb = resizer(rgb)
-    return np.ascontiguousarray(rgb, dtype=np.uint8)
-
-
-def _check_bag(path: str, reader, topics: Dict[str, str]) -> Dict[str, object]:
-    """Map role → connections; BagDatasetError naming the bag and topic when unusable."""
-    found: Dict[str, List] = {}
-    for conn in reader.connections:
-        for role, name in topics.items():
-            if name and conn.topic == name:
-                if conn.msgtype != TOPIC_TYPES[role]:
-                    raise BagDatasetError(f'{path}: topic {name} has type {conn.msgtype}, '
-                                          f'expected {TOPIC_TYPES[role]}')
-                found.setdefault(role, []).append(conn)
-    missing = [topics[r] for r in REQUIRED if r not in found]
-    if missing:
-        raise BagDatasetError(
-            f'{path}: no {", ".join(missing)} in this bag (it has '
-            f'{", ".join(sorted({c.topic for c in reader.connections})) or "no topics"}); '
-            "record the graph's topics (vla-ros record) or pass --namespace / --*-topic")
-    return found
-
-
-def iter_bag_messages(path: str, options: Options, stats: Stats, on_roles=None
-                      ) -> Iterator[Tuple[str, int, object]]:
-    """
-    Yield (role, bag time ns, message) of the topics a dataset needs, in bag order.
-
-    ``on_roles(roles)`` learns which roles the bag has before the first message.
-    """
-    from rclpy.serialization import deserialize_message
-    try:
-        reader = open_bag(path)
-    except PlayError as exc:
-        raise BagDatasetError(str(exc)) from exc
-    try:
-        topics = options.topics()
-        found = _check_bag(path, reader, topics)
-        if topics['episode'] and 'episode' not in found:
-            stats.add('bags_without_episode_topic')
-        if on_roles is not None:
-            on_roles(set(found))
-        role_of = {}
-        classes = {}
-        for role, conns in found.items():
-            for conn in conns:
-                role_of[conn.id] = role
-                classes[conn.id] = message_class(conn.msgtype)
-        wanted = [c for c in reader.connections if c.id in role_of]
-        for conn, t, data in reader.messages(wanted):
-            try:
-                msg = deserialize_message(bytes(data), classes[conn.id])
-            except Exception:  # truncated or garbage CDR: skip it, count it
-                stats.bad(conn.topic)
-                continue
-            yield role_of[conn.id], int(t), msg
-    finally:
-        reader.close()
 
 
 class EpisodeBuilder:
@@ -556,6 +163,105 @@ def provenance(episode_index: int, frame_index: int, frame: Frame) -> Dict:
             'sources': {k: int(v) for k, v in sorted(frame.sources.items())}}
 
 
+class DatasetSink:
+    """
+    Writes each finished episode into the dataset (``EpisodeBuilder``'s ``emit``).
+
+    Frames without an image or with one that does not decode are dropped (counted); an
+    episode already in the dataset, joined late (``PARTIAL_START_S``) or, with
+    ``only_success``, unsuccessful is skipped; the writer is flushed every
+    ``flush_every`` episodes.
+    """
+
+    def __init__(self, out: str, options: Options, meta: Dict, stats: Stats, crf: int,
+                 flush_every: int, on_frame=None):
+        self.out, self.options, self.meta, self.stats = out, options, meta, stats
+        self.crf, self.flush_every, self.on_frame = crf, flush_every, on_frame
+        self.resizer = Resizer(IMAGE_SIZE, IMAGE_SIZE, 'crop')
+        try:
+            self.writer = ds.DatasetWriter(out, options.fps, meta, crf=crf)
+        except ValueError as exc:
+            raise BagDatasetError(str(exc)) from exc
+        self.existing = {(e.get('bag'), e.get('bag_start_ns')) for e in self.writer.episodes}
+        self.written = 0
+
+    def _decoded(self, ep: Episode):
+        frames, kept = [], []
+        for f in ep.frames:
+            if f.image_msg is None:  # kept until here: it still shows where the episode began
+                self.stats.drop('no_image')
+                continue
+            try:
+                frames.append(ds.Frame(image=decode_image(f.image_msg, self.resizer),
+                                       state=f.state, joint_state=f.joint_state,
+                                       action=f.action, tokens=f.tokens))
+                kept.append(f)
+            except (ImageError, ValueError):
+                self.stats.bad(self.options.topics()['image'])
+                self.stats.drop('malformed_image')
+        return frames, kept
+
+    def _skipped(self, ep: Episode, name: str, start_ns: int, count: int) -> bool:
+        if (name, start_ns) in self.existing:
+            self.stats.add('episodes_already_in_dataset')
+            return True
+        first = ep.frames[0].status  # the first tick, even one without an image
+        try:
+            late = float(first.get('episode_time', 0.0)) > PARTIAL_START_S
+        except (TypeError, ValueError):
+            late = False
+        if late and not self.options.keep_partial:
+            self.stats.add('episodes_skipped_partial')
+            self.stats.drop('partial_episode', count)
+            return True
+        if self.options.only_success and not ep.success:
+            self.stats.add('episodes_skipped_unsuccessful')
+            self.stats.drop('unsuccessful_episode', count)
+            return True
+        return False
+
+    def __call__(self, ep: Episode):
+        """Write ``ep`` (or count why not)."""
+        frames, kept = self._decoded(ep)
+        if not frames:
+            return
+        start_ns = int(kept[0].t)
+        name = os.path.basename(os.path.normpath(ep.bag))
+        if self._skipped(ep, name, start_ns, len(frames)):
+            return
+        frames[-1].success = bool(ep.success)
+        status = ep.status
+        seed = status.get('seed')
+        task = str(status.get('task', '') or '')
+        params = params_from_instruction(task, ep.instruction)
+        params.update({k: status[k] for k in ('colour', 'direction', 'close') if k in status})
+        extra = {'task': task,
+                 'seed': int(seed) if isinstance(seed, int) else -1,
+                 'success': bool(ep.success),
+                 'colour': str(params.get('colour', '') or ''),
+                 'direction': str(params.get('direction', '') or ''),
+                 'close': bool(params.get('close', False)),
+                 'source': 'rosbag', 'bag': name, 'bag_start_ns': start_ns}
+        index = self.writer.add_episode(frames, ep.instruction, extra)
+        self.stats.episodes.append({'episode_index': index, 'frames': len(frames),
+                                    'instruction': ep.instruction, 'task': extra['task'],
+                                    'seed': extra['seed'], 'success': extra['success'],
+                                    'bag': name, 'start_ns': start_ns,
+                                    'end_ns': int(kept[-1].t)})
+        self.stats.add('frames_written', len(frames))
+        if self.on_frame is not None:
+            for i, f in enumerate(kept):
+                self.on_frame(provenance(index, i, f))
+        self.written += 1
+        if self.written % self.flush_every == 0:
+            self.writer.close()
+            self.writer = ds.DatasetWriter(self.out, self.options.fps, self.meta, crf=self.crf)
+
+    def close(self):
+        """Write what is pending."""
+        self.writer.close()
+
+
 def convert(bags: Sequence[str], out: str, options: Optional[Options] = None,
             action_space_file: Optional[str] = None, flush_every: int = 50,
             crf: int = 0, on_frame=None) -> Dict:
@@ -574,80 +280,11 @@ def convert(bags: Sequence[str], out: str, options: Optional[Options] = None,
         if not os.path.exists(path):
             raise BagDatasetError(f'bag {path} does not exist')
     tokenizer = ActionTokenizer(space)
-    resizer = Resizer(IMAGE_SIZE, IMAGE_SIZE, 'crop')
     stats = Stats()
     meta = {'vla_ros.action_space': space.to_dict(), 'vla_ros.source': 'rosbag'}
-    try:
-        writer = ds.DatasetWriter(out, options.fps, meta, crf=crf)
-    except ValueError as exc:
-        raise BagDatasetError(str(exc)) from exc
-    existing = {(e.get('bag'), e.get('bag_start_ns')) for e in writer.episodes}
-    state = {'writer': writer, 'written': 0}
+    sink = DatasetSink(out, options, meta, stats, crf, flush_every, on_frame)
     tick_times: List[int] = []
-
-    def emit(ep: Episode):
-        frames, kept = [], []
-        for f in ep.frames:
-            if f.image_msg is None:  # kept until here: it still shows where the episode began
-                stats.drop('no_image')
-                continue
-            try:
-                frames.append(ds.Frame(image=decode_image(f.image_msg, resizer), state=f.state,
-                                       joint_state=f.joint_state, action=f.action,
-                                       tokens=f.tokens))
-                kept.append(f)
-            except (ImageError, ValueError):
-                stats.bad(options.topics()['image'])
-                stats.drop('malformed_image')
-        if not frames:
-            return
-        start_ns = int(kept[0].t)
-        name = os.path.basename(os.path.normpath(ep.bag))
-        if (name, start_ns) in existing:
-            stats.add('episodes_already_in_dataset')
-            return
-        first = ep.frames[0].status  # the first tick, even one without an image
-        try:
-            late = float(first.get('episode_time', 0.0)) > PARTIAL_START_S
-        except (TypeError, ValueError):
-            late = False
-        if late and not options.keep_partial:
-            stats.add('episodes_skipped_partial')
-            stats.drop('partial_episode', len(frames))
-            return
-        if options.only_success and not ep.success:
-            stats.add('episodes_skipped_unsuccessful')
-            stats.drop('unsuccessful_episode', len(frames))
-            return
-        frames[-1].success = bool(ep.success)
-        status = ep.status
-        seed = status.get('seed')
-        task = str(status.get('task', '') or '')
-        params = params_from_instruction(task, ep.instruction)
-        params.update({k: status[k] for k in ('colour', 'direction', 'close') if k in status})
-        extra = {'task': task,
-                 'seed': int(seed) if isinstance(seed, int) else -1,
-                 'success': bool(ep.success),
-                 'colour': str(params.get('colour', '') or ''),
-                 'direction': str(params.get('direction', '') or ''),
-                 'close': bool(params.get('close', False)),
-                 'source': 'rosbag', 'bag': name, 'bag_start_ns': start_ns}
-        index = state['writer'].add_episode(frames, ep.instruction, extra)
-        stats.episodes.append({'episode_index': index, 'frames': len(frames),
-                               'instruction': ep.instruction, 'task': extra['task'],
-                               'seed': extra['seed'], 'success': extra['success'],
-                               'bag': name, 'start_ns': start_ns,
-                               'end_ns': int(kept[-1].t)})
-        stats.add('frames_written', len(frames))
-        if on_frame is not None:
-            for i, f in enumerate(kept):
-                on_frame(provenance(index, i, f))
-        state['written'] += 1
-        if state['written'] % flush_every == 0:
-            state['writer'].close()
-            state['writer'] = ds.DatasetWriter(out, options.fps, meta, crf=crf)
-
-    builder = EpisodeBuilder(options, stats, emit)
+    builder = EpisodeBuilder(options, stats, sink)
     try:
         for path in bags:
             stats.add('bags')
@@ -659,7 +296,7 @@ def convert(bags: Sequence[str], out: str, options: Optional[Options] = None,
                 _place(frame, builder, stats, path, tick_times)
             builder.close()
     finally:
-        state['writer'].close()
+        sink.close()
     if len(tick_times) > 2:
         rate = 1e9 / float(np.median(np.diff(tick_times)))
         stats.counts['tick_rate_hz'] = round(rate, 3)
@@ -667,7 +304,7 @@ def convert(bags: Sequence[str], out: str, options: Optional[Options] = None,
             stats.counts['warning'] = (f'ticks arrive at {rate:.2f} Hz but the dataset says '
                                        f'--fps {options.fps}')
     stats.counts.setdefault('frames_written', 0)
-    stats.counts['episodes_written'] = state['written']
+    stats.counts['episodes_written'] = sink.written
     return stats.to_dict()
 
 

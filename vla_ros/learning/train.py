@@ -24,251 +24,24 @@ command to continue (in pieces, in the background with ``nice``). Weight snapsho
 them by closed-loop success (``vla-ros eval``), not by validation loss. ``OUT/metrics.csv``
 and ``OUT/curves.png`` record losses and per-dimension accuracies.
 
-Length (over 300 lines): the training loop, its data pipeline, resume and metrics in one
-place, as model codebases keep one readable train script.
+Split as LeRobot splits it: ``train_config.py`` (what decides the weights), ``train_data.py``
+(caches, embeddings, frames, batches) and this file (the loop, resume, metrics, the command).
 """
 
 import argparse
 import csv
 import dataclasses
-import hashlib
 import json
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from . import dataset as ds
-from . import instructions
 from .progress import Progress
-
-DIM_NAMES = [f'j{i}' for i in range(1, 8)] + ['vx', 'vy', 'wz', 'grip']
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything that decides the weights (saved with every checkpoint)."""
-
-    model: str = 'nano'
-    # Action space to train in ('' = the one the data was recorded in). Datasets store
-    # the previous commanded target, so deltas convert exactly to absolute targets.
-    action_space: str = ''
-    # Start from these weights (.safetensors), e.g. to continue on DAgger data.
-    init: str = ''
-    steps: int = 30000
-    batch_size: int = 128
-    lr: float = 1e-3
-    min_lr: float = 2e-5
-    warmup: int = 500
-    weight_decay: float = 0.05
-    shift: int = 4
-    label_smoothing_bins: float = 0.0
-    val_fraction: float = 0.04
-    seed: int = 0
-    bf16: str = 'auto'
-    threads: int = 0
-    snapshot_every: int = 2500
-    val_every: int = 500
-    aux_target_weight: float = 0.0
-
-
-# The auxiliary target is regressed in units of 10 cm (a unit-scale output).
-TARGET_SCALE = 0.1
-
-
-def pool_image(image: np.ndarray, factor: int) -> np.ndarray:
-    """Average-pool uint8 [H, W, 3] by ``factor`` (as the exported graph does), rounded."""
-    if factor == 1:
-        return image
-    h, w, c = image.shape
-    x = image.reshape(h // factor, factor, w // factor, factor, c).astype(np.float32)
-    return np.rint(x.mean(axis=(1, 3))).astype(np.uint8)
-
-
-def cache_path(root: str, factor: int) -> str:
-    """Where the frames of ``root`` pooled by ``factor`` are cached (keyed by its content)."""
-    return os.path.join(root, 'cache', f'images_x{factor}_{ds.dataset_id(root)}.npy')
-
-
-def write_cache(root: str, factor: int, frames: np.ndarray):
-    """Save pooled frames (all of the dataset's, in index order) as its cache."""
-    path = cache_path(root, factor)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.save(path + '.tmp.npy', frames)
-    os.replace(path + '.tmp.npy', path)
-
-
-def image_cache(root: str, factor: int, episodes: List[Dict], quiet: bool = False
-                ) -> np.ndarray:
-    """Frames of ``root`` pooled by ``factor``, cached as .npy beside the dataset."""
-    total = max(e['dataset_to_index'] for e in episodes)
-    path = cache_path(root, factor)
-    if os.path.exists(path):
-        cached = np.load(path, mmap_mode='r')
-        if len(cached) == total:
-            return np.asarray(cached)
-    size = 300 // factor
-    out = np.zeros((total, size, size, 3), np.uint8)
-    progress = Progress(total, f'decode {os.path.basename(root)}', quiet=quiet)
-    for e, i, frame in ds.iter_episode_images(root, episodes):
-        out[e['dataset_from_index'] + i] = pool_image(frame, factor)
-        progress.step()
-    progress.close()
-    write_cache(root, factor, out)
-    return out
-
-
-class TextTable:
-    """
-    Text embeddings of every phrasing, computed once with the torch MiniLM.
-
-    With ``path``: read from that file when it exists (every phrasing must be in it), else
-    computed for every training phrasing of every task and written there.
-    """
-
-    def __init__(self, phrasings: Sequence[str], path: Optional[str] = None):
-        self.index = {p: i for i, p in enumerate(phrasings)}
-        if path and os.path.exists(path):
-            table = read_text_embeddings(path)
-            missing = [p for p in phrasings if p not in table]
-            if missing:
-                raise ValueError(f'{path} lacks the embeddings of {len(missing)} phrasing(s), '
-                                 f'e.g. {missing[0]!r}; write it again where the MiniLM '
-                                 'package is installed')
-            self.embeddings, self.masks = _stack([table[p] for p in phrasings])
-            return
-        import torch
-        from ..model import text_encoder as te
-        encoder = te.load_text_encoder().eval()
-        tokenizer = te.load_tokenizer()
-        every = sorted(set(phrasings) | set(_every_training_phrasing())) if path else phrasings
-        table = {}
-        with torch.no_grad():
-            for text in every:
-                ids, mask = te.tokenize(tokenizer, text)
-                table[text] = (encoder(ids, mask)[0], mask[0].float())
-        self.embeddings, self.masks = _stack([table[p] for p in phrasings])
-        if path:
-            write_text_embeddings(path, table, te.encoder_id())
-
-
-def _stack(pairs):
-    import torch
-    return torch.stack([e for e, _ in pairs]), torch.stack([m for _, m in pairs])
-
-
-def _every_training_phrasing() -> List[str]:
-    from ..sim.tasks import make_task, TASK_NAMES
-    colours = {t: getattr(make_task(t), 'colours', ()) for t in TASK_NAMES}
-    return instructions.all_training_phrasings(TASK_NAMES, colours)
-
-
-def write_text_embeddings(path: str, table: Dict, encoder: str):
-    """Save {phrasing: (embeddings [16, 384], mask [16])} with the encoder's identity."""
-    import torch
-    from safetensors.torch import save_file
-    texts = sorted(table)
-    tensors = {'embeddings': torch.stack([table[t][0] for t in texts]).contiguous(),
-               'masks': torch.stack([table[t][1] for t in texts]).contiguous()}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file(tensors, path, metadata={'phrasings': json.dumps(texts), 'encoder': encoder})
-
-
-def read_text_embeddings(path: str) -> Dict:
-    """Read what ``write_text_embeddings`` saved: {phrasing: (embeddings, mask)}."""
-    from safetensors import safe_open
-    with safe_open(path, 'pt') as stream:
-        texts = json.loads(stream.metadata()['phrasings'])
-        embs, masks = stream.get_tensor('embeddings'), stream.get_tensor('masks')
-    return {t: (embs[i], masks[i]) for i, t in enumerate(texts)}
-
-
-@dataclasses.dataclass
-class Data:
-    """All frames of the training datasets in memory."""
-
-    images: np.ndarray       # uint8 [N, s, s, 3] (a torch tensor once moved to a GPU)
-    state: np.ndarray        # float32 [N, 11]
-    tokens: np.ndarray       # int64 [N, 11]
-    target: np.ndarray       # float32 [N, 4]: named object x, y, z (base frame), valid
-    episode: np.ndarray      # int64 [N] (global over datasets)
-    choices: List[List[int]]  # per global episode: phrasing indices
-    identity: Dict[str, str]
-
-
-def load_data(roots: Sequence[str], factor: int, quiet: bool = False
-              ) -> Tuple[Data, List[str], Dict]:
-    """Load datasets; return data, phrasings and the action space they were recorded in."""
-    images, state, tokens, target, episode, choices = [], [], [], [], [], []
-    phrasings: Dict[str, int] = {}
-    identity, space = {}, None
-    offset = 0
-    for root in roots:
-        loaded = ds.load(root)
-        meta_space = loaded.info.get('vla_ros.action_space')
-        if space is None:
-            space = meta_space
-        elif meta_space != space:
-            raise ValueError(f'{root} was recorded in a different action space than '
-                             f'{roots[0]}')
-        identity[os.path.basename(os.path.normpath(root))] = ds.dataset_id(root)
-        n = loaded.episodes[-1]['dataset_to_index'] if loaded.episodes else 0
-        images.append(image_cache(root, factor, loaded.episodes, quiet))
-        cols = loaded.columns
-        state.append(np.asarray(cols[ds.STATE_KEY][:n], np.float32))
-        tokens.append(np.asarray(cols[ds.TOKENS_KEY][:n], np.int64))
-        target.append(np.asarray(cols[ds.TARGET_KEY][:n], np.float32) if ds.TARGET_KEY in cols
-                      else np.zeros((n, 4), np.float32))
-        episode.append(np.asarray(cols['episode_index'][:n], np.int64) + offset)
-        for e in loaded.episodes:
-            params = {'colour': e['colour'], 'direction': e['direction'], 'close': e['close']}
-            params = {k: v for k, v in params.items() if v != ''}
-            if e.get('task') in instructions.TRAIN:
-                options = instructions.training_phrasings(e['task'], params)
-            else:  # a robot's own task (bag without sim status): its recorded instruction
-                options = list(e['tasks'])
-            choices.append([phrasings.setdefault(p, len(phrasings)) for p in options])
-        offset += len(loaded.episodes)
-    data = Data(np.concatenate(images), np.concatenate(state), np.concatenate(tokens),
-                np.concatenate(target), np.concatenate(episode), choices, identity)
-    return data, sorted(phrasings, key=phrasings.get), space
-
-
-def relabel(data: Data, recorded: Dict, target_file: str) -> Dict:
-    """
-    Re-tokenize the arm labels in another arm representation; return its action space.
-
-    Absolute joint targets are rebuilt from the recorded labels and the previous commanded
-    target (the state input); a tool-delta space gets the tool motion between the two by
-    forward kinematics (``core/kinematics.py``).
-    """
-    from ..core.action_space import ActionSpace, ActionTokenizer
-    source = ActionTokenizer(ActionSpace.from_dict(recorded))
-    target_space = ActionSpace.from_yaml(target_file)
-    target = ActionTokenizer(target_space)
-    values = source.detokenize(data.tokens)
-    if source.space.tool_arm:
-        raise ValueError('datasets recorded in tool deltas cannot be relabelled (record in '
-                         'joint deltas)')
-    if source.space.relative_arm:
-        values[:, :7] += data.state[:, :7]
-    if target_space.tool_arm:
-        from ..core.kinematics import default_kinematics
-        kinematics = default_kinematics()
-        for i in range(len(values)):
-            values[i] = target_space.relative_labels(values[i], data.state[i, :7], kinematics)
-    elif target_space.relative_arm:
-        values[:, :7] -= data.state[:, :7]
-    data.tokens = target.tokenize(values).astype(np.int64)
-    return target_space.to_dict()
-
-
-def split_episodes(num_episodes: int, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of validation episodes (by episode, deterministic)."""
-    rng = np.random.default_rng(seed + 7919)
-    return rng.random(num_episodes) < fraction
+from .train_config import DIM_NAMES, TARGET_SCALE, TrainConfig
+from .train_data import _batch, Data, load_data, relabel, split_episodes, TextTable
 
 
 def smooth_targets(tokens, bins: float, num_bins: int = 256):
@@ -283,44 +56,6 @@ def smooth_targets(tokens, bins: float, num_bins: int = 256):
     # The gripper (last dimension) is binary: keep it one-hot.
     smoothed[..., -1, :] = one_hot[..., -1, :]
     return smoothed
-
-
-def _shifted_on_device(images, idx: np.ndarray, rng: np.random.Generator, shift: int):
-    """Cut the same random shifts (edge-padded crops) from a GPU-resident image tensor."""
-    import torch
-    device = images.device
-    imgs = images[torch.from_numpy(idx).to(device)]
-    if shift <= 0:
-        return imgs
-    b, h, w, _ = imgs.shape
-    dy = torch.from_numpy(rng.integers(0, 2 * shift + 1, size=b)).to(device)
-    dx = torch.from_numpy(rng.integers(0, 2 * shift + 1, size=b)).to(device)
-    # Edge padding = clamping the source row / column of every output pixel.
-    rows = (dy[:, None] + torch.arange(h, device=device)[None] - shift).clamp(0, h - 1)
-    cols = (dx[:, None] + torch.arange(w, device=device)[None] - shift).clamp(0, w - 1)
-    batch = torch.arange(b, device=device)[:, None, None]
-    return imgs[batch, rows[:, :, None], cols[:, None, :]]
-
-
-def _batch(data: Data, idx: np.ndarray, text: TextTable, rng: np.random.Generator,
-           shift: int, device):
-    import torch
-    if isinstance(data.images, torch.Tensor):
-        imgs = _shifted_on_device(data.images, idx, rng, shift)
-    else:
-        imgs = data.images[idx]
-        if shift > 0:
-            b, h, w, _ = imgs.shape
-            padded = np.pad(imgs, ((0, 0), (shift, shift), (shift, shift), (0, 0)),
-                            mode='edge')
-            dy = rng.integers(0, 2 * shift + 1, size=b)
-            dx = rng.integers(0, 2 * shift + 1, size=b)
-            imgs = np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
-        imgs = torch.from_numpy(np.ascontiguousarray(imgs)).to(device)
-    phr = np.array([rng.choice(data.choices[e]) for e in data.episode[idx]])
-    return (imgs, text.embeddings[phr].to(device), text.masks[phr].to(device),
-            torch.from_numpy(data.state[idx]).to(device),
-            torch.from_numpy(data.tokens[idx]).to(device))
 
 
 class TargetHead:
@@ -591,12 +326,6 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
     progress.close()
     plot(metrics_path, os.path.join(out, 'curves.png'))
     return {'step': step, 'out': out, 'seconds': round(time.monotonic() - start, 1)}
-
-
-def config_hash(cfg: TrainConfig) -> str:
-    """Short identity of a training configuration."""
-    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
