@@ -22,9 +22,18 @@ CASES = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__))
                                       '*.json')))
 
 
-def test_there_are_golden_cases():
+def test_there_are_golden_cases_and_each_holds_goldens():
+    """The shipped model and the known model both have a case, and every case has data."""
     names = [os.path.basename(c) for c in CASES]
-    assert 'test_model_absolute.json' in names, names
+    assert {'rt1_nano.json', 'test_model_absolute.json'} <= set(names), names
+    for case in CASES:
+        data = golden.load_case(case)
+        goldens = data['goldens']
+        assert goldens['tokens'] and goldens['targets'] and goldens['commands'], case
+        ticks = [f['tick_ns'] for f in goldens['tokens']]
+        assert ticks == sorted(ticks), case
+        assert all(f['stamp_ns'] <= f['tick_ns'] for f in goldens['tokens']), case
+        assert all(len(f['tokens']) == 11 for f in goldens['tokens']), case
 
 
 @pytest.mark.parametrize('case', CASES, ids=[os.path.basename(c)[:-5] for c in CASES])
