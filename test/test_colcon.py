@@ -17,6 +17,7 @@ import subprocess
 from graph_harness import wait_for
 import rclpy
 from rclpy.node import Node
+from vla_ros.processes import interrupt_and_read
 
 
 def test_colcon_builds_both_packages_and_a_node_runs_from_the_install_space(colcon_ws):
@@ -48,12 +49,7 @@ def test_colcon_builds_both_packages_and_a_node_runs_from_the_install_space(colc
         seen = wait_for(offered, 60.0)
         alive = proc.poll() is None
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        _, out = interrupt_and_read(proc, 20)
         node.destroy_node()
         rclpy.try_shutdown()
     assert seen and alive, 'detokenizer_node from the install space not seen:\n' + out[-3000:]

@@ -9,7 +9,6 @@ Only lower bounds on time are asserted (a delay must be at least what was asked 
 """
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import threading
 import time
 
 import pytest
+from vla_ros.processes import interrupt_and_read
 
 
 class EchoServer:
@@ -84,13 +84,8 @@ def proxy(echo, tmp_path):
             return int(stream.read())
     yield start
     for proc in procs:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        assert proc.returncode == 0, out
+        code, out = interrupt_and_read(proc, 10)
+        assert code == 0, out
 
 
 def _connect(port):

@@ -51,6 +51,17 @@ def interrupt(proc: subprocess.Popen, timeout: float = 10.0) -> int:
     return proc.returncode
 
 
+def interrupt_and_read(proc: subprocess.Popen, timeout: float = 10.0):
+    """``interrupt`` a process whose output is a pipe; return (exit code, its output)."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return proc.returncode, out
+
+
 class ProcessGroup:
     """A set of node processes supervised together."""
 
