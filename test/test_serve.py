@@ -10,6 +10,7 @@ frame wins); deadlines; graceful shutdown. Certificates and tokens are made by t
 
 import io
 import os
+import re
 import threading
 import time
 
@@ -35,7 +36,7 @@ def creds(tmp_path_factory):
     rogue = Pki(os.path.join(folder, 'rogue'), 'rogue-ca')
     out = {'ca': pki.ca_file, 'rogue_ca': rogue.ca_file, 'folder': folder}
     out['server_cert'], out['server_key'] = pki.issue('localhost', server=True)
-    for robot in ('robot1', 'robot2'):
+    for robot in ('robot1', 'robot2', 'robot3', 'robot4'):
         out[f'{robot}_cert'], out[f'{robot}_key'] = pki.issue(robot)
         out[f'{robot}_token'], line = new_token(folder, robot)
         out.setdefault('lines', []).append(line)
@@ -422,6 +423,41 @@ def test_newest_frame_wins_per_robot_and_robots_take_turns(slow_server, creds):
     assert done['two'][0] < done['one3'][0]
     one.close()
     two.close()
+
+
+def test_robots_frames_batched_in_one_call_each_get_their_own_tokens(creds, test_model_dir,
+                                                                     tmp_path):
+    """--max-batch 4: frames of four robots that wait together run as one model call."""
+    from conftest import absolute_action_space_file
+    server = ServerProcess(str(tmp_path), _tls_args(creds) + [
+        '--model', test_model_dir, '--action-space', absolute_action_space_file(),
+        '--model-delay-ms', '300', '--max-batch', '4'], name='batched').start()
+    robots = ['robot1', 'robot2', 'robot3', 'robot4']
+    clients = {r: _client(server, creds, robot=r, cert=False) for r in robots}
+    texts = {'robot1': 'pick up the red block', 'robot2': 'open the gripper',
+             'robot3': 'push the blue block left', 'robot4': 'drive to the yellow marker'}
+    try:
+        for round_ in range(3):
+            futures = {}
+            for k, robot in enumerate(robots):
+                rgb = np.full((300, 300, 3), 30 + 50 * k + 7 * round_, np.uint8)
+                rgb[:, :150, 1] = 200 - 40 * k
+                futures[robot] = (rgb, clients[robot].predict_future(
+                    _request(rgb, texts[robot], robot=robot, stamp=100 * round_ + k + 1),
+                    timeout=20))
+            for robot, (rgb, future) in futures.items():
+                reply = future.result()
+                expected = _expected_known(test_model_dir, rgb, texts[robot])
+                got = np.frombuffer(reply.tokens, np.uint8)
+                assert np.array_equal(got, expected), (robot, got, expected)
+                assert reply.source_stamp_ns % 100 == robots.index(robot) + 1
+    finally:
+        for client in clients.values():
+            client.close()
+        server.terminate()
+    log = server.log()
+    batched = re.search(r'batched_calls[=: ]+(\d+)', log)
+    assert batched and int(batched.group(1)) >= 2, log[-2000:]
 
 
 def test_deadlines_and_rate_limits_answer_with_an_error(slow_server, creds):

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 import os
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -100,29 +100,48 @@ class Policy:
     def predict(self, image: np.ndarray, instruction: str,
                 state: Optional[np.ndarray] = None) -> Prediction:
         """Tokens for one rgb8 300×300 image, an instruction and (if used) the state."""
+        return self.predict_batch([image], [instruction], [state])[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray], instructions: Sequence[str],
+                      states: Sequence[Optional[np.ndarray]]) -> List[Prediction]:
+        """
+        Tokens for several frames in one backend call (the batch axis of the ONNX graph).
+
+        Each frame is checked as ``predict`` checks one; ``model_ms`` is the whole call's.
+        """
         h, w = mc.IMAGE_SIZE
-        if image.shape != (h, w, 3) or image.dtype != np.uint8:
-            raise ValueError(f'expected image uint8 [{h}, {w}, 3], found {image.dtype} '
-                             f'{list(image.shape)}')
-        emb, mask = self.encode(instruction)
-        feeds: Dict[str, np.ndarray] = {'image': image[None], 'text_embeddings': emb,
-                                        'text_mask': mask}
+        n = len(images)
+        if n == 0 or len(instructions) != n or len(states) != n:
+            raise ValueError(f'a batch needs as many images, instructions and states (found '
+                             f'{n}, {len(instructions)}, {len(states)}), at least one')
+        for image in images:
+            if image.shape != (h, w, 3) or image.dtype != np.uint8:
+                raise ValueError(f'expected image uint8 [{h}, {w}, 3], found {image.dtype} '
+                                 f'{list(image.shape)}')
+        encoded = [self.encode(text) for text in instructions]
+        feeds: Dict[str, np.ndarray] = {
+            'image': np.stack(images), 'text_embeddings': np.concatenate([e for e, _ in encoded]),
+            'text_mask': np.concatenate([m for _, m in encoded])}
         if self.state_dim:
-            if state is None:
-                raise ValueError('this policy needs the previous commanded target as its '
-                                 'state input')
-            s = np.asarray(state, dtype=np.float32).reshape(1, -1)
-            if s.shape != (1, self.state_dim) or not np.all(np.isfinite(s)):
-                raise ValueError(f'state must be {self.state_dim} finite values, found '
-                                 f'{np.asarray(state).ravel().tolist()}')
-            feeds[mc.STATE_INPUT] = s
+            rows = []
+            for state in states:
+                if state is None:
+                    raise ValueError('this policy needs the previous commanded target as its '
+                                     'state input')
+                s = np.asarray(state, dtype=np.float32).reshape(1, -1)
+                if s.shape != (1, self.state_dim) or not np.all(np.isfinite(s)):
+                    raise ValueError(f'state must be {self.state_dim} finite values, found '
+                                     f'{np.asarray(state).ravel().tolist()}')
+                rows.append(s)
+            feeds[mc.STATE_INPUT] = np.concatenate(rows)
         t0 = time.perf_counter()
         logits = self.backend.run(feeds)[mc.POLICY_OUTPUT]
         model_ms = (time.perf_counter() - t0) * 1e3
-        if logits.shape != (1, mc.NUM_ACTION_TOKENS, mc.NUM_BINS):
+        if logits.shape != (n, mc.NUM_ACTION_TOKENS, mc.NUM_BINS):
             raise ValueError(f'policy returned logits of shape {logits.shape}, expected '
-                             f'(1, {mc.NUM_ACTION_TOKENS}, {mc.NUM_BINS})')
+                             f'({n}, {mc.NUM_ACTION_TOKENS}, {mc.NUM_BINS})')
         if not np.all(np.isfinite(logits)):
             raise ValueError('policy returned NaN or infinite logits')
-        tokens = np.argmax(logits[0], axis=-1).astype(np.uint8)
-        return Prediction(tokens=tokens, logits=logits[0], model_ms=model_ms)
+        tokens = np.argmax(logits, axis=-1).astype(np.uint8)
+        return [Prediction(tokens=tokens[i], logits=logits[i], model_ms=model_ms)
+                for i in range(n)]

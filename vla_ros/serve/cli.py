@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument('--require-accelerator', action='store_true')
     m.add_argument('--engine-file', default='', help='TensorRT engine cache path')
     m.add_argument('--workers', type=int, default=1, help='model worker threads')
+    m.add_argument('--max-batch', type=int, default=d.max_batch,
+                   help="robots' frames run in one model call (onnxruntime and torch "
+                   'backends; 1: one frame per call)')
     m.add_argument('--model-delay-ms', type=float, default=0.0,
                    help='add this to every model run, emulating a larger model (tests, '
                    'benchmarks; logged as a warning)')
@@ -122,7 +125,13 @@ def build(args):
                      'is served and may claim any robot id')
     limits = Limits(max_request_bytes=args.max_request_bytes, rate_limit_hz=args.rate_limit,
                     rate_burst=args.rate_burst, max_queue_wait=args.max_queue_wait,
-                    max_robots=args.max_robots, max_concurrent_rpcs=args.max_concurrent_rpcs)
+                    max_robots=args.max_robots, max_concurrent_rpcs=args.max_concurrent_rpcs,
+                    max_batch=args.max_batch)
+    if args.max_batch < 1:
+        raise ValueError(f'--max-batch must be >= 1, found {args.max_batch}')
+    if args.max_batch > 1 and args.backend not in ('onnxruntime', 'torch'):
+        raise ValueError(f'--max-batch {args.max_batch}: the {args.backend} backend runs one '
+                         'frame per call (its engine has a batch-1 profile)')
     space = ActionSpace.from_yaml(args.action_space or default_action_space_file())
     options = BackendOptions(
         model_file_path=model, providers=tuple(p for p in args.providers.split(',') if p),

@@ -7,8 +7,10 @@ frame), decoded on the gRPC handler thread and handed to the scheduler. The sche
 **one pending request per robot**: a newer frame from the same robot replaces one still
 waiting (which is answered ABORTED), and the model workers take the robots' pending requests
 oldest first, so one busy robot cannot starve another. A request whose deadline passes
-while it waits is dropped unrun (DEADLINE_EXCEEDED). No model batching: the backends run one
-frame per call (see docs/remote.md).
+while it waits is dropped unrun (DEADLINE_EXCEEDED). Batching (``max_batch`` > 1, ONNX Runtime
+and torch backends): a worker takes up to that many robots' pending frames and runs them in
+one backend call along the graph's batch axis; a robot never has two frames in a batch
+(one pending request each), and every reply carries exactly that robot's tokens.
 
 Every error is a gRPC status (INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED,
 RESOURCE_EXHAUSTED, FAILED_PRECONDITION, DEADLINE_EXCEEDED, UNAVAILABLE while draining);
@@ -47,6 +49,7 @@ class Limits:
     robot_idle_s: float = 60.0        # a robot's queue and bucket are forgotten after this
     max_concurrent_rpcs: int = 64
     handler_threads: int = 16
+    max_batch: int = 1                # robots' frames run in one model call (1: no batching)
 
 
 class AuthError(Exception):
@@ -327,48 +330,68 @@ class PolicyService:
         return rgb, state
 
     # -- model workers --------------------------------------------------------------------
-    def _next_job(self) -> Optional[_Job]:
+    def _next_jobs(self) -> List[_Job]:
+        """Take the oldest robots' newest frames, up to ``max_batch`` (empty: stopped)."""
         with self._lock:
             while not self._pending and not self.stopped:
                 self._lock.wait(0.5)
             if self.stopped:
-                return None
-            _, job = self._pending.popitem(last=False)  # the oldest robot's newest frame
-            job.started = time.monotonic()
-            return job
+                return []
+            jobs = []
+            while self._pending and len(jobs) < max(1, self.limits.max_batch):
+                _, job = self._pending.popitem(last=False)
+                job.started = time.monotonic()
+                jobs.append(job)
+            return jobs
 
     def _work(self):
         while True:
-            job = self._next_job()
-            if job is None:
+            jobs = self._next_jobs()
+            if not jobs:
                 return
-            if job.cancelled or time.monotonic() > job.deadline:
-                job.error = job.error or (grpc.StatusCode.DEADLINE_EXCEEDED,
-                                          'deadline passed while queued')
-                job.done.set()
+            live = []
+            for job in jobs:
+                if job.cancelled or time.monotonic() > job.deadline:
+                    job.error = job.error or (grpc.StatusCode.DEADLINE_EXCEEDED,
+                                              'deadline passed while queued')
+                    job.done.set()
+                else:
+                    live.append(job)
+            if not live:
                 continue
             try:
-                job.reply = self._run(job)
-                self._count('served')
-            except Exception as exc:  # a backend error answers this request, not the server
-                _log.error(f'inference failed for {job.robot}: {exc!r}')
-                job.error = (grpc.StatusCode.INTERNAL, f'inference failed: {exc}'[:300])
-            job.done.set()
+                replies = self._run(live)
+                for job, reply in zip(live, replies):
+                    job.reply = reply
+                    self._count('served')
+                if len(live) > 1:
+                    self._count('batched_calls')
+            except Exception as exc:  # a backend error answers these requests, not the server
+                _log.error(f'inference failed for {[j.robot for j in live]}: {exc!r}')
+                for job in live:
+                    job.error = (grpc.StatusCode.INTERNAL, f'inference failed: {exc}'[:300])
+            for job in live:
+                job.done.set()
 
-    def _run(self, job: _Job) -> pb.PredictReply:
-        request = job.request
-        queue_ms = (job.started - job.received) * 1e3 - job.decode_ms
-        text = request.instruction.strip()
+    def _run(self, jobs: List[_Job]) -> List[pb.PredictReply]:
+        texts = [job.request.instruction.strip() for job in jobs]
         with self._encode_lock:  # the embedding cache is not thread-safe
-            self.policy.encode(text)
+            for text in texts:
+                self.policy.encode(text)
         t0 = time.perf_counter()
         if self.model_delay_s > 0:
             time.sleep(self.model_delay_s)
-        pred = self.policy.predict(job.rgb, text, job.state)
-        pred.model_ms = (time.perf_counter() - t0) * 1e3
+        preds = self.policy.predict_batch([job.rgb for job in jobs], texts,
+                                          [job.state for job in jobs])
+        model_ms = (time.perf_counter() - t0) * 1e3
+        return [self._reply(job, pred, model_ms) for job, pred in zip(jobs, preds)]
+
+    def _reply(self, job: _Job, pred, model_ms: float) -> pb.PredictReply:
+        request = job.request
+        queue_ms = (job.started - job.received) * 1e3 - job.decode_ms
         tokens = np.asarray(pred.tokens, dtype=np.uint8)
         timing = pb.Timing(queue_ms=max(0.0, queue_ms), decode_ms=job.decode_ms,
-                           model_ms=pred.model_ms,
+                           model_ms=model_ms,
                            total_ms=(time.monotonic() - job.received) * 1e3)
         return pb.PredictReply(
             tokens=tokens.tobytes(), steps=1, tokens_per_step=int(tokens.size),

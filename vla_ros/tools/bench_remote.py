@@ -11,7 +11,10 @@ lossless; JPEG at several qualities) it prints:
   besides the model itself;
 * the local model time for comparison;
 * token agreement with the local (lossless) tokens: frames whose 11 tokens are all equal,
-  tokens equal, and the largest token difference.
+  tokens equal, and the largest token difference;
+* with ``--batch-sizes``: what the server's ``--max-batch`` can gain, the local model's
+  frames per second when that many robots' frames run in one call, and whether the batched
+  tokens equal the batch-1 tokens.
 
 Frames are synthetic camera-like scenes (gradients, blocks, sensor noise), not the robot's;
 a figure printer, not a test.
@@ -102,6 +105,26 @@ def _start_server(args, folder: str):
     return proc, options
 
 
+def batch_throughput(policy, frames, states, text: str, sizes: str, expected,
+                     repeats: int) -> Dict[int, Dict[str, float]]:
+    """Frames per second of ``policy.predict_batch`` at each batch size; token agreement."""
+    out = {}
+    for size in [int(s) for s in sizes.split(',') if s.strip()]:
+        chunks = [(frames[i:i + size], states[i:i + size], expected[i:i + size])
+                  for i in range(0, len(frames) - size + 1, size)]
+        policy.predict_batch(chunks[0][0], [text] * size, chunks[0][1])  # warm-up
+        equal = count = 0
+        t0 = time.perf_counter()
+        for _ in range(max(1, repeats)):
+            for imgs, sts, exp in chunks:
+                preds = policy.predict_batch(imgs, [text] * size, sts)
+                equal += sum(int(np.array_equal(p.tokens, e)) for p, e in zip(preds, exp))
+                count += size
+        seconds = time.perf_counter() - t0
+        out[size] = {'frames_per_s': count / seconds, 'frames_equal': equal / count}
+    return out
+
+
 def run(args) -> Dict[str, Dict[str, float]]:
     """Measure; return setting → figures."""
     from ..core.action_space import ActionSpace
@@ -126,6 +149,8 @@ def run(args) -> Dict[str, Dict[str, float]]:
         local_ms.append(pred.model_ms)
         expected.append(pred.tokens)
     results = {'local model': {'p50': _pct(local_ms, 50), 'p99': _pct(local_ms, 99)}}
+    results['batches'] = batch_throughput(local, frames, inputs, text, args.batch_sizes,
+                                          expected, args.repeats)
     with tempfile.TemporaryDirectory(prefix='vla_bench_remote_') as folder:
         proc, options = _start_server(args, folder)
         client = RemoteClient(RemoteOptions(**options))
@@ -180,11 +205,19 @@ def main(argv: Sequence[str] = None) -> int:
     p.add_argument('--instruction', default='pick up the red block')
     p.add_argument('--threads', type=int, default=2, help='intra-op threads, both sides')
     p.add_argument('--plaintext', action='store_true', help='no TLS, no token')
+    p.add_argument('--batch-sizes', default='1,2,4,8',
+                   help='local model throughput at these batch sizes (serve --max-batch)')
     args = p.parse_args(argv)
     results = run(args)
     local = results.pop('local model')
+    batches = results.pop('batches')
     print(f'local model run: p50 {local["p50"]:.2f} ms, p99 {local["p99"]:.2f} ms '
           f'(batch 1, {args.threads} threads)')
+    one = batches.get(1, {}).get('frames_per_s')
+    for size, b in batches.items():
+        gain = f', {b["frames_per_s"] / one:.2f}x batch 1' if one else ''
+        print(f'batch {size}: {b["frames_per_s"]:.1f} frames/s{gain}; tokens equal to batch 1 '
+              f'on {100 * b["frames_equal"]:.1f}% of frames')
     print(f'{"frame":<8} {"bytes":>8} {"added p50 ms":>13} {"added p99 ms":>13} '
           f'{"frames equal":>13} {"tokens equal":>13} {"max diff":>9}')
     for name, r in results.items():
