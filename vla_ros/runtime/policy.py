@@ -120,7 +120,9 @@ class Policy:
                                  f'{list(image.shape)}')
         encoded = [self.encode(text) for text in instructions]
         feeds: Dict[str, np.ndarray] = {
-            'image': np.stack(images), 'text_embeddings': np.concatenate([e for e, _ in encoded]),
+            # One frame (inference_node's 5 Hz path): a view, no copy.
+            'image': images[0][None] if n == 1 else np.stack(images),
+            'text_embeddings': np.concatenate([e for e, _ in encoded]),
             'text_mask': np.concatenate([m for _, m in encoded])}
         if self.state_dim:
             rows = []

@@ -20,7 +20,7 @@ drives, never blocking its executor:
 Plain Python (no rclpy): the node passes ``count``/``set`` (its Diagnostics) and ``log``.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import random
 import threading
 import time
@@ -29,6 +29,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from .base import BackendError
+from ..core.params import defaults
 
 REMOTE_BACKEND = 'remote'
 
@@ -37,31 +38,29 @@ class RemoteError(BackendError):
     """The remote server cannot be used as configured (unreachable, refused, other model)."""
 
 
-def _schema_default(name: str):
-    from ..core.params import defaults
-    return defaults('inference_node')[RemoteOptions.PREFIX + name]
+# inference_node's remote_* parameter defaults: the schema is their one source.
+_DEFAULTS = defaults('inference_node')
 
 
 @dataclass(frozen=True)
 class RemoteOptions:
     """inference_node's ``remote_*`` parameters; defaults from the schema (core/params.py)."""
 
-    endpoint: str = field(default_factory=lambda: _schema_default('endpoint'))
-    robot_id: str = field(default_factory=lambda: _schema_default('robot_id'))
-    ca_file: str = field(default_factory=lambda: _schema_default('ca_file'))
-    cert_file: str = field(default_factory=lambda: _schema_default('cert_file'))
-    key_file: str = field(default_factory=lambda: _schema_default('key_file'))
-    token_file: str = field(default_factory=lambda: _schema_default('token_file'))
-    server_name: str = field(default_factory=lambda: _schema_default('server_name'))
-    insecure: bool = field(default_factory=lambda: _schema_default('insecure'))
-    deadline: float = field(default_factory=lambda: _schema_default('deadline'))
-    connect_timeout: float = field(default_factory=lambda: _schema_default('connect_timeout'))
-    compression: str = field(default_factory=lambda: _schema_default('compression'))
-    jpeg_quality: int = field(default_factory=lambda: _schema_default('jpeg_quality'))
-    max_in_flight: int = field(default_factory=lambda: _schema_default('max_in_flight'))
-    model_id: str = field(default_factory=lambda: _schema_default('model_id'))
-    reconnect_backoff_max: float = field(
-        default_factory=lambda: _schema_default('reconnect_backoff_max'))
+    endpoint: str = _DEFAULTS['remote_endpoint']
+    robot_id: str = _DEFAULTS['remote_robot_id']
+    ca_file: str = _DEFAULTS['remote_ca_file']
+    cert_file: str = _DEFAULTS['remote_cert_file']
+    key_file: str = _DEFAULTS['remote_key_file']
+    token_file: str = _DEFAULTS['remote_token_file']
+    server_name: str = _DEFAULTS['remote_server_name']
+    insecure: bool = _DEFAULTS['remote_insecure']
+    deadline: float = _DEFAULTS['remote_deadline']
+    connect_timeout: float = _DEFAULTS['remote_connect_timeout']
+    compression: str = _DEFAULTS['remote_compression']
+    jpeg_quality: int = _DEFAULTS['remote_jpeg_quality']
+    max_in_flight: int = _DEFAULTS['remote_max_in_flight']
+    model_id: str = _DEFAULTS['remote_model_id']
+    reconnect_backoff_max: float = _DEFAULTS['remote_reconnect_backoff_max']
 
     PREFIX = 'remote_'
 
