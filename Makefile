@@ -66,7 +66,7 @@ $(INSTALLED): $(STAMP) $(INTERFACES) $(MODEL) $(SOURCES)
 
 install: $(INSTALLED)
 
-# The remote policy's message code (vla_ros/serve/_proto/policy_v1_pb2.py) is generated from
+# The remote policy's message code (vla_ros/wire/_proto/policy_v1_pb2.py) is generated from
 # its .proto and committed, so robots need no protobuf compiler (docs/remote.md); run this
 # after editing the .proto (test_serve.py fails while the two differ).
 .PHONY: proto

@@ -26,7 +26,7 @@ setup(
     name=PACKAGE,
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*']),
-    package_data={PACKAGE: ['sim/assets/*', 'serve/_proto/*.proto']},
+    package_data={PACKAGE: ['sim/assets/*', 'wire/_proto/*.proto']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),

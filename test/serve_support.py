@@ -22,7 +22,7 @@ VLA_ROS = os.path.join(os.path.dirname(sys.executable), 'vla-ros')
 def new_token(folder: str, robot: str):
     """Return (token file path, tokens-file line) for a new random token of ``robot``."""
     import secrets
-    from vla_ros.serve.protocol import token_digest
+    from vla_ros.wire.protocol import token_digest
     token = secrets.token_urlsafe(24)
     path = os.path.join(folder, f'{robot}.token')
     with open(path, 'w', encoding='utf-8') as stream:

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from serve_support import new_token, Pki, ServerProcess
 from vla_ros.runtime.remote import RemoteClient, RemoteOptions
-from vla_ros.serve import protocol
-from vla_ros.serve.protocol import pb
+from vla_ros.wire import protocol
+from vla_ros.wire.protocol import pb
 
 pytest.importorskip('cryptography')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,7 +3,7 @@ The robot's side of the remote policy (inference_node ``backend: remote``).
 
 ``RemoteClient`` is the channel: TLS (server certificate checked against ``ca_file``), the
 robot's credentials (a client certificate for mutual TLS and/or a per-robot bearer token),
-and the three RPCs of ``serve/_proto/policy_v1.proto``. ``RemotePolicy`` is what the node
+and the three RPCs of ``wire/_proto/policy_v1.proto``. ``RemotePolicy`` is what the node
 drives, never blocking its executor:
 
 * ``connect`` (in ``configure``) asks the server what it runs and refuses a server whose
@@ -78,7 +78,7 @@ class RemoteOptions:
 
     def check(self):
         """Raise ValueError naming the first parameter that cannot work."""
-        from ..serve.protocol import ENCODINGS, ROBOT_ID_PATTERN
+        from ..wire.protocol import ENCODINGS, ROBOT_ID_PATTERN
         if not self.endpoint:
             raise ValueError('remote_endpoint is empty: set host:port of `vla-ros serve`')
         if not ROBOT_ID_PATTERN.match(self.robot_id):
@@ -123,7 +123,7 @@ class RemoteClient:
 
     def __init__(self, options: RemoteOptions):
         import grpc
-        from ..serve import protocol
+        from ..wire import protocol
         self.options = options
         self._grpc = grpc
         channel_options = [('grpc.max_receive_message_length', 1024 * 1024),
@@ -164,13 +164,13 @@ class RemoteClient:
 
     def model_info(self, timeout: float):
         """Return the server's ModelInfo (grpc.RpcError when it fails)."""
-        from ..serve.protocol import pb
+        from ..wire.protocol import pb
         return self._calls['GetModelInfo'](pb.ModelInfoRequest(), timeout=timeout,
                                            metadata=self.metadata)
 
     def health(self, timeout: float):
         """Return the server's HealthReply (grpc.RpcError when it fails)."""
-        from ..serve.protocol import pb
+        from ..wire.protocol import pb
         return self._calls['Health'](pb.HealthRequest(), timeout=timeout,
                                      metadata=self.metadata)
 
@@ -255,7 +255,7 @@ class RemotePolicy:
 
     def encode(self, instruction: str):
         """Check an instruction (the server encodes it); ValueError when it cannot be sent."""
-        from ..serve.protocol import MAX_INSTRUCTION_CHARS
+        from ..wire.protocol import MAX_INSTRUCTION_CHARS
         if len(instruction) > MAX_INSTRUCTION_CHARS:
             raise ValueError(f'instruction longer than {MAX_INSTRUCTION_CHARS} characters '
                              '(the remote protocol limit)')
@@ -264,7 +264,7 @@ class RemotePolicy:
     def _check_info(self, info):
         """Raise RemoteError when the served model is not one this node may use."""
         from ..core import model_contract as mc
-        from ..serve.protocol import PROTOCOL_VERSION
+        from ..wire.protocol import PROTOCOL_VERSION
         if info.protocol_version != PROTOCOL_VERSION:
             raise RemoteError(f'server speaks protocol {info.protocol_version}, this node '
                               f'{PROTOCOL_VERSION}')
@@ -398,7 +398,7 @@ class RemotePolicy:
 
         Never waits for the network: the reply arrives on a gRPC thread.
         """
-        from ..serve import protocol
+        from ..wire import protocol
         with self._lock:
             if not self._up:
                 return self._down_reason

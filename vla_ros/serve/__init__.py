@@ -1,7 +1,7 @@
 """
-The remote policy server (``vla-ros serve``) and its wire protocol.
+The remote policy server (``vla-ros serve``).
 
-``protocol`` is what both ends share (method table, frame codecs, model identity);
-``server`` the gRPC service; ``cli`` the command. The robot's side is
+``server`` is the gRPC service, ``cli`` the command, ``devcerts`` the test PKI. The wire
+protocol both ends share is ``vla_ros.wire``; the robot's side is
 ``vla_ros.runtime.remote`` (inference_node with ``backend: remote``).
 """

@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _new_token(robot: str) -> int:
-    from .protocol import ROBOT_ID_PATTERN, token_digest
+    from ..wire.protocol import ROBOT_ID_PATTERN, token_digest
     if not ROBOT_ID_PATTERN.match(robot):
         print('robot id must be 1-64 of [A-Za-z0-9_.-]', file=sys.stderr)
         return 2

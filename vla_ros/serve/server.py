@@ -30,9 +30,9 @@ import uuid
 import grpc
 import numpy as np
 
-from . import protocol
-from .protocol import pb
 from ..core import model_contract as mc
+from ..wire import protocol
+from ..wire.protocol import pb
 
 _log = logging.getLogger('vla_ros.serve')
 

@@ -66,7 +66,7 @@ def _pct(values, q) -> float:
 
 def _start_server(args, folder: str):
     from ..serve.devcerts import Pki
-    from ..serve.protocol import token_digest
+    from ..wire.protocol import token_digest
     port_file = os.path.join(folder, 'port')
     cmd = [sys.executable, '-m', 'vla_ros.cli', 'serve', '--host', '127.0.0.1', '--port', '0',
            '--port-file', port_file, '--rate-limit', '100000', '--rate-burst', '100000',
@@ -132,7 +132,7 @@ def run(args) -> Dict[str, Dict[str, float]]:
     from ..runtime import BackendOptions
     from ..runtime.policy import Policy, PolicyFiles
     from ..runtime.remote import RemoteClient, RemoteOptions
-    from ..serve import protocol
+    from ..wire import protocol
 
     model = args.model or default_model_dir()
     model = os.path.join(model, 'policy.onnx') if os.path.isdir(model) else model

@@ -1,9 +1,9 @@
 """
-Regenerate ``vla_ros/serve/_proto/policy_v1_pb2.py`` from ``policy_v1.proto`` (`make proto`).
+Regenerate ``vla_ros/wire/_proto/policy_v1_pb2.py`` from ``policy_v1.proto`` (`make proto`).
 
 The generated module is committed, so a robot needs only the ``protobuf`` runtime (>= the
 version named in its header) and ``grpcio``, not the compiler (``grpcio-tools``, a
-development dependency). ``test/test_serve_protocol.py`` regenerates it into a temporary
+development dependency). ``test/test_serve.py`` regenerates it into a temporary
 folder and fails when the committed copy differs from what the .proto says.
 """
 
@@ -14,8 +14,8 @@ import sys
 import tempfile
 from typing import Sequence
 
-PROTO = os.path.join('vla_ros', 'serve', '_proto', 'policy_v1.proto')
-GENERATED = os.path.join('vla_ros', 'serve', '_proto', 'policy_v1_pb2.py')
+PROTO = os.path.join('vla_ros', 'wire', '_proto', 'policy_v1.proto')
+GENERATED = os.path.join('vla_ros', 'wire', '_proto', 'policy_v1_pb2.py')
 HEADER = '# flake8: noqa\n'  # generated code: not held to the project's lint rules
 
 

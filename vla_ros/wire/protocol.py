@@ -3,7 +3,7 @@ The remote policy protocol (``_proto/policy_v1.proto``) as both ends use it.
 
 The service's method table is written here by hand (``METHODS``) instead of generated, so
 the only generated module is the message code (``_proto/policy_v1_pb2.py``) and neither end
-depends on the gRPC code generator's version; ``test_serve_protocol`` checks the table
+depends on the gRPC code generator's version; ``test/test_serve.py`` checks the table
 against the service in the .proto. Frames are raw rgb8 (lossless), PNG (lossless) or JPEG
 (lossy); decoding checks the declared size before any pixel is decoded, so a small request
 cannot make the server allocate a large image. Plain Python, no rclpy.
