@@ -4,9 +4,11 @@ The real ROS 2 tools in tests: the colcon workspace, ``ros2 launch`` and the ros
 The colcon workspace is built once per test run (the ``colcon_ws`` fixture in conftest.py)
 with the command the README gives; ``ros2 launch`` runs in its own session and is stopped
 with SIGINT to its process group, as a user's Ctrl-C would; every ``ros2`` verb that
-discovers the graph gets ``--no-daemon --spin-time 5`` (the default spin time returns
-partial graphs on a loaded machine, and a daemon would outlive the test), and every call
-has a deadline and is tried again when its answer is lost.
+discovers the graph gets ``--no-daemon --spin-time 1.5`` (a daemon would outlive the test;
+the CLI always waits the whole spin time, once per graph query, so a long one costs every
+call seconds). A short spin can see a partial graph on a loaded machine: every call has a
+deadline and a check of its answer (a node not found, a list short of the nodes wanted)
+and is tried again, a bounded number of times, when the answer is lost or partial.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +29,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO, 'README.md')
 VENV = sys.prefix
 SKIP_DIRS = {'.venv', '.git', 'build', 'install', 'log', '__pycache__', 'runs', 'data'}
-# What `ros2 node|topic|service|param|lifecycle` need to see a whole graph under load.
-DISCOVERY = ('--no-daemon', '--spin-time', '5')
+# How long `ros2 node|topic|service|param|lifecycle` wait to discover the graph; a partial
+# answer under load is caught by the caller's check and the call is made again.
+DISCOVERY = ('--no-daemon', '--spin-time', '1.5')
 TOOL_MODULES = ('launch', 'launch_ros', 'ros2cli', 'ros2launch', 'ros2run', 'ros2pkg',
                 'ros2node', 'ros2param', 'ros2lifecycle', 'ros2service', 'ros2topic')
 
@@ -216,7 +219,7 @@ def build_workspace(root: str) -> ColconWorkspace:
 
 
 # -- the ros2 command line -------------------------------------------------------------------
-def ros2(args: Sequence[str], env: Dict[str, str], timeout: float = 60.0, attempts: int = 3,
+def ros2(args: Sequence[str], env: Dict[str, str], timeout: float = 60.0, attempts: int = 6,
          until: Optional[Callable[[subprocess.CompletedProcess], bool]] = None
          ) -> subprocess.CompletedProcess:
     """

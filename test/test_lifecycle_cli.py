@@ -35,7 +35,8 @@ DECEL = 2.0          # base_max_deceleration, x (m/s^2)
 VX = 0.4             # base target, x (m/s)
 RAMP_TICKS = math.ceil(VX / (DECEL * PERIOD))
 NODE = '/interpolation_node'
-CLI_TIMEOUT = 120.0  # wall seconds for one ros2 command (two discovery spins of 5 s)
+CLI_TIMEOUT = 120.0  # wall seconds for one ros2 command (two short discovery spins)
+CLI_ATTEMPTS = 5     # runs of a command whose discovery spin missed the node
 
 
 def _cli(rig, args, drive=False):
@@ -43,8 +44,20 @@ def _cli(rig, args, drive=False):
     Run ``ros2 lifecycle ...`` while the rig ticks; return (exit code, output, ticks).
 
     ``drive``: a moving target (base VX) is sent before every tick. A command still running
-    after CLI_TIMEOUT (its answer lost) is stopped and reported with exit code None.
+    after CLI_TIMEOUT (its answer lost) is stopped and reported with exit code None. A
+    command whose short discovery spin missed the node ("Node not found") is run again.
     """
+    ticks = 0
+    for _ in range(CLI_ATTEMPTS):
+        code, out, n = _cli_once(rig, args, drive)
+        ticks += n
+        if code is None or 'Node not found' not in out:
+            break
+        print(f'ros2 lifecycle {" ".join(args)}: node not discovered yet, trying again')
+    return code, out, ticks
+
+
+def _cli_once(rig, args, drive):
     proc = subprocess.Popen(['ros2', 'lifecycle', *args, *DISCOVERY], env=underlay_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     end = time.monotonic() + CLI_TIMEOUT
