@@ -82,6 +82,24 @@ def _read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
     return ''.join(out)
 
 
+def _wait_recorded(proc: subprocess.Popen, done, timeout: float = 30.0) -> dict:
+    """
+    Ask ``vla-ros record`` for its progress (SIGUSR1) until ``done(progress)`` holds.
+
+    The recorder's own count of what it wrote, not a sleep, says when a recording may stop.
+    """
+    end = time.monotonic() + timeout
+    while True:
+        proc.send_signal(signal.SIGUSR1)
+        text = _read_until(proc, 'vla-ros record: progress ', max(1.0, end - time.monotonic()))
+        line = [ln for ln in text.splitlines() if 'vla-ros record: progress ' in ln][-1]
+        progress = json.loads(line.split('vla-ros record: progress ', 1)[1])
+        if done(progress):
+            return progress
+        assert time.monotonic() < end, f'recorder progress {progress} after {timeout:g} s'
+        time.sleep(0.05)  # polling interval of the question, not a synchronisation
+
+
 def _finish(proc: subprocess.Popen, sig=None, timeout: float = 20.0):
     if sig is not None:
         proc.send_signal(sig)
@@ -160,9 +178,13 @@ def test_record_round_trip(ros, tmp_path, storage, stop):
             for topic, _, msgs in topics[:-1]:
                 sent.setdefault(topic, []).append(time.time_ns())
                 publishers[topic].publish(msgs[i])
-            time.sleep(0.02)
-        assert wait_for(lambda: all(len(raw.get(t, [])) == n for t, _, _ in topics[:-1]), 30.0)
-        time.sleep(0.5)
+            # Paced by delivery (the history depth is smaller than n): the next message
+            # goes out once this one reached the test's own subscriber on every topic.
+            assert wait_for(lambda: all(len(raw.get(t, [])) > i for t, _, _ in topics[:-1]),
+                            30.0), {t: len(v) for t, v in raw.items()}
+        resolved = {t: bag_topics.resolve(t) for t, _, _ in topics[:-1]}
+        _wait_recorded(proc, lambda p: all(p['written'].get(r, 0) >= n
+                                           for r in resolved.values()))
         code, out = _finish(proc, stop)
     finally:
         if proc.poll() is None:
@@ -285,11 +307,13 @@ def test_record_on_sim_time_holds_messages_until_the_first_clock(ros, tmp_path):
         _read_until(proc, 'vla-ros record: recording', 30.0)
         assert wait_for(lambda: clock.get_subscription_count() >= 1
                         and latched.get_subscription_count() >= 1, 20.0)
-        time.sleep(1.0)  # the instruction is held: there is no clock yet
+        _wait_recorded(proc, lambda p: p['held'] >= 1)  # the instruction: no clock yet
         for i in range(20):
             clock.publish(Clock(clock=ns_to_time(5_000_000_000 + i * 50_000_000)))
-            time.sleep(0.05)
-        time.sleep(0.5)
+            # Received: the instruction and i + 1 clocks, written or still held.
+            _wait_recorded(proc, lambda p: sum(p['written'].values()) + p['held'] >= i + 2)
+        _wait_recorded(proc, lambda p: p['held'] == 0
+                       and p['written'].get('/vla/instruction', 0) == 1)
         code, out = _finish(proc, signal.SIGINT)
     finally:
         if proc.poll() is None:

@@ -17,7 +17,9 @@ clock; with ``--use-sim-time`` the ROS time from ``/clock``, messages received b
 first ``/clock`` being held and stamped with it, not with 0) unless ``--timestamp header``
 asks for the header stamp of stamped messages. Ctrl-C,
 SIGTERM or ``--duration`` close the bag cleanly (metadata.yaml and the storage index
-written); the exit status is 0, or 2 with a message for bad arguments.
+written); the exit status is 0, or 2 with a message for bad arguments. SIGUSR1 prints the
+progress so far (messages written per topic, messages held for the first ``/clock``) as
+one line of JSON, as ``dd`` does: what a script waits on before it stops the recording.
 
 Length (over 300 lines): graph discovery, QoS adaptation, raw writing and the command
 belong to one recorder; bag/topics.py holds the shared tables.
@@ -293,6 +295,13 @@ class Recorder:
         return offered or self.offered.get((topic, msgtype)) or [
             bag_topics.subscription_qos(self.kinds.get((topic, msgtype), bag_topics.RELIABLE))]
 
+    def progress(self) -> Dict:
+        """Messages written so far per topic, and those held for the first /clock."""
+        written: Dict[str, int] = {}
+        for (topic, _), n in list(self.recording.counts.items()):
+            written[topic] = written.get(topic, 0) + n
+        return {'written': written, 'held': len(self._held)}
+
     def summary(self) -> Dict:
         """Messages per topic and the counters."""
         if self._held:  # no /clock ever came: nothing to stamp them with
@@ -311,6 +320,23 @@ class Recorder:
         self.node.destroy_node()
 
 
+def _on_progress_signal(recorder: Recorder):
+    """
+    Have SIGUSR1 print the recorder's progress; return the handler it replaces.
+
+    Main thread only (where Python runs signal handlers); elsewhere nothing changes (None).
+    """
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def report(signum, frame):
+        print('vla-ros record: progress ' + json.dumps(recorder.progress(), sort_keys=True),
+              flush=True)
+    return signal.signal(signal.SIGUSR1, report)
+
+
 def record(out: str, topics: Sequence[str], storage: str = 'mcap', duration: float = 0.0,
            timestamp: str = 'receive', record_all: bool = False, version: int = 9,
            use_sim_time: bool = False, quiet: bool = False) -> Dict:
@@ -325,7 +351,7 @@ def record(out: str, topics: Sequence[str], storage: str = 'mcap', duration: flo
     recording = Recording(out, storage, version)
     log = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
     rclpy.init()
-    recorder = None
+    recorder = previous_handler = None
     try:
         recorder = Recorder(recording, topics, record_all, timestamp, use_sim_time, log)
         recording.set_custom_data('vla_ros.recorder', json.dumps(
@@ -333,6 +359,7 @@ def record(out: str, topics: Sequence[str], storage: str = 'mcap', duration: flo
              'clock': 'ros' if use_sim_time else 'receive'}, sort_keys=True))
         executor = SingleThreadedExecutor()
         executor.add_node(recorder.node)
+        previous_handler = _on_progress_signal(recorder)
         print(f'vla-ros record: recording {len(recorder.wanted)} topics'
               f'{" and every other topic" if record_all else ""} into {out} ({storage})',
               flush=True)
@@ -353,6 +380,9 @@ def record(out: str, topics: Sequence[str], storage: str = 'mcap', duration: flo
             except Exception:  # the context may already be gone after a signal
                 pass
         rclpy.try_shutdown()
+        if previous_handler is not None:  # after the bag is closed: never mid-write
+            import signal
+            signal.signal(signal.SIGUSR1, previous_handler)
     return summary
 
 
