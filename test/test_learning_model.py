@@ -84,6 +84,13 @@ def test_text_embeddings_file_and_the_auxiliary_target_head(small_dataset, tmp_p
     valid = data.target[:, 3] > 0.5
     assert 0 < valid.sum() < len(valid)
     assert np.all(np.abs(data.target[valid, :2]) < 3.0) and np.all(data.target[~valid] == 0)
+    # Which object: the named colour's slot, the same for every frame of an episode.
+    slots = train_data.target_slots()
+    assert np.all(data.target_slot[valid] >= 0) and np.all(data.target_slot[~valid] == -1)
+    for e in np.unique(data.episode):
+        assert len(set(data.target_slot[data.episode == e])) == 1
+    assert {slots[k] for k in data.target_slot[valid]} <= {'red', 'green', 'blue', 'yellow',
+                                                            'magenta', 'cyan'}
     cfg = train_config.TrainConfig(model='nano', steps=10, batch_size=8, warmup=2,
                                    val_fraction=0.0, snapshot_every=10, val_every=10,
                                    threads=2, aux_target_weight=1.0)
@@ -104,6 +111,13 @@ def test_text_embeddings_file_and_the_auxiliary_target_head(small_dataset, tmp_p
     metrics = train.evaluate_offline(build_policy(get_config('nano')), data, idx,
                                      read, torch.device('cpu'), False, head=head)
     assert metrics['val_target_cm'] > 0.0
+    # One position per nameable object; the loss reads the named one's.
+    vision = torch.zeros(4, head.linear.in_features // 1).view(4, -1, 1).expand(4, -1, 1)
+    with torch.no_grad():
+        head.linear.weight.zero_()
+        head.linear.bias.copy_(torch.arange(3.0 * len(slots)))
+        pred = head(vision.reshape(4, 1, -1), torch.tensor([0, 1, 5, 2]))
+    assert pred.tolist() == [[0, 1, 2], [3, 4, 5], [15, 16, 17], [6, 7, 8]]
 
 
 @pytest.fixture(scope='module')

@@ -41,7 +41,8 @@ import numpy as np
 
 from .progress import Progress
 from .train_config import DIM_NAMES, TARGET_SCALE, TrainConfig
-from .train_data import _batch, Data, load_data, relabel, split_episodes, TextTable
+from .train_data import (_batch, Data, load_data, relabel, split_episodes, target_slots,
+                         TextTable)
 
 
 def smooth_targets(tokens, bins: float, num_bins: int = 256):
@@ -60,31 +61,38 @@ def smooth_targets(tokens, bins: float, num_bins: int = 256):
 
 class TargetHead:
     """
-    The auxiliary head: the visual tokens (TokenLearner output) -> named object x, y, z.
+    The auxiliary head: the visual tokens (TokenLearner output) -> each object's x, y, z.
 
     It reads the tokens before the encoder mixes in the state input: the previous commanded
     arm target follows the expert toward the block, so a head on the encoder output can
     read the position from the state instead of the image (measured: 0.86 cm from the
     encoder output on validation frames, 8.0 cm from the image tokens of the same weights
-    on first frames, where the state says nothing).
+    on first frames, where the state says nothing). Those tokens do not see the
+    instruction, so one position is regressed per nameable object (``target_slots()``, by
+    colour) and the loss takes the named object's: a single output could only learn where
+    blocks are on average.
     """
 
     def __init__(self, model, device):
         import torch
         cfg = model.config
-        self.linear = torch.nn.Linear(cfg.num_image_tokens * cfg.d_model, 3).to(device)
+        self.slots = len(target_slots())
+        self.linear = torch.nn.Linear(cfg.num_image_tokens * cfg.d_model,
+                                      3 * self.slots).to(device)
 
-    def __call__(self, vision):
-        """Position (10 cm units) from visual tokens [B, N, d]."""
-        return self.linear(vision.flatten(1).float())
+    def __call__(self, vision, slot):
+        """Position (10 cm units) of object ``slot`` [B] from visual tokens [B, N, d]."""
+        import torch
+        out = self.linear(vision.flatten(1).float()).view(-1, self.slots, 3)
+        return out[torch.arange(out.shape[0], device=out.device), slot]
 
-    def loss(self, vision, target):
+    def loss(self, vision, target, slot):
         """Smooth-L1 (10 cm units) over frames with a known target; 0 when none."""
         import torch
-        valid = target[:, 3] > 0.5
+        valid = (target[:, 3] > 0.5) & (slot >= 0)
         if not bool(valid.any()):
             return vision.new_zeros(()).float()
-        pred = self(vision[valid])
+        pred = self(vision[valid], slot[valid])
         return torch.nn.functional.smooth_l1_loss(pred, target[valid, :3] / TARGET_SCALE,
                                                   beta=0.1)
 
@@ -135,9 +143,11 @@ def evaluate_offline(model, data: Data, idx: np.ndarray, text: TextTable, device
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits, vision = _forward(model, head, img, emb, mask, state)
             if head is not None:
-                valid = data.target[part, 3] > 0.5
+                valid = (data.target[part, 3] > 0.5) & (data.target_slot[part] >= 0)
                 if valid.any():
-                    pred = head(vision).float().cpu().numpy()[valid] * TARGET_SCALE
+                    slot = torch.from_numpy(data.target_slot[part][valid]).to(device)
+                    pred = head(vision[torch.from_numpy(valid).to(device)], slot)
+                    pred = pred.float().cpu().numpy() * TARGET_SCALE
                     errors.append(np.linalg.norm(pred - data.target[part][valid, :3], axis=1))
             logits = logits.float()
             losses.append(torch.nn.functional.cross_entropy(
@@ -289,7 +299,8 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
         loss = -(target * logp).sum(-1).mean()
         total = loss
         if head is not None:
-            aux = head.loss(vision, torch.from_numpy(data.target[idx]).to(device))
+            aux = head.loss(vision, torch.from_numpy(data.target[idx]).to(device),
+                            torch.from_numpy(data.target_slot[idx]).to(device))
             total = loss + cfg.aux_target_weight * aux
             aux_window.append(aux.item())
         opt.zero_grad(set_to_none=True)

@@ -125,6 +125,18 @@ def read_text_embeddings(path: str) -> Dict:
     return {t: (embs[i], masks[i]) for i, t in enumerate(texts)}
 
 
+def target_slots() -> Tuple[str, ...]:
+    """The objects an instruction can name, by colour (blocks, then markers)."""
+    from ..sim.tasks import BLOCK_COLOURS, MARKER_COLOURS
+    return tuple(BLOCK_COLOURS) + tuple(MARKER_COLOURS)
+
+
+def target_slot(colour: str) -> int:
+    """Index of the named object's colour in ``target_slots()``; -1 when none is named."""
+    slots = target_slots()
+    return slots.index(colour) if colour in slots else -1
+
+
 @dataclasses.dataclass
 class Data:
     """All frames of the training datasets in memory."""
@@ -136,12 +148,15 @@ class Data:
     episode: np.ndarray      # int64 [N] (global over datasets)
     choices: List[List[int]]  # per global episode: phrasing indices
     identity: Dict[str, str]
+    # int64 [N]: which object ``target`` is, an index into ``target_slots()`` (-1: none named)
+    target_slot: np.ndarray
 
 
 def load_data(roots: Sequence[str], factor: int, quiet: bool = False
               ) -> Tuple[Data, List[str], Dict]:
     """Load datasets; return data, phrasings and the action space they were recorded in."""
     images, state, tokens, target, episode, choices = [], [], [], [], [], []
+    episode_slot: List[int] = []
     phrasings: Dict[str, int] = {}
     identity, space = {}, None
     offset = 0
@@ -170,9 +185,12 @@ def load_data(roots: Sequence[str], factor: int, quiet: bool = False
             else:  # a robot's own task (bag without sim status): its recorded instruction
                 options = list(e['tasks'])
             choices.append([phrasings.setdefault(p, len(phrasings)) for p in options])
+            episode_slot.append(target_slot(params.get('colour', '')))
         offset += len(loaded.episodes)
+    episodes = np.concatenate(episode)
     data = Data(np.concatenate(images), np.concatenate(state), np.concatenate(tokens),
-                np.concatenate(target), np.concatenate(episode), choices, identity)
+                np.concatenate(target), episodes, choices, identity,
+                np.asarray(episode_slot, np.int64)[episodes])
     return data, sorted(phrasings, key=phrasings.get), space
 
 
