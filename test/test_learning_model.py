@@ -89,8 +89,8 @@ def test_text_embeddings_file_and_the_auxiliary_target_head(small_dataset, tmp_p
     assert np.all(data.target_slot[valid] >= 0) and np.all(data.target_slot[~valid] == -1)
     for e in np.unique(data.episode):
         assert len(set(data.target_slot[data.episode == e])) == 1
-    assert {slots[k] for k in data.target_slot[valid]} <= {'red', 'green', 'blue', 'yellow',
-                                                            'magenta', 'cyan'}
+    named = {slots[k] for k in data.target_slot[valid]}
+    assert named <= {'red', 'green', 'blue', 'yellow', 'magenta', 'cyan'}, named
     cfg = train_config.TrainConfig(model='nano', steps=10, batch_size=8, warmup=2,
                                    val_fraction=0.0, snapshot_every=10, val_every=10,
                                    threads=2, aux_target_weight=1.0)

@@ -126,7 +126,7 @@ def read_text_embeddings(path: str) -> Dict:
 
 
 def target_slots() -> Tuple[str, ...]:
-    """The objects an instruction can name, by colour (blocks, then markers)."""
+    """Return the objects an instruction can name, by colour (blocks, then markers)."""
     from ..sim.tasks import BLOCK_COLOURS, MARKER_COLOURS
     return tuple(BLOCK_COLOURS) + tuple(MARKER_COLOURS)
 
