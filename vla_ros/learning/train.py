@@ -67,10 +67,10 @@ class TargetHead:
     arm target follows the expert toward the block, so a head on the encoder output can
     read the position from the state instead of the image (measured: 0.86 cm from the
     encoder output on validation frames, 8.0 cm from the image tokens of the same weights
-    on first frames, where the state says nothing). Those tokens do not see the
-    instruction, so one position is regressed per nameable object (``target_slots()``, by
-    colour) and the loss takes the named object's: a single output could only learn where
-    blocks are on average.
+    on first frames, where the state says nothing). One position is regressed per
+    nameable object (``target_slots()``, by colour) and the loss takes the named object's,
+    so the head itself never has to decode which object is named; the tokens are
+    conditioned on the instruction (FiLM) and must still carry that object's position.
     """
 
     def __init__(self, model, device):
