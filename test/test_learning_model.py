@@ -11,7 +11,7 @@ pytest.importorskip('pyarrow')
 
 from vla_ros.learning import (collect, dataset as ds, train, train_config,  # noqa: E402
                               train_data)
-from vla_ros.paths import default_model_dir  # noqa: E402
+from vla_ros.paths import default_action_space_file, default_model_dir  # noqa: E402
 
 SHIPPED = default_model_dir()
 
@@ -118,6 +118,36 @@ def test_text_embeddings_file_and_the_auxiliary_target_head(small_dataset, tmp_p
         head.linear.bias.copy_(torch.arange(3.0 * len(slots)))
         pred = head(vision.reshape(4, 1, -1), torch.tensor([0, 1, 5, 2]))
     assert pred.tolist() == [[0, 1, 2], [3, 4, 5], [15, 16, 17], [6, 7, 8]]
+
+
+def test_idle_frames_are_the_waits_and_drop_idle_leaves_them_out(small_dataset, tmp_path):
+    """Idle: no arm or base motion, gripper unchanged; --drop-idle trains without them."""
+    from vla_ros.core.action_space import ActionSpace, ActionTokenizer
+    data, _, recorded = train_data.load_data([small_dataset], 3, quiet=True)
+    tool = os.path.join(os.path.dirname(default_action_space_file()), 'action_space_tool.yaml')
+    space = train_data.relabel(data, recorded, tool)
+    idle = train_data.idle_frames(data, space)
+    values = ActionTokenizer(ActionSpace.from_dict(space)).detokenize(data.tokens)
+    moving = np.abs(values[:, :3]).max(1) > 0.01
+    assert not np.any(idle & moving)                        # a 1 cm move is never idle
+    assert not np.any(idle & np.any(values[:, 7:10] != 0, axis=1))  # nor a base command
+    assert not np.any(idle & (values[:, 10] != data.state[:, 10]))  # nor a gripper event
+    assert 0 < idle.sum() < len(idle)          # the expert waits (pre-grasp, episode ends)
+    # An absolute arm space has no idle frames (a target always says where to be).
+    absolute = dict(space, dimensions=[dict(d, kind='position') if d['kind'] == 'tool_delta'
+                                       else d for d in space['dimensions']])
+    assert not train_data.idle_frames(data, absolute).any()
+    # The switch parses as a switch and the run records what it left out.
+    out = str(tmp_path / 'run')
+    assert train.main(['--data', small_dataset, '--out', out, '--model', 'nano', '--steps',
+                       '2', '--batch-size', '4', '--warmup', '1', '--val-fraction', '0',
+                       '--threads', '2', '--quiet', '--action-space', tool,
+                       '--drop-idle']) == 0
+    with open(os.path.join(out, 'run.json'), encoding='utf-8') as stream:
+        run = json.load(stream)
+    assert run['train_config']['drop_idle'] is True
+    assert run['frames']['idle_dropped'] == int(idle.sum())
+    assert run['frames']['train'] == len(idle) - int(idle.sum())
 
 
 @pytest.fixture(scope='module')

@@ -41,8 +41,8 @@ import numpy as np
 
 from .progress import Progress
 from .train_config import DIM_NAMES, TARGET_SCALE, TrainConfig
-from .train_data import (_batch, Data, load_data, relabel, split_episodes, target_slots,
-                         TextTable)
+from .train_data import (_batch, Data, idle_frames, load_data, relabel, split_episodes,
+                         target_slots, TextTable)
 
 
 def smooth_targets(tokens, bins: float, num_bins: int = 256):
@@ -223,6 +223,11 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
     val_ep = split_episodes(num_episodes, cfg.val_fraction, cfg.seed)
     is_val = val_ep[data.episode]
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    dropped = 0
+    if cfg.drop_idle:
+        keep = ~idle_frames(data, space)[train_idx]
+        dropped = int((~keep).sum())
+        train_idx = train_idx[keep]
     torch.manual_seed(cfg.seed)
     state_dict = None
     if cfg.init:
@@ -244,7 +249,8 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
     last = os.path.join(out, 'last.pt')
     run_info = {'train_config': dataclasses.asdict(cfg), 'model_config': model_cfg.to_dict(),
                 'datasets': data.identity, 'action_space': space,
-                'frames': {'train': int(len(train_idx)), 'validation': int(len(val_idx))},
+                'frames': {'train': int(len(train_idx)), 'validation': int(len(val_idx)),
+                           'idle_dropped': dropped},
                 'episodes': {'train': int((~val_ep).sum()), 'validation': int(val_ep.sum())}}
     if os.path.exists(last):
         ckpt = torch.load(last, map_location=device, weights_only=False)
@@ -352,8 +358,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         'every training phrasing, when it does not exist)')
     defaults = TrainConfig()
     for field in dataclasses.fields(TrainConfig):
-        parser.add_argument('--' + field.name.replace('_', '-'), type=type(field.default),
-                            default=getattr(defaults, field.name))
+        flag = '--' + field.name.replace('_', '-')
+        if isinstance(field.default, bool):  # a switch: --drop-idle
+            parser.add_argument(flag, action='store_true', default=field.default)
+        else:
+            parser.add_argument(flag, type=type(field.default),
+                                default=getattr(defaults, field.name))
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     from ..verbs import guarded

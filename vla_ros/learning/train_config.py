@@ -33,6 +33,9 @@ class TrainConfig:
     snapshot_every: int = 2500
     val_every: int = 500
     aux_target_weight: float = 0.0
+    # Leave idle frames (no arm, base or gripper change: train_data.idle_frames) out of
+    # the training batches; validation keeps every frame.
+    drop_idle: bool = False
 
 
 # The auxiliary target is regressed in units of 10 cm (a unit-scale output).

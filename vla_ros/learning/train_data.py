@@ -194,6 +194,33 @@ def load_data(roots: Sequence[str], factor: int, quiet: bool = False
     return data, sorted(phrasings, key=phrasings.get), space
 
 
+# An arm label within this fraction of its dimension's half-range counts as "no motion".
+IDLE_FRACTION = 0.025
+
+
+def idle_frames(data: Data, space_dict: Dict) -> np.ndarray:
+    """
+    Return which frames are idle: their label leaves the robot where it is.
+
+    Idle: every arm delta within ``IDLE_FRACTION`` of its half-range of zero (relative arm
+    spaces only; an absolute target always says where to be), base velocity zero and the
+    gripper label the same as the previous commanded gripper (the state's last value). A
+    scripted expert's waits (settling at the pre-grasp pose, the end of an episode) are such
+    frames; a policy that predicts one in a state it cannot tell from the wait's sees the
+    same image next step and waits for ever.
+    """
+    from ..core.action_space import ActionSpace, ActionTokenizer
+    space = ActionSpace.from_dict(space_dict)
+    if not space.relative_arm:
+        return np.zeros(len(data.tokens), bool)
+    values = ActionTokenizer(space).detokenize(data.tokens)
+    half = (space.high - space.low) / 2.0
+    arm = np.all(np.abs(values[:, :7]) <= IDLE_FRACTION * half[:7], axis=1)
+    base = np.all(values[:, 7:10] == 0.0, axis=1)
+    gripper = values[:, 10] == data.state[:, 10]
+    return arm & base & gripper
+
+
 def relabel(data: Data, recorded: Dict, target_file: str) -> Dict:
     """
     Re-tokenize the arm labels in another arm representation; return its action space.
