@@ -148,6 +148,17 @@ def test_idle_frames_are_the_waits_and_drop_idle_leaves_them_out(small_dataset, 
     assert run['train_config']['drop_idle'] is True
     assert run['frames']['idle_dropped'] == int(idle.sum())
     assert run['frames']['train'] == len(idle) - int(idle.sum())
+    # A checkpoint written before a setting existed resumes when the setting is at its
+    # default, and is refused when it is not.
+    last = os.path.join(out, 'last.pt')
+    ckpt = torch.load(last, weights_only=False)
+    del ckpt['run_info']['train_config']['drop_idle']   # as saved before the switch existed
+    torch.save(ckpt, last)
+    args = ['--data', small_dataset, '--out', out, '--model', 'nano', '--steps', '2',
+            '--batch-size', '4', '--warmup', '1', '--val-fraction', '0', '--threads', '2',
+            '--quiet', '--action-space', tool]
+    assert train.main(args) == 0
+    assert train.main(args + ['--drop-idle']) != 0
 
 
 @pytest.fixture(scope='module')

@@ -254,8 +254,9 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
                 'episodes': {'train': int((~val_ep).sum()), 'validation': int(val_ep.sum())}}
     if os.path.exists(last):
         ckpt = torch.load(last, map_location=device, weights_only=False)
-        if ckpt['run_info']['datasets'] != data.identity or \
-                ckpt['run_info']['train_config'] != dataclasses.asdict(cfg):
+        # Settings added since the checkpoint was written count at their defaults.
+        saved = {**dataclasses.asdict(TrainConfig()), **ckpt['run_info']['train_config']}
+        if ckpt['run_info']['datasets'] != data.identity or saved != dataclasses.asdict(cfg):
             raise ValueError(f'{last} was written with other data or settings; use a new '
                              '--out folder or the same arguments')
         model.load_state_dict(ckpt['model'])
