@@ -19,6 +19,7 @@ pipeline moves the arm while the garbage arrives.
 """
 
 import os
+import time
 
 from builtin_interfaces.msg import Time
 from graph_harness import LockstepRig
@@ -480,12 +481,17 @@ def test_kill_9_and_restart_of_each_node(bench):
         print(f'{name}: 3 fresh tokens {ticks} ticks after the restart')
         _assert_alive(bench)
         assert not checker.violations, '\n'.join(checker.violations)
-        # ... and interpolation_node tracks their targets (its state comes with the next
-        # /diagnostics report, once a wall-clock second: a report from just before the
-        # targets resumed may still say target_timeout, so up to three reports are read).
+        # ... and interpolation_node tracks their targets. The restarted node's targets reach
+        # it once DDS discovery has matched them (wall clock: seconds on a loaded machine), and
+        # its state comes with the next /diagnostics report, once a wall-clock second. So:
+        # wait for fresh targets, then read reports until it says tracking (30 s at most).
         assert [e for e in records.arm if e['t_ns'] > restarted_at], name
+        deadline = time.monotonic() + 30.0
+        while (not [e for e in records.targets if e['t_ns'] > restarted_at]
+               and time.monotonic() < deadline):
+            bench.tick()
         states = [bench.state()]
-        while states[-1] != 'tracking' and len(states) < 3:
+        while states[-1] != 'tracking' and time.monotonic() < deadline:
             states.append(bench.state())
         assert states[-1] == 'tracking', (name, states, step.diagnostic_messages, step.logs())
     # While interpolation_node was dead its last cmd_vel stayed on the wire; the new process
