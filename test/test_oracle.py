@@ -16,8 +16,11 @@ def scene():
 
 
 def test_privileged_state_names_the_object_and_task(scene):
-    x, y, stats = oracle.collect_states(scene, {'push_block': 2, 'drive_to_marker': 1}, 70)
+    x, y, episode, stats = oracle.collect_states(
+        scene, {'push_block': 2, 'drive_to_marker': 1}, 70)
     assert x.shape[1] == oracle.STATE_DIM and np.isfinite(x).all()
+    assert episode.shape == (len(x),) and np.all(np.diff(episode) >= 0)
+    assert episode[-1] == stats['episodes'] - 1
     assert y.shape == (len(x), 11) and y.min() >= 0 and y.max() <= 255
     assert stats['episodes'] + stats['expert_failures'] + stats['skipped_held_out'] == 3
     task_block = x[:, 41:46]
@@ -29,7 +32,7 @@ def test_privileged_state_names_the_object_and_task(scene):
 
 
 def test_the_mlp_fits_the_expert_and_runs_closed_loop(scene):
-    x, y, _ = oracle.collect_states(scene, {'push_block': 3}, 80)
+    x, y, _, _ = oracle.collect_states(scene, {'push_block': 3}, 80)
     policy, loss = oracle.train_mlp(x, y, steps=400, batch=64)
     predicted = np.stack([policy(s) for s in x])
     assert predicted.dtype == np.uint8 and predicted.shape == y.shape
@@ -40,3 +43,29 @@ def test_the_mlp_fits_the_expert_and_runs_closed_loop(scene):
     r = results['push_block']
     assert r['episodes'] == 1 and r['successes'] in (0, 1)
     assert 0.0 <= r['interval'][0] <= r['interval'][1] <= 1.0
+
+
+def test_chunk_labels_stay_inside_their_episode():
+    y = np.arange(5 * 11).reshape(5, 11)
+    episode = np.array([0, 0, 0, 1, 1])
+    chunks = oracle.chunk_labels(y, episode, 3).reshape(5, 3, 11)
+    # Frame 1: its own label, the next, then the episode's last repeated.
+    np.testing.assert_array_equal(chunks[1, :, 0], [11, 22, 22])
+    # Frame 2 is its episode's last: never the next episode's frame 3.
+    np.testing.assert_array_equal(chunks[2, :, 0], [22, 22, 22])
+    np.testing.assert_array_equal(chunks[3, :, 0], [33, 44, 44])
+    assert oracle.chunk_labels(y, episode, 1) is y
+
+
+def test_a_chunk_runner_executes_m_steps_then_predicts_again():
+    calls = []
+
+    def policy(state):
+        calls.append(state)
+        return np.repeat(np.arange(4, dtype=np.uint8) + 10 * len(calls), 11)
+
+    runner = oracle.ChunkRunner(policy, k=4, execute=2)
+    got = [int(runner(np.zeros(3))[0]) for _ in range(5)]
+    assert got == [10, 11, 20, 21, 30] and len(calls) == 3
+    runner.reset()
+    assert int(runner(np.zeros(3))[0]) == 40

@@ -105,9 +105,10 @@ class Scene:
 
 
 def collect_states(scene: Scene, episodes: Dict[str, int], seed_start: int):
-    """Expert episodes (perturbed by the scene's noise) → (states, label tokens, stats)."""
+    """Expert episodes (perturbed by the scene's noise) → (states, labels, episode ids, stats)."""
     xs: List[np.ndarray] = []
     ys: List[np.ndarray] = []
+    eps: List[int] = []
     stats = {'episodes': 0, 'expert_failures': 0, 'skipped_held_out': 0}
     for task, count in episodes.items():
         for seed in range(seed_start, seed_start + count):
@@ -134,8 +135,48 @@ def collect_states(scene: Scene, episodes: Dict[str, int], seed_start: int):
                 continue
             xs += ex
             ys += ey
+            eps += [stats['episodes']] * len(ex)
             stats['episodes'] += 1
-    return np.stack(xs), np.stack(ys).astype(np.int64), stats
+    return np.stack(xs), np.stack(ys).astype(np.int64), np.asarray(eps, np.int64), stats
+
+
+def chunk_labels(y: np.ndarray, episode: np.ndarray, k: int) -> np.ndarray:
+    """
+    Return each frame's next ``k`` labels side by side, (N, k * 11).
+
+    Steps past the end of an episode repeat its last label (the expert's final action).
+    """
+    if k <= 1:
+        return y
+    n = len(y)
+    out = np.empty((n, k, y.shape[1]), y.dtype)
+    last = np.empty(n, np.int64)  # index of each frame's episode's last frame
+    ends = np.flatnonzero(np.append(episode[1:] != episode[:-1], True))
+    starts = np.append(0, ends[:-1] + 1)
+    for s, e in zip(starts, ends):
+        last[s:e + 1] = e
+    for j in range(k):
+        out[:, j] = y[np.minimum(np.arange(n) + j, last)]
+    return out.reshape(n, k * y.shape[1])
+
+
+class ChunkRunner:
+    """Run a chunked policy: predict ``k`` steps, execute the first ``execute``, predict again."""
+
+    def __init__(self, policy, k: int, execute: int, width: int = 11):
+        self.policy, self.k, self.execute, self.width = policy, k, execute, width
+        self.queue: List[np.ndarray] = []
+
+    def reset(self):
+        """Forget the steps left from the last episode."""
+        self.queue = []
+
+    def __call__(self, state: np.ndarray) -> np.ndarray:
+        """Return the tokens of this step."""
+        if not self.queue:
+            steps = self.policy(state).reshape(self.k, self.width)
+            self.queue = list(steps[:self.execute])
+        return self.queue.pop(0)
 
 
 def train_mlp(x: np.ndarray, y: np.ndarray, steps: int = 6000, batch: int = 256,
@@ -172,6 +213,7 @@ def train_mlp(x: np.ndarray, y: np.ndarray, steps: int = 6000, batch: int = 256,
 
 def evaluate_policy(scene: Scene, policy, tasks: Sequence[str], episodes: int) -> Dict:
     """Closed-loop success of the oracle on seeds from EVAL_SEED_START."""
+    reset = getattr(policy, 'reset', lambda: None)
     results = {}
     for task in tasks:
         ok = n = 0
@@ -181,6 +223,7 @@ def evaluate_policy(scene: Scene, policy, tasks: Sequence[str], episodes: int) -
             seed += 1
             if instructions.is_held_out(task, episode.params):
                 continue
+            reset()
             status = scene.pipeline.run_episode(
                 lambda obs: policy(privileged_state(scene.robot, episode, obs)))
             ok += bool(status['success'])
@@ -207,11 +250,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--seed', type=int, default=0, help='training seed')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
     parser.add_argument('--eval-episodes', type=int, default=50, help='unseen seeds per task')
+    parser.add_argument('--chunk', type=int, default=1, metavar='K',
+                        help='predict the next K steps per decision (action chunks; 1: '
+                        'single-step, the node contract)')
+    parser.add_argument('--chunk-execute', type=int, default=0, metavar='M',
+                        help='steps of each chunk executed before the next prediction '
+                        '(0: all K)')
     parser.add_argument('--json', default=None, help='also write the results here')
     parser.add_argument('--cache', default=None, metavar='NPZ',
                         help='keep the collected states here and reuse them when present '
                         '(same --episodes, --seed-start, --arm-noise)')
     args = parser.parse_args(argv)
+    execute = args.chunk_execute or args.chunk
+    if args.chunk < 1 or not 1 <= execute <= args.chunk:
+        print(f'vla-ros oracle: need --chunk >= 1 and 1 <= --chunk-execute <= --chunk, got '
+              f'{args.chunk} and {args.chunk_execute}', file=sys.stderr)
+        return 2
     try:
         plan = parse_episodes(args.episodes)
         scene = Scene(args.action_space, args.params_file, args.arm_noise)
@@ -227,27 +281,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cached = None
     if args.cache and os.path.exists(args.cache):
         cached = np.load(args.cache, allow_pickle=False)
-        if str(cached['key']) != key:
+        if str(cached['key']) != key or 'episode' not in cached:
             print(f'vla-ros oracle: {args.cache} holds other data; collecting anew',
                   file=sys.stderr)
             cached = None
     if cached is not None:
-        x, y, stats = cached['x'], cached['y'], json.loads(str(cached['stats']))
+        x, y, episode = cached['x'], cached['y'], cached['episode']
+        stats = json.loads(str(cached['stats']))
     else:
         sigma, scene.noise.sigma = scene.noise.sigma, 0.0
-        x, y, stats = collect_states(scene, plan, args.seed_start)
+        x, y, episode, stats = collect_states(scene, plan, args.seed_start)
         scene.noise.sigma = sigma
-        x2, y2, stats2 = collect_states(scene, plan, args.seed_start + 50_000)
+        x2, y2, episode2, stats2 = collect_states(scene, plan, args.seed_start + 50_000)
         x, y = np.concatenate([x, x2]), np.concatenate([y, y2])
+        episode = np.concatenate([episode, episode2 + stats['episodes']])
         stats = {'clean': stats, 'second': stats2}
         if args.cache:
-            np.savez(args.cache, x=x, y=y, key=key, stats=json.dumps(stats))
+            np.savez(args.cache, x=x, y=y, episode=episode, key=key, stats=json.dumps(stats))
     collected = time.monotonic()
-    policy, loss = train_mlp(x, y, args.steps, seed=args.seed)
+    policy, loss = train_mlp(x, chunk_labels(y, episode, args.chunk), args.steps,
+                             seed=args.seed)
+    if args.chunk > 1:
+        policy = ChunkRunner(policy, args.chunk, execute, y.shape[1])
     trained = time.monotonic()
     results = evaluate_policy(scene, policy, list(plan), args.eval_episodes)
     scene.close()
-    summary = {'arm_noise': args.arm_noise, 'action_space': scene.space.to_dict(),
+    summary = {'arm_noise': args.arm_noise, 'chunk': args.chunk, 'chunk_execute': execute,
+               'action_space': scene.space.to_dict(),
                'frames': int(len(x)), 'collection': stats, 'final_loss': round(loss, 4),
                'seconds': {'collect': round(collected - start, 1),
                            'train': round(trained - collected, 1),
