@@ -161,6 +161,61 @@ def test_idle_frames_are_the_waits_and_drop_idle_leaves_them_out(small_dataset, 
     assert train.main(args + ['--drop-idle']) != 0
 
 
+def test_a_chunked_policy_trains_exports_and_runs_its_steps_in_process(small_dataset, tmp_path):
+    """--chunk 2 from a single-step snapshot: [B, 22, 256] logits, eval runs it, nodes refuse."""
+    from vla_ros.core import model_contract as mc
+    from vla_ros.core.action_space import ActionSpace
+    from vla_ros.learning import evaluate
+    from vla_ros.learning.learner import LearnerDecider
+    from vla_ros.runtime.policy import Policy, PolicyFiles
+    from vla_ros.sim.pipeline import Observation
+    from vla_ros.tools import export
+    common = ['--data', small_dataset, '--model', 'nano', '--steps', '2', '--batch-size', '4',
+              '--warmup', '1', '--val-fraction', '0.3', '--val-every', '2', '--threads', '2',
+              '--quiet']
+    single = str(tmp_path / 'single')
+    assert train.main(common + ['--out', single, '--snapshot-every', '2']) == 0
+    chunked = str(tmp_path / 'chunked')
+    init = os.path.join(single, 'weights_step000002.safetensors')
+    assert train.main(common + ['--out', chunked, '--chunk', '2', '--init', init]) == 0
+    with open(os.path.join(chunked, 'run.json'), encoding='utf-8') as stream:
+        run = json.load(stream)
+    assert run['train_config']['chunk'] == 2 and run['model_config']['chunk_steps'] == 2
+    from safetensors.torch import load_file
+    weights = load_file(os.path.join(chunked, 'weights_step000002.safetensors'))
+    assert weights['action_queries'].shape[1] == 22
+    out = str(tmp_path / 'export')
+    export.main(['--config', 'nano', '--checkpoint',
+                 os.path.join(chunked, 'weights_step000002.safetensors'), '--out', out])
+    space = ActionSpace.from_yaml(default_action_space_file())
+    files = PolicyFiles.from_paths(os.path.join(out, 'policy.onnx'))
+    # The nodes and the server run single-step models only: refused with the reason.
+    with pytest.raises(mc.ContractError, match='2 steps per frame'):
+        Policy(files, space)
+    policy = Policy(files, space, allow_chunks=True)
+    assert policy.metadata[mc.META_CHUNK_STEPS] == '2' and policy.chunk_steps == 2
+    image = np.zeros((300, 300, 3), np.uint8)
+    pred = policy.predict(image, 'open the gripper', np.zeros(11, np.float32))
+    assert pred.tokens.shape == (22,) and pred.logits.shape == (22, 256)
+    # In process, one inference serves two decisions; reset starts a new chunk.
+    learner = LearnerDecider(out, space)
+    obs = Observation(0.0, 'open the gripper', np.zeros(11, np.float32), np.zeros(8), image)
+    steps = [learner(obs) for _ in range(3)]
+    assert len(learner.model_ms) == 2
+    np.testing.assert_array_equal(steps[0], pred.tokens[:11])
+    np.testing.assert_array_equal(steps[1], pred.tokens[11:])
+    learner.reset()
+    learner(obs)
+    assert len(learner.model_ms) == 3
+    with pytest.raises(ValueError, match='chunk_execute'):
+        LearnerDecider(out, space, chunk_execute=3)
+    summary = evaluate.evaluate_policy(out, ['gripper'], 1, (100000, 100010), gifs=False,
+                                       quiet=True, chunk_execute=1)
+    assert summary['settings']['chunk_steps'] == 2
+    assert summary['settings']['chunk_execute'] == 1
+    assert summary['tasks']['gripper']['episodes'] == 1
+
+
 @pytest.fixture(scope='module')
 def shipped():
     path = os.path.join(SHIPPED, 'policy.onnx')

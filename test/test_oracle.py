@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip('torch')
 
-from vla_ros.learning import oracle  # noqa: E402
+from vla_ros.learning import chunks, oracle  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -48,13 +48,13 @@ def test_the_mlp_fits_the_expert_and_runs_closed_loop(scene):
 def test_chunk_labels_stay_inside_their_episode():
     y = np.arange(5 * 11).reshape(5, 11)
     episode = np.array([0, 0, 0, 1, 1])
-    chunks = oracle.chunk_labels(y, episode, 3).reshape(5, 3, 11)
+    steps = chunks.chunk_labels(y, episode, 3).reshape(5, 3, 11)
     # Frame 1: its own label, the next, then the episode's last repeated.
-    np.testing.assert_array_equal(chunks[1, :, 0], [11, 22, 22])
+    np.testing.assert_array_equal(steps[1, :, 0], [11, 22, 22])
     # Frame 2 is its episode's last: never the next episode's frame 3.
-    np.testing.assert_array_equal(chunks[2, :, 0], [22, 22, 22])
-    np.testing.assert_array_equal(chunks[3, :, 0], [33, 44, 44])
-    assert oracle.chunk_labels(y, episode, 1) is y
+    np.testing.assert_array_equal(steps[2, :, 0], [22, 22, 22])
+    np.testing.assert_array_equal(steps[3, :, 0], [33, 44, 44])
+    assert chunks.chunk_labels(y, episode, 1) is y
 
 
 def test_a_chunk_runner_executes_m_steps_then_predicts_again():
@@ -64,7 +64,7 @@ def test_a_chunk_runner_executes_m_steps_then_predicts_again():
         calls.append(state)
         return np.repeat(np.arange(4, dtype=np.uint8) + 10 * len(calls), 11)
 
-    runner = oracle.ChunkRunner(policy, k=4, execute=2)
+    runner = chunks.ChunkRunner(policy, k=4, execute=2)
     got = [int(runner(np.zeros(3))[0]) for _ in range(5)]
     assert got == [10, 11, 20, 21, 30] and len(calls) == 3
     runner.reset()

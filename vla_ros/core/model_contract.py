@@ -33,6 +33,10 @@ META_TRAINED = 'vla_ros.trained'
 META_STATE_DIM = 'vla_ros.state_dim'
 STATE_INPUT = 'state'
 STATE_DIM = 11
+# Action chunks: how many consecutive steps the policy predicts per frame (absent or "1":
+# one step, the logits [B, 11, 256]; k: [B, 11 k, 256], steps in time order).
+META_CHUNK_STEPS = 'vla_ros.chunk_steps'
+MAX_CHUNK_STEPS = 32
 
 POLICY_INPUTS = ('image', 'text_embeddings', 'text_mask')
 POLICY_OUTPUT = 'action_logits'
@@ -85,6 +89,20 @@ def state_dim(metadata: Dict[str, str]) -> int:
         raise ContractError(
             f'model metadata {META_STATE_DIM!r} is {value}: the nodes can only serve the '
             f'{STATE_DIM}-D previous commanded target as state (or no state input)')
+    return value
+
+
+def chunk_steps(metadata: Dict[str, str]) -> int:
+    """Return the steps per frame the model predicts (1: single-step); ContractError if bad."""
+    raw = metadata.get(META_CHUNK_STEPS, '1')
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ContractError(f'model metadata {META_CHUNK_STEPS!r}: expected an integer, found '
+                            f'{raw!r}') from None
+    if not 1 <= value <= MAX_CHUNK_STEPS:
+        raise ContractError(f'model metadata {META_CHUNK_STEPS!r} is {value}: expected 1 to '
+                            f'{MAX_CHUNK_STEPS} steps per frame')
     return value
 
 
@@ -150,7 +168,8 @@ def check_policy(inputs: List[TensorSpec], outputs: List[TensorSpec],
             f'model metadata {META_TEXT_DIM!r}: expected an integer, found {text_dim!r}')
     _check_specs('input', _expected_policy_inputs(text_dim_int, state_dim(metadata)), inputs)
     _check_specs('output', [TensorSpec(POLICY_OUTPUT, 'float32',
-                                       ('B', NUM_ACTION_TOKENS, NUM_BINS))], outputs)
+                                       ('B', NUM_ACTION_TOKENS * chunk_steps(metadata),
+                                        NUM_BINS))], outputs)
     size = metadata.get(META_IMAGE_SIZE)
     if size != f'{IMAGE_SIZE[0]},{IMAGE_SIZE[1]}':
         raise ContractError(

@@ -177,6 +177,8 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
             continue
         expert.reset(episode)
         noise.reset(task, seed)
+        if learner is not None:
+            learner.reset()
         frames: List[ds.Frame] = []
 
         def decide(obs: Observation) -> np.ndarray:

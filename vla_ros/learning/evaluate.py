@@ -91,14 +91,14 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
                     templates: Optional[Dict[str, List[str]]] = None, combos: str = 'seen',
                     out: Optional[str] = None, action_space_file: Optional[str] = None,
                     params_file: Optional[str] = None, gifs: bool = True,
-                    quiet: bool = False) -> Dict:
+                    quiet: bool = False, chunk_execute: int = 0) -> Dict:
     """Closed-loop evaluation; see the module docstring. Returns the JSON-able results."""
     space = ActionSpace.from_yaml(action_space_file or default_action_space_file())
     tokenizer = ActionTokenizer(space)
     pipeline = Pipeline.from_params(tokenizer, params_file)
     env = pipeline.env
     robot = env.robot
-    learner = LearnerDecider(model_dir, space)
+    learner = LearnerDecider(model_dir, space, chunk_execute=chunk_execute)
     rng = np.random.default_rng(seeds[0])
     results: Dict = {}
     progress = Progress(len(tasks) * episodes, 'eval', quiet=quiet)
@@ -123,6 +123,7 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
             else:
                 text = episode.instruction
             learner.instruction = text
+            learner.reset()
             frames: List[np.ndarray] = []
 
             def decide(obs: Observation) -> np.ndarray:
@@ -157,7 +158,8 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
         'weights_sha256': learner.policy.metadata.get('vla_ros.weights_sha256'),
         'settings': {'tasks': list(tasks), 'episodes': episodes, 'seeds': list(seeds),
                      'phrasing': 'file' if templates is not None else phrasing,
-                     'combinations': combos},
+                     'combinations': combos, 'chunk_steps': learner.policy.chunk_steps,
+                     'chunk_execute': learner.runner.execute},
         'tasks': results,
         'mean_success_rate': round(float(np.mean(rates)), 4) if rates else None,
         'model_ms_p50': round(float(np.median(learner.model_ms)), 3) if learner.model_ms
@@ -209,6 +211,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--params-file', default=None)
     parser.add_argument('--no-gifs', action='store_true')
     parser.add_argument('--quiet', action='store_true')
+    parser.add_argument('--chunk-execute', type=int, default=0, metavar='M',
+                        help='chunked models: steps of each predicted chunk executed before '
+                        'the next inference (default 0: all of them)')
     args = parser.parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)
@@ -217,7 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = evaluate_policy(args.model_dir, args.tasks, args.episodes, seeds,
                                   args.phrasing, templates, args.combinations, args.out,
                                   args.action_space, args.params_file, not args.no_gifs,
-                                  args.quiet)
+                                  args.quiet, args.chunk_execute)
     except ValueError as exc:
         print(f'vla-ros eval: {exc}', file=sys.stderr)
         return 2

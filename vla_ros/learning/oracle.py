@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import instructions
+from .chunks import chunk_labels, ChunkRunner
 from .collect import ArmNoise, EVAL_SEED_START, parse_episodes
 from .evaluate import wilson
 from ..core.action_space import ActionSpace, ActionTokenizer
@@ -138,45 +139,6 @@ def collect_states(scene: Scene, episodes: Dict[str, int], seed_start: int):
             eps += [stats['episodes']] * len(ex)
             stats['episodes'] += 1
     return np.stack(xs), np.stack(ys).astype(np.int64), np.asarray(eps, np.int64), stats
-
-
-def chunk_labels(y: np.ndarray, episode: np.ndarray, k: int) -> np.ndarray:
-    """
-    Return each frame's next ``k`` labels side by side, (N, k * 11).
-
-    Steps past the end of an episode repeat its last label (the expert's final action).
-    """
-    if k <= 1:
-        return y
-    n = len(y)
-    out = np.empty((n, k, y.shape[1]), y.dtype)
-    last = np.empty(n, np.int64)  # index of each frame's episode's last frame
-    ends = np.flatnonzero(np.append(episode[1:] != episode[:-1], True))
-    starts = np.append(0, ends[:-1] + 1)
-    for s, e in zip(starts, ends):
-        last[s:e + 1] = e
-    for j in range(k):
-        out[:, j] = y[np.minimum(np.arange(n) + j, last)]
-    return out.reshape(n, k * y.shape[1])
-
-
-class ChunkRunner:
-    """Run a chunked policy: predict ``k`` steps, execute the first ``execute``, predict again."""
-
-    def __init__(self, policy, k: int, execute: int, width: int = 11):
-        self.policy, self.k, self.execute, self.width = policy, k, execute, width
-        self.queue: List[np.ndarray] = []
-
-    def reset(self):
-        """Forget the steps left from the last episode."""
-        self.queue = []
-
-    def __call__(self, state: np.ndarray) -> np.ndarray:
-        """Return the tokens of this step."""
-        if not self.queue:
-            steps = self.policy(state).reshape(self.k, self.width)
-            self.queue = list(steps[:self.execute])
-        return self.queue.pop(0)
 
 
 def train_mlp(x: np.ndarray, y: np.ndarray, steps: int = 6000, batch: int = 256,

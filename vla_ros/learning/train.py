@@ -39,6 +39,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from .chunks import chunk_labels
 from .progress import Progress
 from .train_config import DIM_NAMES, TARGET_SCALE, TrainConfig
 from .train_data import (_batch, Data, idle_frames, load_data, relabel, split_episodes,
@@ -54,8 +55,9 @@ def smooth_targets(tokens, bins: float, num_bins: int = 256):
     grid = torch.arange(num_bins, dtype=torch.float32, device=tokens.device)
     weights = torch.exp(-0.5 * ((grid - tokens[..., None].float()) / bins) ** 2)
     smoothed = weights / weights.sum(-1, keepdim=True)
-    # The gripper (last dimension) is binary: keep it one-hot.
-    smoothed[..., -1, :] = one_hot[..., -1, :]
+    # The gripper (the last of every step's 11 dimensions) is binary: keep it one-hot.
+    grip = slice(len(DIM_NAMES) - 1, None, len(DIM_NAMES))
+    smoothed[..., grip, :] = one_hot[..., grip, :]
     return smoothed
 
 
@@ -152,12 +154,14 @@ def evaluate_offline(model, data: Data, idx: np.ndarray, text: TextTable, device
             logits = logits.float()
             losses.append(torch.nn.functional.cross_entropy(
                 logits.reshape(-1, 256), tok.reshape(-1), reduction='sum').item())
-            pred = logits.argmax(-1)
-            exact.append((pred == tok).float().sum(0).cpu().numpy())
-            near.append(((pred - tok).abs() <= 1).float().sum(0).cpu().numpy())
+            # Accuracies of the step executed now (a chunk's first 11 tokens).
+            pred = logits[:, :len(DIM_NAMES)].argmax(-1)
+            first = tok[:, :len(DIM_NAMES)]
+            exact.append((pred == first).float().sum(0).cpu().numpy())
+            near.append(((pred - first).abs() <= 1).float().sum(0).cpu().numpy())
     model.train()
     n = max(1, len(idx))
-    out = {'val_loss': sum(losses) / (n * 11)}
+    out = {'val_loss': sum(losses) / (n * data.tokens.shape[1])}
     acc, acc1 = np.sum(exact, 0) / n, np.sum(near, 0) / n
     for i, name in enumerate(DIM_NAMES):
         out[f'acc_{name}'] = float(acc[i])
@@ -209,12 +213,15 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    model_cfg = dataclasses.replace(get_config(cfg.model), seed=cfg.seed)
+    model_cfg = dataclasses.replace(get_config(cfg.model), seed=cfg.seed,
+                                    chunk_steps=cfg.chunk)
     factor = model_cfg.input_downsample
     os.makedirs(out, exist_ok=True)
     data, phrasings, space = load_data(roots, factor, quiet)
     if cfg.action_space:
         space = relabel(data, space, cfg.action_space)
+    if cfg.chunk > 1:  # after relabelling: each step's label in the training space
+        data.tokens = chunk_labels(data.tokens, data.episode, cfg.chunk)
     text = TextTable(phrasings, text_embeddings)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
@@ -232,7 +239,8 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
     state_dict = None
     if cfg.init:
         from safetensors.torch import load_file
-        state_dict = load_file(cfg.init)
+        from ..model.rt1 import tile_action_queries
+        state_dict = tile_action_queries(load_file(cfg.init), cfg.chunk)
     model = build_policy(model_cfg, state_dict=state_dict).train().to(device)
     if device.type == 'cpu':
         model = model.to(memory_format=torch.channels_last)

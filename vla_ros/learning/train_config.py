@@ -36,6 +36,10 @@ class TrainConfig:
     # Leave idle frames (no arm, base or gripper change: train_data.idle_frames) out of
     # the training batches; validation keeps every frame.
     drop_idle: bool = False
+    # Action chunks: predict the next CHUNK steps per frame (learning/chunks.py); 1 is the
+    # single-step contract the nodes run. ``init`` from a single-step checkpoint copies its
+    # action queries to every step.
+    chunk: int = 1
 
 
 # The auxiliary target is regressed in units of 10 cm (a unit-scale output).

@@ -143,7 +143,7 @@ class Data:
 
     images: np.ndarray       # uint8 [N, s, s, 3] (a torch tensor once moved to a GPU)
     state: np.ndarray        # float32 [N, 11]
-    tokens: np.ndarray       # int64 [N, 11]
+    tokens: np.ndarray       # int64 [N, 11] (chunked training: [N, 11 k], steps in order)
     target: np.ndarray       # float32 [N, 4]: named object x, y, z (base frame), valid
     episode: np.ndarray      # int64 [N] (global over datasets)
     choices: List[List[int]]  # per global episode: phrasing indices
@@ -213,7 +213,7 @@ def idle_frames(data: Data, space_dict: Dict) -> np.ndarray:
     space = ActionSpace.from_dict(space_dict)
     if not space.relative_arm:
         return np.zeros(len(data.tokens), bool)
-    values = ActionTokenizer(space).detokenize(data.tokens)
+    values = ActionTokenizer(space).detokenize(data.tokens[:, :len(space.low)])  # step now
     half = (space.high - space.low) / 2.0
     arm = np.all(np.abs(values[:, :7]) <= IDLE_FRACTION * half[:7], axis=1)
     base = np.all(values[:, 7:10] == 0.0, axis=1)

@@ -60,13 +60,16 @@ class RT1Config:
     text_dim: int = MINILM_DIM
     num_actions: int = model_contract.NUM_ACTION_TOKENS
     num_bins: int = model_contract.NUM_BINS
+    # Action chunks: the decoder predicts this many consecutive steps per frame, 11 tokens
+    # each (logits [B, 11 * chunk_steps, 256]); 1 is the single-step contract the nodes run.
+    chunk_steps: int = 1
     # Seed of the random initialisation (exports without a checkpoint are reproducible).
     seed: int = 0
 
     def __post_init__(self):
         positive = ('stem_width', 'num_image_tokens', 'token_learner_hidden', 'd_model',
                     'num_heads', 'ffn_dim', 'encoder_layers', 'decoder_layers', 'image_size',
-                    'text_tokens', 'text_dim', 'num_actions', 'num_bins')
+                    'text_tokens', 'text_dim', 'num_actions', 'num_bins', 'chunk_steps')
         for key in positive:
             value = getattr(self, key)
             if not isinstance(value, int) or value <= 0:
@@ -130,11 +133,18 @@ class RT1Config:
         """Count encoder tokens: visual, text, then the state token (97 for RT-1)."""
         return self.num_image_tokens + self.text_tokens + (1 if self.state_dim else 0)
 
+    @property
+    def num_queries(self) -> int:
+        """Count the decoder's action queries: 11 tokens per predicted step."""
+        return self.num_actions * self.chunk_steps
+
     def to_dict(self) -> Dict:
-        """Plain mapping (JSON-safe) of every field."""
+        """Plain mapping (JSON-safe) of every field (``chunk_steps`` only when above 1)."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == 'chunk_steps' and value == 1:
+                continue  # single-step configs serialise as they did before chunks existed
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 

@@ -29,6 +29,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .config import RT1Config
+from ..core.model_contract import NUM_ACTION_TOKENS as NUM_QUERIES_PER_STEP
 
 DECODING_MODES = ('single', 'autoregressive')
 
@@ -253,7 +254,12 @@ class DecoderLayer(nn.Module):
 
 
 class RT1Policy(nn.Module):
-    """RT-1: image + instruction token embeddings -> action logits [B, 11, 256]."""
+    """
+    RT-1: image + instruction token embeddings -> action logits [B, 11, 256].
+
+    With ``config.chunk_steps`` k > 1 the decoder has 11 k queries and the logits are
+    [B, 11 k, 256]: k consecutive steps, 11 tokens each, in time order (action chunks).
+    """
 
     def __init__(self, config: RT1Config, decoding: str = 'single'):
         super().__init__()
@@ -279,17 +285,16 @@ class RT1Policy(nn.Module):
         self.encoder = nn.ModuleList(EncoderLayer(config)
                                      for _ in range(config.encoder_layers))
         self.encoder_norm = nn.LayerNorm(d)
-        self.action_queries = nn.Parameter(torch.zeros(1, config.num_actions, d))
+        self.action_queries = nn.Parameter(torch.zeros(1, config.num_queries, d))
         # Embeddings of already chosen action tokens (autoregressive decoding only).
         self.action_embedding = nn.Embedding(config.num_bins, d)
         self.decoder = nn.ModuleList(DecoderLayer(config)
                                      for _ in range(config.decoder_layers))
         self.decoder_norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, config.num_bins)
-        causal = torch.full((config.num_actions, config.num_actions), MASK_VALUE).triu(1)
-        self.register_buffer('causal_bias', causal.view(1, 1, config.num_actions,
-                                                        config.num_actions),
-                             persistent=False)
+        n = config.num_queries
+        causal = torch.full((n, n), MASK_VALUE).triu(1)
+        self.register_buffer('causal_bias', causal.view(1, 1, n, n), persistent=False)
         self.reset_parameters(config.seed)
 
     # -- initialisation ----------------------------------------------------------------
@@ -405,7 +410,7 @@ class RT1Policy(nn.Module):
         memory_kv = self._memory_kv(memory)
         tokens = memory.new_zeros((memory.shape[0], 0), dtype=torch.long)
         steps = []
-        for i in range(self.config.num_actions):
+        for i in range(self.config.num_queries):
             x = self._shifted_inputs(tokens)
             bias = self.causal_bias[:, :, :i + 1, :i + 1]
             logits = self._decode(x, memory_kv, bias, memory_bias)[:, -1:]
@@ -420,6 +425,32 @@ class RT1Policy(nn.Module):
         if self.decoding == 'autoregressive':
             return self.decode_autoregressive(memory, bias)
         return self.decode_single(memory, bias)
+
+
+def tile_action_queries(state_dict: Dict[str, torch.Tensor], chunk_steps: int
+                        ) -> Dict[str, torch.Tensor]:
+    """
+    Fit a single-step checkpoint to a chunked model: every step starts from its 11 queries.
+
+    The rest of the network is shared by all steps, so a chunked model can be initialised
+    from (fine-tuned after) a single-step one; other checkpoints are returned unchanged.
+    """
+    queries = state_dict.get('action_queries')
+    if queries is None or chunk_steps == 1 or queries.shape[1] != NUM_QUERIES_PER_STEP:
+        return state_dict
+    return dict(state_dict, action_queries=queries.repeat(1, chunk_steps, 1))
+
+
+def chunk_steps_of(state_dict: Dict[str, torch.Tensor]) -> int:
+    """Return how many steps per frame a checkpoint's decoder predicts (1: single-step)."""
+    queries = state_dict.get('action_queries')
+    if queries is None:
+        return 1
+    steps, rest = divmod(int(queries.shape[1]), NUM_QUERIES_PER_STEP)
+    if rest or steps < 1:
+        raise ValueError(f'checkpoint has {queries.shape[1]} action queries: not a multiple '
+                         f'of {NUM_QUERIES_PER_STEP}')
+    return steps
 
 
 def build_policy(config: RT1Config, decoding: str = 'single',

@@ -49,7 +49,8 @@ class Policy:
     """Validated policy + text encoder with an instruction cache."""
 
     def __init__(self, files: PolicyFiles, space: ActionSpace, backend: str = 'onnxruntime',
-                 options: Optional[BackendOptions] = None, cache_size: int = 32):
+                 options: Optional[BackendOptions] = None, cache_size: int = 32,
+                 allow_chunks: bool = False):
         from .text_encoder import TextEncoder
         options = options or BackendOptions(model_file_path=files.policy)
         options = replace(options, model_file_path=files.policy)
@@ -57,6 +58,15 @@ class Policy:
         self.backend = create_backend(backend, options)
         self.metadata = mc.check_policy(self.backend.inputs, self.backend.outputs,
                                         self.backend.metadata, space)
+        # Steps per frame: a chunked model's tokens are k steps of 11 (``Prediction.tokens``
+        # holds all 11 k). Only callers that execute the steps one by one accept one.
+        self.chunk_steps = mc.chunk_steps(self.metadata)
+        if self.chunk_steps > 1 and not allow_chunks:
+            raise mc.ContractError(
+                f'the model predicts {self.chunk_steps} steps per frame (action chunks, '
+                f'metadata {mc.META_CHUNK_STEPS!r}); the ROS nodes and the policy server '
+                'execute single-step models only. `vla-ros eval` runs chunked models in '
+                'process; export a single-step checkpoint for the robot.')
         # The text encoder always runs on ONNX Runtime's CPU provider: 16 tokens, once per
         # new instruction; one intra-op thread keeps it off the policy's cores.
         self.text_encoder = TextEncoder(files.text_encoder, files.tokenizer,
@@ -139,9 +149,10 @@ class Policy:
         t0 = time.perf_counter()
         logits = self.backend.run(feeds)[mc.POLICY_OUTPUT]
         model_ms = (time.perf_counter() - t0) * 1e3
-        if logits.shape != (n, mc.NUM_ACTION_TOKENS, mc.NUM_BINS):
+        width = mc.NUM_ACTION_TOKENS * self.chunk_steps
+        if logits.shape != (n, width, mc.NUM_BINS):
             raise ValueError(f'policy returned logits of shape {logits.shape}, expected '
-                             f'({n}, {mc.NUM_ACTION_TOKENS}, {mc.NUM_BINS})')
+                             f'({n}, {width}, {mc.NUM_BINS})')
         if not np.all(np.isfinite(logits)):
             raise ValueError('policy returned NaN or infinite logits')
         tokens = np.argmax(logits, axis=-1).astype(np.uint8)

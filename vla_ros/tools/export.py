@@ -17,6 +17,7 @@ one command.
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -118,6 +119,8 @@ def policy_metadata(config, space: ActionSpace, encoder: str, weights: str, trai
         mc.META_WEIGHTS: weights,
         mc.META_TRAINED: 'true' if trained else 'false',
         META_DECODING: decoding,
+        # Only chunked models carry it: single-step exports stay byte-identical.
+        **({mc.META_CHUNK_STEPS: str(config.chunk_steps)} if config.chunk_steps > 1 else {}),
     }
 
 
@@ -239,7 +242,7 @@ def export(config_name: str, out_dir: str, checkpoint: Optional[str] = None,
     from ..model.checkpoint import CheckpointError, load_checkpoint
     from ..model.config import get_config
     from ..model.flops import count_flops, count_parameters
-    from ..model.rt1 import build_policy, weights_sha256
+    from ..model.rt1 import build_policy, chunk_steps_of, weights_sha256
     from ..model import text_encoder as te
 
     start = time.perf_counter()
@@ -253,6 +256,12 @@ def export(config_name: str, out_dir: str, checkpoint: Optional[str] = None,
         state = load_checkpoint(checkpoint) if checkpoint else None
     except CheckpointError as exc:
         raise SystemExit(str(exc)) from exc
+    if state is not None:
+        # A chunked checkpoint (more than 11 action queries) exports as a chunked model.
+        try:
+            config = dataclasses.replace(config, chunk_steps=chunk_steps_of(state))
+        except ValueError as exc:
+            raise SystemExit(f'{checkpoint}: {exc}') from exc
     model = build_policy(config, decoding, state)
     weights = weights_sha256(model)
     encoder_id = te.encoder_id()
