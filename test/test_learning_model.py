@@ -161,6 +161,25 @@ def test_idle_frames_are_the_waits_and_drop_idle_leaves_them_out(small_dataset, 
     assert train.main(args + ['--drop-idle']) != 0
 
 
+def test_datasets_recorded_in_two_action_spaces_train_together(small_dataset, tmp_path):
+    """Joint-delta expert data + tool-delta (e.g. DAgger) data: each brought into one space."""
+    tool = os.path.join(os.path.dirname(default_action_space_file()), 'action_space_tool.yaml')
+    tool_root = str(tmp_path / 'tool')
+    collect.collect(tool_root, {'pick_block': 1}, seed_start=11, action_space_file=tool,
+                    quiet=True)
+    with pytest.raises(ValueError, match='different action space'):
+        train_data.load_data([small_dataset, tool_root], 3, quiet=True)
+    mixed, _, space = train_data.load_data([small_dataset, tool_root], 3, quiet=True,
+                                           action_space_file=tool)
+    joint, _, recorded = train_data.load_data([small_dataset], 3, quiet=True)
+    train_data.relabel(joint, recorded, tool)
+    alone, _, _ = train_data.load_data([tool_root], 3, quiet=True)
+    n = len(joint.tokens)
+    np.testing.assert_array_equal(mixed.tokens[:n], joint.tokens)   # relabelled by FK
+    np.testing.assert_array_equal(mixed.tokens[n:], alone.tokens)   # recorded in it: as is
+    assert space['dimensions'][0]['kind'] == 'tool_delta'
+
+
 def test_a_chunked_policy_trains_exports_and_runs_its_steps_in_process(small_dataset, tmp_path):
     """--chunk 2 from a single-step snapshot: [B, 22, 256] logits, eval runs it, nodes refuse."""
     from vla_ros.core import model_contract as mc

@@ -42,7 +42,7 @@ import numpy as np
 from .chunks import chunk_labels
 from .progress import Progress
 from .train_config import DIM_NAMES, TARGET_SCALE, TrainConfig
-from .train_data import (_batch, Data, idle_frames, load_data, relabel, split_episodes,
+from .train_data import (_batch, Data, idle_frames, load_data, split_episodes,
                          target_slots, TextTable)
 
 
@@ -217,9 +217,7 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
                                     chunk_steps=cfg.chunk)
     factor = model_cfg.input_downsample
     os.makedirs(out, exist_ok=True)
-    data, phrasings, space = load_data(roots, factor, quiet)
-    if cfg.action_space:
-        space = relabel(data, space, cfg.action_space)
+    data, phrasings, space = load_data(roots, factor, quiet, cfg.action_space)
     if cfg.chunk > 1:  # after relabelling: each step's label in the training space
         data.tokens = chunk_labels(data.tokens, data.episode, cfg.chunk)
     text = TextTable(phrasings, text_embeddings)

@@ -152,9 +152,16 @@ class Data:
     target_slot: np.ndarray
 
 
-def load_data(roots: Sequence[str], factor: int, quiet: bool = False
-              ) -> Tuple[Data, List[str], Dict]:
-    """Load datasets; return data, phrasings and the action space they were recorded in."""
+def load_data(roots: Sequence[str], factor: int, quiet: bool = False,
+              action_space_file: str = '') -> Tuple[Data, List[str], Dict]:
+    """
+    Load datasets; return data, phrasings and the action space of their labels.
+
+    Without ``action_space_file`` every dataset must have been recorded in the same space.
+    With it, each dataset's labels are brought into that space on their own (``relabel``;
+    none when recorded in it), so joint-delta expert data and DAgger data recorded in tool
+    deltas train together.
+    """
     images, state, tokens, target, episode, choices = [], [], [], [], [], []
     episode_slot: List[int] = []
     phrasings: Dict[str, int] = {}
@@ -163,17 +170,22 @@ def load_data(roots: Sequence[str], factor: int, quiet: bool = False
     for root in roots:
         loaded = ds.load(root)
         meta_space = loaded.info.get('vla_ros.action_space')
+        n = loaded.episodes[-1]['dataset_to_index'] if loaded.episodes else 0
+        cols = loaded.columns
+        root_state = np.asarray(cols[ds.STATE_KEY][:n], np.float32)
+        root_tokens = np.asarray(cols[ds.TOKENS_KEY][:n], np.int64)
+        if action_space_file:
+            root_tokens, meta_space = relabel_tokens(root_tokens, root_state, meta_space,
+                                                     action_space_file)
         if space is None:
             space = meta_space
         elif meta_space != space:
             raise ValueError(f'{root} was recorded in a different action space than '
-                             f'{roots[0]}')
+                             f'{roots[0]} (train with --action-space to bring both into one)')
         identity[os.path.basename(os.path.normpath(root))] = ds.dataset_id(root)
-        n = loaded.episodes[-1]['dataset_to_index'] if loaded.episodes else 0
         images.append(image_cache(root, factor, loaded.episodes, quiet))
-        cols = loaded.columns
-        state.append(np.asarray(cols[ds.STATE_KEY][:n], np.float32))
-        tokens.append(np.asarray(cols[ds.TOKENS_KEY][:n], np.int64))
+        state.append(root_state)
+        tokens.append(root_tokens)
         target.append(np.asarray(cols[ds.TARGET_KEY][:n], np.float32) if ds.TARGET_KEY in cols
                       else np.zeros((n, 4), np.float32))
         episode.append(np.asarray(cols['episode_index'][:n], np.int64) + offset)
@@ -222,32 +234,41 @@ def idle_frames(data: Data, space_dict: Dict) -> np.ndarray:
 
 
 def relabel(data: Data, recorded: Dict, target_file: str) -> Dict:
+    """Re-tokenize ``data``'s labels in another arm representation (``relabel_tokens``)."""
+    data.tokens, space = relabel_tokens(data.tokens, data.state, recorded, target_file)
+    return space
+
+
+def relabel_tokens(tokens: np.ndarray, state: np.ndarray, recorded: Dict, target_file: str
+                   ) -> Tuple[np.ndarray, Dict]:
     """
-    Re-tokenize the arm labels in another arm representation; return its action space.
+    Re-tokenize arm labels in another arm representation; return them and its action space.
 
     Absolute joint targets are rebuilt from the recorded labels and the previous commanded
     target (the state input); a tool-delta space gets the tool motion between the two by
-    forward kinematics (``core/kinematics.py``).
+    forward kinematics (``core/kinematics.py``). Labels recorded in the target space are
+    returned unchanged.
     """
     from ..core.action_space import ActionSpace, ActionTokenizer
     source = ActionTokenizer(ActionSpace.from_dict(recorded))
     target_space = ActionSpace.from_yaml(target_file)
+    if source.space.identity == target_space.identity:
+        return tokens, target_space.to_dict()
     target = ActionTokenizer(target_space)
-    values = source.detokenize(data.tokens)
+    values = source.detokenize(tokens)
     if source.space.tool_arm:
-        raise ValueError('datasets recorded in tool deltas cannot be relabelled (record in '
-                         'joint deltas)')
+        raise ValueError('datasets recorded in tool deltas cannot be relabelled to another '
+                         'space (record in joint deltas)')
     if source.space.relative_arm:
-        values[:, :7] += data.state[:, :7]
+        values[:, :7] += state[:, :7]
     if target_space.tool_arm:
         from ..core.kinematics import default_kinematics
         kinematics = default_kinematics()
         for i in range(len(values)):
-            values[i] = target_space.relative_labels(values[i], data.state[i, :7], kinematics)
+            values[i] = target_space.relative_labels(values[i], state[i, :7], kinematics)
     elif target_space.relative_arm:
-        values[:, :7] -= data.state[:, :7]
-    data.tokens = target.tokenize(values).astype(np.int64)
-    return target_space.to_dict()
+        values[:, :7] -= state[:, :7]
+    return target.tokenize(values).astype(np.int64), target_space.to_dict()
 
 
 def split_episodes(num_episodes: int, fraction: float, seed: int) -> np.ndarray:
