@@ -77,14 +77,19 @@ def _expected_policy_inputs(text_dim: Optional[int], state_dim: int = 0
     return specs
 
 
+def _int_metadata(metadata: Dict[str, str], key: str, default: int) -> int:
+    """Return an integer metadata value (``default`` when absent); ContractError if not one."""
+    raw = metadata.get(key, str(default))
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise ContractError(f'model metadata {key!r}: expected an integer, found '
+                            f'{raw!r}') from None
+
+
 def state_dim(metadata: Dict[str, str]) -> int:
     """Size of the model's ``state`` input (0: none); ContractError if not servable."""
-    raw = metadata.get(META_STATE_DIM, '0')
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ContractError(f'model metadata {META_STATE_DIM!r}: expected an integer, found '
-                            f'{raw!r}') from None
+    value = _int_metadata(metadata, META_STATE_DIM, 0)
     if value not in (0, STATE_DIM):
         raise ContractError(
             f'model metadata {META_STATE_DIM!r} is {value}: the nodes can only serve the '
@@ -94,12 +99,7 @@ def state_dim(metadata: Dict[str, str]) -> int:
 
 def chunk_steps(metadata: Dict[str, str]) -> int:
     """Return the steps per frame the model predicts (1: single-step); ContractError if bad."""
-    raw = metadata.get(META_CHUNK_STEPS, '1')
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ContractError(f'model metadata {META_CHUNK_STEPS!r}: expected an integer, found '
-                            f'{raw!r}') from None
+    value = _int_metadata(metadata, META_CHUNK_STEPS, 1)
     if not 1 <= value <= MAX_CHUNK_STEPS:
         raise ContractError(f'model metadata {META_CHUNK_STEPS!r} is {value}: expected 1 to '
                             f'{MAX_CHUNK_STEPS} steps per frame')
