@@ -74,17 +74,21 @@ def _check_space(found: str, expected: Optional[str], what: str):
                          f'configured for {expected!r}')
 
 
-def msg_to_tokens(msg: ActionTokens, expected: int, action_space: Optional[str] = None
-                  ) -> Tuple[np.ndarray, Optional[int]]:
+def msg_to_tokens(msg: ActionTokens, expected: int, action_space: Optional[str] = None,
+                  max_steps: int = 1) -> Tuple[np.ndarray, Optional[int]]:
     """
-    Read ActionTokens: (tokens uint8 [expected], source stamp ns or None); ValueError if bad.
+    Read ActionTokens: (tokens uint8 [k * expected], source stamp ns or None); ValueError if bad.
 
     A stamp of 0 means unstamped (None). With ``action_space`` given, tokens of another
-    action space are refused.
+    action space are refused. ``max_steps`` > 1 also accepts an action chunk: k steps of
+    ``expected`` tokens each, 1 <= k <= max_steps.
     """
     data = np.frombuffer(bytes(msg.tokens), dtype=np.uint8)
-    if data.size != expected:
-        raise ValueError(f'expected {expected} action tokens, found {data.size}')
+    steps = data.size // expected if expected else 1
+    if steps * expected != data.size or not 1 <= steps <= max_steps:
+        what = (f'{expected} action tokens' if max_steps <= 1 else
+                f'{expected} action tokens per step, 1 to {max_steps} steps')
+        raise ValueError(f'expected {what}, found {data.size}')
     _check_space(msg.action_space, action_space, 'tokens')
     return data.copy(), (time_to_ns(msg.header.stamp) or None)
 

@@ -99,6 +99,10 @@ SCHEMAS: Dict[str, Tuple[Param, ...]] = {
               'characters', 8, 10000),
         Param('allow_unverified_model', False, 'Load a model that has no manifest.json (its '
               'bytes cannot be checked; logged as a warning). Default: refused in configure.'),
+        Param('chunk_execute', 0, 'A model that predicts k steps per frame (action chunks): '
+              'publish its first chunk_execute steps and predict again once they have run '
+              '(one step per policy period, executed by detokenizer_node); 0: all k. Ignored '
+              'for single-step models.', 'steps', 0, 32),
     ) + _shared('inference_frequency', 'action_space_file', 'arm_joint_names',
                 'gripper_joint_name', 'target_timeout', 'max_target_deviation'),
     'detokenizer_node': (

@@ -11,6 +11,13 @@ arm target this node published one policy step earlier; that previous target fal
 to the measured joints (``joint_states``) when it is older than ``target_timeout`` or more
 than ``max_target_deviation`` from the measured arm (``core/targets.py``). Without a
 recent joint_states message, relative tokens are rejected: nothing moves.
+
+An action chunk (k x 11 tokens from a model that predicts k steps per frame) is executed
+one step per policy period (``core/step_queue.py``): step j is due at the source stamp plus
+j periods and leaves stamped with that time, each composed on the target of the step before
+it, so the interpolator judges every step's staleness on its own. Steps a late chunk has
+already missed are dropped (only the newest due step runs), a newer chunk replaces the
+steps left of the previous one, and an older chunk is refused; all three are counted.
 """
 
 from dataclasses import dataclass
@@ -25,7 +32,9 @@ from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exit_wi
 from ..conversions import joint_positions, msg_to_tokens, target_to_msg
 from ..core.action_space import (ActionSpace, ActionSpaceError, ActionTokenizer,
                                  check_arm_joint_names, NUM_DIMENSIONS)
+from ..core.model_contract import MAX_CHUNK_STEPS
 from ..core.stats import RateMonitor
+from ..core.step_queue import StepQueue
 from ..core.targets import ComposerConfig, TargetComposer
 from ..paths import default_action_space_file
 
@@ -78,6 +87,11 @@ class DetokenizerNode(Node):
         self.diag = Diagnostics(self)
         self._rate = RateMonitor(p.inference_frequency)
         self._space_id = space.identity
+        # Chunk steps wait here for their due time; the release timer exists once a chunk
+        # of more than one step has come (single-step tokens are released on arrival).
+        period = 1.0 / p.inference_frequency
+        self._steps = StepQueue(period, tolerance_s=period / 8)
+        self._step_timer = None
         self._pub = self.create_publisher(ActionTarget, 'vla/target', COMMAND_QOS)
         self.create_subscription(ActionTokens, 'vla/action_tokens', self._on_tokens,
                                  COMMAND_QOS)
@@ -110,13 +124,44 @@ class DetokenizerNode(Node):
         now = now_s(self)
         self._rate.tick(now)
         try:
-            tokens, stamp_ns = msg_to_tokens(msg, NUM_DIMENSIONS, self._space_id)
-            values = self.tokenizer.detokenize(tokens)
+            tokens, stamp_ns = msg_to_tokens(msg, NUM_DIMENSIONS, self._space_id,
+                                             max_steps=MAX_CHUNK_STEPS)
+            steps = [self.tokenizer.detokenize(t) for t in tokens.reshape(-1, NUM_DIMENSIONS)]
         except ValueError as exc:
             return self._reject(str(exc))
         if stamp_ns is None:
             return self._reject('unstamped tokens (header.stamp 0): the source camera stamp '
                                 'is what the interpolator judges staleness by')
+        replaced = self._steps.replaced
+        try:
+            self._steps.put(steps, stamp_ns, int(round(now * 1e9)))
+        except ValueError as exc:
+            self.diag.count('chunks_out_of_order')
+            return self._reject(str(exc))
+        if self._steps.replaced != replaced:
+            self.diag.set('chunk_steps_replaced', self._steps.replaced)
+        if len(steps) > 1:
+            self.diag.count('chunks')
+            if self._step_timer is None:
+                period = 1.0 / self.params.inference_frequency
+                self._step_timer = self.create_timer(period / 4, self._release_due)
+        self._release_due()
+
+    def _release_due(self):
+        """Execute the chunk step whose time has come, if any."""
+        now = now_s(self)
+        late = self._steps.late
+        step = self._steps.release(int(round(now * 1e9)))
+        if self._steps.late != late:
+            n = self._steps.late
+            self.diag.set('chunk_steps_late', n)
+            self.get_logger().warn(f'dropped chunk steps whose time had passed ({n} so far): '
+                                   'the chunk came late', throttle_duration_sec=2.0)
+        if step is not None:
+            self._execute(step.values, step.stamp_ns, now)
+
+    def _execute(self, values, stamp_ns: int, now: float):
+        """Compose one step's values into a target and publish it stamped ``stamp_ns``."""
         if self.tokenizer.space.relative_arm:
             if self._measured is None or now - self._measured_at > self.params.state_timeout:
                 return self._reject('relative arm tokens need a recent joint_states message '
@@ -135,7 +180,7 @@ class DetokenizerNode(Node):
             if self.composer.resyncs != resyncs:
                 self.diag.count('resynced_to_measured')
                 # Every message while the arm does not follow (motion disabled): logged
-                # when it starts, then with a count (issue 17.6: 34 lines in 75 s).
+                # when it starts, then with a count, never once per message.
                 self._resync_log(f'relative arm actions start from the measured arm: '
                                  f'{self.composer.reason}')
         self._pub.publish(target_to_msg(values, stamp_ns, self.params.arm_joint_names,

@@ -21,6 +21,12 @@ try again. ``activate`` starts the policy on the 5 Hz timer (which keeps its sta
 only an active node publishes. ``cleanup`` and ``shutdown`` release the model and the
 endpoints; a request the current state cannot take is refused (``nodes/managed.py``).
 
+A model that predicts k steps per frame (action chunks) publishes the first
+``chunk_execute`` steps (0: all k) in one ActionTokens stamped with the frame, then lets
+that many policy ticks pass before it predicts again: detokenizer_node executes one step
+per tick, and the next prediction sees the target of the chunk's last step as its state.
+The remote backend serves single-step models only.
+
 Length (over 300 lines): the node wiring and its lifecycle transitions; the policy itself
 is runtime/policy.py.
 """
@@ -41,7 +47,8 @@ from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exclusi
 from .managed import ManagedNode
 from ..conversions import (image_to_rgb8, joint_positions, msg_to_target, time_to_ns,
                            tokens_to_msg)
-from ..core.action_space import ActionSpace, ActionSpaceError, check_arm_joint_names
+from ..core.action_space import (ActionSpace, ActionSpaceError, check_arm_joint_names,
+                                 NUM_DIMENSIONS)
 from ..core.image import ImageError
 from ..core.model_contract import ContractError, IMAGE_SIZE
 from ..core.stats import Freshness, RateMonitor, WindowStats
@@ -76,6 +83,7 @@ class InferenceParams:
     state_timeout: float
     instruction_log_chars: int
     allow_unverified_model: bool
+    chunk_execute: int
 
     def __post_init__(self):
         try:
@@ -113,6 +121,7 @@ class InferenceNode(ManagedNode):
         self.policy: Optional[Policy] = None
         self.composer: Optional[TargetComposer] = None
         self._active = False
+        self._chunk_publish, self._chunk_wait = 1, 0  # steps per prediction, ticks to let pass
         self._endpoints = []
         self._pub = None
         self._lock = threading.Lock()
@@ -148,7 +157,13 @@ class InferenceNode(ManagedNode):
             files = PolicyFiles.from_paths(p.model_file_path, p.text_encoder_path,
                                            p.tokenizer_path)
             self.policy = (self._connect_remote(space) if p.backend == REMOTE_BACKEND
-                           else Policy(files, space, p.backend, options))
+                           else Policy(files, space, p.backend, options, allow_chunks=True))
+            k = getattr(self.policy, 'chunk_steps', 1)
+            if k > 1 and not p.chunk_execute <= k:
+                raise ValueError(f'chunk_execute {p.chunk_execute} is more than the model '
+                                 f'predicts ({k} steps per frame)')
+            self._chunk_publish = (p.chunk_execute or k) if k > 1 else 1
+            self._chunk_wait = 0
         except (ActionSpaceError, ContractError, BackendError, OSError, ValueError) as exc:
             # The node stays alive and unconfigured; the reason is logged, on /diagnostics
             # (ERROR) at once, and lifecycle_manager reports it and may configure again.
@@ -162,11 +177,14 @@ class InferenceNode(ManagedNode):
             return TransitionCallbackReturn.FAILURE
         self.diag.error = ''
         meta = self.policy.metadata
+        chunks = (f', {self._chunk_publish} of {self.policy.chunk_steps} chunk steps per '
+                  'prediction' if self._chunk_publish > 1 else '')
         self.get_logger().info(
             f'policy {p.model_file_path if p.backend != REMOTE_BACKEND else "(remote)"} '
             f'(config {meta.get("vla_ros.config")}, trained '
-            f'{self.policy.trained}) on {p.backend}: active providers '
+            f'{self.policy.trained}{chunks}) on {p.backend}: active providers '
             f'{self.policy.active_providers}')
+        self.diag.set('chunk_steps_published', self._chunk_publish)
         if not self.policy.trained:
             self.get_logger().warn('the model metadata says its weights are untrained: '
                                    'actions are not meaningful')
@@ -201,6 +219,7 @@ class InferenceNode(ManagedNode):
     def on_activate(self, state) -> TransitionCallbackReturn:
         """Start running the policy on the timer's ticks."""
         self._active = True
+        self._chunk_wait = 0
         self.diag.reason = ''
         self.get_logger().info(f'active: policy at {self.params.inference_frequency:g} Hz')
         return super().on_activate(state)
@@ -327,6 +346,9 @@ class InferenceNode(ManagedNode):
             return
         now = now_s(self)
         self._rate.tick(now)
+        if self._chunk_wait > 0:  # the detokenizer is executing the last chunk's steps
+            self._chunk_wait -= 1
+            return
         with self._lock:
             msg, instruction = self._image, self._instruction
         if msg is None:
@@ -358,8 +380,9 @@ class InferenceNode(ManagedNode):
             self.get_logger().error(f'inference failed, not publishing: {exc!r}',
                                     throttle_duration_sec=2.0)
             return self._skip(f'inference failed: {exc}')
-        self._pub.publish(tokens_to_msg(pred.tokens, stamp_ns, self._space_id,
-                                        msg.header.frame_id))
+        tokens = pred.tokens[:self._chunk_publish * NUM_DIMENSIONS]
+        self._pub.publish(tokens_to_msg(tokens, stamp_ns, self._space_id, msg.header.frame_id))
+        self._chunk_wait = self._chunk_publish - 1
         self.diag.reason = ''
         self.diag.count('published')
         self._model_ms.add(pred.model_ms)

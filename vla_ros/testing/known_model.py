@@ -11,6 +11,10 @@ path run unchanged, while the expected tokens can be computed in numpy:
 * gripper: 255 × min(1, masked sum of text embedding channel 0); the test text encoder sets
   that channel to 1 for the word "close" and 0 otherwise, so "close" → closed, else open.
 
+Built with ``chunk_steps`` k > 1 it is a chunked model (``action_logits`` [B, 11k, 256]):
+step j repeats those tokens with base_wz = 128 + ``CHUNK_WZ_STEP`` × j, so a test can tell
+which step of a chunk a target came from.
+
 The text encoder is a real ONNX embedding lookup behind a real ``tokenizers`` WordLevel
 tokenizer padded/truncated to 16 tokens.
 """
@@ -33,11 +37,12 @@ VOCAB = ['[PAD]', '[UNK]', 'pick', 'up', 'the', 'red', 'green', 'blue', 'block',
          'close', 'gripper', 'push', 'left', 'right', 'drive', 'to', 'marker', 'place', 'in',
          'bowl', 'lift', 'and', 'a']
 CLOSE_WORD = 'close'
+CHUNK_WZ_STEP = 16
 
 
 def expected_tokens(image: np.ndarray, text_embeddings: np.ndarray,
-                    text_mask: np.ndarray) -> np.ndarray:
-    """Numpy reference of the test policy for one image [300,300,3] → tokens uint8 [11]."""
+                    text_mask: np.ndarray, chunk_steps: int = 1) -> np.ndarray:
+    """Numpy reference of the test policy for one image [300,300,3] → tokens uint8 [11k]."""
     mean = image.reshape(-1, 3).astype(np.float64).mean(axis=0)
     m = text_mask.reshape(-1).astype(np.float64)
     t = min(float((text_embeddings.reshape(-1, TEXT_DIM)[:, 0] * m).sum()), 1.0)
@@ -45,8 +50,10 @@ def expected_tokens(image: np.ndarray, text_embeddings: np.ndarray,
     target[:7] = mean[0] + 8.0 * (np.arange(7) - 3)
     target[7], target[8], target[9] = mean[1], mean[2], 128.0
     target[10] = 255.0 * t
+    steps = np.tile(target, chunk_steps)
+    steps[9::11] += CHUNK_WZ_STEP * np.arange(chunk_steps)
     # argmax of -|k - target| picks the nearest bin, the lower one on an exact tie.
-    return np.clip(np.ceil(target - 0.5), 0, 255).astype(np.uint8)
+    return np.clip(np.ceil(steps - 0.5), 0, 255).astype(np.uint8)
 
 
 def _embedding_table() -> np.ndarray:
@@ -57,8 +64,8 @@ def _embedding_table() -> np.ndarray:
     return table
 
 
-def build_policy(space: ActionSpace):
-    """Return the onnx.ModelProto of the test policy."""
+def build_policy(space: ActionSpace, chunk_steps: int = 1):
+    """Return the onnx.ModelProto of the test policy (``chunk_steps`` steps per frame)."""
     import onnx
     from onnx import helper, TensorProto
     h, w = mc.IMAGE_SIZE
@@ -72,6 +79,8 @@ def build_policy(space: ActionSpace):
     select[2, 8] = 1.0
     select[3, 10] = 255.0
     bins = np.arange(256, dtype=np.float32).reshape(1, 1, 256)
+    step_offsets = np.zeros((1, 11 * chunk_steps), np.float32)
+    step_offsets[0, 9::11] = CHUNK_WZ_STEP * np.arange(chunk_steps)
     inits = [
         helper.make_tensor('offsets', TensorProto.FLOAT, offsets.shape, offsets.ravel()),
         helper.make_tensor('select', TensorProto.FLOAT, select.shape, select.ravel()),
@@ -82,6 +91,9 @@ def build_policy(space: ActionSpace):
         helper.make_tensor('start0', TensorProto.INT64, [1], [0]),
         helper.make_tensor('end1', TensorProto.INT64, [1], [1]),
         helper.make_tensor('one', TensorProto.FLOAT, [], [1.0]),
+        helper.make_tensor('repeats', TensorProto.INT64, [2], [1, chunk_steps]),
+        helper.make_tensor('step_offsets', TensorProto.FLOAT, step_offsets.shape,
+                           step_offsets.ravel()),
     ]
     nodes = [
         helper.make_node('Cast', ['image'], ['image_f'], to=TensorProto.FLOAT),
@@ -94,8 +106,10 @@ def build_policy(space: ActionSpace):
         helper.make_node('Min', ['tsum', 'one'], ['tmean']),  # [B,1]
         helper.make_node('Concat', ['rgb', 'tmean'], ['feat'], axis=1),  # [B,4]
         helper.make_node('MatMul', ['feat', 'select'], ['lin']),
-        helper.make_node('Add', ['lin', 'offsets'], ['target']),  # [B,11]
-        helper.make_node('Unsqueeze', ['target', 'axes2'], ['target3']),  # [B,11,1]
+        helper.make_node('Add', ['lin', 'offsets'], ['target1']),  # [B,11]
+        helper.make_node('Tile', ['target1', 'repeats'], ['tiled']),  # [B,11k]
+        helper.make_node('Add', ['tiled', 'step_offsets'], ['target']),
+        helper.make_node('Unsqueeze', ['target', 'axes2'], ['target3']),  # [B,11k,1]
         helper.make_node('Sub', ['bins', 'target3'], ['diff']),
         helper.make_node('Abs', ['diff'], ['adiff']),
         helper.make_node('Neg', ['adiff'], [mc.POLICY_OUTPUT]),
@@ -108,7 +122,8 @@ def build_policy(space: ActionSpace):
          helper.make_tensor_value_info('text_mask', TensorProto.FLOAT,
                                        ['B', mc.MAX_TEXT_TOKENS])],
         [helper.make_tensor_value_info(mc.POLICY_OUTPUT, TensorProto.FLOAT,
-                                       ['B', mc.NUM_ACTION_TOKENS, mc.NUM_BINS])],
+                                       ['B', mc.NUM_ACTION_TOKENS * chunk_steps,
+                                        mc.NUM_BINS])],
         inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 18)],
                               producer_name='vla_ros.tools.test_model')
@@ -120,6 +135,8 @@ def build_policy(space: ActionSpace):
         mc.META_TEXT_DIM: str(TEXT_DIM), mc.META_CONFIG: 'test_model',
         mc.META_WEIGHTS: weights, mc.META_TRAINED: 'false',
     }
+    if chunk_steps > 1:
+        meta[mc.META_CHUNK_STEPS] = str(chunk_steps)
     onnx.helper.set_model_props(model, meta)
     onnx.checker.check_model(model)
     return model
@@ -163,11 +180,11 @@ def build_tokenizer():
     return tok
 
 
-def write(out_dir: str, space: ActionSpace) -> str:
+def write(out_dir: str, space: ActionSpace, chunk_steps: int = 1) -> str:
     """Write policy.onnx, text_encoder.onnx, tokenizer.json, manifest.json; return out_dir."""
     import onnx
     os.makedirs(out_dir, exist_ok=True)
-    policy = build_policy(space)
+    policy = build_policy(space, chunk_steps)
     onnx.save(policy, os.path.join(out_dir, 'policy.onnx'))
     onnx.save(build_text_encoder(), os.path.join(out_dir, 'text_encoder.onnx'))
     build_tokenizer().save(os.path.join(out_dir, 'tokenizer.json'))
@@ -191,7 +208,9 @@ def main(argv: Sequence[str] = None) -> int:
         '\n')[0])
     parser.add_argument('--out', required=True, help='output directory')
     parser.add_argument('--action-space', default=default_action_space_file())
+    parser.add_argument('--chunk-steps', type=int, default=1,
+                        help='steps per frame (action chunks); 1: single-step')
     args = parser.parse_args(argv)
-    write(args.out, ActionSpace.from_yaml(args.action_space))
+    write(args.out, ActionSpace.from_yaml(args.action_space), args.chunk_steps)
     print(f'wrote test model to {args.out}')
     return 0

@@ -1,0 +1,98 @@
+"""
+The steps of an action chunk, each released at its own time (detokenizer_node).
+
+A chunked model predicts k consecutive steps from one camera frame. Step j is meant for
+the policy tick j periods after that frame: it is *due* at ``source stamp + j * period``
+and leaves the detokenizer stamped with that time, so the interpolator's staleness rule
+(by source stamp) judges every step on its own. The rules:
+
+* a step is released once its due time has come (``tolerance`` early at most, for timer
+  jitter); when several are due at once (the chunk arrived late: a slow policy or a remote
+  server), only the newest is released and the older ones are dropped as late, so the
+  robot never replays the past;
+* a newer chunk replaces the steps left of the previous one (counted as replaced); a chunk
+  from an older frame than the current one is refused (out of order); one from the same
+  frame (a policy that predicted again on it, with a newer state) replaces it;
+* released stamps never go back: a step stamped before the last released one is dropped
+  as late;
+* step 0 is released on arrival whatever its stamp says (a stamp in the future is the
+  interpolator's to judge, as for single-step tokens);
+* a clock that went back (a restarted simulator, a replayed bag) starts the order afresh:
+  when ``now`` is more than a period before the current chunk's stamp, the queue is reset
+  before the new chunk is taken, so one bogus stamp cannot lock out every later chunk.
+
+A single-step message is a chunk of one: due at its source stamp, released on arrival.
+"""
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+
+@dataclass
+class Step:
+    """One step of a chunk: its action values, index in the chunk and stamp (ns)."""
+
+    values: np.ndarray
+    index: int
+    stamp_ns: int
+
+
+class StepQueue:
+    """Steps still to release, with the counts of dropped ones."""
+
+    def __init__(self, period_s: float, tolerance_s: float = 0.0):
+        if not period_s > 0:
+            raise ValueError(f'period must be > 0 s, found {period_s}')
+        if not 0 <= tolerance_s < period_s:
+            raise ValueError(f'tolerance must be in [0, period), found {tolerance_s}')
+        self.period_ns = int(round(period_s * 1e9))
+        self.tolerance_ns = int(round(tolerance_s * 1e9))
+        self.pending: List[Step] = []
+        self.source_ns: Optional[int] = None  # the current chunk's frame stamp
+        self.last_released_ns: Optional[int] = None
+        self.late = 0
+        self.replaced = 0
+        self.resets = 0
+
+    def reset(self):
+        """Forget the pending steps and the stamps seen (after a restart or a cleanup)."""
+        self.pending = []
+        self.source_ns = None
+        self.last_released_ns = None
+
+    def put(self, steps: Sequence[np.ndarray], source_ns: int, now_ns: int):
+        """Queue a chunk computed from the frame stamped ``source_ns``; ValueError if older."""
+        if not steps:
+            raise ValueError('a chunk needs at least one step')
+        if self.source_ns is not None and now_ns < self.source_ns - self.period_ns:
+            self.resets += 1
+            self.reset()
+        if self.source_ns is not None and source_ns < self.source_ns:
+            raise ValueError(f'chunk from a frame stamped {source_ns * 1e-9:.3f} s is older '
+                             f'than the current one ({self.source_ns * 1e-9:.3f} s): out of '
+                             'order')
+        self.replaced += len(self.pending)
+        self.source_ns = int(source_ns)
+        self.pending = [Step(np.asarray(v), j, self.source_ns + j * self.period_ns)
+                        for j, v in enumerate(steps)]
+
+    def release(self, now_ns: int) -> Optional[Step]:
+        """Return the step to execute now (None: none due); older due steps are dropped."""
+        due = [s for s in self.pending
+               if s.index == 0 or s.stamp_ns <= now_ns + self.tolerance_ns]
+        if not due:
+            return None
+        self.pending = self.pending[len(due):]
+        step, older = due[-1], due[:-1]
+        self.late += len(older)
+        if self.last_released_ns is not None and step.stamp_ns < self.last_released_ns:
+            self.late += 1
+            return None
+        self.last_released_ns = step.stamp_ns
+        return step
+
+    def next_due_ns(self) -> Optional[int]:
+        """Return when the next pending step is due (None: nothing pending)."""
+        return self.pending[0].stamp_ns if self.pending else None
