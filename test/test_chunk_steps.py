@@ -3,8 +3,8 @@ Action chunks through the ROS nodes: k steps per frame, one executed per policy 
 
 The rules (``core/step_queue.py``) are tested on their own, then in the real node processes
 in lock step (``graph_harness.LockstepRig``): the whole pipeline with a chunked
-known-function model, and detokenizer_node alone with chunks that come late, are replaced
-or arrive out of order.
+known-function model, and detokenizer_node alone with chunks that come late (their due
+steps composed into one target), are replaced or arrive out of order.
 """
 
 from graph_harness import LockstepRig
@@ -29,38 +29,33 @@ def _steps(k):
     return [np.full(11, float(j)) for j in range(k)]
 
 
-def test_step_queue_releases_each_step_at_its_time_and_drops_the_past():
+def test_step_queue_releases_each_step_at_its_time_and_merges_late_ones():
     q = StepQueue(0.2, tolerance_s=0.025)
     q.put(_steps(4), 10 * NS, 10 * NS)
-    s = q.release(10 * NS)
-    assert (s.index, s.stamp_ns) == (0, 10 * NS)
-    assert q.release(10 * NS + 150_000_000) is None           # step 1 not due yet
+    assert [(s.index, s.stamp_ns) for s in q.release(10 * NS)] == [(0, 10 * NS)]
+    assert q.release(10 * NS + 150_000_000) == []               # step 1 not due yet
     s = q.release(10 * NS + 180_000_000)                        # within the tolerance
-    assert (s.index, s.stamp_ns) == (1, 10 * NS + POLICY_NS)
+    assert [(x.index, x.stamp_ns) for x in s] == [(1, 10 * NS + POLICY_NS)]
     # A newer chunk replaces the two steps left; an older one is refused.
     q.put(_steps(4), 10 * NS + 300_000_000, 10 * NS + 300_000_000)
     assert q.replaced == 2
     with pytest.raises(ValueError, match='out of order'):
         q.put(_steps(4), 10 * NS + 100_000_000, 10 * NS + 310_000_000)
-    # It came 0.45 s after its frame: steps 0-2 are due; only step 2 runs, 0 and 1 are late.
+    # It came 0.45 s after its frame: steps 0-2 are due together, in order; 0 and 1 are
+    # merged into 2 (counted late), none is lost.
     s = q.release(10 * NS + 750_000_000)
-    assert s.index == 2 and q.late == 2
+    assert [x.index for x in s] == [0, 1, 2] and q.late == 2
     assert q.next_due_ns() == 10 * NS + 900_000_000
     # Step 0 goes out on arrival even when stamped ahead (the interpolator judges that).
     q2 = StepQueue(0.2)
     q2.put(_steps(1), 20 * NS, 19 * NS)
-    assert q2.release(19 * NS).index == 0
+    assert [x.index for x in q2.release(19 * NS)] == [0]
     # A clock that went back (a restarted simulator) starts the order afresh.
     q2.put(_steps(2), 1 * NS, 1 * NS)
-    assert q2.resets == 1 and q2.release(1 * NS).stamp_ns == 1 * NS
-    # Stamps released only increase.
-    q3 = StepQueue(0.2)
-    q3.put(_steps(4), 10 * NS, 10 * NS)
-    q3.release(10 * NS + 600_000_000)               # step 3 (10.6 s); steps 0-2 late
-    q3.put(_steps(2), 10 * NS + 300_000_000, 10 * NS + 650_000_000)
-    assert q3.release(10 * NS + 650_000_000) is None and q3.late == 3 + 2
-    q3.put(_steps(1), 10 * NS + 600_000_000, 10 * NS + 700_000_000)  # stamped as step 3 was
-    assert q3.release(10 * NS + 700_000_000).stamp_ns == 10 * NS + 600_000_000
+    assert q2.resets == 1 and q2.release(1 * NS)[0].stamp_ns == 1 * NS
+    # The same frame again (a policy that predicted on it again) replaces the chunk.
+    q2.put(_steps(2), 1 * NS, 1 * NS + 10_000_000)
+    assert q2.replaced == 1 and q2.release(1 * NS + 10_000_000)[0].index == 0
 
 
 @pytest.fixture(scope='module')
@@ -123,7 +118,7 @@ def test_the_pipeline_executes_a_chunk_one_step_per_policy_period(
         rig.close()
 
 
-def test_detokenizer_drops_late_steps_replaces_chunks_and_refuses_old_ones(
+def test_detokenizer_merges_late_steps_replaces_chunks_and_refuses_old_ones(
         ros, shipped_params_file, shipped_action_space):
     """detokenizer_node alone, joint-delta space: steps chain on the step before them."""
     space = shipped_action_space
@@ -152,12 +147,17 @@ def test_detokenizer_drops_late_steps_replaces_chunks_and_refuses_old_ones(
         arms = np.array([t['arm'] for t in targets])
         np.testing.assert_allclose(arms[0], deltas[0], atol=1e-9)
         np.testing.assert_allclose(np.diff(arms, axis=0), deltas[1:], atol=1e-9)
-        # A chunk that comes 0.45 s after its frame: steps 0 and 1 are in the past.
+        # A chunk that comes 0.45 s after its frame: steps 0-2 are due at once. One target
+        # goes out, stamped as step 2, and it holds all three steps' motion.
         for _ in range(4):
             rig.tick()
         now = rig.step.now_ns
+        n = len(targets)
         send(now - 450_000_000)
+        assert len(targets) == n + 1
         assert targets[-1]['stamp_ns'] == now - 450_000_000 + 2 * POLICY_NS
+        np.testing.assert_allclose(np.array(targets[-1]['arm']) - arms[-1],
+                                   deltas[0] + deltas[1] + deltas[2], atol=1e-9)
         # A newer chunk while one step is left: that step never runs.
         send(now - 40_000_000)
         assert targets[-1]['stamp_ns'] == now - 40_000_000

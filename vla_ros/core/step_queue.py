@@ -7,14 +7,15 @@ and leaves the detokenizer stamped with that time, so the interpolator's stalene
 (by source stamp) judges every step on its own. The rules:
 
 * a step is released once its due time has come (``tolerance`` early at most, for timer
-  jitter); when several are due at once (the chunk arrived late: a slow policy or a remote
-  server), only the newest is released and the older ones are dropped as late, so the
-  robot never replays the past;
+  jitter); when several are due at once (the chunk arrived late: a slow policy, a remote
+  server, a busy executor), they are released together, in order, and the caller composes
+  them all and publishes only the newest: with relative arm actions each step is a delta
+  on the one before, so a skipped step would lose its motion for good (a missed 2.4 cm of
+  descent is a missed grasp), while the robot should still never be sent to a past step's
+  target on its own;
 * a newer chunk replaces the steps left of the previous one (counted as replaced); a chunk
   from an older frame than the current one is refused (out of order); one from the same
   frame (a policy that predicted again on it, with a newer state) replaces it;
-* released stamps never go back: a step stamped before the last released one is dropped
-  as late;
 * step 0 is released on arrival whatever its stamp says (a stamp in the future is the
   interpolator's to judge, as for single-step tokens);
 * a clock that went back (a restarted simulator, a replayed bag) starts the order afresh:
@@ -40,7 +41,7 @@ class Step:
 
 
 class StepQueue:
-    """Steps still to release, with the counts of dropped ones."""
+    """Steps still to release, with the counts of merged (late) and replaced ones."""
 
     def __init__(self, period_s: float, tolerance_s: float = 0.0):
         if not period_s > 0:
@@ -51,7 +52,6 @@ class StepQueue:
         self.tolerance_ns = int(round(tolerance_s * 1e9))
         self.pending: List[Step] = []
         self.source_ns: Optional[int] = None  # the current chunk's frame stamp
-        self.last_released_ns: Optional[int] = None
         self.late = 0
         self.replaced = 0
         self.resets = 0
@@ -60,7 +60,6 @@ class StepQueue:
         """Forget the pending steps and the stamps seen (after a restart or a cleanup)."""
         self.pending = []
         self.source_ns = None
-        self.last_released_ns = None
 
     def put(self, steps: Sequence[np.ndarray], source_ns: int, now_ns: int):
         """Queue a chunk computed from the frame stamped ``source_ns``; ValueError if older."""
@@ -78,20 +77,18 @@ class StepQueue:
         self.pending = [Step(np.asarray(v), j, self.source_ns + j * self.period_ns)
                         for j, v in enumerate(steps)]
 
-    def release(self, now_ns: int) -> Optional[Step]:
-        """Return the step to execute now (None: none due); older due steps are dropped."""
+    def release(self, now_ns: int) -> List[Step]:
+        """
+        Return the steps due now, oldest first (empty: none due).
+
+        Compose them all in order and publish the last; the ones before it are counted as
+        ``late`` (merged into a later step rather than executed on their own).
+        """
         due = [s for s in self.pending
                if s.index == 0 or s.stamp_ns <= now_ns + self.tolerance_ns]
-        if not due:
-            return None
         self.pending = self.pending[len(due):]
-        step, older = due[-1], due[:-1]
-        self.late += len(older)
-        if self.last_released_ns is not None and step.stamp_ns < self.last_released_ns:
-            self.late += 1
-            return None
-        self.last_released_ns = step.stamp_ns
-        return step
+        self.late += max(len(due) - 1, 0)
+        return due
 
     def next_due_ns(self) -> Optional[int]:
         """Return when the next pending step is due (None: nothing pending)."""

@@ -15,9 +15,10 @@ recent joint_states message, relative tokens are rejected: nothing moves.
 An action chunk (k x 11 tokens from a model that predicts k steps per frame) is executed
 one step per policy period (``core/step_queue.py``): step j is due at the source stamp plus
 j periods and leaves stamped with that time, each composed on the target of the step before
-it, so the interpolator judges every step's staleness on its own. Steps a late chunk has
-already missed are dropped (only the newest due step runs), a newer chunk replaces the
-steps left of the previous one, and an older chunk is refused; all three are counted.
+it, so the interpolator judges every step's staleness on its own. Steps that come due
+together (a late chunk) are all composed and only the newest target is published, so no
+relative step's motion is lost; a newer chunk replaces the steps left of the previous one,
+and an older chunk is refused; all three are counted.
 """
 
 from dataclasses import dataclass
@@ -148,19 +149,20 @@ class DetokenizerNode(Node):
         self._release_due()
 
     def _release_due(self):
-        """Execute the chunk step whose time has come, if any."""
+        """Execute the chunk steps whose time has come: all composed, the newest published."""
         now = now_s(self)
         late = self._steps.late
-        step = self._steps.release(int(round(now * 1e9)))
+        steps = self._steps.release(int(round(now * 1e9)))
         if self._steps.late != late:
             n = self._steps.late
             self.diag.set('chunk_steps_late', n)
-            self.get_logger().warn(f'dropped chunk steps whose time had passed ({n} so far): '
-                                   'the chunk came late', throttle_duration_sec=2.0)
-        if step is not None:
-            self._execute(step.values, step.stamp_ns, now)
+            self.get_logger().warn(f'chunk steps came due together ({n} merged so far): each '
+                                   'is composed, only the newest target is published',
+                                   throttle_duration_sec=2.0)
+        for i, step in enumerate(steps):
+            self._execute(step.values, step.stamp_ns, now, publish=i == len(steps) - 1)
 
-    def _execute(self, values, stamp_ns: int, now: float):
+    def _execute(self, values, stamp_ns: int, now: float, publish: bool = True):
         """Compose one step's values into a target and publish it stamped ``stamp_ns``."""
         if self.tokenizer.space.relative_arm:
             if self._measured is None or now - self._measured_at > self.params.state_timeout:
@@ -183,6 +185,8 @@ class DetokenizerNode(Node):
                 # when it starts, then with a count, never once per message.
                 self._resync_log(f'relative arm actions start from the measured arm: '
                                  f'{self.composer.reason}')
+        if not publish:  # an earlier step of a late chunk: composed, not sent on its own
+            return
         self._pub.publish(target_to_msg(values, stamp_ns, self.params.arm_joint_names,
                                         self._space_id, self.params.base_frame_id))
         self.diag.count('published')
