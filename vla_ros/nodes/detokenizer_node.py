@@ -13,12 +13,12 @@ than ``max_target_deviation`` from the measured arm (``core/targets.py``). Witho
 recent joint_states message, relative tokens are rejected: nothing moves.
 
 An action chunk (k x 11 tokens from a model that predicts k steps per frame) is executed
-one step per policy period (``core/step_queue.py``): step j is due at the source stamp plus
-j periods and leaves stamped with that time, each composed on the target of the step before
-it, so the interpolator judges every step's staleness on its own. Steps that come due
-together (a late chunk) are all composed and only the newest target is published, so no
-relative step's motion is lost; a newer chunk replaces the steps left of the previous one,
-and an older chunk is refused; all three are counted.
+one step per policy period (``core/step_queue.py``): step 0 on arrival, step j j periods
+later, stamped with the source stamp plus j periods, each composed on the target of the
+step before it, so the interpolator judges every step's staleness on its own. Steps that
+come due together (the release timer ran late) are all composed and only the newest
+target is published, so no relative step's motion is lost; a newer chunk replaces the
+steps left of the previous one, and an older chunk is refused; all three are counted.
 """
 
 from dataclasses import dataclass
