@@ -274,8 +274,11 @@ def run(args, settings: List[Setting]) -> None:
     probe_class = _probe_class()
     total = len(args.tasks) * args.episodes
     with tempfile.TemporaryDirectory(prefix='vla_bench_loop_') as folder:
+        # The server runs the action space the robot's parameters name (the client checks
+        # that they agree when it connects).
+        space_file = node_params(args.params_file, 'inference_node').get('action_space_file', '')
         server_args = argparse.Namespace(threads=args.threads, model=args.model_dir,
-                                         action_space='', plaintext=False)
+                                         action_space=space_file, plaintext=False)
         proc, server = (None, None)
         proxy = None
         if any(s.remote for s in settings):
