@@ -44,6 +44,7 @@ from ros2_support import (DISCOVERY, doc_commands, Launch, lifecycle_state, para
 from std_msgs.msg import String
 from vla_ros.core.params import schema
 from vla_ros.graph import MANAGED, node_params, pipeline_nodes
+from vla_ros.processes import held_in_teardown
 from vla_ros.testing.probe import Probe, wait_for
 import yaml
 
@@ -60,9 +61,8 @@ def _held_in_teardown(out: str, node: str) -> bool:
     """Tell whether ``node`` was ended by its shutdown watchdog inside the middleware."""
     died = re.search(r'process has died \[pid \d+, exit code 1,', '\n'.join(
         line for line in out.splitlines() if f'[{node}-' in line))
-    own = '\n'.join(line for line in out.splitlines() if line.startswith(f'[{node}-'))
-    return bool(died) and ('in destroy_node' in own or 'in try_shutdown' in own
-                           or 'node clean-up still running' in own)
+    own = [line for line in out.splitlines() if line.startswith(f'[{node}-')]
+    return bool(died) and held_in_teardown(1, own)
 
 
 class LaunchProbe(Probe):
