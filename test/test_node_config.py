@@ -14,7 +14,7 @@ import time
 import pytest
 
 from vla_ros.graph import pipeline_nodes
-from vla_ros.processes import child_env, ProcessGroup
+from vla_ros.processes import child_env, held_in_teardown, ProcessGroup
 from vla_ros.testing.probe import wait_for
 
 
