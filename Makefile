@@ -106,8 +106,13 @@ sdf-tools:
 	    echo 'make: could not install ignition-tools/libsdformat-dev; sdformat tests will skip'; \
 	  else echo 'make: no root apt-get for ign sdf; sdformat tests will skip'; fi; fi
 
+# Two worker processes (pytest-xdist), one test file each at a time: most tests wait on node
+# processes and DDS, so two files at once use the cores better; each worker has its own DDS
+# domain (test/conftest.py). TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: $(INSTALLED) ros2-tools sdf-tools
-	cd test && ../$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) .
+	cd test && ../$(PY) -m pytest -q -p no:cacheprovider \
+	  $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS) .
 
 demo: $(INSTALLED)
 	$(VENV)/bin/vla-ros demo $(DEMO_ARGS)

@@ -9,7 +9,15 @@ import pytest
 # so parallel runs (or a developer's graph) never cross-talk.
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 # 1..101 keeps DDS ports below Linux's ephemeral range (domain IDs above 101 can collide).
+# Under pytest-xdist (`make test` runs two workers) the first process to load this file (the
+# controller) picks the domain, and each worker takes that domain plus its index, so the
+# workers never share one.
 os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(20, 101)))
+os.environ.setdefault('VLA_TEST_DOMAIN', os.environ['ROS_DOMAIN_ID'])
+_worker = os.environ.get('PYTEST_XDIST_WORKER', '')
+if _worker.startswith('gw'):
+    os.environ['ROS_DOMAIN_ID'] = str(
+        20 + (int(os.environ['VLA_TEST_DOMAIN']) - 20 + int(_worker[2:])) % 82)
 os.environ.setdefault('MUJOCO_GL', 'egl')
 
 from vla_ros.core.action_space import ActionSpace  # noqa: E402

@@ -133,7 +133,11 @@ def test_detokenizer_runs_steps_a_period_apart_replaces_chunks_and_refuses_old_o
     try:
         rig.start(START_NS, inputs=[('vla/action_tokens', ActionTokens, COMMAND_QOS),
                                     ('joint_states', JointState, SENSOR_QOS)])
-        rig.tick()
+        # joint_states before the first chunk (relative tokens need a measured arm): a tick
+        # publishes them and the tokens would race them into the node without the settle.
+        for _ in range(2):
+            rig.tick()
+            rig.step.settle(2)
         targets = rig.records.targets
 
         def send(source_ns):

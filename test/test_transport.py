@@ -65,23 +65,30 @@ CAMERA = textwrap.dedent("""
         rclpy.spin_once(node, timeout_sec=0.1)
     back.clear()
     sent = set()
-    t = time.monotonic()
     for _ in range(frames):
+        # At most `hz`, and each frame after the one before came back (or 2 s): camera_node
+        # keeps only the newest frame, so on a loaded machine a faster camera would lose
+        # frames to a starved callback, which is not what this test is about.
+        t = time.monotonic()
         stamp = node.get_clock().now().to_msg()
-        sent.add((stamp.sec, stamp.nanosec))
+        key = (stamp.sec, stamp.nanosec)
+        sent.add(key)
         pub.publish(array_to_image(frame, 'rgb8', stamp, 'camera'))
-        t += 1.0 / hz
-        while time.monotonic() < t:
-            rclpy.spin_once(node, timeout_sec=max(0.0, t - time.monotonic()))
-    end = time.monotonic() + 5.0  # the last frames' way back (every one, or 5 s)
-    while not sent <= back and time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.05)
+        while key not in back and time.monotonic() < t + 2.0:
+            rclpy.spin_once(node, timeout_sec=0.02)
+        while time.monotonic() < t + 1.0 / hz:
+            rclpy.spin_once(node, timeout_sec=max(0.0, t + 1.0 / hz - time.monotonic()))
     print(json.dumps({'sent': len(sent), 'back': len(sent & back)}))
 """)
 
 
-def test_640x480_frames_at_30_hz_reach_camera_node_on_the_default_transport(params_file):
-    """With Fast DDS defaults about half of these frames were lost (0.92 MB > 0.5 MB SHM)."""
+def test_640x480_frames_reach_camera_node_on_the_default_transport(params_file):
+    """
+    With Fast DDS defaults about half of these frames were lost (0.92 MB > 0.5 MB SHM).
+
+    Frames go at up to 30 Hz, each after the one before came back; the rate camera_node
+    sustains is measured by ``vla-ros bench pipeline``, not here.
+    """
     group = ProcessGroup(params_file, quiet=True)
     group.start(NodeSpec('camera_node', 'camera_node'))
     try:

@@ -10,7 +10,11 @@ With a ``delta_position`` arm (the shipped action space) the arm values are adde
 arm target this node published one policy step earlier; that previous target falls back
 to the measured joints (``joint_states``) when it is older than ``target_timeout`` or more
 than ``max_target_deviation`` from the measured arm (``core/targets.py``). Without a
-recent joint_states message, relative tokens are rejected: nothing moves.
+recent joint_states message, relative tokens are rejected: nothing moves. While
+interpolation_node says motion is off (``vla/motion_enabled`` false: gate closed, e-stop,
+inactive) the arm does not follow targets, so every relative action starts from the
+measured arm instead of chaining on targets that were never executed; without that topic
+(another executor downstream) the node composes as above.
 
 An action chunk (k x 11 tokens from a model that predicts k steps per frame) is executed
 one step per policy period (``core/step_queue.py``): step 0 on arrival, step j j periods
@@ -26,10 +30,11 @@ from typing import Tuple
 
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool
 from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
-from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exit_with, now_s,
-                     RepeatLog, run, SENSOR_QOS)
+from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exit_with,
+                     LATCHED_QOS, now_s, RepeatLog, run, SENSOR_QOS)
 from ..conversions import joint_positions, msg_to_tokens, target_to_msg
 from ..core.action_space import (ActionSpace, ActionSpaceError, ActionTokenizer,
                                  check_arm_joint_names, NUM_DIMENSIONS)
@@ -83,6 +88,8 @@ class DetokenizerNode(Node):
             raise ConfigError(str(exc)) from exc
         self._measured = None
         self._measured_at = -1e18
+        # interpolation_node's vla/motion_enabled; None until it speaks (compose as usual).
+        self._motion_enabled = None
         self._gripper = 0.0
         self._resync_log = RepeatLog(self.get_logger().info)
         self.diag = Diagnostics(self)
@@ -99,6 +106,8 @@ class DetokenizerNode(Node):
         if space.relative_arm:
             self.create_subscription(JointState, 'joint_states', self._on_joint_states,
                                      SENSOR_QOS)
+            self.create_subscription(Bool, 'vla/motion_enabled', self._on_motion_enabled,
+                                     LATCHED_QOS)
         self.create_timer(1.0, self._report)
 
     def _reject(self, why: str):
@@ -120,6 +129,18 @@ class DetokenizerNode(Node):
             grip = float(msg.position[list(msg.name).index(name)])
             if grip == grip:  # not NaN
                 self._gripper = grip
+
+    def _on_motion_enabled(self, msg: Bool):
+        enabled = bool(msg.data)
+        if enabled != self._motion_enabled:
+            self.get_logger().info('motion enabled: relative actions chain on the targets'
+                                   if enabled else 'motion off: relative actions start from '
+                                   'the measured arm')
+            # The target composed while the arm was held was never executed: the first one
+            # after the gate opens starts from the measured arm too.
+            self.composer.reset()
+        self._motion_enabled = enabled
+        self.diag.set('motion_enabled', enabled)
 
     def _on_tokens(self, msg: ActionTokens):
         now = now_s(self)
@@ -168,6 +189,8 @@ class DetokenizerNode(Node):
             if self._measured is None or now - self._measured_at > self.params.state_timeout:
                 return self._reject('relative arm tokens need a recent joint_states message '
                                     f'(state_timeout {self.params.state_timeout} s)')
+            if self._motion_enabled is False:  # the arm is held: no target was executed
+                self.composer.reset()
             resyncs, unreachable = self.composer.resyncs, self.composer.unreachable
             try:
                 values = self.composer.compose(values, now, self._measured, self._gripper)

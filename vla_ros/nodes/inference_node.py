@@ -10,7 +10,8 @@ A model with a ``state`` input (the shipped one) also gets the previous commande
 target: the last target detokenizer_node published (``vla/target``, one ActionTarget), or
 the measured arm from ``joint_states`` when it is older than
 ``target_timeout`` or far from the measured arm — the same rule the detokenizer applies
-(``core/targets.py``). No recent joint_states → nothing is published.
+(``core/targets.py``), and the measured arm while ``vla/motion_enabled`` says the arm is
+held. No recent joint_states → nothing is published.
 
 A managed (lifecycle) node, brought up by lifecycle_manager: ``configure`` loads the model
 and checks its bytes against ``manifest.json`` (and builds a TensorRT engine, minutes on an
@@ -39,7 +40,7 @@ from typing import Optional, Tuple
 import numpy as np
 from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import String
+from std_msgs.msg import Bool, String
 from vla_ros_interfaces.msg import ActionTarget, ActionTokens
 
 from .common import (COMMAND_QOS, ConfigError, declare_all, Diagnostics, exclusive_group,
@@ -212,7 +213,10 @@ class InferenceNode(ManagedNode):
                 sub(JointState, 'joint_states', self._on_joint_states, SENSOR_QOS,
                     callback_group=inputs),
                 sub(ActionTarget, 'vla/target', self._on_target, COMMAND_QOS,
+                    callback_group=inputs),
+                sub(Bool, 'vla/motion_enabled', self._on_motion_enabled, LATCHED_QOS,
                     callback_group=inputs)]
+        self._motion_enabled = None
         self.diag.reason = 'inactive: configured, waiting for activate'
         return TransitionCallbackReturn.SUCCESS
 
@@ -296,12 +300,21 @@ class InferenceNode(ManagedNode):
             self.get_logger().warn(f'ignoring vla/target for the state input ({n} so far): '
                                    f'{exc}', throttle_duration_sec=5.0)
 
+    def _on_motion_enabled(self, msg: Bool):
+        # As detokenizer_node: targets composed while the arm is held were never executed.
+        with self._lock:
+            if self.composer is not None and bool(msg.data) != self._motion_enabled:
+                self.composer.reset()
+            self._motion_enabled = bool(msg.data)
+
     def _state(self, now: float) -> np.ndarray:
         """Return the previous commanded target (state input); ValueError if no joints."""
         with self._lock:
             if self._measured is None or now - self._measured_at > self.params.state_timeout:
                 raise ValueError('no recent joint_states for the state input (state_timeout '
                                  f'{self.params.state_timeout} s)')
+            if self._motion_enabled is False:  # the arm is held: start from where it is
+                self.composer.reset()
             return self.composer.previous(now, self._measured, self._gripper)
 
     def _on_instruction(self, msg: String):

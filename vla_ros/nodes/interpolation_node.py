@@ -19,6 +19,8 @@ targets are ignored. Active, targets move the robot while the operator's gate
 (and answered) only once the base is at rest and the arm stands still: the node brakes
 first, as on deactivate (``nodes/managed.py``); a request the current state cannot take is
 refused and changes nothing. lifecycle_manager configures and activates it.
+``vla/motion_enabled`` (latched Bool) says whether targets move the robot now; it changes
+with the gate, the e-stop and the lifecycle state.
 
 Length (over 300 lines): the rules live in core/control.py; the length is the node wiring
 (inputs, lifecycle, the lost-clock timer, command and marker publishing, diagnostics).
@@ -130,10 +132,14 @@ class InterpolationNode(ManagedNode):
                                                'gripper_controller/commands', COMMAND_QOS,
                                                qos_overriding_options=qos)
         self._marker_pub = self.create_publisher(MarkerArray, 'vla/markers', 10)
+        # Latched: whether targets move the robot now (gate, e-stop, lifecycle). The
+        # detokenizer composes relative actions on the measured arm while this is false.
+        self._gate_pub = self.create_publisher(Bool, 'vla/motion_enabled', LATCHED_QOS)
+        self._gate_said: Optional[bool] = None
 
         inputs = exclusive_group()
         sub = self.create_subscription
-        made = [self._arm_pub, self._base_pub, self._grip_pub, self._marker_pub,
+        made = [self._arm_pub, self._base_pub, self._grip_pub, self._marker_pub, self._gate_pub,
                 sub(JointState, 'joint_states', self._on_joint_states, SENSOR_QOS,
                     callback_group=inputs, qos_overriding_options=qos),
                 sub(ActionTarget, 'vla/target', self._on_target, COMMAND_QOS,
@@ -158,6 +164,7 @@ class InterpolationNode(ManagedNode):
                                    callback_group=inputs),
                  self.create_timer(1.0, self._report, callback_group=inputs, clock=steady)]
         self._endpoints = made
+        self._say_gate()
         self.diag.reason = 'inactive: holding (waiting for activate)'
         self.get_logger().info(
             f'{control.control_frequency:g} Hz {control.interpolation} interpolation, '
@@ -247,6 +254,13 @@ class InterpolationNode(ManagedNode):
         wanted = self._active and self._want_enabled and not self._stopping
         if self.loop is not None and self.loop.started and wanted != self.loop.enabled:
             self.loop.set_enabled(wanted, self._measured, now_s(self))
+
+    def _say_gate(self):
+        """Publish vla/motion_enabled (latched) when the gate's state has changed."""
+        enabled = bool(self.loop is not None and self.loop.enabled)
+        if enabled != self._gate_said:
+            self._gate_said = enabled
+            self._gate_pub.publish(Bool(data=enabled))
 
     # -- inputs -------------------------------------------------------------------------
     def _arm_indices(self, names) -> np.ndarray:
@@ -371,6 +385,7 @@ class InterpolationNode(ManagedNode):
         self._rate.tick(now)
         with self._lock:
             cmd = self.loop.tick(now)
+        self._say_gate()
         if cmd is None:
             self.diag.reason = 'waiting for joint_states'
             return
