@@ -72,3 +72,35 @@ def test_expert_succeeds_in_the_shipped_relative_space(params_file, shipped_acti
             assert status['success'], (task, seed, status)
     finally:
         robot.close()
+
+
+def test_latency_delays_targets_and_max_in_flight_skips_decisions(setup):
+    """The in-process latency model (``vla-ros eval --latency-ms/--max-in-flight``)."""
+    env, pipeline, expert, _ = setup
+    ticks = pipeline.ticks_per_target
+    for latency, in_flight in ((0, 0), (ticks + 2, 0), (ticks + 2, 1)):
+        episode = env.reset('drive_to_marker', 3)
+        expert.reset(episode)
+        decided, targets = [], []
+        loop_target = pipeline.composer.compose
+
+        def compose(*args, **kwargs):
+            targets.append(env.robot.time)
+            return loop_target(*args, **kwargs)
+        pipeline.composer.compose = compose
+        try:
+            pipeline.run_episode(expert, on_decision=lambda obs, tokens: decided.append(obs.now),
+                                 latency_ticks=latency, max_in_flight=in_flight)
+        finally:
+            del pipeline.composer.compose
+        period = pipeline.config.control_period
+        # Each target is composed `latency` ticks after the frame it was decided on.
+        assert len(targets) > 3 and len(decided) - len(targets) <= latency // ticks + 1, (
+            targets, decided)
+        gaps = np.subtract(targets, decided[:len(targets)])
+        np.testing.assert_allclose(gaps, latency * period, atol=1e-6)
+        steps = np.round(np.diff(decided) / period).astype(int)
+        if in_flight:  # a decision waits for the one before: every second policy tick
+            assert set(steps) == {2 * ticks}, steps
+        else:
+            assert set(steps) == {ticks}, steps

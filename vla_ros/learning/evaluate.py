@@ -91,7 +91,9 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
                     templates: Optional[Dict[str, List[str]]] = None, combos: str = 'seen',
                     out: Optional[str] = None, action_space_file: Optional[str] = None,
                     params_file: Optional[str] = None, gifs: bool = True,
-                    quiet: bool = False, chunk_execute: int = 0) -> Dict:
+                    quiet: bool = False, chunk_execute: int = 0,
+                    latency_ms: float = 0.0, frame_age_ms: float = 0.0,
+                    max_in_flight: int = 0) -> Dict:
     """Closed-loop evaluation; see the module docstring. Returns the JSON-able results."""
     space = ActionSpace.from_yaml(action_space_file or default_action_space_file())
     tokenizer = ActionTokenizer(space)
@@ -99,6 +101,8 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
     env = pipeline.env
     robot = env.robot
     learner = LearnerDecider(model_dir, space, chunk_execute=chunk_execute)
+    latency_ticks = int(round(latency_ms / 1e3 / pipeline.config.control_period))
+    age_ticks = int(round(frame_age_ms / 1e3 / pipeline.config.control_period))
     rng = np.random.default_rng(seeds[0])
     results: Dict = {}
     progress = Progress(len(tasks) * episodes, 'eval', quiet=quiet)
@@ -130,7 +134,9 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
                 frames.append(obs.image)
                 return learner(obs)
 
-            status = pipeline.run_episode(decide, render=True)
+            status = pipeline.run_episode(decide, render=True, latency_ticks=latency_ticks,
+                                          frame_age_ticks=age_ticks,
+                                          max_in_flight=max_in_flight)
             runs.append({'seed': seed, 'success': bool(status['success']),
                          'sim_time': status['sim_time'], 'instruction': text})
             if not status['success'] and gifs and out:
@@ -159,7 +165,10 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
         'settings': {'tasks': list(tasks), 'episodes': episodes, 'seeds': list(seeds),
                      'phrasing': 'file' if templates is not None else phrasing,
                      'combinations': combos, 'chunk_steps': learner.policy.chunk_steps,
-                     'chunk_execute': learner.runner.execute},
+                     'chunk_execute': learner.runner.execute,
+                     'latency_ms': latency_ticks * pipeline.config.control_period * 1e3,
+                     'frame_age_ms': age_ticks * pipeline.config.control_period * 1e3,
+                     'max_in_flight': max_in_flight},
         'tasks': results,
         'mean_success_rate': round(float(np.mean(rates)), 4) if rates else None,
         'model_ms_p50': round(float(np.median(learner.model_ms)), 3) if learner.model_ms
@@ -214,7 +223,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--chunk-execute', type=int, default=0, metavar='M',
                         help='chunked models: steps of each predicted chunk executed before '
                         'the next inference (default 0: all of them)')
+    parser.add_argument('--latency-ms', type=float, default=0.0, metavar='MS',
+                        help='tokens reach the detokenizer this long after their frame '
+                        '(rounded to control ticks; the ROS graph adds 40-160 ms, a remote '
+                        "policy its round trip); default 0: on the frame's own tick")
+    parser.add_argument('--frame-age-ms', type=float, default=0.0, metavar='MS',
+                        help='the policy sees the image taken this long before its decision '
+                        '(rounded to control ticks), with the current state input')
+    parser.add_argument('--max-in-flight', type=int, default=0, metavar='N',
+                        help='with --latency-ms: skip a policy tick while N decisions are on '
+                        "their way (the remote backend's max_in_flight); 0: never skip")
     args = parser.parse_args(argv)
+    if not (args.latency_ms >= 0 and args.frame_age_ms >= 0 and args.max_in_flight >= 0):
+        print('vla-ros eval: --latency-ms, --frame-age-ms and --max-in-flight must be >= 0',
+              file=sys.stderr)
+        return 2
     try:
         seeds = parse_seeds(args.seeds)
         templates = (instructions.load_templates(args.instructions)
@@ -222,7 +245,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = evaluate_policy(args.model_dir, args.tasks, args.episodes, seeds,
                                   args.phrasing, templates, args.combinations, args.out,
                                   args.action_space, args.params_file, not args.no_gifs,
-                                  args.quiet, args.chunk_execute)
+                                  args.quiet, args.chunk_execute, args.latency_ms,
+                                  args.frame_age_ms, args.max_in_flight)
     except ValueError as exc:
         print(f'vla-ros eval: {exc}', file=sys.stderr)
         return 2

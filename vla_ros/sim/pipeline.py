@@ -92,18 +92,32 @@ class Pipeline:
                     on_tick: Optional[Callable[[int, np.ndarray], None]] = None,
                     render: bool = False,
                     on_decision: Optional[Callable[[Observation, np.ndarray], None]] = None,
-                    extra_time: float = 0.0) -> Dict:
+                    extra_time: float = 0.0, latency_ticks: int = 0,
+                    frame_age_ticks: int = 0, max_in_flight: int = 0) -> Dict:
         """
         Run until success (plus ``extra_time`` s) or the time limit.
 
         ``decide(observation)`` returns the 11 uint8 tokens at the policy rate, as
         inference_node would publish them; they go through the detokenizer's compose rule
         and the interpolation node's control loop to the simulated controllers.
+
+        ``latency_ticks`` > 0: the tokens decided on a frame reach the detokenizer that many
+        control ticks later (composed then, on the arm measured then), as in the ROS graph,
+        where a frame is 40-160 ms old when its tokens arrive, or with a remote policy.
+        ``frame_age_ticks`` > 0: the policy sees the image rendered that many ticks before
+        its decision (the state input is current), as inference_node sees the newest camera
+        frame, taken before its own tick. ``max_in_flight`` > 0: no decision while that many
+        are on their way (the policy tick is skipped), as the remote backend's limit does.
         """
+        if latency_ticks < 0 or frame_age_ticks < 0:
+            raise ValueError(f'latency_ticks and frame_age_ticks must be >= 0, got '
+                             f'{latency_ticks} and {frame_age_ticks}')
+        frames = {}  # decision tick → the image taken frame_age_ticks before it
         env = self.env
         self.start()
         tick = 0
         tokens = None
+        in_flight = []  # (tick due, tokens): decided, not yet at the detokenizer
         success_at = None
         while True:
             if env.episode.success and success_at is None:
@@ -115,13 +129,25 @@ class Pipeline:
             now = robot.time
             arm, grip = robot.arm_positions(), robot.gripper_closure()
             self.loop.on_measured(arm, now)  # as joint_states does
-            if tick % self.ticks_per_target == 0:
-                obs = self.observe(render)
+            due = tick + frame_age_ticks
+            if render and frame_age_ticks and due % self.ticks_per_target == 0:
+                frames[due] = env.robot.render()
+            if tick % self.ticks_per_target == 0 and max_in_flight and \
+                    len(in_flight) >= max_in_flight:
+                frames.pop(tick, None)  # skipped: the remote backend waits for its reply
+            elif tick % self.ticks_per_target == 0:
+                obs = self.observe(render and tick not in frames)
+                if tick in frames:
+                    obs.image = frames.pop(tick)
                 tokens = np.asarray(decide(obs), dtype=np.uint8)
-                target = self.composer.compose(self.tokenizer.detokenize(tokens), now, arm, grip)
-                self.loop.on_target(target[:7], target[7:10], target[10], now)
+                in_flight.append((tick + latency_ticks, tokens))
                 if on_decision is not None:
                     on_decision(obs, tokens)
+            while in_flight and in_flight[0][0] <= tick:
+                arrived = in_flight.pop(0)[1]
+                target = self.composer.compose(self.tokenizer.detokenize(arrived), now, arm,
+                                               grip)
+                self.loop.on_target(target[:7], target[7:10], target[10], now)
             cmd = self.loop.tick(now)
             env.apply(cmd.arm_positions, cmd.base_velocity, cmd.gripper)
             if on_tick is not None:
