@@ -10,6 +10,9 @@ MODEL_DIR := models/rt1_nano
 MODEL := $(MODEL_DIR)/policy.onnx
 # The shipped trained weights and their recipe (dataset, training, evaluation) are
 # committed; `make` exports them to ONNX (docs/model-card.md: how to regenerate them).
+# nano_150 (the nano network at 150x150), trained to predict 4 steps per frame and exported
+# with the first step only (--keep-steps 1): a single-step model for every node.
+MODEL_CONFIG := nano_150
 WEIGHTS := $(MODEL_DIR)/policy.safetensors
 TRAINING_INFO := $(MODEL_DIR)/training.json
 SOURCES := $(shell find vla_ros launch config -type f -not -path '*/__pycache__/*' 2>/dev/null) \
@@ -44,8 +47,9 @@ interfaces: $(INTERFACES)
 # ONNX artifacts are generated from the committed weights, never committed themselves.
 $(MODEL): $(STAMP) $(shell find vla_ros/model -name '*.py' 2>/dev/null) vla_ros/tools/export.py \
 		config/action_space.yaml $(WEIGHTS) $(TRAINING_INFO)
-	PYTHONPATH=$(CURDIR) $(PY) -m vla_ros.cli export --config nano --checkpoint $(WEIGHTS) \
-	  --info $(TRAINING_INFO) --action-space config/action_space.yaml --out $(MODEL_DIR)
+	PYTHONPATH=$(CURDIR) $(PY) -m vla_ros.cli export --config $(MODEL_CONFIG) \
+	  --checkpoint $(WEIGHTS) --keep-steps 1 --info $(TRAINING_INFO) \
+	  --action-space config/action_space.yaml --out $(MODEL_DIR)
 
 models: $(MODEL)
 
@@ -121,22 +125,50 @@ bench: $(INSTALLED)
 	$(VENV)/bin/vla-ros bench pipeline
 	$(VENV)/bin/vla-ros bench model
 
-# Regenerate comparable weights from nothing (docs/model-card.md): demonstrations in two
-# parallel shards, behaviour cloning, export, closed-loop evaluation on unseen seeds.
-# Hours on 2 CPU cores (resumable: run it again after an interruption), minutes on a GPU.
+# Regenerate comparable weights from nothing (docs/model-card.md, "Regenerating the weights"):
+# clean expert demonstrations in joint deltas (two shards in parallel), behaviour cloning in
+# tool deltas (relabelled by FK) in two stages, one DAgger round (the stage-2 policy drives,
+# the expert labels), action chunks of 4 on clean + DAgger data, export of the first step,
+# closed-loop evaluation on unseen seeds. About 2.6 h on 2 CPU cores; every step resumes
+# where it stopped (run it again after an interruption).
 POLICY_RUN ?= runs/policy
-POLICY_EPISODES ?= pick_block=300,place_in_bowl=250,push_block=250,drive_to_marker=200,gripper=75
-POLICY_STEPS ?= 6000
+POLICY_EPISODES ?= pick_block=300,place_in_bowl=250,push_block=250,drive_to_marker=100,gripper=50
+DAGGER_EPISODES ?= pick_block=150,place_in_bowl=100,push_block=100
+POLICY_STEPS ?= 4000 2500 2000 1500
+POLICY_THREADS ?= 2
+POLICY_EVAL_EPISODES ?= 50
+step = $(word $(1),$(POLICY_STEPS))
+snap = $(POLICY_RUN)/$(1)/weights_step$$(printf %06d $(call step,$(2))).safetensors
+VLA := $(VENV)/bin/vla-ros
+TRAIN_TOOL := $(VLA) train --model $(MODEL_CONFIG) --action-space config/action_space.yaml \
+  --aux-target-weight 3 --shift 0 --batch-size 128 --snapshot-every 500 \
+  --threads $(POLICY_THREADS)
+CLEAN := $(POLICY_RUN)/data/clean_a $(POLICY_RUN)/data/clean_b
+DAGGER := $(POLICY_RUN)/data/dagger_a $(POLICY_RUN)/data/dagger_b
 policy: $(INSTALLED)
-	$(VENV)/bin/vla-ros collect --out $(POLICY_RUN)/data/expert_a --episodes $(POLICY_EPISODES) \
-	  --seed-start 0 --quiet & \
-	$(VENV)/bin/vla-ros collect --out $(POLICY_RUN)/data/expert_b --episodes $(POLICY_EPISODES) \
-	  --seed-start 50000 --quiet; wait
-	$(VENV)/bin/vla-ros train --data $(POLICY_RUN)/data/expert_a $(POLICY_RUN)/data/expert_b \
-	  --out $(POLICY_RUN)/train --steps $(POLICY_STEPS) --batch-size 128 --snapshot-every 1000
-	$(VENV)/bin/vla-ros export --config nano --out $(POLICY_RUN)/export \
-	  --checkpoint $(POLICY_RUN)/train/weights_step$$(printf %06d $(POLICY_STEPS)).safetensors
-	$(VENV)/bin/vla-ros eval $(POLICY_RUN)/export --episodes 50 --out $(POLICY_RUN)/eval
+	$(VLA) collect --out $(POLICY_RUN)/data/clean_a --episodes $(POLICY_EPISODES) \
+	  --action-space config/action_space_joint.yaml --seed-start 0 --cache 2 --quiet & \
+	$(VLA) collect --out $(POLICY_RUN)/data/clean_b --episodes $(POLICY_EPISODES) \
+	  --action-space config/action_space_joint.yaml --seed-start 50000 --cache 2 --quiet; wait
+	$(TRAIN_TOOL) --data $(CLEAN) --out $(POLICY_RUN)/stage1 --steps $(call step,1) --warmup 250
+	$(TRAIN_TOOL) --data $(CLEAN) --out $(POLICY_RUN)/stage2 --init $(call snap,stage1,1) \
+	  --lr 5e-4 --warmup 100 --steps $(call step,2) --drop-idle
+	$(VLA) export --config $(MODEL_CONFIG) --action-space config/action_space.yaml \
+	  --checkpoint $(call snap,stage2,2) --out $(POLICY_RUN)/stage2_export
+	$(VLA) collect --out $(POLICY_RUN)/data/dagger_a --episodes $(DAGGER_EPISODES) \
+	  --action-space config/action_space.yaml --policy $(POLICY_RUN)/stage2_export \
+	  --seed-start 20000 --cache 2 --quiet & \
+	$(VLA) collect --out $(POLICY_RUN)/data/dagger_b --episodes $(DAGGER_EPISODES) \
+	  --action-space config/action_space.yaml --policy $(POLICY_RUN)/stage2_export \
+	  --seed-start 70000 --cache 2 --quiet; wait
+	$(TRAIN_TOOL) --data $(CLEAN) --out $(POLICY_RUN)/stage3 --init $(call snap,stage2,2) \
+	  --chunk 4 --lr 3e-4 --warmup 100 --steps $(call step,3) --drop-idle
+	$(TRAIN_TOOL) --data $(CLEAN) $(DAGGER) --out $(POLICY_RUN)/stage4 \
+	  --init $(call snap,stage3,3) --chunk 4 --lr 3e-4 --warmup 100 --steps $(call step,4) \
+	  --drop-idle
+	$(VLA) export --config $(MODEL_CONFIG) --action-space config/action_space.yaml \
+	  --checkpoint $(call snap,stage4,4) --keep-steps 1 --out $(POLICY_RUN)/export
+	$(VLA) eval $(POLICY_RUN)/export --episodes $(POLICY_EVAL_EPISODES) --out $(POLICY_RUN)/eval
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

@@ -32,8 +32,36 @@ def absolute_action_space_file() -> str:
 
 @pytest.fixture(scope='session')
 def shipped_action_space() -> ActionSpace:
-    """Load the shipped action space (config/action_space.yaml: joint deltas)."""
+    """Load the shipped action space (config/action_space.yaml: tool deltas)."""
     return ActionSpace.from_yaml(default_action_space_file())
+
+
+def joint_action_space_file() -> str:
+    """config/action_space_joint.yaml: joint deltas on the previous commanded target."""
+    return share_file('config', 'action_space_joint.yaml')
+
+
+@pytest.fixture(scope='session')
+def joint_action_space() -> ActionSpace:
+    """Load the joint-delta action space (relative arm without IK: exact arithmetic)."""
+    return ActionSpace.from_yaml(joint_action_space_file())
+
+
+@pytest.fixture(scope='session')
+def joint_params_file(tmp_path_factory) -> str:
+    """Write the shipped parameters with the joint-delta action space."""
+    return _params_with_space(tmp_path_factory, joint_action_space_file(), 'vla_ros_joint.yaml')
+
+
+def _params_with_space(tmp_path_factory, space_file: str, name: str) -> str:
+    with open(default_params_file(), encoding='utf-8') as stream:
+        params = yaml.safe_load(stream)
+    for node in ('inference_node', 'detokenizer_node', 'expert_node'):
+        section = params.setdefault(f'/**/{node}', {}).setdefault('ros__parameters', {})
+        section['action_space_file'] = space_file
+    path = tmp_path_factory.mktemp('params') / name
+    path.write_text(yaml.safe_dump(params), encoding='utf-8')
+    return str(path)
 
 
 @pytest.fixture(scope='session')
@@ -51,14 +79,8 @@ def shipped_params_file() -> str:
 @pytest.fixture(scope='session')
 def params_file(tmp_path_factory) -> str:
     """Write the shipped parameters with the absolute action space (for the test model)."""
-    with open(default_params_file(), encoding='utf-8') as stream:
-        params = yaml.safe_load(stream)
-    for node in ('inference_node', 'detokenizer_node', 'expert_node'):
-        section = params.setdefault(f'/**/{node}', {}).setdefault('ros__parameters', {})
-        section['action_space_file'] = absolute_action_space_file()
-    path = tmp_path_factory.mktemp('params') / 'vla_ros_absolute.yaml'
-    path.write_text(yaml.safe_dump(params), encoding='utf-8')
-    return str(path)
+    return _params_with_space(tmp_path_factory, absolute_action_space_file(),
+                              'vla_ros_absolute.yaml')
 
 
 @pytest.fixture(scope='session')

@@ -17,7 +17,7 @@ def test_scenes_and_probes_report_centimetres(known_policy_weights):
     # table in front of the robot.
     assert all(any(c in t for c in ('red', 'green', 'blue')) for t in train.instructions)
     assert np.all((train.xy[:, 0] > 0.3) & (train.xy[:, 0] < 0.9))
-    frozen = block_probe.frozen_feature_probe(known_policy_weights, 'nano', train, test)
+    frozen = block_probe.frozen_feature_probe(known_policy_weights, 'nano_150', train, test)
     trained = block_probe.resolution_probe(3, train, test, steps=3, batch=8)
     for result in (frozen, trained):
         assert 0.0 < result['median_cm'] <= result['p90_cm'] < 100.0

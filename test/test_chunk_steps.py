@@ -120,11 +120,11 @@ def test_the_pipeline_executes_a_chunk_one_step_per_policy_period(
 
 
 def test_detokenizer_runs_steps_a_period_apart_replaces_chunks_and_refuses_old_ones(
-        ros, shipped_params_file, shipped_action_space):
+        ros, joint_params_file, joint_action_space):
     """detokenizer_node alone, joint-delta space: steps chain on the step before them."""
-    space = shipped_action_space
+    space = joint_action_space
     tok = ActionTokenizer(space)
-    rig = LockstepRig(shipped_params_file, {}, nodes=('detokenizer_node',))
+    rig = LockstepRig(joint_params_file, {}, nodes=('detokenizer_node',))
     rng = np.random.default_rng(3)
     chunk = rng.integers(118, 139, size=(4, 11)).astype(np.uint8)
     chunk[:, 10] = 255

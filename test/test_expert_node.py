@@ -135,9 +135,9 @@ def expert_node(ros, params_file):
 
 
 @pytest.fixture
-def shipped_expert_node(ros, shipped_params_file):
-    """expert_node in the shipped (relative arm) action space."""
-    yield from _expert_node(shipped_params_file)
+def joint_expert_node(ros, joint_params_file):
+    """expert_node in the joint-delta (relative arm) action space."""
+    yield from _expert_node(joint_params_file)
 
 
 def _first_answer(probe, group, msg):
@@ -198,12 +198,12 @@ def test_expert_node_counts_bad_states_and_publishes_nothing(expert_node, episod
 
 
 def test_expert_node_labels_against_the_target_the_detokenizer_published(
-        shipped_expert_node, params_file, shipped_action_space):
+        joint_expert_node, params_file, joint_action_space):
     """The previous target is the one published on vla/target, not the node's own guess."""
     from vla_ros.core.action_space import ActionTokenizer
     from vla_ros.sim.pipeline import control_config, Pipeline
-    probe, group = shipped_expert_node
-    action_space = shipped_action_space
+    probe, group = joint_expert_node
+    action_space = joint_action_space
     tokenizer = ActionTokenizer(action_space)
     env = TaskEnv(Robot())
     record = _record(env, Pipeline(env, tokenizer, control_config(params_file)), tokenizer)

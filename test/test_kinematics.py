@@ -15,7 +15,7 @@ from vla_ros.core.kinematics import (ArmKinematics, default_kinematics,  # noqa:
 from vla_ros.core.targets import TargetComposer  # noqa: E402
 from vla_ros.paths import share_file  # noqa: E402
 
-TOOL_SPACE = share_file('config', 'action_space_tool.yaml')
+TOOL_SPACE = share_file('config', 'action_space.yaml')
 
 
 @pytest.fixture(scope='module')
@@ -124,7 +124,8 @@ def test_joint_delta_datasets_relabel_to_tool_deltas_that_reproduce_the_tool_pat
     """Training's relabelling: the composed tool-delta targets put the tool where it was."""
     from vla_ros.learning import collect, train_data
     root = str(tmp_path / 'joints')
-    collect.collect(root, {'pick_block': 2, 'push_block': 1}, seed_start=21, quiet=True)
+    collect.collect(root, {'pick_block': 2, 'push_block': 1}, seed_start=21, quiet=True,
+                    action_space_file=share_file('config', 'action_space_joint.yaml'))
     data, _, space = train_data.load_data([root], 3, quiet=True)
     joint = ActionTokenizer(ActionSpace.from_dict(space))
     targets = joint.detokenize(data.tokens)[:, :7] + data.state[:, :7]

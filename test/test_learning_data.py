@@ -10,6 +10,11 @@ pytest.importorskip('pyarrow')
 pytest.importorskip('av')
 
 from vla_ros.learning import collect, dataset as ds, instructions  # noqa: E402
+from vla_ros.paths import share_file  # noqa: E402
+
+# Joint deltas (config/action_space_joint.yaml): the recorded state is the previous state
+# plus the label, exactly (the shipped tool deltas go through IK).
+JOINT = share_file('config', 'action_space_joint.yaml')
 
 
 def _frames(rng, n):
@@ -59,8 +64,11 @@ def test_write_read_round_trip_and_resume(tmp_path):
 
 def test_collection_is_deterministic_resumable_and_skips_held_out(tmp_path):
     plan = {'gripper': 2, 'push_block': 3}
-    a = collect.collect(str(tmp_path / 'a'), plan, seed_start=40, quiet=True)
-    b = collect.collect(str(tmp_path / 'b'), plan, seed_start=40, quiet=True)
+    # Joint deltas: the recorded state chains on the label by plain addition (below).
+    a = collect.collect(str(tmp_path / 'a'), plan, seed_start=40, quiet=True,
+                        action_space_file=JOINT)
+    b = collect.collect(str(tmp_path / 'b'), plan, seed_start=40, quiet=True,
+                        action_space_file=JOINT)
     assert a['frames'] == b['frames'] > 0
     da, db = ds.load(str(tmp_path / 'a')), ds.load(str(tmp_path / 'b'))
     np.testing.assert_array_equal(da.columns[ds.TOKENS_KEY], db.columns[ds.TOKENS_KEY])
@@ -70,7 +78,8 @@ def test_collection_is_deterministic_resumable_and_skips_held_out(tmp_path):
     # Held-out (task, colour) pairs never reach the training data.
     assert a['episodes'] + a['skipped_held_out'] == 5
     # Running again resumes: nothing new is collected.
-    again = collect.collect(str(tmp_path / 'a'), plan, seed_start=40, quiet=True)
+    again = collect.collect(str(tmp_path / 'a'), plan, seed_start=40, quiet=True,
+                            action_space_file=JOINT)
     assert again['resumed'] + again['skipped_held_out'] == 5 and again['episodes'] == 0
     # The recorded state is the previous commanded target: frame 0 starts from the
     # measured arm; each next state is the previous state plus the action, or the measured
@@ -93,8 +102,7 @@ def test_collection_is_deterministic_resumable_and_skips_held_out(tmp_path):
 
 def _detok(tokens):
     from vla_ros.core.action_space import ActionSpace, ActionTokenizer
-    from vla_ros.paths import default_action_space_file
-    return ActionTokenizer(ActionSpace.from_yaml(default_action_space_file())).detokenize(
+    return ActionTokenizer(ActionSpace.from_yaml(JOINT)).detokenize(
         np.asarray(tokens, dtype=np.int64))
 
 
@@ -114,8 +122,7 @@ def test_instruction_templates():
 
 def test_arm_noise_perturbs_the_executed_delta_and_spares_gripper_events():
     from vla_ros.core.action_space import ActionSpace, ActionTokenizer
-    from vla_ros.paths import default_action_space_file
-    space = ActionSpace.from_yaml(default_action_space_file())
+    space = ActionSpace.from_yaml(JOINT)
     tokenizer = ActionTokenizer(space)
     noise = collect.ArmNoise(0.03, space, tokenizer)
     noise.reset('pick_block', 7)
@@ -151,11 +158,12 @@ def test_arm_noise_perturbs_the_executed_delta_and_spares_gripper_events():
 
 def test_noisy_collection_leaves_the_expert_path_with_clean_labels(tmp_path):
     plan = {'push_block': 2}
-    clean = collect.collect(str(tmp_path / 'clean'), plan, seed_start=60, quiet=True)
+    clean = collect.collect(str(tmp_path / 'clean'), plan, seed_start=60, quiet=True,
+                            action_space_file=JOINT)
     noisy = collect.collect(str(tmp_path / 'noisy'), plan, seed_start=60, quiet=True,
-                            arm_noise=0.03)
+                            arm_noise=0.03, action_space_file=JOINT)
     again = collect.collect(str(tmp_path / 'again'), plan, seed_start=60, quiet=True,
-                            arm_noise=0.03)
+                            arm_noise=0.03, action_space_file=JOINT)
     assert clean['episodes'] + clean['skipped_held_out'] == 2
     assert noisy['episodes'] == again['episodes'] and noisy['frames'] == again['frames']
     dn, da = ds.load(str(tmp_path / 'noisy')), ds.load(str(tmp_path / 'again'))
@@ -163,7 +171,8 @@ def test_noisy_collection_leaves_the_expert_path_with_clean_labels(tmp_path):
     assert ds.read_info(str(tmp_path / 'noisy'))['vla_ros.arm_noise'] == 0.03
     # A folder collected with another noise level is not resumed into.
     with pytest.raises(ValueError):
-        collect.collect(str(tmp_path / 'noisy'), plan, seed_start=60, quiet=True)
+        collect.collect(str(tmp_path / 'noisy'), plan, seed_start=60, quiet=True,
+                        action_space_file=JOINT)
     # The recorded state is what was executed: it no longer follows state + label (the
     # label is the clean correction), for most ticks away from gripper events.
     cols = dn.columns

@@ -23,8 +23,8 @@ HELD = [0.1, -0.2, 0.05, 0.3, 0.0, -0.1, 0.2]   # where the robot's arm stands
 
 
 def test_relative_actions_start_from_the_measured_arm_while_motion_is_off(
-        ros, shipped_params_file, shipped_action_space):
-    space = shipped_action_space
+        ros, joint_params_file, joint_action_space):
+    space = joint_action_space
     tok = ActionTokenizer(space)
     tokens = np.full(11, 140, np.uint8)   # every arm joint +0.035 rad per step
     tokens[7:10] = 128                    # base still
@@ -33,7 +33,7 @@ def test_relative_actions_start_from_the_measured_arm_while_motion_is_off(
     assert np.all(delta > 0.01)
     overrides = {'interpolation_node': {'start_enabled': False, 'clock_timeout': 10.0,
                                         'command_timeout': 0.5}}
-    rig = LockstepRig(shipped_params_file, overrides,
+    rig = LockstepRig(joint_params_file, overrides,
                       nodes=('detokenizer_node', 'interpolation_node'))
     rig.joint_positions = HELD + [0.0]    # the arm stays where it is (held)
     try:

@@ -8,8 +8,8 @@ from vla_ros.core.targets import ComposerConfig, measured_state, TargetComposer
 
 
 @pytest.fixture
-def space(shipped_action_space):
-    return shipped_action_space
+def space(joint_action_space):
+    return joint_action_space
 
 
 def test_shipped_space_is_relative(space, action_space):

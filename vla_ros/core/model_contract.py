@@ -36,6 +36,9 @@ STATE_DIM = 11
 # Action chunks: how many consecutive steps the policy predicts per frame (absent or "1":
 # one step, the logits [B, 11, 256]; k: [B, 11 k, 256], steps in time order).
 META_CHUNK_STEPS = 'vla_ros.chunk_steps'
+# A chunked model exported with its first steps only (`vla-ros export --keep-steps`): the
+# steps its decoder was trained to predict (informational; META_CHUNK_STEPS is what it emits).
+META_TRAINED_CHUNK_STEPS = 'vla_ros.trained_chunk_steps'
 MAX_CHUNK_STEPS = 32
 
 POLICY_INPUTS = ('image', 'text_embeddings', 'text_mask')

@@ -1,9 +1,11 @@
 """
 The previous commanded target: what relative actions are added to and what the policy sees.
 
-With a ``delta_position`` arm (``config/action_space.yaml``) the policy's 7 arm values are
-joint deltas on the arm target commanded one policy step earlier, and that 11-D target
-(arm positions, base twist, gripper) is also the policy's ``state`` input. The same rule
+With a relative arm the policy's 7 arm values move the arm target commanded one policy
+step earlier: a ``tool_delta`` arm (the shipped ``config/action_space.yaml``) moves its tool
+pose (IK turns the result into joints), a ``delta_position`` arm
+(``config/action_space_joint.yaml``) adds joint deltas. That 11-D target (arm positions,
+base twist, gripper) is also the policy's ``state`` input. The same rule
 runs in detokenizer_node (compose), inference_node (the model's state input, from the
 targets the detokenizer published), the in-process evaluation and the scripted expert
 (labels), so the four can never disagree.

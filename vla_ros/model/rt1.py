@@ -267,6 +267,10 @@ class RT1Policy(nn.Module):
             raise ValueError(f'decoding must be one of {DECODING_MODES}, found {decoding!r}')
         self.config = config
         self.decoding = decoding
+        # Steps of a chunk the forward pass returns (None: all). A chunked model exported with
+        # fewer (``vla-ros export --keep-steps``) runs under the single-step contract; the
+        # slice is of the logits, so the kept steps equal the full model's.
+        self.output_steps: Optional[int] = None
         d = config.d_model
         self.normalizer = ImageNormalizer(config.input_downsample, config.image_size)
         self.backbone = ResNetBackbone(config)
@@ -423,8 +427,12 @@ class RT1Policy(nn.Module):
         """Return action logits [B, 11, 256] (the ONNX graph's ``action_logits``)."""
         memory, bias = self.encode(image, text_embeddings, text_mask, state)
         if self.decoding == 'autoregressive':
-            return self.decode_autoregressive(memory, bias)
-        return self.decode_single(memory, bias)
+            logits = self.decode_autoregressive(memory, bias)
+        else:
+            logits = self.decode_single(memory, bias)
+        if self.output_steps is not None:
+            logits = logits[:, :self.output_steps * NUM_QUERIES_PER_STEP]
+        return logits
 
 
 def tile_action_queries(state_dict: Dict[str, torch.Tensor], chunk_steps: int
@@ -454,9 +462,20 @@ def chunk_steps_of(state_dict: Dict[str, torch.Tensor]) -> int:
 
 
 def build_policy(config: RT1Config, decoding: str = 'single',
-                 state_dict: Optional[Dict[str, torch.Tensor]] = None) -> RT1Policy:
-    """Create the policy in eval mode; seeded random weights unless ``state_dict`` is given."""
+                 state_dict: Optional[Dict[str, torch.Tensor]] = None,
+                 output_steps: Optional[int] = None) -> RT1Policy:
+    """
+    Create the policy in eval mode; seeded random weights unless ``state_dict`` is given.
+
+    ``output_steps``: of a chunked model's steps, return only the first ones (ValueError
+    unless 1 <= output_steps <= config.chunk_steps).
+    """
     model = RT1Policy(config, decoding)
+    if output_steps is not None:
+        if not 1 <= int(output_steps) <= config.chunk_steps:
+            raise ValueError(f'output_steps must be 1..{config.chunk_steps} (the steps the '
+                             f'model predicts), found {output_steps}')
+        model.output_steps = int(output_steps)
     if state_dict is not None:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
         if missing or unexpected:

@@ -6,8 +6,9 @@ the source camera stamp and the action-space identity. Tokens of the wrong lengt
 another action space, or unstamped are rejected with a throttled warning and a counter;
 nothing is published for them.
 
-With a ``delta_position`` arm (the shipped action space) the arm values are added to the
-arm target this node published one policy step earlier; that previous target falls back
+With a relative arm (the shipped ``tool_delta`` space: tool-pose deltas turned into joints by
+IK; or ``delta_position``: joint deltas) the arm values move the arm target this node
+published one policy step earlier; that previous target falls back
 to the measured joints (``joint_states``) when it is older than ``target_timeout`` or more
 than ``max_target_deviation`` from the measured arm (``core/targets.py``). Without a
 recent joint_states message, relative tokens are rejected: nothing moves. While

@@ -11,6 +11,7 @@ is the one the ONNX file holds. A bare checkpoint (development) has no manifest 
 torch is imported only when this backend is created: nodes never need it.
 """
 
+import dataclasses
 import json
 import os
 from typing import Dict, List
@@ -24,7 +25,7 @@ from ..core import model_contract as mc
 MANIFEST_FILE = 'manifest.json'
 
 
-def _policy_specs(text_dim: int, state_dim: int = 0):
+def _policy_specs(text_dim: int, state_dim: int = 0, steps: int = 1):
     h, w = mc.IMAGE_SIZE
     inputs = [mc.TensorSpec('image', 'uint8', (None, h, w, 3)),
               mc.TensorSpec('text_embeddings', 'float32', (None, mc.MAX_TEXT_TOKENS, text_dim)),
@@ -32,7 +33,7 @@ def _policy_specs(text_dim: int, state_dim: int = 0):
     if state_dim:
         inputs.append(mc.TensorSpec(mc.STATE_INPUT, 'float32', (None, state_dim)))
     outputs = [mc.TensorSpec(mc.POLICY_OUTPUT, 'float32',
-                             (None, mc.NUM_ACTION_TOKENS, mc.NUM_BINS))]
+                             (None, mc.NUM_ACTION_TOKENS * steps, mc.NUM_BINS))]
     return inputs, outputs
 
 
@@ -45,7 +46,7 @@ class TorchBackend(Backend):
         try:
             import torch
             from ..model.config import get_config
-            from ..model.rt1 import build_policy, weights_sha256
+            from ..model.rt1 import build_policy, chunk_steps_of, weights_sha256
             from ..model.checkpoint import load_checkpoint
         except ImportError as exc:
             raise BackendError('the torch backend needs PyTorch (the training extra); use '
@@ -86,8 +87,12 @@ class TorchBackend(Backend):
         try:
             config = get_config(config_name)
             state = load_checkpoint(checkpoint) if checkpoint else None
-            self._model = build_policy(config, decoding, state)
-        except ValueError as exc:  # CheckpointError, shape mismatches
+            output_steps = None
+            if state is not None and chunk_steps_of(state) > 1:  # a chunked checkpoint
+                config = dataclasses.replace(config, chunk_steps=chunk_steps_of(state))
+                output_steps = mc.chunk_steps(metadata) if metadata else None
+            self._model = build_policy(config, decoding, state, output_steps)
+        except ValueError as exc:  # CheckpointError, ContractError, shape mismatches
             raise BackendError(f'cannot build the torch model: {exc}') from exc
         weights = weights_sha256(self._model)
         if metadata and metadata.get(mc.META_WEIGHTS) != weights:
@@ -111,7 +116,8 @@ class TorchBackend(Backend):
         if options.intra_op_threads > 0:
             # Process-wide in torch; this backend is for development processes only.
             torch.set_num_threads(int(options.intra_op_threads))
-        self._inputs, self._outputs = _policy_specs(config.text_dim, config.state_dim)
+        self._inputs, self._outputs = _policy_specs(config.text_dim, config.state_dim,
+                                                    output_steps or config.chunk_steps)
 
     @property
     def model(self):

