@@ -165,6 +165,21 @@ def test_idle_frames_are_the_waits_and_drop_idle_leaves_them_out(small_dataset, 
     assert train.main(args + ['--drop-idle']) != 0
 
 
+def test_learner_frames_train_on_their_first_chunk_steps_only():
+    """--learner-chunk-steps 1: a DAgger frame's later chunk steps are not expert labels."""
+    learner = np.array([False, True, True, False])
+    keep = train.token_weights(learner, 44, 1)
+    assert keep.shape == (4, 44)
+    assert np.all(keep[[0, 3]] == 1) and np.all(keep[[1, 2], :11] == 1)
+    assert np.all(keep[[1, 2], 11:] == 0)
+    assert train.token_weights(learner, 44, 0) is None       # 0: every step
+    assert train.token_weights(learner, 11, 1) is None       # single step: nothing to drop
+    assert train.token_weights(np.zeros(4, bool), 44, 1) is None
+    with pytest.raises(ValueError, match='learner_chunk_steps'):
+        train.train(['unused'], 'unused', train_config.TrainConfig(chunk=2,
+                                                                   learner_chunk_steps=3))
+
+
 def test_datasets_recorded_in_two_action_spaces_train_together(small_dataset, tmp_path):
     """Joint-delta expert data + tool-delta (e.g. DAgger) data: each brought into one space."""
     tool = os.path.join(os.path.dirname(default_action_space_file()), 'action_space.yaml')

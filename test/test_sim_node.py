@@ -181,8 +181,10 @@ def test_commands_move_the_robot(sim):
     # The reset reply names this episode's instruction (the latched topic may lag behind).
     episode = json.loads(reply.message)
     close = episode['instruction'] == 'close the gripper'
-    # Commands are ignored for reset_command_hold (0.3 s of sim time) after a reset.
-    assert _wait(executor, lambda: probe.sim_now() > episode['sim_time'] + 0.4, 30.0)
+    # Commands are ignored for reset_command_hold (0.3 s of sim time) after a reset; the
+    # reply says from when they count (the demo opens the motion gate then).
+    assert episode['commands_from'] == pytest.approx(episode['sim_time'] + 0.3, abs=1e-6)
+    assert _wait(executor, lambda: probe.sim_now() > episode['commands_from'] + 0.1, 30.0)
     with probe.lock:
         q0 = np.array(probe.states[-1][1].position[:7])
     target = q0.copy()

@@ -44,6 +44,23 @@ from .progress import Progress
 from .train_config import DIM_NAMES, TARGET_SCALE, TrainConfig
 from .train_data import (_batch, Data, idle_frames, load_data, split_episodes,
                          target_slots, TextTable)
+from ..core.model_contract import NUM_ACTION_TOKENS as NUM_ACTIONS
+
+
+def token_weights(learner: np.ndarray, width: int, steps: int) -> Optional[np.ndarray]:
+    """
+    Return which label tokens of a batch enter the loss (float [B, width]), None for all.
+
+    ``learner`` marks the batch's learner-driven (DAgger) frames; of those, only the first
+    ``steps`` chunk steps count (0: all). A chunk label is the next k recorded labels, which
+    in a DAgger episode follow the learner's path, not the expert's plan from this state.
+    """
+    first = steps * NUM_ACTIONS
+    if not steps or first >= width or not np.any(learner):
+        return None
+    keep = np.ones((len(learner), width), np.float32)
+    keep[np.asarray(learner, bool), first:] = 0.0
+    return keep
 
 
 def smooth_targets(tokens, bins: float, num_bins: int = 256):
@@ -206,6 +223,9 @@ def plot(metrics_path: str, out_png: str):
 def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[float] = None,
           quiet: bool = False, text_embeddings: Optional[str] = None) -> Dict:
     """Train (or resume) into ``out``; returns a summary."""
+    if not 0 <= cfg.learner_chunk_steps <= cfg.chunk:
+        raise ValueError(f'learner_chunk_steps must be 0 (all) to chunk {cfg.chunk}, found '
+                         f'{cfg.learner_chunk_steps}')
     import torch
     from safetensors.torch import save_file
     from ..model.config import get_config
@@ -309,7 +329,14 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
             logits, vision = _forward(model, head, img, emb, mask, state)
         logp = torch.log_softmax(logits.float(), dim=-1)
         target = smooth_targets(tok, cfg.label_smoothing_bins)
-        loss = -(target * logp).sum(-1).mean()
+        per_token = -(target * logp).sum(-1)                      # [B, 11 k]
+        learner = data.learner[idx] if data.learner is not None else np.zeros(len(idx), bool)
+        keep = token_weights(learner, per_token.shape[1], cfg.learner_chunk_steps)
+        if keep is None:
+            loss = per_token.mean()
+        else:
+            keep = torch.from_numpy(keep).to(device)
+            loss = (per_token * keep).sum() / keep.sum()
         total = loss
         if head is not None:
             aux = head.loss(vision, torch.from_numpy(data.target[idx]).to(device),

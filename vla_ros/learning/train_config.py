@@ -40,6 +40,11 @@ class TrainConfig:
     # single-step contract the nodes run. ``init`` from a single-step checkpoint copies its
     # action queries to every step.
     chunk: int = 1
+    # Chunk steps of learner-driven (DAgger) frames that enter the loss; 0: all. A chunk
+    # label is the next k recorded labels, and in a DAgger episode those frames are where
+    # the learner went, not the expert's plan from this state: only the first step is an
+    # expert label for the state it belongs to (1).
+    learner_chunk_steps: int = 0
 
 
 # The auxiliary target is regressed in units of 10 cm (a unit-scale output).

@@ -150,6 +150,8 @@ class Data:
     identity: Dict[str, str]
     # int64 [N]: which object ``target`` is, an index into ``target_slots()`` (-1: none named)
     target_slot: np.ndarray
+    # bool [N]: the frame comes from a learner-driven (DAgger) dataset
+    learner: Optional[np.ndarray] = None
 
 
 def load_data(roots: Sequence[str], factor: int, quiet: bool = False,
@@ -163,6 +165,7 @@ def load_data(roots: Sequence[str], factor: int, quiet: bool = False,
     deltas train together.
     """
     images, state, tokens, target, episode, choices = [], [], [], [], [], []
+    learner: List[np.ndarray] = []
     episode_slot: List[int] = []
     phrasings: Dict[str, int] = {}
     identity, space = {}, None
@@ -189,6 +192,7 @@ def load_data(roots: Sequence[str], factor: int, quiet: bool = False,
         target.append(np.asarray(cols[ds.TARGET_KEY][:n], np.float32) if ds.TARGET_KEY in cols
                       else np.zeros((n, 4), np.float32))
         episode.append(np.asarray(cols['episode_index'][:n], np.int64) + offset)
+        learner.append(np.full(n, loaded.info.get('vla_ros.source') == 'dagger'))
         for e in loaded.episodes:
             params = {'colour': e['colour'], 'direction': e['direction'], 'close': e['close']}
             params = {k: v for k, v in params.items() if v != ''}
@@ -202,7 +206,7 @@ def load_data(roots: Sequence[str], factor: int, quiet: bool = False,
     episodes = np.concatenate(episode)
     data = Data(np.concatenate(images), np.concatenate(state), np.concatenate(tokens),
                 np.concatenate(target), episodes, choices, identity,
-                np.asarray(episode_slot, np.int64)[episodes])
+                np.asarray(episode_slot, np.int64)[episodes], np.concatenate(learner))
     return data, sorted(phrasings, key=phrasings.get), space
 
 

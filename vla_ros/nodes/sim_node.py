@@ -215,9 +215,14 @@ class SimNode(Node):
             response.success, response.message = False, str(exc)
             return response
         response.success = True
-        response.message = json.dumps({'task': episode.task, 'seed': episode.seed,
-                                       'instruction': episode.instruction,
-                                       'sim_time': round(self.sim_time(), 6)})
+        # commands_from: the sim time from which commands move the robot again
+        # (reset_command_hold); a harness that opens the motion gate earlier has upstream
+        # loops compose on commands the controllers ignored.
+        now = self.sim_time()
+        response.message = json.dumps({
+            'task': episode.task, 'seed': episode.seed, 'instruction': episode.instruction,
+            'sim_time': round(now, 6),
+            'commands_from': round(now + self.params.reset_command_hold, 6)})
         return response
 
     def _reset_episode(self, task: str, seed: int):

@@ -143,9 +143,12 @@ class SimProbe(Probe):
         episode = json.loads(response.message)
         self.instruction = episode['instruction']
         # Open the gate once joint_states of the new episode flow (interpolation_node
-        # re-syncs its commanded state to the first measurement after the gate opens).
+        # re-syncs its commanded state to the first measurement after the gate opens) and
+        # sim_node takes commands again (its reset_command_hold): targets composed while
+        # the controllers ignore commands would never be executed.
+        start = max(episode['sim_time'], float(episode.get('commands_from', 0.0)))
         with self.changed:
-            if not self.changed.wait_for(lambda: self.sim_now > episode['sim_time'], 30.0):
+            if not self.changed.wait_for(lambda: self.sim_now > start, 30.0):
                 raise RuntimeError('no joint_states after sim/reset within 30 s')
         self.set_enabled(True)
         return episode
