@@ -12,7 +12,8 @@ os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 # Under pytest-xdist (`make test` runs two workers) the first process to load this file (the
 # controller) picks the domain, and each worker takes that domain plus its index, so the
 # workers never share one.
-os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(20, 101)))
+if not os.environ.get('ROS_DOMAIN_ID', '').strip().isdigit():  # unset or empty: pick one
+    os.environ['ROS_DOMAIN_ID'] = str(random.Random(os.getpid()).randint(20, 101))
 os.environ.setdefault('VLA_TEST_DOMAIN', os.environ['ROS_DOMAIN_ID'])
 _worker = os.environ.get('PYTEST_XDIST_WORKER', '')
 if _worker.startswith('gw'):
