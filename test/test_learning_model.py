@@ -1,6 +1,5 @@
 """Training lowers the loss; the shipped policy: torch/ONNX agreement, closed-loop success."""
 
-import dataclasses
 import json
 import os
 
@@ -297,15 +296,13 @@ def test_torch_and_onnx_agree_on_dataset_frames(shipped, small_dataset):
     from safetensors.torch import load_file
     from vla_ros.core.action_space import ActionSpace
     from vla_ros.model.config import get_config
-    from vla_ros.model.rt1 import build_policy, chunk_steps_of
+    from vla_ros.model.rt1 import build_policy
     from vla_ros.paths import default_action_space_file
     from vla_ros.runtime.policy import Policy, PolicyFiles
     policy = Policy(PolicyFiles.from_paths(os.path.join(SHIPPED, 'policy.onnx')),
                     ActionSpace.from_yaml(default_action_space_file()))
     weights = load_file(os.path.join(SHIPPED, 'policy.safetensors'))
-    config = dataclasses.replace(get_config(shipped['config']),
-                                 chunk_steps=chunk_steps_of(weights))
-    model = build_policy(config, state_dict=weights, output_steps=1)
+    model = build_policy(get_config(shipped['config']), state_dict=weights, output_steps=1)
     loaded = ds.load(small_dataset)
     cols = loaded.columns
     same = total = 0

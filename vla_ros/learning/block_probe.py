@@ -86,12 +86,10 @@ def frozen_feature_probe(checkpoint: str, config: str, train: Scenes, test: Scen
     import torch
     from ..model.checkpoint import load_checkpoint
     from ..model.config import get_config
-    from ..model.rt1 import build_policy, chunk_steps_of
-    state = load_checkpoint(checkpoint)
-    # A chunk-trained checkpoint (the shipped one) has more action queries; the visual
-    # tokens probed here are the same.
-    cfg = dataclasses.replace(get_config(config), chunk_steps=chunk_steps_of(state))
-    model = build_policy(cfg, state_dict=state).eval()
+    from ..model.rt1 import build_policy
+    # A chunk-trained checkpoint (the shipped one) builds with its own action queries; the
+    # visual tokens probed here are the same.
+    model = build_policy(get_config(config), state_dict=load_checkpoint(checkpoint)).eval()
 
     def features(scenes: Scenes) -> np.ndarray:
         emb, mask = _text(scenes.instructions)

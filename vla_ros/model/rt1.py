@@ -20,6 +20,7 @@ Length (over 300 lines): the whole RT-1 network in one file (as model codebases 
 is read top to bottom in one place).
 """
 
+import dataclasses
 import hashlib
 import math
 from typing import Dict, List, Optional, Tuple
@@ -467,9 +468,13 @@ def build_policy(config: RT1Config, decoding: str = 'single',
     """
     Create the policy in eval mode; seeded random weights unless ``state_dict`` is given.
 
+    The steps per frame follow ``state_dict`` when it is given (a chunked checkpoint has
+    11 k action queries; ValueError when they are not a multiple of 11).
     ``output_steps``: of a chunked model's steps, return only the first ones (ValueError
-    unless 1 <= output_steps <= config.chunk_steps).
+    unless 1 <= output_steps <= the model's steps).
     """
+    if state_dict is not None and chunk_steps_of(state_dict) != config.chunk_steps:
+        config = dataclasses.replace(config, chunk_steps=chunk_steps_of(state_dict))
     model = RT1Policy(config, decoding)
     if output_steps is not None:
         if not 1 <= int(output_steps) <= config.chunk_steps:

@@ -11,7 +11,6 @@ is the one the ONNX file holds. A bare checkpoint (development) has no manifest 
 torch is imported only when this backend is created: nodes never need it.
 """
 
-import dataclasses
 import json
 import os
 from typing import Dict, List
@@ -87,10 +86,9 @@ class TorchBackend(Backend):
         try:
             config = get_config(config_name)
             state = load_checkpoint(checkpoint) if checkpoint else None
-            output_steps = None
-            if state is not None and chunk_steps_of(state) > 1:  # a chunked checkpoint
-                config = dataclasses.replace(config, chunk_steps=chunk_steps_of(state))
-                output_steps = mc.chunk_steps(metadata) if metadata else None
+            # A chunked checkpoint exported with fewer steps (--keep-steps) emits those.
+            output_steps = (mc.chunk_steps(metadata) if metadata and state is not None
+                            and chunk_steps_of(state) > 1 else None)
             self._model = build_policy(config, decoding, state, output_steps)
         except ValueError as exc:  # CheckpointError, ContractError, shape mismatches
             raise BackendError(f'cannot build the torch model: {exc}') from exc
@@ -116,8 +114,8 @@ class TorchBackend(Backend):
         if options.intra_op_threads > 0:
             # Process-wide in torch; this backend is for development processes only.
             torch.set_num_threads(int(options.intra_op_threads))
-        self._inputs, self._outputs = _policy_specs(config.text_dim, config.state_dim,
-                                                    output_steps or config.chunk_steps)
+        self._inputs, self._outputs = _policy_specs(
+            config.text_dim, config.state_dim, output_steps or self._model.config.chunk_steps)
 
     @property
     def model(self):
