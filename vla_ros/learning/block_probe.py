@@ -36,6 +36,7 @@ from ..sim.tasks import TaskEnv
 
 TASKS = ('pick_block', 'place_in_bowl', 'push_block')
 GRASP_TOLERANCE_CM = 1.0
+OBJECTS = ('block', 'bowl')
 
 
 @dataclasses.dataclass
@@ -47,16 +48,25 @@ class Scenes:
     xy: np.ndarray            # float64 [N, 2] world metres
 
 
-def render_scenes(count: int, seed_start: int) -> Scenes:
-    """Render ``count`` scenes, cycling through the block tasks from ``seed_start``."""
+def render_scenes(count: int, seed_start: int, obj: str = 'block') -> Scenes:
+    """
+    Render ``count`` scenes from ``seed_start`` with the true x, y of ``obj``.
+
+    ``block``: the named block, cycling through the block tasks; ``bowl``: the bowl, in
+    place-in-bowl scenes (the instruction names it).
+    """
+    if obj not in OBJECTS:
+        raise ValueError(f'object must be one of {OBJECTS}, found {obj!r}')
+    tasks = TASKS if obj == 'block' else ('place_in_bowl',)
     robot = Robot()
     env = TaskEnv(robot)  # only reset and render: no control steps
     images, texts, xy = [], [], []
     for i in range(count):
-        episode = env.reset(TASKS[i % len(TASKS)], seed_start + i)
+        episode = env.reset(tasks[i % len(tasks)], seed_start + i)
         images.append(robot.render())
         texts.append(episode.instruction)
-        xy.append(robot.body_position(f'block_{episode.params["colour"]}')[:2])
+        body = f'block_{episode.params["colour"]}' if obj == 'block' else 'bowl'
+        xy.append(robot.body_position(body)[:2])
     robot.close()
     return Scenes(np.stack(images), texts, np.array(xy))
 
@@ -164,6 +174,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--train-res', type=int, nargs='*', default=[],
                         metavar='FACTOR', help='pooling factors to train from scratch at '
                         '(3: 100 px, 2: 150 px, 1: 300 px)')
+    parser.add_argument('--object', choices=OBJECTS, default='block',
+                        help='what to locate: the named block (pick, place and push scenes) '
+                        'or the bowl (place scenes)')
     parser.add_argument('--scenes', type=int, default=1500, help='training scenes')
     parser.add_argument('--test-scenes', type=int, default=300)
     parser.add_argument('--steps', type=int, default=1500, help='steps per resolution run')
@@ -180,8 +193,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
         torch.set_num_threads(args.threads)
     start = time.monotonic()
-    train = render_scenes(args.scenes, 0)
-    test = render_scenes(args.test_scenes, EVAL_SEED_START)
+    train = render_scenes(args.scenes, 0, args.object)
+    test = render_scenes(args.test_scenes, EVAL_SEED_START, args.object)
     results: Dict[str, Dict] = {}
     if args.checkpoint:
         results['frozen_features'] = frozen_feature_probe(args.checkpoint, args.config,
@@ -195,7 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         r['seconds'] = round(time.monotonic() - t, 1)
         results[f'trained_x{factor}'] = r
         print(f'trained at {300 // factor} px: {r}', flush=True)
-    results['scenes'] = {'train': args.scenes, 'test': args.test_scenes,
+    results['scenes'] = {'object': args.object, 'train': args.scenes, 'test': args.test_scenes,
                          'steps': args.steps, 'seconds': round(time.monotonic() - start, 1)}
     from ..verbs import write_json
     write_json(args.json, results)

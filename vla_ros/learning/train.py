@@ -90,12 +90,18 @@ class TargetHead:
     nameable object (``target_slots()``, by colour) and the loss takes the named object's,
     so the head itself never has to decode which object is named; the tokens are
     conditioned on the instruction (FiLM) and must still carry that object's position.
+
+    With ``goal``, one more slot regresses where the named block must go (the bowl of a
+    place episode, ``Data.goal``), added to the loss on the frames that have one: the
+    frozen tokens of a policy trained without it located the bowl to 6.9 cm (median)
+    against 1.5 cm for the block, and the bowl's inner radius is 7.8 cm.
     """
 
-    def __init__(self, model, device):
+    def __init__(self, model, device, goal: bool = False):
         import torch
         cfg = model.config
-        self.slots = len(target_slots())
+        self.goal = goal
+        self.slots = len(target_slots()) + (1 if goal else 0)
         self.linear = torch.nn.Linear(cfg.num_image_tokens * cfg.d_model,
                                       3 * self.slots).to(device)
 
@@ -105,15 +111,26 @@ class TargetHead:
         out = self.linear(vision.flatten(1).float()).view(-1, self.slots, 3)
         return out[torch.arange(out.shape[0], device=out.device), slot]
 
-    def loss(self, vision, target, slot):
-        """Smooth-L1 (10 cm units) over frames with a known target; 0 when none."""
+    def loss(self, vision, target, slot, goal=None):
+        """
+        Smooth-L1 (10 cm units) over frames with a known target; 0 when none.
+
+        With the goal slot and ``goal`` [B, 4]: plus the same loss of the goal's position.
+        """
         import torch
+        total = vision.new_zeros(()).float()
         valid = (target[:, 3] > 0.5) & (slot >= 0)
-        if not bool(valid.any()):
-            return vision.new_zeros(()).float()
-        pred = self(vision[valid], slot[valid])
-        return torch.nn.functional.smooth_l1_loss(pred, target[valid, :3] / TARGET_SCALE,
-                                                  beta=0.1)
+        if bool(valid.any()):
+            pred = self(vision[valid], slot[valid])
+            total = total + torch.nn.functional.smooth_l1_loss(
+                pred, target[valid, :3] / TARGET_SCALE, beta=0.1)
+        if self.goal and goal is not None:
+            has = goal[:, 3] > 0.5
+            if bool(has.any()):
+                pred = self(vision[has], torch.full_like(slot[has], self.slots - 1))
+                total = total + torch.nn.functional.smooth_l1_loss(
+                    pred, goal[has, :3] / TARGET_SCALE, beta=0.1)
+        return total
 
 
 def _forward(model, head: Optional[TargetHead], img, emb, mask, state):
@@ -154,7 +171,7 @@ def evaluate_offline(model, data: Data, idx: np.ndarray, text: TextTable, device
     import torch
     model.eval()
     rng = np.random.default_rng(0)
-    losses, exact, near, errors = [], [], [], []
+    losses, exact, near, errors, goal_errors = [], [], [], [], []
     with torch.no_grad():
         for s in range(0, len(idx), batch):
             part = idx[s:s + batch]
@@ -168,6 +185,12 @@ def evaluate_offline(model, data: Data, idx: np.ndarray, text: TextTable, device
                     pred = head(vision[torch.from_numpy(valid).to(device)], slot)
                     pred = pred.float().cpu().numpy() * TARGET_SCALE
                     errors.append(np.linalg.norm(pred - data.target[part][valid, :3], axis=1))
+                has = (data.goal[part, 3] > 0.5) if head.goal else np.zeros(len(part), bool)
+                if has.any():
+                    slot = torch.full((int(has.sum()),), head.slots - 1, device=device)
+                    pred = head(vision[torch.from_numpy(has).to(device)], slot)
+                    pred = pred.float().cpu().numpy() * TARGET_SCALE
+                    goal_errors.append(np.linalg.norm(pred - data.goal[part][has, :3], axis=1))
             logits = logits.float()
             losses.append(torch.nn.functional.cross_entropy(
                 logits.reshape(-1, 256), tok.reshape(-1), reduction='sum').item())
@@ -185,6 +208,8 @@ def evaluate_offline(model, data: Data, idx: np.ndarray, text: TextTable, device
         out[f'acc1_{name}'] = float(acc1[i])
     if errors:
         out['val_target_cm'] = float(np.median(np.concatenate(errors)) * 100.0)
+    if goal_errors:
+        out['val_goal_cm'] = float(np.median(np.concatenate(goal_errors)) * 100.0)
     return out
 
 
@@ -262,7 +287,8 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
     model = build_policy(model_cfg, state_dict=state_dict).train().to(device)
     if device.type == 'cpu':
         model = model.to(memory_format=torch.channels_last)
-    head = TargetHead(model, device) if cfg.aux_target_weight > 0.0 else None
+    head = (TargetHead(model, device, goal=cfg.aux_goal) if cfg.aux_target_weight > 0.0
+            else None)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     if head is not None:
@@ -300,7 +326,8 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
     fields = ['step', 'seconds', 'lr', 'train_loss', 'samples_per_s', 'val_loss'] + [
         f'{k}_{n}' for n in DIM_NAMES for k in ('acc', 'acc1')]
     if head is not None:
-        fields += ['train_target_loss', 'val_target_cm']
+        fields += ['train_target_loss', 'val_target_cm'] + (['val_goal_cm'] if head.goal
+                                                            else [])
     new_file = not os.path.exists(metrics_path)
     metrics = open(metrics_path, 'a', newline='', encoding='utf-8')
     writer = csv.DictWriter(metrics, fieldnames=fields)
@@ -340,7 +367,9 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
         total = loss
         if head is not None:
             aux = head.loss(vision, torch.from_numpy(data.target[idx]).to(device),
-                            torch.from_numpy(data.target_slot[idx]).to(device))
+                            torch.from_numpy(data.target_slot[idx]).to(device),
+                            torch.from_numpy(data.goal[idx]).to(device)
+                            if data.goal is not None else None)
             total = loss + cfg.aux_target_weight * aux
             aux_window.append(aux.item())
         opt.zero_grad(set_to_none=True)

@@ -33,6 +33,9 @@ class TrainConfig:
     snapshot_every: int = 2500
     val_every: int = 500
     aux_target_weight: float = 0.0
+    # The auxiliary head also regresses the goal of place episodes (the bowl) from the same
+    # visual tokens, at the same weight: a policy that carries the block must see where to.
+    aux_goal: bool = False
     # Leave idle frames (no arm, base or gripper change: train_data.idle_frames) out of
     # the training batches; validation keeps every frame.
     drop_idle: bool = False

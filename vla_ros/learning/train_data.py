@@ -152,6 +152,32 @@ class Data:
     target_slot: np.ndarray
     # bool [N]: the frame comes from a learner-driven (DAgger) dataset
     learner: Optional[np.ndarray] = None
+    # float32 [N, 4]: where the named block must go (the bowl of a place episode), x, y, z
+    # in the base frame, valid; ``episode_goals``
+    goal: Optional[np.ndarray] = None
+
+
+def episode_goals(episodes: List[Dict], state: np.ndarray) -> np.ndarray:
+    """
+    Return each frame's goal position [x, y, z, valid] (base frame), from its episode.
+
+    A simulated place episode's bowl is drawn from its (task, seed) (``draw_scene``; the bowl
+    never moves). The base starts at the world origin, so the bowl's world position is its
+    position in the base frame for as long as the base has not been driven: an episode
+    whose state shows a base command anywhere gets no goal. Other tasks, and episodes
+    without a seed (a robot's bag), get none.
+    """
+    from ..sim.tasks import draw_scene
+    goal = np.zeros((len(state), 4), np.float32)
+    for e in episodes:
+        if e.get('task') != 'place_in_bowl' or e.get('seed') is None:
+            continue
+        lo, hi = e['dataset_from_index'], e['dataset_to_index']
+        if np.any(state[lo:hi, 7:10] != 0.0):
+            continue
+        goal[lo:hi, :3] = draw_scene(e['task'], int(e['seed'])).bowl
+        goal[lo:hi, 3] = 1.0
+    return goal
 
 
 def load_data(roots: Sequence[str], factor: int, quiet: bool = False,
@@ -164,7 +190,7 @@ def load_data(roots: Sequence[str], factor: int, quiet: bool = False,
     none when recorded in it), so joint-delta expert data and DAgger data recorded in tool
     deltas train together.
     """
-    images, state, tokens, target, episode, choices = [], [], [], [], [], []
+    images, state, tokens, target, episode, choices, goal = [], [], [], [], [], [], []
     learner: List[np.ndarray] = []
     episode_slot: List[int] = []
     phrasings: Dict[str, int] = {}
@@ -192,6 +218,7 @@ def load_data(roots: Sequence[str], factor: int, quiet: bool = False,
         target.append(np.asarray(cols[ds.TARGET_KEY][:n], np.float32) if ds.TARGET_KEY in cols
                       else np.zeros((n, 4), np.float32))
         episode.append(np.asarray(cols['episode_index'][:n], np.int64) + offset)
+        goal.append(episode_goals(loaded.episodes, root_state))
         learner.append(np.full(n, loaded.info.get('vla_ros.source') == 'dagger'))
         for e in loaded.episodes:
             params = {'colour': e['colour'], 'direction': e['direction'], 'close': e['close']}
@@ -206,7 +233,8 @@ def load_data(roots: Sequence[str], factor: int, quiet: bool = False,
     episodes = np.concatenate(episode)
     data = Data(np.concatenate(images), np.concatenate(state), np.concatenate(tokens),
                 np.concatenate(target), episodes, choices, identity,
-                np.asarray(episode_slot, np.int64)[episodes], np.concatenate(learner))
+                np.asarray(episode_slot, np.int64)[episodes], np.concatenate(learner),
+                np.concatenate(goal))
     return data, sorted(phrasings, key=phrasings.get), space
 
 

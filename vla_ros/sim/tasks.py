@@ -257,6 +257,37 @@ def _sample_layout(rng: np.random.Generator):
     raise RuntimeError('could not place the objects on the table')  # pragma: no cover
 
 
+@dataclass
+class Scene:
+    """An episode's draw before the robot is involved: instruction, objects on the table."""
+
+    rng: np.random.Generator  # the episode's generator, where the draw left it
+    instruction: str
+    params: Dict
+    blocks: Dict[str, np.ndarray]  # world positions (the base starts at the origin)
+    yaws: Dict[str, float]
+    bowl: np.ndarray
+
+
+def draw_scene(task: str, seed: int) -> Scene:
+    """
+    Draw the instruction and the table layout of ``task``'s episode ``seed``.
+
+    No simulator needed: training reads where the bowl of a recorded episode stood from its
+    (task, seed) alone. ``TaskEnv.reset`` draws the floor markers next, from the same
+    generator.
+    """
+    # One generator per episode, seeded by (seed, task) so tasks do not share draws.
+    rng = np.random.default_rng([int(seed), TASK_NAMES.index(task)])
+    drawn = make_task(task)
+    instruction, params = drawn.sample(rng)
+    for _ in range(1000):
+        blocks, yaws, bowl = _sample_layout(rng)
+        if drawn.layout_ok(params, blocks, bowl):
+            return Scene(rng, instruction, params, blocks, yaws, bowl)
+    raise RuntimeError(f'no valid layout for task {task!r} seed {seed}')  # pragma: no cover
+
+
 # Where the target marker of "drive to the <colour> marker" is drawn: on the floor beside
 # the robot, inside the head camera's view at the start of the episode (a memoryless image
 # policy must see where to go), and reachable on a straight line without touching the
@@ -323,15 +354,9 @@ class TaskEnv:
         if int(seed) < 0:
             raise ValueError(f'seed must be >= 0, found {seed}')
         self.task = make_task(task)
-        # One generator per episode, seeded by (seed, task) so tasks do not share draws.
-        rng = np.random.default_rng([int(seed), TASK_NAMES.index(task)])
-        instruction, params = self.task.sample(rng)
-        for _ in range(1000):
-            blocks, yaws, bowl = _sample_layout(rng)
-            if self.task.layout_ok(params, blocks, bowl):
-                break
-        else:  # pragma: no cover - the distributions leave plenty of room
-            raise RuntimeError(f'no valid layout for task {task!r} seed {seed}')
+        scene = draw_scene(task, seed)
+        rng, instruction, params = scene.rng, scene.instruction, scene.params
+        blocks, yaws, bowl = scene.blocks, scene.yaws, scene.bowl
         robot = self.robot
         robot.reset(gripper=self.task.initial_gripper(params))
         markers = _sample_markers(rng, robot, params['colour'] if task == 'drive_to_marker'
