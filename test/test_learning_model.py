@@ -123,6 +123,45 @@ def test_text_embeddings_file_and_the_auxiliary_target_head(small_dataset, tmp_p
     assert pred.tolist() == [[0, 1, 2], [3, 4, 5], [15, 16, 17], [6, 7, 8]]
 
 
+def test_place_episodes_carry_their_bowl_and_the_goal_slot_regresses_it():
+    """--aux-goal: a place episode's bowl comes from its (task, seed), read by a last slot."""
+    from vla_ros.sim.tasks import draw_scene, TaskEnv
+    episodes = [{'task': 'place_in_bowl', 'seed': 11, 'dataset_from_index': 0,
+                 'dataset_to_index': 3},
+                {'task': 'pick_block', 'seed': 11, 'dataset_from_index': 3,
+                 'dataset_to_index': 5},
+                {'task': 'place_in_bowl', 'seed': 12, 'dataset_from_index': 5,
+                 'dataset_to_index': 7},  # its base was driven: no goal
+                {'task': 'place_in_bowl', 'dataset_from_index': 7,
+                 'dataset_to_index': 8}]  # no seed (a robot's bag): no goal
+    state = np.zeros((8, 11), np.float32)
+    state[6, 7] = 0.1
+    goal = train_data.episode_goals(episodes, state)
+    assert goal[:3, 3].tolist() == [1.0] * 3 and np.all(goal[3:] == 0.0)
+    env = TaskEnv()  # the simulator puts the bowl where the draw said
+    env.reset('place_in_bowl', 11)
+    np.testing.assert_allclose(goal[0, :3], env.robot.body_position('bowl'), atol=1e-6)
+    np.testing.assert_allclose(goal[0, :3], draw_scene('place_in_bowl', 11).bowl, atol=1e-6)
+    env.robot.close()
+    from vla_ros.model.config import get_config
+    from vla_ros.model.rt1 import build_policy
+    head = train.TargetHead(build_policy(get_config('nano')), torch.device('cpu'), goal=True)
+    slots = len(train_data.target_slots())
+    assert head.slots == slots + 1
+    with torch.no_grad():
+        head.linear.weight.zero_()
+        head.linear.bias.copy_(torch.arange(3.0 * head.slots) / 10.0)
+    vision = torch.zeros(2, 1, head.linear.in_features)
+    named = torch.tensor([[0.0, 0.01, 0.02, 1.0]] * 2)  # slot 0's output, in metres
+    bowl = torch.tensor([[0.03 * slots, 0.03 * slots + 0.01, 0.03 * slots + 0.02, 1.0],
+                         [0.0, 0.0, 0.0, 0.0]])       # the goal slot's output; one invalid
+    slot = torch.tensor([0, 0])
+    assert head.loss(vision, named, slot, bowl).item() < 1e-9
+    assert head.loss(vision, named, slot, bowl + torch.tensor([0.1, 0, 0, 0])).item() > 0.01
+    plain = train.TargetHead(build_policy(get_config('nano')), torch.device('cpu'))
+    assert plain.slots == slots
+
+
 def test_idle_frames_are_the_waits_and_drop_idle_leaves_them_out(small_dataset, tmp_path):
     """Idle: no arm or base motion, gripper unchanged; --drop-idle trains without them."""
     from vla_ros.core.action_space import ActionSpace, ActionTokenizer
