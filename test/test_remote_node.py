@@ -175,6 +175,55 @@ def test_remote_backend_survives_a_server_crash_and_recovers(ros, params_file,
         print(server.log())
 
 
+@pytest.mark.parametrize('execute', [0, 2])
+def test_a_served_chunk_is_published_as_a_local_one_and_its_steps_run_out_first(
+        ros, params_file, secrets_dir, tmp_path, execute):
+    """
+    A served chunk goes out whole, and the next frame waits until its steps have run.
+
+    Each reply's first ``chunk_execute`` steps (0: all 4) go out in one ActionTokens, and
+    the next frame is sent only once those steps have had their policy periods (plus the
+    tick the reply arrived between), so consecutive chunks' frames are that far apart.
+    """
+    from conftest import absolute_action_space_file
+    from vla_ros.core.action_space import ActionSpace
+    from vla_ros.runtime.text_encoder import TextEncoder
+    from vla_ros.testing import known_model
+    model = known_model.write(str(tmp_path / 'chunked'),
+                              ActionSpace.from_yaml(absolute_action_space_file()),
+                              chunk_steps=4)
+    server = _server(secrets_dir, model, name=f'chunked{execute}').start()
+    overrides = {'inference_node': _remote_params(secrets_dir, server.endpoint,
+                                                  chunk_execute=execute),
+                 'interpolation_node': {'start_enabled': True}}
+    group = ProcessGroup(params_file, quiet=True)
+    harness = None
+    steps = execute or 4
+    try:
+        group.start_all(pipeline_nodes(overrides=overrides))
+        harness = Harness(f'chunk_harness_{execute}')
+        stamps = Stamps(harness)
+        harness.set_color(*DRIVE)
+        harness.instruct('drive to the marker')
+        emb, mask = TextEncoder(f'{model}/text_encoder.onnx').encode('drive to the marker')
+        image = np.empty((300, 300, 3), np.uint8)
+        image[...] = DRIVE
+        expected = bytes(known_model.expected_tokens(image, emb, mask, 4)[:steps * 11])
+        assert harness.wait_for(lambda: len(stamps.items) >= 4, 60.0), \
+            (group.failed(), server.log())
+        items = stamps.since(0.0)
+        assert all(tokens == expected for _, _, tokens in items), \
+            [len(t) for _, _, t in items]
+        gaps = np.diff([stamp for _, stamp, _ in items]) * 1e-9
+        # steps + 1 ticks of 0.2 s pass between a reply and the next frame sent (a camera
+        # frame is up to one camera period older than the tick that sends it).
+        assert np.all(gaps >= (steps + 1) * 0.2 - 0.1), gaps
+        values = _values(harness, 'inference_node')
+        assert int(values.get('chunk_steps_published', 0)) == steps, values
+    finally:
+        _close(harness, group, server)
+
+
 def test_configure_refuses_a_server_running_another_model(ros, params_file, test_model_dir,
                                                           secrets_dir):
     server = _server(secrets_dir, test_model_dir, name='other').start()

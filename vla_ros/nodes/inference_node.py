@@ -26,7 +26,9 @@ A model that predicts k steps per frame (action chunks) publishes the first
 ``chunk_execute`` steps (0: all k) in one ActionTokens stamped with the frame, then lets
 that many policy ticks pass before it predicts again: detokenizer_node executes one step
 per tick, and the next prediction sees the target of the chunk's last step as its state.
-The remote backend serves single-step models only.
+With the remote backend a served chunk is published when its reply arrives (between two
+ticks), so one more tick passes before the next frame is sent: the chunk's last step is
+then due (and its target observed as the next state) before the request leaves.
 
 Length (over 300 lines): the node wiring and its lifecycle transitions; the policy itself
 is runtime/policy.py.
@@ -458,7 +460,11 @@ class InferenceNode(ManagedNode):
                 self.diag.count('remote_out_of_order')
                 continue
             self._last_remote_stamp = stamp_ns
+            # A served chunk goes out like a local one: its first chunk_execute steps, then
+            # the ticks they take pass before the next frame is sent.
+            tokens = tokens[:self._chunk_publish * NUM_DIMENSIONS]
             pub.publish(tokens_to_msg(tokens, stamp_ns, self._space_id, frame_id))
+            self._chunk_wait = self._chunk_publish if self._chunk_publish > 1 else 0
             self.diag.count('published')
             self._model_ms.add(model_ms)
             self._remote_ms.add(round_trip_ms)

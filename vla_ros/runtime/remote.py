@@ -236,6 +236,11 @@ class RemotePolicy:
         return int(self.info.state_dim) if self.info is not None else 0
 
     @property
+    def chunk_steps(self) -> int:
+        """Return the steps per frame of the served model (1: single step; >1: chunks)."""
+        return int(self.info.steps) if self.info is not None else 1
+
+    @property
     def metadata(self) -> Dict[str, str]:
         """Return the served model's config name, as local model metadata would."""
         return {'vla_ros.config': self.info.model_config if self.info is not None else ''}
@@ -280,7 +285,8 @@ class RemotePolicy:
                               f'this node expects {wanted} (remote_model_id, or the model '
                               'found in configure)')
         if ((info.image_height, info.image_width) != mc.IMAGE_SIZE
-                or info.tokens_per_step != mc.NUM_ACTION_TOKENS or info.steps != 1
+                or info.tokens_per_step != mc.NUM_ACTION_TOKENS
+                or not 1 <= info.steps <= mc.MAX_CHUNK_STEPS
                 or info.state_dim not in (0, mc.STATE_DIM)):
             raise RemoteError(f'server model contract not supported: image '
                               f'{info.image_width}x{info.image_height}, '
@@ -459,7 +465,8 @@ class RemotePolicy:
         self._note_instance(reply.server_instance)
         tokens = np.frombuffer(reply.tokens, dtype=np.uint8)
         if (reply.action_space != self.action_space or reply.model_id != self.model_id
-                or reply.steps != 1 or tokens.size != reply.tokens_per_step
+                or reply.steps != self.chunk_steps
+                or tokens.size != reply.steps * reply.tokens_per_step
                 or reply.source_stamp_ns != request.source_stamp_ns
                 or reply.sequence != request.sequence):
             self._count('remote_bad_replies')

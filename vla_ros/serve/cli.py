@@ -137,8 +137,10 @@ def build(args):
         model_file_path=model, providers=tuple(p for p in args.providers.split(',') if p),
         intra_op_threads=args.intra_op_threads, require_accelerator=args.require_accelerator,
         engine_file_path=args.engine_file)
+    # A chunked model is served whole: each reply carries its k steps, and the robot's
+    # inference_node executes them as it would a local chunked model's (chunk_execute).
     policy = Policy(PolicyFiles.from_paths(model, args.text_encoder, args.tokenizer), space,
-                    args.backend, options)
+                    args.backend, options, allow_chunks=True)
     if args.model_delay_ms > 0:
         _log.warning(f'--model-delay-ms: every model run is {args.model_delay_ms:g} ms slower')
     service = PolicyService(policy, args.backend, auth, limits, workers=args.workers,

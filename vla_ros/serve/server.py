@@ -174,7 +174,8 @@ class PolicyService:
             protocol_version=protocol.PROTOCOL_VERSION, model_id=self.model_id,
             model_config=meta.get(mc.META_CONFIG, ''), action_space=self.space_id,
             state_dim=policy.state_dim, image_width=mc.IMAGE_SIZE[1],
-            image_height=mc.IMAGE_SIZE[0], tokens_per_step=mc.NUM_ACTION_TOKENS, steps=1,
+            image_height=mc.IMAGE_SIZE[0], tokens_per_step=mc.NUM_ACTION_TOKENS,
+            steps=getattr(policy, 'chunk_steps', 1),
             trained=policy.trained, backend=backend_name,
             active_providers=list(policy.active_providers),
             model_files_verified=not unverified_files(), server_instance=self.instance,
@@ -394,7 +395,8 @@ class PolicyService:
                            model_ms=model_ms,
                            total_ms=(time.monotonic() - job.received) * 1e3)
         return pb.PredictReply(
-            tokens=tokens.tobytes(), steps=1, tokens_per_step=int(tokens.size),
+            tokens=tokens.tobytes(), steps=int(tokens.size) // mc.NUM_ACTION_TOKENS,
+            tokens_per_step=mc.NUM_ACTION_TOKENS,
             action_space=self.space_id, model_id=self.model_id,
             source_stamp_ns=request.source_stamp_ns, frame_id=request.frame_id,
             sequence=request.sequence, timing=timing, server_instance=self.instance)
