@@ -74,6 +74,45 @@ def test_expert_succeeds_in_the_shipped_relative_space(params_file, shipped_acti
         robot.close()
 
 
+@pytest.mark.parametrize('task', ['pick_block', 'place_in_bowl'])
+def test_expert_grasps_again_when_the_block_leaves_its_fingers(setup, task):
+    """
+    A block taken from the closed fingers while lifting: the expert opens and grasps again.
+
+    What a DAgger label needs when the learner closed the gripper beside the block: never
+    lift or carry an empty gripper.
+    """
+    env, pipeline, expert, _ = setup
+    episode = env.reset(task, 3)
+    expert.reset(episode)
+    robot = env.robot
+    colour = episode.params['colour']
+    start = np.array(episode.params['block_start'])
+    phases, taken = [], []
+
+    def on_tick(tick, tokens):
+        phase = expert.expert.phase
+        if not phases or phases[-1] != phase:
+            phases.append(phase)
+        lifted = robot.body_position(f'block_{colour}')[2] > start[2] + 0.03
+        if phase == 'lift' and lifted and not taken:
+            joint = robot.model.joint(f'block_{colour}')
+            adr = joint.qposadr[0]  # back on the table, upright, 5 cm aside
+            robot.data.qpos[adr:adr + 7] = np.concatenate([start + (0.0, 0.05, 0.0),
+                                                           (1.0, 0.0, 0.0, 0.0)])
+            robot.data.qvel[joint.dofadr[0]:joint.dofadr[0] + 6] = 0.0
+            robot.mujoco.mj_forward(robot.model, robot.data)
+            taken.append(tick)
+
+    status = pipeline.run_episode(expert, on_tick)
+    assert taken, phases
+    assert status['success'], (' '.join(phases), str(status))
+    # After the block was taken: back to the approach with the gripper open, then a grasp.
+    after = phases[phases.index('lift') + 1:]
+    assert after[:2] == ['start', 'pregrasp'] or after[:1] == ['pregrasp'], phases
+    assert 'close' in after, phases
+
+
 def test_latency_delays_targets_and_max_in_flight_skips_decisions(setup):
     """The in-process latency model (``vla-ros eval --latency-ms/--max-in-flight``)."""
     env, pipeline, expert, _ = setup

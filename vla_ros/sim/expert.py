@@ -8,6 +8,13 @@ gripper command. Joint targets are chosen among the values the action tokenizer 
 represent (``ArmIK.refine_quantised``), so the 256-bin quantisation costs millimetres, not
 centimetres. Each task is a small phase machine that advances on measured progress, so
 the expert copes with lag from the interpolator and with blocks that shift when touched.
+
+Once it has closed the gripper on the block it checks, at every step of lifting and
+carrying, that the block is still where the fingers hold it (``LOST_GRASP``): when the
+block slipped, was never between the fingers, or the fingers closed fully on nothing, it
+opens the gripper and starts the grasp again. Its own demonstrations rarely need that; a
+learner's do (DAgger), where the gripper closes wherever the learner closed it, and a label
+that lifts or carries an empty gripper would teach exactly that.
 """
 
 import math
@@ -32,6 +39,9 @@ PUSH_Z = 0.428
 FAST = 0.30
 SLOW = 0.12
 PUSH_SPEED = 0.08
+# A grasped block that moves this far from where it sat in the closed fingers (m), or
+# fingers that close on nothing, mean the grasp was lost: open and grasp again.
+LOST_GRASP = 0.03
 # Base driving: proportional gain (1/s), speed cap (m/s) and stop radius (m).
 DRIVE_GAIN = 1.2
 DRIVE_SPEED = 0.35
@@ -166,8 +176,21 @@ class ScriptedExpert:
                 return True
         return False
 
+    def _grasp_lost(self) -> bool:
+        """Tell whether the block left the closed fingers (then start the grasp again)."""
+        offset = self._block() - self.robot.tcp_pose()[0]
+        empty = self.robot.gripper_closure() > 0.97  # fully closed: nothing between
+        if np.linalg.norm(offset - self.tcp_offset) <= LOST_GRASP and not empty:
+            return False
+        self.gripper = False
+        self._goto('start')
+        return True
+
     def _act_pick_block(self):
         if self._grasp_sequence('lift'):
+            return
+        if self.phase == 'lift' and self._grasp_lost():
+            self._grasp_sequence('lift')
             return
         if self.phase == 'lift':
             goal = self.waypoint.copy()
@@ -176,6 +199,9 @@ class ScriptedExpert:
 
     def _act_place_in_bowl(self):
         if self._grasp_sequence('lift'):
+            return
+        if self.phase in ('lift', 'carry', 'lower') and self._grasp_lost():
+            self._grasp_sequence('lift')
             return
         bowl = self.robot.body_position('bowl')
         if self.phase == 'lift':
