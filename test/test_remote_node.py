@@ -81,13 +81,23 @@ class Stamps:
             return [x for x in self.items if x[0] >= t0]
 
 
-def _expected(test_model_dir, instruction):
+def _expected(model_dir, instruction, chunk_steps=1, steps=1):
+    """Return the known model's first ``steps`` steps (of ``chunk_steps``) for DRIVE."""
     from vla_ros.runtime.text_encoder import TextEncoder
     from vla_ros.testing.known_model import expected_tokens
-    emb, mask = TextEncoder(f'{test_model_dir}/text_encoder.onnx').encode(instruction)
+    emb, mask = TextEncoder(f'{model_dir}/text_encoder.onnx').encode(instruction)
     image = np.empty((300, 300, 3), np.uint8)
     image[...] = DRIVE
-    return bytes(expected_tokens(image, emb, mask))
+    return bytes(expected_tokens(image, emb, mask, chunk_steps)[:steps * 11])
+
+
+def _drive(name):
+    """Open the test's probe, subscribe to the tokens, show DRIVE and say where to go."""
+    harness = Harness(name)
+    stamps = Stamps(harness)
+    harness.set_color(*DRIVE)
+    harness.instruct('drive to the marker')
+    return harness, stamps
 
 
 def _values(harness, node):
@@ -113,10 +123,7 @@ def test_remote_backend_survives_a_server_crash_and_recovers(ros, params_file,
     harness = None
     try:
         group.start_all(pipeline_nodes(overrides=overrides))
-        harness = Harness('remote_harness')
-        stamps = Stamps(harness)
-        harness.set_color(*DRIVE)
-        harness.instruct('drive to the marker')
+        harness, stamps = _drive('remote_harness')
         expected = _expected(test_model_dir, 'drive to the marker')
 
         def driving():
@@ -187,7 +194,6 @@ def test_a_served_chunk_is_published_as_a_local_one_and_its_steps_run_out_first(
     """
     from conftest import absolute_action_space_file
     from vla_ros.core.action_space import ActionSpace
-    from vla_ros.runtime.text_encoder import TextEncoder
     from vla_ros.testing import known_model
     model = known_model.write(str(tmp_path / 'chunked'),
                               ActionSpace.from_yaml(absolute_action_space_file()),
@@ -201,14 +207,8 @@ def test_a_served_chunk_is_published_as_a_local_one_and_its_steps_run_out_first(
     steps = execute or 4
     try:
         group.start_all(pipeline_nodes(overrides=overrides))
-        harness = Harness(f'chunk_harness_{execute}')
-        stamps = Stamps(harness)
-        harness.set_color(*DRIVE)
-        harness.instruct('drive to the marker')
-        emb, mask = TextEncoder(f'{model}/text_encoder.onnx').encode('drive to the marker')
-        image = np.empty((300, 300, 3), np.uint8)
-        image[...] = DRIVE
-        expected = bytes(known_model.expected_tokens(image, emb, mask, 4)[:steps * 11])
+        harness, stamps = _drive(f'chunk_harness_{execute}')
+        expected = _expected(model, 'drive to the marker', 4, steps)
         assert harness.wait_for(lambda: len(stamps.items) >= 4, 60.0), \
             (group.failed(), server.log())
         items = stamps.since(0.0)
@@ -269,10 +269,7 @@ def test_slow_server_replies_are_judged_by_their_source_stamp(ros, params_file, 
     harness = None
     try:
         group.start_all(pipeline_nodes(overrides=overrides))
-        harness = Harness(f'slow_harness_{delay_ms}')
-        stamps = Stamps(harness)
-        harness.set_color(*DRIVE)
-        harness.instruct('drive to the marker')
+        harness, stamps = _drive(f'slow_harness_{delay_ms}')
         assert harness.wait_for(lambda: len(stamps.items) >= 3, 60.0), \
             (group.failed(), server.log())
         # Replies reach the robot delay_ms (and more) after their frame.
@@ -325,10 +322,7 @@ def test_mutual_tls_alone_authenticates_the_robot(ros, params_file, test_model_d
     try:
         group.start_all(pipeline_nodes(overrides=overrides, without=(
             'detokenizer_node', 'interpolation_node')))
-        harness = Harness('mtls_harness')
-        stamps = Stamps(harness)
-        harness.set_color(*DRIVE)
-        harness.instruct('drive to the marker')
+        harness, stamps = _drive('mtls_harness')
         assert harness.wait_for(lambda: len(stamps.items) >= 3, 60.0), \
             (group.failed(), server.log(), print_logs(group))
         assert stamps.items[-1][2] == _expected(test_model_dir, 'drive to the marker')
@@ -358,10 +352,7 @@ def test_ros2_launch_starts_the_remote_variant(ros, params_file, test_model_dir,
                     underlay_env(), str(tmp_path / 'launch.log'))
     harness = None
     try:
-        harness = Harness('launch_harness')
-        stamps = Stamps(harness)
-        harness.set_color(*DRIVE)
-        harness.instruct('drive to the marker')
+        harness, stamps = _drive('launch_harness')
 
         def driving():
             last = harness.latest(harness.base)
