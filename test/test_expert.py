@@ -143,3 +143,41 @@ def test_latency_delays_targets_and_max_in_flight_skips_decisions(setup):
             assert set(steps) == {2 * ticks}, steps
         else:
             assert set(steps) == {ticks}, steps
+
+
+def test_whole_chunks_travel_as_one_and_their_steps_run_a_period_apart(setup):
+    """``vla-ros eval --served-chunks``: a chunk's round trip once, its steps one per period."""
+    env, pipeline, expert, _ = setup
+    ticks = pipeline.ticks_per_target
+    period = pipeline.config.control_period
+    latency, k = ticks + 2, 3
+    episode = env.reset('drive_to_marker', 3)
+    expert.reset(episode)
+    decided, composed = [], []
+
+    def chunk(obs):  # the expert's tokens now, repeated: a k-step chunk
+        decided.append(obs.now)
+        return np.tile(expert(obs), k)
+
+    loop_target = pipeline.composer.compose
+
+    def compose(*args, **kwargs):
+        composed.append(env.robot.time)
+        return loop_target(*args, **kwargs)
+    pipeline.composer.compose = compose
+    try:
+        pipeline.run_episode(chunk, latency_ticks=latency, max_in_flight=1, whole_chunks=True)
+    finally:
+        del pipeline.composer.compose
+    assert len(decided) >= 3
+    # Step j of a chunk is composed latency + j policy periods after its frame.
+    for i, t in enumerate(decided[:-1]):
+        mine = [c for c in composed if t < c + 1e-9 and c < decided[i + 1] + 1e-9]
+        np.testing.assert_allclose(np.subtract(mine, t),
+                                   [(latency + j * ticks) * period for j in range(k)],
+                                   atol=1e-6)
+    # The next frame goes out k policy ticks after the reply's tick (its steps, then one).
+    frame = np.array(decided) - decided[0]  # on the policy tick grid
+    arrival = frame[:-1] + latency * period
+    first_tick_after = np.ceil(arrival / (ticks * period) - 1e-9) * ticks * period
+    np.testing.assert_allclose(frame[1:] - first_tick_after, k * ticks * period, atol=1e-6)

@@ -93,7 +93,7 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
                     params_file: Optional[str] = None, gifs: bool = True,
                     quiet: bool = False, chunk_execute: int = 0,
                     latency_ms: float = 0.0, frame_age_ms: float = 0.0,
-                    max_in_flight: int = 0) -> Dict:
+                    max_in_flight: int = 0, served_chunks: bool = False) -> Dict:
     """Closed-loop evaluation; see the module docstring. Returns the JSON-able results."""
     space = ActionSpace.from_yaml(action_space_file or default_action_space_file())
     tokenizer = ActionTokenizer(space)
@@ -132,11 +132,12 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
 
             def decide(obs: Observation) -> np.ndarray:
                 frames.append(obs.image)
-                return learner(obs)
+                return learner.whole_chunk(obs) if served_chunks else learner(obs)
 
             status = pipeline.run_episode(decide, render=True, latency_ticks=latency_ticks,
                                           frame_age_ticks=age_ticks,
-                                          max_in_flight=max_in_flight)
+                                          max_in_flight=max_in_flight,
+                                          whole_chunks=served_chunks)
             runs.append({'seed': seed, 'success': bool(status['success']),
                          'sim_time': status['sim_time'], 'instruction': text})
             if not status['success'] and gifs and out:
@@ -168,7 +169,7 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
                      'chunk_execute': learner.runner.execute,
                      'latency_ms': latency_ticks * pipeline.config.control_period * 1e3,
                      'frame_age_ms': age_ticks * pipeline.config.control_period * 1e3,
-                     'max_in_flight': max_in_flight},
+                     'max_in_flight': max_in_flight, 'served_chunks': served_chunks},
         'tasks': results,
         'mean_success_rate': round(float(np.mean(rates)), 4) if rates else None,
         'model_ms_p50': round(float(np.median(learner.model_ms)), 3) if learner.model_ms
@@ -233,6 +234,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--max-in-flight', type=int, default=0, metavar='N',
                         help='with --latency-ms: skip a policy tick while N decisions are on '
                         "their way (the remote backend's max_in_flight); 0: never skip")
+    parser.add_argument('--served-chunks', action='store_true',
+                        help='chunked models: each chunk travels as one reply (--latency-ms '
+                        'once per chunk), its steps run one per policy period from its '
+                        'arrival and the next frame waits for them, as inference_node runs '
+                        'a served chunked model (use with --max-in-flight 1)')
     args = parser.parse_args(argv)
     if not (args.latency_ms >= 0 and args.frame_age_ms >= 0 and args.max_in_flight >= 0):
         print('vla-ros eval: --latency-ms, --frame-age-ms and --max-in-flight must be >= 0',
@@ -246,7 +252,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   args.phrasing, templates, args.combinations, args.out,
                                   args.action_space, args.params_file, not args.no_gifs,
                                   args.quiet, args.chunk_execute, args.latency_ms,
-                                  args.frame_age_ms, args.max_in_flight)
+                                  args.frame_age_ms, args.max_in_flight,
+                                  args.served_chunks)
     except ValueError as exc:
         print(f'vla-ros eval: {exc}', file=sys.stderr)
         return 2

@@ -48,3 +48,7 @@ class LearnerDecider:
     def __call__(self, obs: Observation) -> np.ndarray:
         """Tokens of the policy for this observation (this step of a chunk)."""
         return self.runner(obs)
+
+    def whole_chunk(self, obs: Observation) -> np.ndarray:
+        """Return the first ``chunk_execute`` steps' tokens at once, as a served reply does."""
+        return self._predict(obs)[:self.runner.execute * NUM_ACTION_TOKENS]

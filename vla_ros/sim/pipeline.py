@@ -15,7 +15,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from vla_ros.core.action_space import ActionTokenizer
+from vla_ros.core.action_space import ActionTokenizer, NUM_DIMENSIONS
 from vla_ros.core.control import ControlConfig, ControlLoop
 from vla_ros.core.targets import ComposerConfig, TargetComposer
 from vla_ros.graph import node_params
@@ -93,7 +93,8 @@ class Pipeline:
                     render: bool = False,
                     on_decision: Optional[Callable[[Observation, np.ndarray], None]] = None,
                     extra_time: float = 0.0, latency_ticks: int = 0,
-                    frame_age_ticks: int = 0, max_in_flight: int = 0) -> Dict:
+                    frame_age_ticks: int = 0, max_in_flight: int = 0,
+                    whole_chunks: bool = False) -> Dict:
         """
         Run until success (plus ``extra_time`` s) or the time limit.
 
@@ -108,6 +109,11 @@ class Pipeline:
         its decision (the state input is current), as inference_node sees the newest camera
         frame, taken before its own tick. ``max_in_flight`` > 0: no decision while that many
         are on their way (the policy tick is skipped), as the remote backend's limit does.
+
+        ``whole_chunks``: ``decide`` returns a whole chunk (k x 11 tokens) that travels as
+        one message, as a served chunked model's reply does: on arrival its steps run one per
+        policy period, and the next decision waits for k more policy ticks (inference_node's
+        remote backend, which publishes a reply between two ticks).
         """
         if latency_ticks < 0 or frame_age_ticks < 0:
             raise ValueError(f'latency_ticks and frame_age_ticks must be >= 0, got '
@@ -118,6 +124,8 @@ class Pipeline:
         tick = 0
         tokens = None
         in_flight = []  # (tick due, tokens): decided, not yet at the detokenizer
+        steps = []      # (tick due, tokens) arrived, to compose when due
+        wait = 0        # whole_chunks: policy ticks still to let pass
         success_at = None
         while True:
             if env.episode.success and success_at is None:
@@ -132,10 +140,13 @@ class Pipeline:
             due = tick + frame_age_ticks
             if render and frame_age_ticks and due % self.ticks_per_target == 0:
                 frames[due] = env.robot.render()
-            if tick % self.ticks_per_target == 0 and max_in_flight and \
-                    len(in_flight) >= max_in_flight:
+            policy_tick = tick % self.ticks_per_target == 0
+            if policy_tick and wait > 0:
+                wait -= 1
+                frames.pop(tick, None)  # skipped: the chunk's steps are running
+            elif policy_tick and max_in_flight and len(in_flight) >= max_in_flight:
                 frames.pop(tick, None)  # skipped: the remote backend waits for its reply
-            elif tick % self.ticks_per_target == 0:
+            elif policy_tick:
                 obs = self.observe(render and tick not in frames)
                 if tick in frames:
                     obs.image = frames.pop(tick)
@@ -145,8 +156,15 @@ class Pipeline:
                     on_decision(obs, tokens)
             while in_flight and in_flight[0][0] <= tick:
                 arrived = in_flight.pop(0)[1]
-                target = self.composer.compose(self.tokenizer.detokenize(arrived), now, arm,
-                                               grip)
+                if whole_chunks:  # a newer chunk replaces the steps left
+                    chunk = arrived.reshape(-1, NUM_DIMENSIONS)
+                    steps = [(tick + j * self.ticks_per_target, s) for j, s in enumerate(chunk)]
+                    wait = len(chunk) if len(chunk) > 1 else 0
+                else:
+                    steps.append((tick, arrived))
+            while steps and steps[0][0] <= tick:
+                target = self.composer.compose(self.tokenizer.detokenize(steps.pop(0)[1]), now,
+                                               arm, grip)
                 self.loop.on_target(target[:7], target[7:10], target[10], now)
             cmd = self.loop.tick(now)
             env.apply(cmd.arm_positions, cmd.base_velocity, cmd.gripper)
