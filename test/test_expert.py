@@ -113,6 +113,22 @@ def test_expert_grasps_again_when_the_block_leaves_its_fingers(setup, task):
     assert 'close' in after, phases
 
 
+def _composed_at(env, pipeline, decide, **kwargs):
+    """Run an episode; return the sim times at which the detokenizer's rule composed."""
+    times = []
+    loop_target = pipeline.composer.compose
+
+    def compose(*args, **kw):
+        times.append(env.robot.time)
+        return loop_target(*args, **kw)
+    pipeline.composer.compose = compose
+    try:
+        pipeline.run_episode(decide, **kwargs)
+    finally:
+        del pipeline.composer.compose
+    return times
+
+
 def test_latency_delays_targets_and_max_in_flight_skips_decisions(setup):
     """The in-process latency model (``vla-ros eval --latency-ms/--max-in-flight``)."""
     env, pipeline, expert, _ = setup
@@ -120,18 +136,10 @@ def test_latency_delays_targets_and_max_in_flight_skips_decisions(setup):
     for latency, in_flight in ((0, 0), (ticks + 2, 0), (ticks + 2, 1)):
         episode = env.reset('drive_to_marker', 3)
         expert.reset(episode)
-        decided, targets = [], []
-        loop_target = pipeline.composer.compose
-
-        def compose(*args, **kwargs):
-            targets.append(env.robot.time)
-            return loop_target(*args, **kwargs)
-        pipeline.composer.compose = compose
-        try:
-            pipeline.run_episode(expert, on_decision=lambda obs, tokens: decided.append(obs.now),
-                                 latency_ticks=latency, max_in_flight=in_flight)
-        finally:
-            del pipeline.composer.compose
+        decided = []
+        targets = _composed_at(env, pipeline, expert, on_decision=lambda obs, tokens:
+                               decided.append(obs.now), latency_ticks=latency,
+                               max_in_flight=in_flight)
         period = pipeline.config.control_period
         # Each target is composed `latency` ticks after the frame it was decided on.
         assert len(targets) > 3 and len(decided) - len(targets) <= latency // ticks + 1, (
@@ -153,22 +161,14 @@ def test_whole_chunks_travel_as_one_and_their_steps_run_a_period_apart(setup):
     latency, k = ticks + 2, 3
     episode = env.reset('drive_to_marker', 3)
     expert.reset(episode)
-    decided, composed = [], []
+    decided = []
 
     def chunk(obs):  # the expert's tokens now, repeated: a k-step chunk
         decided.append(obs.now)
         return np.tile(expert(obs), k)
 
-    loop_target = pipeline.composer.compose
-
-    def compose(*args, **kwargs):
-        composed.append(env.robot.time)
-        return loop_target(*args, **kwargs)
-    pipeline.composer.compose = compose
-    try:
-        pipeline.run_episode(chunk, latency_ticks=latency, max_in_flight=1, whole_chunks=True)
-    finally:
-        del pipeline.composer.compose
+    composed = _composed_at(env, pipeline, chunk, latency_ticks=latency, max_in_flight=1,
+                            whole_chunks=True)
     assert len(decided) >= 3
     # Step j of a chunk is composed latency + j policy periods after its frame.
     for i, t in enumerate(decided[:-1]):
