@@ -11,10 +11,11 @@ from graph_harness import LockstepRig
 import numpy as np
 import pytest
 from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool
 from vla_ros.conversions import tokens_to_msg
 from vla_ros.core.action_space import ActionTokenizer
 from vla_ros.core.step_queue import StepQueue
-from vla_ros.nodes.common import COMMAND_QOS, SENSOR_QOS
+from vla_ros.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
 from vla_ros.testing import known_model
 from vla_ros.testing.lockstep import NS
 from vla_ros_interfaces.msg import ActionTokens
@@ -132,7 +133,8 @@ def test_detokenizer_runs_steps_a_period_apart_replaces_chunks_and_refuses_old_o
     rig.joint_positions = [0.0] * 7 + [0.0]
     try:
         rig.start(START_NS, inputs=[('vla/action_tokens', ActionTokens, COMMAND_QOS),
-                                    ('joint_states', JointState, SENSOR_QOS)])
+                                    ('joint_states', JointState, SENSOR_QOS),
+                                    ('vla/motion_enabled', Bool, LATCHED_QOS)])
         # joint_states before the first chunk (relative tokens need a measured arm): a tick
         # publishes them and the tokens would race them into the node without the settle.
         for _ in range(2):
@@ -179,10 +181,22 @@ def test_detokenizer_runs_steps_a_period_apart_replaces_chunks_and_refuses_old_o
         rig.run_until(lambda: len(targets) >= n + 3, 4 * 4 + 2)
         assert [t['stamp_ns'] - (now - 40_000_000) for t in targets[n:]] == [
             j * POLICY_NS for j in (1, 2, 3)]
+        # The motion gate changes one step into a chunk: the three steps left never run (a
+        # chunk planned before an episode's reset, or on an arm that was held).
+        now = rig.step.now_ns
+        n = len(targets)
+        send(now - 40_000_000)
+        assert len(targets) == n + 1
+        rig.step.publish('vla/motion_enabled', Bool(data=False))
+        rig.step.settle(2)
+        for _ in range(4 * 4 + 2):
+            rig.tick()
+        assert len(targets) == n + 1
         _, diag = rig.report('detokenizer_node', ticking=False)
+        assert diag.get('chunk_steps_dropped_at_gate') == '3', diag
         assert diag.get('chunk_steps_replaced') == '2', diag
         assert diag.get('chunks_out_of_order') == '1', diag
-        assert diag.get('chunks') == '3', diag
+        assert diag.get('chunks') == '4', diag
     finally:
         codes = rig.close()
     assert codes.get('detokenizer_node') == 0, codes

@@ -24,6 +24,8 @@ step before it, so the interpolator judges every step's staleness on its own. St
 come due together (the release timer ran late) are all composed and only the newest
 target is published, so no relative step's motion is lost; a newer chunk replaces the
 steps left of the previous one, and an older chunk is refused; all three are counted.
+When ``vla/motion_enabled`` changes, the steps left are dropped (counted): they were
+planned on a frame and a state from the other side of the change.
 """
 
 from dataclasses import dataclass
@@ -140,6 +142,14 @@ class DetokenizerNode(Node):
             # The target composed while the arm was held was never executed: the first one
             # after the gate opens starts from the measured arm too.
             self.composer.reset()
+            # Nor is a chunk planned on the other side of the change a plan for the robot
+            # now (a frame from before an episode reset, an arm that was held): its steps
+            # left are dropped, and inference_node predicts afresh at its next tick.
+            if self._steps.pending:
+                n = self.diag.count('chunk_steps_dropped_at_gate', len(self._steps.pending))
+                self.get_logger().info(f'motion gate changed: {len(self._steps.pending)} '
+                                       f'chunk step(s) left dropped ({n} so far)')
+                self._steps.reset()
         self._motion_enabled = enabled
         self.diag.set('motion_enabled', enabled)
 

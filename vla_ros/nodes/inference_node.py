@@ -26,6 +26,8 @@ A model that predicts k steps per frame (action chunks) publishes the first
 ``chunk_execute`` steps (0: all k) in one ActionTokens stamped with the frame, then lets
 that many policy ticks pass before it predicts again: detokenizer_node executes one step
 per tick, and the next prediction sees the target of the chunk's last step as its state.
+When ``vla/motion_enabled`` changes (the gate opens at an episode's start, closes on an
+e-stop) the wait ends: detokenizer_node drops the steps left, and the node predicts afresh.
 With the remote backend a served chunk is published when its reply arrives (between two
 ticks), so one more tick passes before the next frame is sent: the chunk's last step is
 then due (and its target observed as the next state) before the request leaves.
@@ -307,6 +309,8 @@ class InferenceNode(ManagedNode):
         with self._lock:
             if self.composer is not None and bool(msg.data) != self._motion_enabled:
                 self.composer.reset()
+                # detokenizer_node drops the chunk steps left: predict at the next tick.
+                self._chunk_wait = 0
             self._motion_enabled = bool(msg.data)
 
     def _state(self, now: float) -> np.ndarray:
