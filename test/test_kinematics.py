@@ -208,7 +208,10 @@ def test_detokenizer_node_turns_tool_tokens_into_joint_targets_and_holds_when_un
         step = np.array([0.02, 0.0, -0.01, 0.0, 0.0, 0.05, 0.0, 0.0, 0.0, 0.0, 1.0])
         assert wait_for(lambda: (send(step, arm), len(targets))[1] > 0, 30.0)
         with lock:
-            first = targets[-1]
+            # The first target: composed on the measured arm. (The node may have had a
+            # second copy of the step before the probe saw the first target, and composed
+            # it on the first: a loaded machine did, 2 steps.)
+            first = targets[0]
         moved = kin.delta_between(arm, first[:7])
         np.testing.assert_allclose(moved, tokenizer.detokenize(tokenizer.tokenize(step))[:6],
                                    atol=2e-3)
