@@ -176,21 +176,21 @@ class ScriptedExpert:
                 return True
         return False
 
-    def _grasp_lost(self) -> bool:
-        """Tell whether the block left the closed fingers (then start the grasp again)."""
+    def _grasp_again_if_lost(self, holding_phases) -> bool:
+        """In a phase that holds the block: if it left the fingers, start the grasp again."""
+        if self.phase not in holding_phases:
+            return False
         offset = self._block() - self.robot.tcp_pose()[0]
         empty = self.robot.gripper_closure() > 0.97  # fully closed: nothing between
         if np.linalg.norm(offset - self.tcp_offset) <= LOST_GRASP and not empty:
             return False
         self.gripper = False
         self._goto('start')
+        self._grasp_sequence('lift')
         return True
 
     def _act_pick_block(self):
-        if self._grasp_sequence('lift'):
-            return
-        if self.phase == 'lift' and self._grasp_lost():
-            self._grasp_sequence('lift')
+        if self._grasp_sequence('lift') or self._grasp_again_if_lost(('lift',)):
             return
         if self.phase == 'lift':
             goal = self.waypoint.copy()
@@ -198,10 +198,8 @@ class ScriptedExpert:
             self._move(goal, self.grasp_yaw, SLOW, 0.01)
 
     def _act_place_in_bowl(self):
-        if self._grasp_sequence('lift'):
-            return
-        if self.phase in ('lift', 'carry', 'lower') and self._grasp_lost():
-            self._grasp_sequence('lift')
+        if (self._grasp_sequence('lift')
+                or self._grasp_again_if_lost(('lift', 'carry', 'lower'))):
             return
         bowl = self.robot.body_position('bowl')
         if self.phase == 'lift':
