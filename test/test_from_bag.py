@@ -166,7 +166,8 @@ def test_a_tick_belongs_to_the_episode_of_its_source_stamp(tmp_path):
     # inference_node computed on the last frame of the old episode (stamp 1990).
     b.add('sim/task_status', 2000, status('place_in_bowl', 6, 1.995, 0.0))
     b.add('vla/instruction', 2003, _string('put the red block in the bowl'))
-    arrivals = {1000: 1000, 1200: 1200, 1990: 2010, 2200: 2200, 2400: 2400}
+    # 1995: a frame rendered at the reset instant (before the reset) is the old scene's.
+    arrivals = {1000: 1000, 1200: 1200, 1990: 2010, 1995: 2015, 2200: 2200, 2400: 2400}
     for stamp, t in arrivals.items():
         b.add('vla/image', stamp + 1, _image(stamp))
         b.add('vla/action_tokens', t, tokens_to_msg(rng.integers(0, 256, 11), stamp * MS))
@@ -175,10 +176,10 @@ def test_a_tick_belongs_to_the_episode_of_its_source_stamp(tmp_path):
     from_bag.convert([bag], str(tmp_path / 'dataset'), on_frame=records.append)
     loaded = ds.load(str(tmp_path / 'dataset'))
     assert [(e['task'], e['seed'], e['length']) for e in loaded.episodes] == [
-        ('pick_block', 5, 3), ('place_in_bowl', 6, 2)]
+        ('pick_block', 5, 4), ('place_in_bowl', 6, 2)]
     assert loaded.tasks == ['pick up the red block', 'put the red block in the bowl']
     assert [r['source_stamp'] // MS for r in records if r['episode_index'] == 0] == [
-        1000, 1200, 1990]
+        1000, 1200, 1990, 1995]
 
 
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])

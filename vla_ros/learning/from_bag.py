@@ -27,8 +27,9 @@ before its first status) are dropped and counted by reason; a malformed message 
 and counted, never fatal. Episodes end at a bag boundary, when the instruction changes,
 when the episode topic (``sim/task_status``, JSON) names a new (task, seed) or a restarted
 episode (a tick belongs to the episode whose start, the status's ``sim_time -
-episode_time``, is at or before its source stamp, not to the newest status received: a tick
-computed on a frame from before a reset may arrive after the reset's status),
+episode_time``, is before its source stamp, not to the newest status received: a tick
+computed on a frame from before a reset may arrive after the reset's status, and a frame
+stamped at the reset instant shows the scene before it),
 ``--after-done`` seconds after it reports done (the rest of that episode is dropped), or
 after a gap of ``--max-gap`` seconds without ticks. An episode the recording joined late
 (its status says it had run for over a second) is left out unless ``--keep-partial``;

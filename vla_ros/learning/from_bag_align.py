@@ -153,7 +153,9 @@ class BagAligner:
         chosen = self.statuses[-1]
         if source is not None and chosen[1] is not None:
             for entry in reversed(self.statuses):
-                if entry[1] is not None and entry[1] <= source + START_TOLERANCE_NS:
+                # A frame stamped at the reset instant was rendered before it (sim_node
+                # renders after each step): an episode's frames are stamped after its start.
+                if entry[1] is not None and entry[1] + START_TOLERANCE_NS < source:
                     chosen = entry
                     break
         return chosen[0], chosen[2], chosen[3]

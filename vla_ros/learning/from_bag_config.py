@@ -19,7 +19,9 @@ PARTIAL_START_S = 1.0
 MATCH_BEFORE_S = 2.0
 # Status messages kept for matching ticks to episodes by source stamp (5 Hz: 12 s).
 STATUS_HISTORY = 64
-# An episode start computed from a status (sim_time and episode_time rounded to 1 ms).
+# An episode start computed from a status (sim_time and episode_time rounded to 1 ms) is
+# within this of the true start; a tick is in an episode when its source stamp is later
+# than start + this (sim_node's frames come one 4 ms step or more after a reset).
 START_TOLERANCE_NS = 1_500_000
 
 TOKENS_TYPE = 'vla_ros_interfaces/msg/ActionTokens'

@@ -218,11 +218,12 @@ class SimNode(Node):
         # commands_from: the sim time from which commands move the robot again
         # (reset_command_hold); a harness that opens the motion gate earlier has upstream
         # loops compose on commands the controllers ignored.
-        now = self.sim_time()
+        # sim_time: the episode's start (the physics thread may have stepped since).
+        start = self._clock_offset + episode.start_time
         response.message = json.dumps({
             'task': episode.task, 'seed': episode.seed, 'instruction': episode.instruction,
-            'sim_time': round(now, 6),
-            'commands_from': round(now + self.params.reset_command_hold, 6)})
+            'sim_time': round(start, 6),
+            'commands_from': round(start + self.params.reset_command_hold, 6)})
         return response
 
     def _reset_episode(self, task: str, seed: int):
