@@ -42,6 +42,12 @@ PUSH_SPEED = 0.08
 # A grasped block that moves this far from where it sat in the closed fingers (m), or
 # fingers that close on nothing, mean the grasp was lost: open and grasp again.
 LOST_GRASP = 0.03
+# A block whose centre is within these of the grasp point (tool centre point, GRASP_ABOVE
+# above the block centre) while the fingers are partly closed (closure between HELD_CLOSURE
+# and fully closed) is held (m).
+HELD_XY = 0.025
+HELD_Z = 0.025
+HELD_CLOSURE = 0.4
 # Base driving: proportional gain (1/s), speed cap (m/s) and stop radius (m).
 DRIVE_GAIN = 1.2
 DRIVE_SPEED = 0.35
@@ -154,6 +160,17 @@ class ScriptedExpert:
     def _grasp_sequence(self, after: str) -> bool:
         """Shared pick phases; returns True once the block is grasped and lifted a little."""
         block = self._block()
+        if self.phase in ('pregrasp', 'descend') and self._holding():
+            # DAgger: the learner grasped the block before the expert's own phases would
+            # have. Labelling "open and descend" there teaches the policy to drop it; the
+            # expert carries on from the grasp instead (the clean expert's fingers are open
+            # in these phases, so this never fires for it).
+            tcp, rot = self.robot.tcp_pose()
+            self.gripper = True
+            self.tcp_offset = block - tcp
+            self.grasp_yaw = math.atan2(rot[1, 0], rot[0, 0])  # keep the learner's grasp
+            self._goto(after)
+            return False
         if self.phase == 'start':
             self.grasp_yaw = self._nearest_yaw(self._block_yaw(), math.pi / 2, block)
             self.gripper = False
@@ -175,6 +192,13 @@ class ScriptedExpert:
                 self._goto(after)
                 return True
         return False
+
+    def _holding(self) -> bool:
+        """Return True when the block sits between partly closed fingers."""
+        offset = self._block() - self.robot.tcp_pose()[0]
+        closure = self.robot.gripper_closure()
+        return bool(HELD_CLOSURE <= closure <= 0.97 and np.linalg.norm(offset[:2]) <= HELD_XY
+                    and abs(offset[2] + GRASP_ABOVE) <= HELD_Z)
 
     def _grasp_again_if_lost(self, holding_phases) -> bool:
         """In a phase that holds the block: if it left the fingers, start the grasp again."""
