@@ -113,6 +113,41 @@ def test_expert_grasps_again_when_the_block_leaves_its_fingers(setup, task):
     assert 'close' in after, phases
 
 
+def test_expert_labels_carry_on_from_a_grasp_the_learner_made(setup):
+    """
+    DAgger: the learner grasped and lifted while the labelling expert was still approaching.
+
+    The labels keep the gripper closed and lift; they never say "open and descend" to a
+    policy that holds the block.
+    """
+    env, pipeline, _, tokenizer = setup
+    episode = env.reset('pick_block', 3)
+    robot = env.robot
+    learner = ExpertDecider(robot, tokenizer)   # drives: grasps and lifts
+    labeller = ExpertDecider(robot, tokenizer)  # starts late, as a lagging phase machine
+    learner.reset(episode)
+    start = np.array(episode.params['block_start'])
+    colour = episode.params['colour']
+    labels = []
+
+    def decide(obs):
+        tokens = learner(obs)
+        lifted = robot.body_position(f'block_{colour}')[2] > start[2] + 0.02
+        if lifted and not labels:
+            labeller.reset(episode)  # phase 'start' with the block already in the fingers
+        if labels or lifted:
+            labeller.expert.anchor(obs.state[:7])
+            labeller(obs)
+            labels.append((labeller.expert.phase, labeller.last_values.copy()))
+        return tokens
+
+    pipeline.run_episode(decide)
+    assert len(labels) >= 3, labels
+    assert [phase for phase, _ in labels[:3]] == ['lift'] * 3, labels[:3]
+    assert all(values[10] == 1.0 for _, values in labels), [v[10] for _, v in labels]
+    assert all(values[2] >= 0.0 for _, values in labels[:3])  # up, not down to the table
+
+
 def _composed_at(env, pipeline, decide, **kwargs):
     """Run an episode; return the sim times at which the detokenizer's rule composed."""
     times = []

@@ -160,7 +160,7 @@ class ScriptedExpert:
     def _grasp_sequence(self, after: str) -> bool:
         """Shared pick phases; returns True once the block is grasped and lifted a little."""
         block = self._block()
-        if self.phase in ('pregrasp', 'descend') and self._holding():
+        if self.phase in ('start', 'pregrasp', 'descend') and self._holding():
             # DAgger: the learner grasped the block before the expert's own phases would
             # have. Labelling "open and descend" there teaches the policy to drop it; the
             # expert carries on from the grasp instead (the clean expert's fingers are open
