@@ -45,6 +45,21 @@ def test_the_mlp_fits_the_expert_and_runs_closed_loop(scene):
     assert 0.0 <= r['interval'][0] <= r['interval'][1] <= 1.0
 
 
+def test_drop_idle_leaves_out_the_expert_waits_only(scene):
+    x, y, episode, _ = oracle.collect_states(scene, {'pick_block': 1}, 90)
+    # The privileged state carries the previous commanded gripper where the drop reads it.
+    assert set(np.unique(x[:, oracle.PREVIOUS_GRIPPER])) <= {0.0, 1.0}
+    labels = chunks.chunk_labels(y, episode, 2)
+    kept_x, kept, dropped = oracle.without_idle(x, y, labels, scene.space)
+    assert 0 < dropped < len(x) and len(kept_x) == len(kept) == len(x) - dropped
+    values = scene.tokenizer.detokenize(y)
+    half = (scene.space.high - scene.space.low)[:7] / 2.0  # within 2.5 % of each half-range
+    idle = np.all(np.abs(values[:, :7]) <= 0.025 * half, axis=1) & np.all(
+        values[:, 7:10] == 0.0, axis=1) & (values[:, 10] == x[:, oracle.PREVIOUS_GRIPPER])
+    assert dropped == int(idle.sum())
+    np.testing.assert_array_equal(kept, labels[~idle])
+
+
 def test_chunk_labels_stay_inside_their_episode():
     y = np.arange(5 * 11).reshape(5, 11)
     episode = np.array([0, 0, 0, 1, 1])

@@ -40,6 +40,7 @@ from . import instructions
 from .chunks import chunk_labels, ChunkRunner
 from .collect import ArmNoise, EVAL_SEED_START, parse_episodes
 from .evaluate import wilson
+from .train_data import idle_labels
 from ..core.action_space import ActionSpace, ActionTokenizer
 from ..paths import default_action_space_file
 from ..sim.expert import ExpertDecider
@@ -48,6 +49,8 @@ from ..sim.robot import Robot
 from ..sim.tasks import BLOCK_COLOURS, TABLE_TOP, TASK_NAMES
 
 STATE_DIM = 52
+# Where the previous commanded target's gripper value sits in the privileged state.
+PREVIOUS_GRIPPER = 18
 
 
 def privileged_state(robot: Robot, episode, obs: Observation) -> np.ndarray:
@@ -141,6 +144,17 @@ def collect_states(scene: Scene, episodes: Dict[str, int], seed_start: int):
     return np.stack(xs), np.stack(ys).astype(np.int64), np.asarray(eps, np.int64), stats
 
 
+def without_idle(x: np.ndarray, y: np.ndarray, labels: np.ndarray, space):
+    """
+    Leave out the rows whose label is idle, as ``vla-ros train --drop-idle`` does.
+
+    ``y`` holds each row's own label (step now), ``labels`` what is trained (``y`` or its
+    chunk); returns the kept states, the kept labels and how many rows were dropped.
+    """
+    keep = ~idle_labels(y, x[:, PREVIOUS_GRIPPER], space)
+    return x[keep], labels[keep], int((~keep).sum())
+
+
 def train_mlp(x: np.ndarray, y: np.ndarray, steps: int = 6000, batch: int = 256,
               seed: int = 0, hidden: int = 256):
     """Train a 2 x ``hidden`` MLP with 11 heads of 256 bins, cross-entropy (RT-1's loss)."""
@@ -218,6 +232,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--chunk-execute', type=int, default=0, metavar='M',
                         help='steps of each chunk executed before the next prediction '
                         '(0: all K)')
+    parser.add_argument('--drop-idle', action='store_true',
+                        help='leave the frames where the expert waits out of training '
+                             '(as vla-ros train --drop-idle)')
     parser.add_argument('--json', default=None, help='also write the results here')
     parser.add_argument('--cache', default=None, metavar='NPZ',
                         help='keep the collected states here and reuse them when present '
@@ -261,8 +278,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.cache:
             np.savez(args.cache, x=x, y=y, episode=episode, key=key, stats=json.dumps(stats))
     collected = time.monotonic()
-    policy, loss = train_mlp(x, chunk_labels(y, episode, args.chunk), args.steps,
-                             seed=args.seed)
+    labels = chunk_labels(y, episode, args.chunk)
+    dropped = 0
+    if args.drop_idle:
+        x, labels, dropped = without_idle(x, y, labels, scene.space)
+    policy, loss = train_mlp(x, labels, args.steps, seed=args.seed)
     if args.chunk > 1:
         policy = ChunkRunner(policy, args.chunk, execute, y.shape[1])
     trained = time.monotonic()
@@ -270,7 +290,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     scene.close()
     summary = {'arm_noise': args.arm_noise, 'chunk': args.chunk, 'chunk_execute': execute,
                'action_space': scene.space.to_dict(),
-               'frames': int(len(x)), 'collection': stats, 'final_loss': round(loss, 4),
+               'frames': int(len(x)), 'idle_dropped': dropped, 'collection': stats,
+               'final_loss': round(loss, 4),
                'seconds': {'collect': round(collected - start, 1),
                            'train': round(trained - collected, 1),
                            'eval': round(time.monotonic() - trained, 1)},
@@ -278,7 +299,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for task, r in results.items():
         print(f'{task:16s} {r["successes"]:3d}/{r["episodes"]:<3d} {100 * r["rate"]:5.1f} % '
               f'[{100 * r["interval"][0]:.1f}, {100 * r["interval"][1]:.1f}]')
-    print(f'frames {len(x)}, collection {stats}, seconds {summary["seconds"]}')
+    print(f'frames {len(x)} (idle dropped {dropped}), collection {stats}, '
+          f'seconds {summary["seconds"]}')
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w', encoding='utf-8') as stream:

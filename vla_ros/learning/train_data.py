@@ -253,15 +253,20 @@ def idle_frames(data: Data, space_dict: Dict) -> np.ndarray:
     frames; a policy that predicts one in a state it cannot tell from the wait's sees the
     same image next step and waits for ever.
     """
-    from ..core.action_space import ActionSpace, ActionTokenizer
-    space = ActionSpace.from_dict(space_dict)
+    from ..core.action_space import ActionSpace
+    return idle_labels(data.tokens, data.state[:, 10], ActionSpace.from_dict(space_dict))
+
+
+def idle_labels(tokens: np.ndarray, previous_gripper: np.ndarray, space) -> np.ndarray:
+    """Return which rows of ``tokens`` (step now first) are idle (``idle_frames``)."""
+    from ..core.action_space import ActionTokenizer
     if not space.relative_arm:
-        return np.zeros(len(data.tokens), bool)
-    values = ActionTokenizer(space).detokenize(data.tokens[:, :len(space.low)])  # step now
+        return np.zeros(len(tokens), bool)
+    values = ActionTokenizer(space).detokenize(tokens[:, :len(space.low)])  # step now
     half = (space.high - space.low) / 2.0
     arm = np.all(np.abs(values[:, :7]) <= IDLE_FRACTION * half[:7], axis=1)
     base = np.all(values[:, 7:10] == 0.0, axis=1)
-    gripper = values[:, 10] == data.state[:, 10]
+    gripper = values[:, 10] == previous_gripper
     return arm & base & gripper
 
 
