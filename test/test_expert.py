@@ -148,6 +148,42 @@ def test_expert_labels_carry_on_from_a_grasp_the_learner_made(setup):
     assert all(values[2] >= 0.0 for _, values in labels[:3])  # up, not down to the table
 
 
+@pytest.mark.parametrize('task', ['place_in_bowl', 'push_block'])
+def test_expert_without_settling_never_holds_still_before_a_descent(setup, task):
+    """
+    settle=False: place's carry and push's approach flow into their descents.
+
+    The settling expert holds the arm still (zero labels) over the bowl or beside the block
+    until the arm catches up; without settling it succeeds as well, sooner, and its tool
+    never stands still between the lift and the release (place) or before the push.
+    """
+    env, pipeline, _, tokenizer = setup
+    waits = {}
+    for settle in (True, False):
+        expert = ExpertDecider(env.robot, tokenizer, pipeline.config.inference_period,
+                               settle=settle)
+        episode = env.reset(task, 4)
+        expert.reset(episode)
+        still, previous = [], [None]
+
+        def decide(obs):
+            tokens = expert(obs)
+            target = expert.expert.q_target.copy()
+            moving = previous[0] is None or np.abs(target - previous[0]).max() > 1e-6
+            previous[0] = target
+            # (phase_steps 0: the grasp's last tick, which named the next phase)
+            if expert.expert.phase in ('lift', 'carry', 'above') and not moving \
+                    and expert.expert.phase_steps > 0:
+                still.append(expert.expert.phase)
+            return tokens
+
+        status = pipeline.run_episode(decide)
+        assert status['success'], (settle, status)
+        waits[settle] = still
+    assert waits[True], 'the settling expert waits before its descent'
+    assert waits[False] == [], waits[False]
+
+
 def _composed_at(env, pipeline, decide, **kwargs):
     """Run an episode; return the sim times at which the detokenizer's rule composed."""
     times = []

@@ -94,14 +94,14 @@ class Scene:
     """The in-process chain, the expert and the noise, built once."""
 
     def __init__(self, action_space_file: Optional[str], params_file: Optional[str],
-                 arm_noise: float = 0.0):
+                 arm_noise: float = 0.0, settle: bool = True):
         self.space = ActionSpace.from_yaml(action_space_file or default_action_space_file())
         self.tokenizer = ActionTokenizer(self.space)
         self.pipeline = Pipeline.from_params(self.tokenizer, params_file)
         self.env = self.pipeline.env
         self.robot = self.env.robot
         self.expert = ExpertDecider(self.robot, self.tokenizer,
-                                    self.pipeline.config.inference_period)
+                                    self.pipeline.config.inference_period, settle=settle)
         self.noise = ArmNoise(arm_noise, self.space, self.tokenizer)
 
     def close(self):
@@ -232,6 +232,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--chunk-execute', type=int, default=0, metavar='M',
                         help='steps of each chunk executed before the next prediction '
                         '(0: all K)')
+    parser.add_argument('--no-settle', action='store_true',
+                        help="the expert's place and push phases end when the waypoint "
+                             'arrives, without waiting for the arm (sim/expert.py)')
     parser.add_argument('--drop-idle', action='store_true',
                         help='leave the frames where the expert waits out of training '
                              '(as vla-ros train --drop-idle)')
@@ -247,7 +250,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         plan = parse_episodes(args.episodes)
-        scene = Scene(args.action_space, args.params_file, args.arm_noise)
+        scene = Scene(args.action_space, args.params_file, args.arm_noise,
+                      settle=not args.no_settle)
     except ValueError as exc:
         print(f'vla-ros oracle: {exc}', file=sys.stderr)
         return 2
@@ -255,8 +259,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
         torch.set_num_threads(args.threads)
     start = time.monotonic()
-    key = json.dumps([plan, args.seed_start, args.arm_noise, scene.space.to_dict()],
-                     sort_keys=True)
+    key = [plan, args.seed_start, args.arm_noise, scene.space.to_dict()]
+    if args.no_settle:  # (the key of a settling expert's cache is what it always was)
+        key.append('no-settle')
+    key = json.dumps(key, sort_keys=True)
     cached = None
     if args.cache and os.path.exists(args.cache):
         cached = np.load(args.cache, allow_pickle=False)
@@ -288,7 +294,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     trained = time.monotonic()
     results = evaluate_policy(scene, policy, list(plan), args.eval_episodes)
     scene.close()
-    summary = {'arm_noise': args.arm_noise, 'chunk': args.chunk, 'chunk_execute': execute,
+    summary = {'arm_noise': args.arm_noise, 'settle': not args.no_settle,
+               'chunk': args.chunk, 'chunk_execute': execute,
                'action_space': scene.space.to_dict(),
                'frames': int(len(x)), 'idle_dropped': dropped, 'collection': stats,
                'final_loss': round(loss, 4),

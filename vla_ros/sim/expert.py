@@ -15,6 +15,13 @@ block slipped, was never between the fingers, or the fingers closed fully on not
 opens the gripper and starts the grasp again. Its own demonstrations rarely need that; a
 learner's do (DAgger), where the gripper closes wherever the learner closed it, and a label
 that lifts or carries an empty gripper would teach exactly that.
+
+Settling (``settle``, default on): a phase ends when the waypoint has arrived *and* the
+measured tool has caught up. Between them the expert holds still, and right before place's
+and push's descents that wait is a label a cloned policy copies: hovering over the bowl or
+beside the block, it holds still for ever (the oracle's failed place episodes do exactly
+that). ``settle=False`` ends place's lift and carry and push's approach when the waypoint
+arrives; the descent that follows goes on centring on the same point, so nothing is lost.
 """
 
 import math
@@ -62,8 +69,17 @@ class ScriptedExpert:
     """Phase-machine expert for the tasks in ``vla_ros.sim.tasks``."""
 
     def __init__(self, robot: Robot, tokenizer: Optional[ActionTokenizer] = None,
-                 period: Optional[float] = None):
+                 period: Optional[float] = None, settle: bool = True):
+        """
+        Plan for ``robot``; ``settle`` False: no waits before the descents (module docstring).
+
+        With ``settle`` (the default, the recorded datasets' expert) place's lift and carry
+        and push's approach end once the arm has caught up with the waypoint (within a few
+        cm); without it they end as soon as the waypoint arrives, so the labels never hold
+        still between a motion and the descent that follows it.
+        """
         self.robot = robot
+        self.settle = settle
         self.tokenizer = tokenizer
         # Callers pass the configured policy period; the default is the schema's rate.
         self.period = float(period if period is not None
@@ -114,8 +130,13 @@ class ScriptedExpert:
         k = round(_wrap(neutral - yaw) / symmetry)
         return yaw + k * symmetry
 
-    def _move(self, goal: np.ndarray, yaw: float, speed: float, tol: float) -> bool:
-        """Step the waypoint toward ``goal``; True once commanded and measured are there."""
+    def _move(self, goal: np.ndarray, yaw: float, speed: float, tol: float,
+              settle: bool = True) -> bool:
+        """
+        Step the waypoint toward ``goal``; True once commanded and measured are there.
+
+        ``settle`` False: True once the commanded waypoint is there (the arm may lag).
+        """
         delta = goal - self.waypoint
         dist = np.linalg.norm(delta)
         limit = speed * self.period
@@ -131,7 +152,7 @@ class ScriptedExpert:
         else:
             self.q_target = result.q
         measured, _ = self.robot.tcp_pose()
-        return bool(dist <= limit and np.linalg.norm(measured - goal) <= tol)
+        return bool(dist <= limit and (not settle or np.linalg.norm(measured - goal) <= tol))
 
     def _block(self) -> np.ndarray:
         return self.robot.body_position(f'block_{self.episode.params["colour"]}')
@@ -229,13 +250,13 @@ class ScriptedExpert:
         if self.phase == 'lift':
             goal = self.waypoint.copy()
             goal[2] = CARRY_Z
-            if self._move(goal, self.grasp_yaw, SLOW, 0.03):
+            if self._move(goal, self.grasp_yaw, SLOW, 0.03, self.settle):
                 self._goto('carry')
         elif self.phase == 'carry':
             # Aim the block, not the tool, at the bowl's centre (the grasp is rarely centred).
             offset = self._block() - self.robot.tcp_pose()[0]
             goal = np.array([bowl[0] - offset[0], bowl[1] - offset[1], CARRY_Z])
-            if self._move(goal, self.grasp_yaw, FAST, 0.015):
+            if self._move(goal, self.grasp_yaw, FAST, 0.015, self.settle):
                 self._goto('lower')
         elif self.phase == 'lower':
             offset = self._block() - self.robot.tcp_pose()[0]
@@ -263,7 +284,7 @@ class ScriptedExpert:
         behind = BLOCK_HALF * math.sqrt(2.0) + 0.011 + 0.02
         if self.phase == 'above':
             goal = np.array([block[0], block[1] - sign * behind, PUSH_Z + 0.09])
-            if self._move(goal, self.grasp_yaw, FAST, 0.02):
+            if self._move(goal, self.grasp_yaw, FAST, 0.02, self.settle):
                 self._goto('lower')
         elif self.phase == 'lower':
             goal = np.array([block[0], block[1] - sign * behind, PUSH_Z])
@@ -311,7 +332,8 @@ class ExpertDecider:
     """The scripted expert as a token source: absolute targets → action-space labels."""
 
     def __init__(self, robot: Robot, tokenizer: ActionTokenizer,
-                 period: Optional[float] = None, lead_limit: Optional[float] = None):
+                 period: Optional[float] = None, lead_limit: Optional[float] = None,
+                 settle: bool = True):
         """
         Wrap a ScriptedExpert for ``robot``.
 
@@ -324,7 +346,8 @@ class ExpertDecider:
         space = tokenizer.space
         # Absolute joint targets are snapped to representable bins; deltas need no snapping
         # (they are relative to the exact previous command, quantisation never accumulates).
-        self.expert = ScriptedExpert(robot, None if space.relative_arm else tokenizer, period)
+        self.expert = ScriptedExpert(robot, None if space.relative_arm else tokenizer, period,
+                                     settle)
         self.tokenizer = tokenizer
         self.lead_limit = lead_limit
         self.last_values: Optional[np.ndarray] = None
