@@ -16,12 +16,13 @@ opens the gripper and starts the grasp again. Its own demonstrations rarely need
 learner's do (DAgger), where the gripper closes wherever the learner closed it, and a label
 that lifts or carries an empty gripper would teach exactly that.
 
-Settling (``settle``, default on): a phase ends when the waypoint has arrived *and* the
-measured tool has caught up. Between them the expert holds still, and right before place's
-and push's descents that wait is a label a cloned policy copies: hovering over the bowl or
-beside the block, it holds still for ever (the oracle's failed place episodes do exactly
-that). ``settle=False`` ends place's lift and carry and push's approach when the waypoint
-arrives; the descent that follows goes on centring on the same point, so nothing is lost.
+Settling (``settle``, default on; the recorded datasets' expert): a phase ends when the
+waypoint has arrived *and* the measured tool has caught up, and the expert holds still in
+between. ``settle=False`` ends place's lift and carry and push's approach when the waypoint
+arrives; the descent that follows goes on centring on the same point, so the tasks are
+solved as often, a little sooner. It was built to test whether the wait before place's
+descent is what cloned policies copy when they hover over the bowl: with a perfect state
+(``vla-ros oracle --no-settle``) place succeeds as often either way (docs/model-card.md).
 """
 
 import math
