@@ -343,6 +343,7 @@ class ExpertDecider:
         the composer to fall back to the measured arm (core/targets.py). A decider in another
         process than the detokenizer needs it: the two judge that fallback on measurements a
         few milliseconds apart and would otherwise disagree near the threshold.
+        ``settle``: ``ScriptedExpert``'s (module docstring).
         """
         space = tokenizer.space
         # Absolute joint targets are snapped to representable bins; deltas need no snapping
