@@ -50,9 +50,11 @@ PUSH_SPEED = 0.08
 # A grasped block that moves this far from where it sat in the closed fingers (m), or
 # fingers that close on nothing, mean the grasp was lost: open and grasp again.
 LOST_GRASP = 0.03
+# Gripper closure above this: the fingers closed fully, on nothing.
+EMPTY_CLOSURE = 0.97
 # A block whose centre is within these of the grasp point (tool centre point, GRASP_ABOVE
 # above the block centre) while the fingers are partly closed (closure between HELD_CLOSURE
-# and fully closed) is held (m).
+# and EMPTY_CLOSURE) is held (m).
 HELD_XY = 0.025
 HELD_Z = 0.025
 HELD_CLOSURE = 0.4
@@ -71,14 +73,7 @@ class ScriptedExpert:
 
     def __init__(self, robot: Robot, tokenizer: Optional[ActionTokenizer] = None,
                  period: Optional[float] = None, settle: bool = True):
-        """
-        Plan for ``robot``; ``settle`` False: no waits before the descents (module docstring).
-
-        With ``settle`` (the default, the recorded datasets' expert) place's lift and carry
-        and push's approach end once the arm has caught up with the waypoint (within a few
-        cm); without it they end as soon as the waypoint arrives, so the labels never hold
-        still between a motion and the descent that follows it.
-        """
+        """Plan for ``robot``; ``settle`` False: no waits before descents (module docstring)."""
         self.robot = robot
         self.settle = settle
         self.tokenizer = tokenizer
@@ -219,7 +214,8 @@ class ScriptedExpert:
         """Return True when the block sits between partly closed fingers."""
         offset = self._block() - self.robot.tcp_pose()[0]
         closure = self.robot.gripper_closure()
-        return bool(HELD_CLOSURE <= closure <= 0.97 and np.linalg.norm(offset[:2]) <= HELD_XY
+        return bool(HELD_CLOSURE <= closure <= EMPTY_CLOSURE
+                    and np.linalg.norm(offset[:2]) <= HELD_XY
                     and abs(offset[2] + GRASP_ABOVE) <= HELD_Z)
 
     def _grasp_again_if_lost(self, holding_phases) -> bool:
@@ -227,7 +223,7 @@ class ScriptedExpert:
         if self.phase not in holding_phases:
             return False
         offset = self._block() - self.robot.tcp_pose()[0]
-        empty = self.robot.gripper_closure() > 0.97  # fully closed: nothing between
+        empty = self.robot.gripper_closure() > EMPTY_CLOSURE
         if np.linalg.norm(offset - self.tcp_offset) <= LOST_GRASP and not empty:
             return False
         self.gripper = False
