@@ -49,7 +49,7 @@ from .progress import Progress
 from .train_data import pool_image, write_cache
 from ..core.action_space import ActionSpace, ActionTokenizer
 from ..paths import default_action_space_file
-from ..sim.expert import ExpertDecider
+from ..sim.expert import EXPERT_KINDS, ExpertDecider
 from ..sim.pipeline import Observation, Pipeline
 from ..sim.tasks import TASK_NAMES
 from ..verbs import guarded
@@ -126,9 +126,11 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
             action_space_file: Optional[str] = None, params_file: Optional[str] = None,
             policy_dir: Optional[str] = None, flush_every: int = 50,
             quiet: bool = False, arm_noise: float = 0.0,
-            cache_factors: Sequence[int] = ()) -> Dict:
+            cache_factors: Sequence[int] = (), expert_kind: str = 'phases') -> Dict:
     """
     Collect episodes into ``out``; returns counts. See the module docstring.
+
+    ``expert_kind``: the labelling expert (``sim.expert.EXPERT_KINDS``).
 
     ``cache_factors``: also write the training image cache at these pooling factors
     (what ``vla-ros train`` would otherwise decode from the videos) when the run ends; a
@@ -140,12 +142,14 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
     pipeline = Pipeline.from_params(tokenizer, params_file)
     env = pipeline.env
     robot = env.robot
-    expert = ExpertDecider(robot, tokenizer, pipeline.config.inference_period)
+    expert = ExpertDecider(robot, tokenizer, pipeline.config.inference_period,
+                           kind=expert_kind)
     learner = LearnerDecider(policy_dir, space) if policy_dir else None
     noise = ArmNoise(arm_noise, space, tokenizer)
     fps = int(round(pipeline.config.inference_frequency))
     meta = {'vla_ros.action_space': space.to_dict(), 'vla_ros.source': (
-        'dagger' if learner else 'expert'), 'vla_ros.arm_noise': float(arm_noise)}
+        'dagger' if learner else 'expert'), 'vla_ros.arm_noise': float(arm_noise),
+        'vla_ros.expert': expert_kind}
     writer = ds.DatasetWriter(out, fps, meta)
     done = {(e['task'], e['seed']) for e in writer.episodes}
     if cache_factors and writer.episodes:
@@ -248,6 +252,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='DART: execute the expert arm delta plus N(0, SIGMA) rad per joint '
                         '(metres on dx, dy, dz in a tool-delta space), '
                         'record the clean label (default 0: clean demonstrations)')
+    parser.add_argument('--expert', choices=EXPERT_KINDS, default='phases',
+                        help='the labelling expert: the phase machine or the reactive one, '
+                        'whose label depends on the state only (sim/expert.py; default '
+                        '%(default)s)')
     parser.add_argument('--flush-every', type=int, default=50)
     parser.add_argument('--cache', default='', metavar='FACTORS',
                         help='also write the training image cache at these pooling factors '
@@ -258,7 +266,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stats = guarded('collect', lambda: collect(
         args.out, parse_episodes(args.episodes), args.seed_start, args.action_space,
         args.params_file, args.policy, args.flush_every, args.quiet, args.arm_noise,
-        [int(f) for f in args.cache.split(',') if f.strip()]))
+        [int(f) for f in args.cache.split(',') if f.strip()], args.expert))
     if stats is not None:
         print(f'collected {stats}')
     return 0 if stats is not None else 2

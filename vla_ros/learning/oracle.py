@@ -43,12 +43,16 @@ from .evaluate import wilson
 from .train_data import idle_labels
 from ..core.action_space import ActionSpace, ActionTokenizer
 from ..paths import default_action_space_file
-from ..sim.expert import ExpertDecider
+from ..sim.expert import EXPERT_KINDS, ExpertDecider
 from ..sim.pipeline import Observation, Pipeline
 from ..sim.robot import Robot
 from ..sim.tasks import BLOCK_COLOURS, TABLE_TOP, TASK_NAMES
 
 STATE_DIM = 52
+# DAgger round r collects from --seed-start + DAGGER_SEED_OFFSET + r * DAGGER_SEED_STRIDE
+# (clear of the clean shard's and the second shard's seeds, below the evaluation seeds).
+DAGGER_SEED_OFFSET = 10_000
+DAGGER_SEED_STRIDE = 2_000
 # Where the previous commanded target's gripper value sits in the privileged state.
 PREVIOUS_GRIPPER = 18
 
@@ -94,14 +98,15 @@ class Scene:
     """The in-process chain, the expert and the noise, built once."""
 
     def __init__(self, action_space_file: Optional[str], params_file: Optional[str],
-                 arm_noise: float = 0.0, settle: bool = True):
+                 arm_noise: float = 0.0, settle: bool = True, expert: str = 'phases'):
         self.space = ActionSpace.from_yaml(action_space_file or default_action_space_file())
         self.tokenizer = ActionTokenizer(self.space)
         self.pipeline = Pipeline.from_params(self.tokenizer, params_file)
         self.env = self.pipeline.env
         self.robot = self.env.robot
         self.expert = ExpertDecider(self.robot, self.tokenizer,
-                                    self.pipeline.config.inference_period, settle=settle)
+                                    self.pipeline.config.inference_period, settle=settle,
+                                    kind=expert)
         self.noise = ArmNoise(arm_noise, self.space, self.tokenizer)
 
     def close(self):
@@ -142,6 +147,36 @@ def collect_states(scene: Scene, episodes: Dict[str, int], seed_start: int):
             eps += [stats['episodes']] * len(ex)
             stats['episodes'] += 1
     return np.stack(xs), np.stack(ys).astype(np.int64), np.asarray(eps, np.int64), stats
+
+
+def collect_dagger(scene: Scene, policy, episodes: Dict[str, int], seed_start: int):
+    """
+    Let the policy drive and the expert label every state it reaches; keep all episodes.
+
+    Returns (states, labels, episode ids from 0).
+    """
+    xs: List[np.ndarray] = []
+    ys: List[np.ndarray] = []
+    eps: List[int] = []
+    reset = getattr(policy, 'reset', lambda: None)
+    for task, count in episodes.items():
+        for seed in range(seed_start, seed_start + count):
+            episode = scene.env.reset(task, seed)
+            if instructions.is_held_out(task, episode.params):
+                continue
+            scene.expert.reset(episode)
+            reset()
+
+            def decide(obs: Observation) -> np.ndarray:
+                scene.expert.expert.anchor(obs.state[:7])  # the learner moved the arm
+                ys.append(scene.expert(obs))
+                xs.append(privileged_state(scene.robot, episode, obs))
+                eps.append(number)
+                return policy(xs[-1])
+
+            number = eps[-1] + 1 if eps else 0
+            scene.pipeline.run_episode(decide)
+    return np.stack(xs), np.stack(ys).astype(np.int64), np.asarray(eps, np.int64)
 
 
 def without_idle(x: np.ndarray, y: np.ndarray, labels: np.ndarray, space):
@@ -238,6 +273,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--drop-idle', action='store_true',
                         help='leave the frames where the expert waits out of training '
                              '(as vla-ros train --drop-idle)')
+    parser.add_argument('--expert', choices=EXPERT_KINDS, default='phases',
+                        help='the labelling expert: the phase machine (the recorded '
+                             "datasets') or the reactive one (sim/expert.py)")
+    parser.add_argument('--dagger-rounds', type=int, default=0, metavar='N',
+                        help='after the first policy, N DAgger rounds: the policy drives, '
+                             'the expert labels, all data so far trains the next policy '
+                             '(evaluated after each round)')
+    parser.add_argument('--dagger-episodes', default='pick_block=100,place_in_bowl=150,'
+                        'push_block=150', help='DAgger episodes per task and round')
     parser.add_argument('--json', default=None, help='also write the results here')
     parser.add_argument('--cache', default=None, metavar='NPZ',
                         help='keep the collected states here and reuse them when present '
@@ -248,10 +292,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'vla-ros oracle: need --chunk >= 1 and 1 <= --chunk-execute <= --chunk, got '
               f'{args.chunk} and {args.chunk_execute}', file=sys.stderr)
         return 2
+    if args.dagger_rounds < 0:
+        print(f'vla-ros oracle: --dagger-rounds must be >= 0, got {args.dagger_rounds}',
+              file=sys.stderr)
+        return 2
     try:
         plan = parse_episodes(args.episodes)
+        dagger_plan = parse_episodes(args.dagger_episodes)
         scene = Scene(args.action_space, args.params_file, args.arm_noise,
-                      settle=not args.no_settle)
+                      settle=not args.no_settle, expert=args.expert)
     except ValueError as exc:
         print(f'vla-ros oracle: {exc}', file=sys.stderr)
         return 2
@@ -260,8 +309,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     start = time.monotonic()
     key = [plan, args.seed_start, args.arm_noise, scene.space.to_dict()]
-    if args.no_settle:  # (the key of a settling expert's cache is what it always was)
+    # (the key of the phase machine's settling expert's cache is what it always was)
+    if args.no_settle:
         key.append('no-settle')
+    if args.expert != 'phases':
+        key.append(args.expert)
     key = json.dumps(key, sort_keys=True)
     cached = None
     if args.cache and os.path.exists(args.cache):
@@ -284,30 +336,50 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.cache:
             np.savez(args.cache, x=x, y=y, episode=episode, key=key, stats=json.dumps(stats))
     collected = time.monotonic()
-    labels = chunk_labels(y, episode, args.chunk)
-    dropped = 0
-    if args.drop_idle:
-        x, labels, dropped = without_idle(x, y, labels, scene.space)
-    policy, loss = train_mlp(x, labels, args.steps, seed=args.seed)
-    if args.chunk > 1:
-        policy = ChunkRunner(policy, args.chunk, execute, y.shape[1])
-    trained = time.monotonic()
-    results = evaluate_policy(scene, policy, list(plan), args.eval_episodes)
+    rounds = []
+    policy = None
+    seconds = {'collect': round(collected - start, 1), 'train': 0.0, 'eval': 0.0,
+               'dagger_collect': 0.0}
+    for round_index in range(args.dagger_rounds + 1):
+        if round_index:  # the last policy drives; its states join the data
+            began = time.monotonic()
+            x2, y2, episode2 = collect_dagger(
+                scene, policy, dagger_plan,
+                args.seed_start + DAGGER_SEED_OFFSET + DAGGER_SEED_STRIDE * round_index)
+            x, y = np.concatenate([x, x2]), np.concatenate([y, y2])
+            episode = np.concatenate([episode, episode2 + episode.max() + 1])
+            seconds['dagger_collect'] += round(time.monotonic() - began, 1)
+        began = time.monotonic()
+        labels = chunk_labels(y, episode, args.chunk)
+        train_x, dropped = x, 0
+        if args.drop_idle:
+            train_x, labels, dropped = without_idle(x, y, labels, scene.space)
+        policy, loss = train_mlp(train_x, labels, args.steps, seed=args.seed)
+        if args.chunk > 1:
+            policy = ChunkRunner(policy, args.chunk, execute, y.shape[1])
+        seconds['train'] += round(time.monotonic() - began, 1)
+        began = time.monotonic()
+        results = evaluate_policy(scene, policy, list(plan), args.eval_episodes)
+        seconds['eval'] += round(time.monotonic() - began, 1)
+        rounds.append({'round': round_index, 'frames': int(len(train_x)),
+                       'idle_dropped': dropped, 'final_loss': round(loss, 4),
+                       'results': results})
+        if args.dagger_rounds:
+            print(f'round {round_index}: ' + ', '.join(
+                f'{task} {r["successes"]}/{r["episodes"]}' for task, r in results.items()),
+                flush=True)
     scene.close()
     summary = {'arm_noise': args.arm_noise, 'settle': not args.no_settle,
-               'chunk': args.chunk, 'chunk_execute': execute,
+               'expert': args.expert, 'chunk': args.chunk, 'chunk_execute': execute,
                'action_space': scene.space.to_dict(),
-               'frames': int(len(x)), 'idle_dropped': dropped, 'collection': stats,
-               'final_loss': round(loss, 4),
-               'seconds': {'collect': round(collected - start, 1),
-                           'train': round(trained - collected, 1),
-                           'eval': round(time.monotonic() - trained, 1)},
-               'results': results}
+               'frames': rounds[-1]['frames'], 'idle_dropped': rounds[-1]['idle_dropped'],
+               'collection': stats, 'final_loss': rounds[-1]['final_loss'],
+               'seconds': seconds, 'results': results, 'rounds': rounds}
     for task, r in results.items():
         print(f'{task:16s} {r["successes"]:3d}/{r["episodes"]:<3d} {100 * r["rate"]:5.1f} % '
               f'[{100 * r["interval"][0]:.1f}, {100 * r["interval"][1]:.1f}]')
-    print(f'frames {len(x)} (idle dropped {dropped}), collection {stats}, '
-          f'seconds {summary["seconds"]}')
+    print(f'frames {summary["frames"]} (idle dropped {summary["idle_dropped"]}), '
+          f'collection {stats}, seconds {seconds}')
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w', encoding='utf-8') as stream:

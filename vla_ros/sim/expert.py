@@ -35,7 +35,7 @@ from vla_ros.core.params import default_period
 from vla_ros.sim.ik import ArmIK, tool_down_rotation
 from vla_ros.sim.pipeline import Observation
 from vla_ros.sim.robot import HOME_ARM, Robot
-from vla_ros.sim.tasks import BLOCK_HALF, Episode
+from vla_ros.sim.tasks import BLOCK_HALF, BOWL_INNER_RADIUS, Episode
 
 # Tool centre point heights relative to the block centre for each phase (m). The finger
 # tips are 15 mm below the tool centre point.
@@ -325,27 +325,223 @@ class ScriptedExpert:
         return self._quantise(q) if self.tokenizer is not None else q.copy()
 
 
+# Reactive expert (``ReactiveExpert``): xy error under which a descent onto the block
+# starts, and under which one that started goes on (m); distance of the commanded tool from
+# the grasp point at which the gripper closes (m); xy error over the bowl and height above
+# the release height within which the block is released (m).
+REACT_ALIGN = 0.010
+REACT_KEEP = 0.020
+REACT_AT_GRASP = 0.008
+REACT_RELEASE_XY = 0.015
+REACT_RELEASE_DZ = 0.02
+# Gripper closure above which fingers away from the grasp point count as closing on nothing.
+REACT_CLOSING = 0.15
+
+
+class ReactiveExpert(ScriptedExpert):
+    """
+    The pick, place and push experts as functions of what is observable now.
+
+    ``ScriptedExpert`` is a phase machine: its label depends on its own history (the phase,
+    timers, the waits for the arm). Labelling a learner's states (DAgger) with it gives
+    labels that the state does not determine, and with a perfect state (``vla-ros oracle
+    --dagger-rounds``) its DAgger rounds made every task worse. This expert decides from the
+    previous commanded target (the policy's state input; the caller anchors it there every
+    tick), the measured gripper closure and the object poses, with no memory:
+
+    - not holding the block: fingers closed on nothing → open and rise; the commanded tool
+      at the grasp point (or closing there) → close; within ``REACT_ALIGN`` over the block
+      (``REACT_KEEP`` once below the pre-grasp height) → descend; low and off the block →
+      rise; else → go to the pre-grasp point;
+    - pick, holding: lift;
+    - place, holding: below carry height and off the bowl → lift; off the bowl → carry;
+      over it → lower; over it at the release height → open. Block in the bowl and released
+      → retreat;
+    - push: lined up behind the block at push height → push; at the point behind it → lower;
+      low elsewhere → rise; else → go above the point behind it; pushed far enough → retreat.
+
+    Phases are named as ``ScriptedExpert``'s (the noise of ``vla-ros collect --arm-noise``
+    spares the same ones). Drive and gripper tasks are the phase machine's (they have no
+    hidden phase).
+    """
+
+    def act(self) -> np.ndarray:
+        """Return the next 11-D action; call ``anchor`` with the commanded target first."""
+        if self.episode is None:
+            raise RuntimeError('call reset(episode) before act()')
+        self.phase_steps += 1
+        task = self.episode.task
+        prefix = '_react_' if task in ('pick_block', 'place_in_bowl', 'push_block') else '_act_'
+        getattr(self, prefix + task)()
+        return self._action()
+
+    def _enter(self, phase: str):
+        if phase != self.phase:
+            self._goto(phase)
+
+    def _commanded_yaw(self) -> float:
+        _, rot = self.ik.forward(self.q_solution)
+        return math.atan2(rot[1, 0], rot[0, 0])
+
+    def _yaw_near(self, yaw: float, symmetry: float, reference: float) -> float:
+        return yaw + round(_wrap(reference - yaw) / symmetry) * symmetry
+
+    def _react_reach(self):
+        """Not holding the block: approach, descend and close."""
+        block = self._block()
+        here = self.waypoint
+        pregrasp = block + (0.0, 0.0, PREGRASP_ABOVE)
+        grasp = block + (0.0, 0.0, GRASP_ABOVE)
+        error = float(np.linalg.norm(here[:2] - block[:2]))
+        low = here[2] < pregrasp[2] - 0.02
+        at_grasp = error < REACT_KEEP and here[2] < grasp[2] + 0.015
+        closure = self.robot.gripper_closure()
+        if error < REACT_KEEP:  # on the block: turn the least way to one of its faces
+            yaw = self._yaw_near(self._block_yaw(), math.pi / 2, self._commanded_yaw())
+        else:
+            yaw = self._nearest_yaw(self._block_yaw(), math.pi / 2, block)
+        self.grasp_yaw = yaw
+        if closure > EMPTY_CLOSURE or (closure > REACT_CLOSING and not at_grasp):
+            self.gripper = False
+            self._enter('open')
+            goal = here.copy()
+            goal[2] = max(here[2], pregrasp[2])
+            self._move(goal, self._commanded_yaw(), SLOW, 0.02, settle=False)
+        elif np.linalg.norm(here - grasp) <= REACT_AT_GRASP or (self.gripper and at_grasp):
+            self.gripper = True
+            self._enter('close')
+            self._move(grasp, yaw, SLOW, 0.01, settle=False)
+        elif error < REACT_ALIGN or (low and error < REACT_KEEP):
+            self.gripper = False
+            self._enter('descend')
+            self._move(grasp, yaw, SLOW, 0.008, settle=False)
+        elif low:
+            self.gripper = False
+            self._enter('pregrasp')
+            goal = here.copy()
+            goal[2] = pregrasp[2]
+            self._move(goal, yaw, SLOW, 0.02, settle=False)
+        else:
+            self.gripper = False
+            self._enter('pregrasp')
+            self._move(pregrasp, yaw, FAST, 0.02, settle=False)
+
+    def _react_pick_block(self):
+        if not self._holding():
+            self._react_reach()
+            return
+        self.gripper = True
+        self._enter('lift')
+        goal = self.waypoint.copy()
+        goal[2] = self.episode.params['block_start'][2] + 0.16
+        self._move(goal, self._commanded_yaw(), SLOW, 0.01, settle=False)
+
+    def _react_place_in_bowl(self):
+        bowl = self.robot.body_position('bowl')
+        block = self._block()
+        here = self.waypoint
+        yaw = self._commanded_yaw()
+        holding = self._holding()
+        in_bowl = (np.linalg.norm(block[:2] - bowl[:2]) < BOWL_INNER_RADIUS - 0.015
+                   and block[2] < bowl[2] + 0.06)
+        if in_bowl and not holding:
+            self.gripper = False
+            self._enter('retreat')
+            goal = here.copy()
+            goal[2] = CARRY_Z + 0.04
+            self._move(goal, yaw, SLOW, 0.02, settle=False)
+            return
+        if not holding:
+            self._react_reach()
+            return
+        self.gripper = True
+        # Aim the block, not the tool, at the bowl's centre (the grasp is rarely centred).
+        offset = block - self.robot.tcp_pose()[0]
+        aim = bowl[:2] - offset[:2]
+        error = float(np.linalg.norm(here[:2] - aim))
+        release = np.array([aim[0], aim[1], bowl[2] + 0.10])
+        if error <= REACT_RELEASE_XY:
+            if here[2] <= release[2] + REACT_RELEASE_DZ:
+                self.gripper = False
+                self._enter('release')
+            else:
+                self._enter('lower')
+            self._move(release, yaw, SLOW, 0.015, settle=False)
+        elif here[2] < CARRY_Z - 0.03:
+            self._enter('lift')
+            goal = here.copy()
+            goal[2] = CARRY_Z
+            self._move(goal, yaw, SLOW, 0.03, settle=False)
+        else:
+            self._enter('carry')
+            self._move(np.array([aim[0], aim[1], CARRY_Z]), yaw, FAST, 0.015, settle=False)
+
+    def _react_push_block(self):
+        sign = self.episode.params['sign']
+        start = np.asarray(self.episode.params['block_start'])
+        block = self._block()
+        here = self.waypoint
+        self.gripper = True
+        yaw = self._nearest_yaw(math.pi / 2, math.pi, start)
+        behind = BLOCK_HALF * math.sqrt(2.0) + 0.011 + 0.02
+        moved = sign * (block[1] - start[1])
+        end_y = start[1] + sign * (0.125 - BLOCK_HALF - 0.011)
+        point = np.array([block[0], block[1] - sign * behind, PUSH_Z])
+        gap = sign * (block[1] - here[1])
+        lined = abs(here[0] - block[0]) < 0.015 and 0.0 < gap < behind + 0.015
+        if moved >= 0.115 or (moved > 0.09 and sign * (here[1] - end_y) >= -0.002):
+            self._enter('retreat')
+            goal = here.copy()
+            goal[2] = PUSH_Z + 0.1
+            self._move(goal, yaw, SLOW, 0.02, settle=False)
+        elif lined and here[2] < PUSH_Z + 0.015:
+            self._enter('push')
+            self._move(np.array([block[0], end_y, PUSH_Z]), yaw, PUSH_SPEED, 0.01,
+                       settle=False)
+        elif np.linalg.norm(here[:2] - point[:2]) < 0.012 or (lined and here[2] < PUSH_Z + 0.10):
+            self._enter('lower')
+            self._move(point, yaw, SLOW, 0.01, settle=False)
+        elif here[2] < PUSH_Z + 0.07:
+            self._enter('above')
+            goal = here.copy()
+            goal[2] = PUSH_Z + 0.09
+            self._move(goal, yaw, SLOW, 0.02, settle=False)
+        else:
+            self._enter('above')
+            self._move(point + (0.0, 0.0, 0.09), yaw, FAST, 0.02, settle=False)
+
+
+# ``ExpertDecider``'s experts: the phase machine (the recorded datasets') and the reactive one.
+EXPERT_KINDS = ('phases', 'reactive')
+
+
 class ExpertDecider:
     """The scripted expert as a token source: absolute targets → action-space labels."""
 
     def __init__(self, robot: Robot, tokenizer: ActionTokenizer,
                  period: Optional[float] = None, lead_limit: Optional[float] = None,
-                 settle: bool = True):
+                 settle: bool = True, kind: str = 'phases'):
         """
-        Wrap a ScriptedExpert for ``robot``.
+        Wrap an expert of ``kind`` (``EXPERT_KINDS``) for ``robot``.
 
         ``lead_limit`` (rad, relative arm spaces only): keep each arm target within this of
         the measured joint, so the previous target never strays far enough from the arm for
         the composer to fall back to the measured arm (core/targets.py). A decider in another
         process than the detokenizer needs it: the two judge that fallback on measurements a
         few milliseconds apart and would otherwise disagree near the threshold.
-        ``settle``: ``ScriptedExpert``'s (module docstring).
+        ``settle``: ``ScriptedExpert``'s (module docstring). ``kind`` 'reactive': the
+        ``ReactiveExpert``, anchored at the observation's commanded target every tick.
         """
+        if kind not in EXPERT_KINDS:
+            raise ValueError(f'expert kind must be one of {", ".join(EXPERT_KINDS)}, got '
+                             f'{kind!r}')
         space = tokenizer.space
+        self.kind = kind
         # Absolute joint targets are snapped to representable bins; deltas need no snapping
         # (they are relative to the exact previous command, quantisation never accumulates).
-        self.expert = ScriptedExpert(robot, None if space.relative_arm else tokenizer, period,
-                                     settle)
+        quantiser = None if space.relative_arm else tokenizer
+        self.expert = (ReactiveExpert(robot, quantiser, period) if kind == 'reactive'
+                       else ScriptedExpert(robot, quantiser, period, settle))
         self.tokenizer = tokenizer
         self.lead_limit = lead_limit
         self.last_values: Optional[np.ndarray] = None
@@ -360,6 +556,8 @@ class ExpertDecider:
 
     def __call__(self, obs: Observation) -> np.ndarray:
         """Tokens of the expert's next action relative to the observation's state."""
+        if self.kind == 'reactive':
+            self.expert.anchor(obs.state[:7])
         target = self.expert.act()
         space = self.tokenizer.space
         if self.lead_limit is not None and space.relative_arm:
