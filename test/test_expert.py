@@ -252,3 +252,52 @@ def test_whole_chunks_travel_as_one_and_their_steps_run_a_period_apart(setup):
     arrival = frame[:-1] + latency * period
     first_tick_after = np.ceil(arrival / (ticks * period) - 1e-9) * ticks * period
     np.testing.assert_allclose(frame[1:] - first_tick_after, k * ticks * period, atol=1e-6)
+
+
+@pytest.mark.parametrize('task', ['pick_block', 'place_in_bowl', 'push_block'])
+def test_reactive_expert_solves_the_arm_tasks(setup, task):
+    env, pipeline, _, tokenizer = setup
+    expert = ExpertDecider(env.robot, tokenizer, pipeline.config.inference_period,
+                           kind='reactive')
+    for seed in (0, 1, 100000):
+        episode = env.reset(task, seed)
+        expert.reset(episode)
+        status = pipeline.run_episode(expert)
+        assert status['success'], (task, seed, status)
+
+
+@pytest.mark.parametrize('task', ['pick_block', 'place_in_bowl', 'push_block'])
+def test_reactive_expert_labels_depend_on_the_state_only(setup, task):
+    """
+    An expert that joins mid-episode labels every tick as the one that ran from the start.
+
+    What DAgger needs of its labeller: the label is a function of what the state shows
+    (the commanded target, the gripper, the objects), not of the expert's own history. The
+    phase machine fails this (it waits, times out and remembers its phase).
+    """
+    env, pipeline, _, tokenizer = setup
+    period = pipeline.config.inference_period
+    driver = ExpertDecider(env.robot, tokenizer, period, kind='reactive')
+    episode = env.reset(task, 2)
+    driver.reset(episode)
+    compared = []
+
+    def decide(obs):
+        tokens = driver(obs)
+        newcomer = ExpertDecider(env.robot, tokenizer, period, kind='reactive')
+        newcomer.reset(episode)
+        compared.append((driver.expert.phase, tokens, newcomer(obs)))
+        return tokens
+
+    status = pipeline.run_episode(decide)
+    assert status['success'], status
+    phases = {phase for phase, _, _ in compared}
+    assert {'pregrasp', 'push'} & phases and len(phases) >= 3, phases
+    for tick, (phase, ours, theirs) in enumerate(compared):
+        np.testing.assert_array_equal(ours, theirs, err_msg=f'tick {tick} ({phase})')
+
+
+def test_expert_kind_is_checked(setup):
+    env, _, _, tokenizer = setup
+    with pytest.raises(ValueError, match='expert kind'):
+        ExpertDecider(env.robot, tokenizer, kind='psychic')

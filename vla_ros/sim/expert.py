@@ -346,8 +346,8 @@ class ReactiveExpert(ScriptedExpert):
     timers, the waits for the arm). Labelling a learner's states (DAgger) with it gives
     labels that the state does not determine, and with a perfect state (``vla-ros oracle
     --dagger-rounds``) its DAgger rounds made every task worse. This expert decides from the
-    previous commanded target (the policy's state input; the caller anchors it there every
-    tick), the measured gripper closure and the object poses, with no memory:
+    previous commanded target (the policy's state input, given to ``observe`` every tick),
+    the measured gripper closure and the object poses, with no memory:
 
     - not holding the block: fingers closed on nothing → open and rise; the commanded tool
       at the grasp point (or closing there) → close; within ``REACT_ALIGN`` over the block
@@ -365,8 +365,13 @@ class ReactiveExpert(ScriptedExpert):
     hidden phase).
     """
 
+    def observe(self, state: np.ndarray):
+        """Take the previous commanded 11-D target (the policy's state input) as given."""
+        self.anchor(state[:7])
+        self.gripper = bool(state[10] >= 0.5)
+
     def act(self) -> np.ndarray:
-        """Return the next 11-D action; call ``anchor`` with the commanded target first."""
+        """Return the next 11-D action; call ``observe`` first."""
         if self.episode is None:
             raise RuntimeError('call reset(episode) before act()')
         self.phase_steps += 1
@@ -530,7 +535,7 @@ class ExpertDecider:
         process than the detokenizer needs it: the two judge that fallback on measurements a
         few milliseconds apart and would otherwise disagree near the threshold.
         ``settle``: ``ScriptedExpert``'s (module docstring). ``kind`` 'reactive': the
-        ``ReactiveExpert``, anchored at the observation's commanded target every tick.
+        ``ReactiveExpert``, given the observation's commanded target every tick.
         """
         if kind not in EXPERT_KINDS:
             raise ValueError(f'expert kind must be one of {", ".join(EXPERT_KINDS)}, got '
@@ -557,7 +562,7 @@ class ExpertDecider:
     def __call__(self, obs: Observation) -> np.ndarray:
         """Tokens of the expert's next action relative to the observation's state."""
         if self.kind == 'reactive':
-            self.expert.anchor(obs.state[:7])
+            self.expert.observe(obs.state)
         target = self.expert.act()
         space = self.tokenizer.space
         if self.lead_limit is not None and space.relative_arm:
