@@ -1,5 +1,7 @@
 """The oracle-state policy: privileged state, fitting the expert, closed-loop evaluation."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -84,3 +86,25 @@ def test_a_chunk_runner_executes_m_steps_then_predicts_again():
     assert got == [10, 11, 20, 21, 30] and len(calls) == 3
     runner.reset()
     assert int(runner(np.zeros(3))[0]) == 40
+
+
+def test_dagger_rounds_add_the_learners_states_and_evaluate_each_policy(tmp_path):
+    out = tmp_path / 'oracle.json'
+    code = oracle.main(['--episodes', 'pick_block=2', '--dagger-episodes', 'pick_block=2',
+                        '--dagger-rounds', '1', '--expert', 'reactive', '--steps', '50',
+                        '--eval-episodes', '1', '--threads', '1', '--json', str(out)])
+    assert code == 0
+    summary = json.loads(out.read_text())
+    assert summary['expert'] == 'reactive'
+    rounds = summary['rounds']
+    assert [r['round'] for r in rounds] == [0, 1]
+    # Round 1 trains on the clean frames plus every frame of the learner's two episodes.
+    assert rounds[1]['frames'] > rounds[0]['frames']
+    assert summary['results'] == rounds[1]['results']
+    assert rounds[1]['results']['pick_block']['episodes'] == 1
+    assert summary['seconds']['dagger_collect'] > 0.0
+
+
+def test_oracle_refuses_a_negative_round_count(capsys):
+    assert oracle.main(['--dagger-rounds', '-1']) == 2
+    assert '--dagger-rounds' in capsys.readouterr().err
