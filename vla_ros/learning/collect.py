@@ -29,6 +29,11 @@ An episode the perturbed expert fails is dropped (counted as ``expert_failures``
 ones are. The noise is drawn from a generator seeded by (seed, task), so a perturbed
 collection is as deterministic as a clean one.
 
+The labelling expert (``--expert``): the phase machine (``sim.expert.ScriptedExpert``, the
+recorded datasets') or ``reactive`` (``ReactiveExpert``: pick, place and push decided from
+the state alone, so a DAgger label does not depend on the expert's own history). The
+dataset's ``meta/info.json`` records which (``vla_ros.expert``).
+
 Deterministic by seed: episode k of task T uses seed ``seed_start + k`` (seeds whose
 (task, colour) is held out for evaluation are skipped). Resumable: episodes already in the
 folder are skipped; data is flushed every ``--flush-every`` episodes.

@@ -24,6 +24,12 @@ The data mirrors the image recipe: two shards of ``--episodes`` each, a clean on
 ``--seed-start`` and one from ``--seed-start + 50000`` collected with ``--arm-noise`` (DART,
 as ``vla-ros collect``; 0 makes both shards clean, the same data budget). The action space
 is ``--action-space``. Evaluation seeds start at 100 000.
+
+``--expert reactive`` labels with ``sim.expert.ReactiveExpert`` (the action a function of the
+state) instead of the phase machine. ``--dagger-rounds N``: after the first policy, N rounds
+in which the last policy drives ``--dagger-episodes`` episodes (all kept), the expert labels
+every state reached, and a new policy is trained from scratch on everything so far; each
+round's policy is evaluated (``rounds`` in the JSON).
 """
 
 import argparse
