@@ -35,6 +35,7 @@ def _run_node(module, *ros_args, timeout=30.0):
      '/nonexistent/policy.onnx'),
     ('inference_node', ['-p', 'backend:=tflite'], "'tflite'"),
     ('detokenizer_node', ['-p', 'action_space_file:=/nonexistent.yaml'], '/nonexistent.yaml'),
+    ('expert_node', ['-p', 'expert:=psychic'], "'psychic'"),
 ])
 def test_bad_parameter_exits_with_message(module, args, needle, test_model_dir):
     extra = []

@@ -179,6 +179,8 @@ SCHEMAS: Dict[str, Tuple[Param, ...]] = {
     'expert_node': (
         Param('model_file_path', '', "The simulator's MJCF model (sim_node's); empty: the "
               'shipped robot.'),
+        Param('expert', 'phases', "Which expert decides: 'phases' (the phase machine) or "
+              "'reactive' (pick, place and push decided from the state alone)."),
     ) + _shared('action_space_file', 'inference_frequency', 'target_timeout',
                 'max_target_deviation'),
     'lifecycle_manager': (

@@ -51,6 +51,7 @@ class ExpertParams:
     """Validated parameters of expert_node."""
 
     model_file_path: str
+    expert: str
     action_space_file: str
     inference_frequency: float
     target_timeout: float
@@ -80,8 +81,12 @@ class ExpertNode(Node):
             self.get_logger().warn(f'the expert is tuned for {1 / tuned:g} Hz; '
                                    f'inference_frequency is {p.inference_frequency:g} Hz')
         self.env = TaskEnv(self.robot)
-        self.expert = ExpertDecider(self.robot, self.tokenizer, self.period,
-                                    lead_limit=max(0.05, p.max_target_deviation - LEAD_MARGIN))
+        try:
+            self.expert = ExpertDecider(
+                self.robot, self.tokenizer, self.period, kind=p.expert,
+                lead_limit=max(0.05, p.max_target_deviation - LEAD_MARGIN))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         self._episode_key = None
         self._last_ns = None
         self.diag = Diagnostics(self)
