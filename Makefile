@@ -128,13 +128,14 @@ bench: $(INSTALLED)
 # Regenerate comparable weights from nothing (docs/model-card.md, "Regenerating the weights"):
 # clean expert demonstrations in joint deltas (two shards in parallel), behaviour cloning in
 # tool deltas (relabelled by FK) in two stages, one DAgger round (the stage-2 policy drives,
-# the expert labels), action chunks of 4 on clean + DAgger data, export of the first step,
-# closed-loop evaluation on unseen seeds. About 2.6 h on 2 CPU cores; every step resumes
+# the expert labels), action chunks of 4 on clean + DAgger data, then a fine-tune on the
+# reactive (state-only) expert's demonstrations in tool deltas, export of the first step,
+# closed-loop evaluation on unseen seeds. About 3.3 h on 2 CPU cores; every step resumes
 # where it stopped (run it again after an interruption).
 POLICY_RUN ?= runs/policy
 POLICY_EPISODES ?= pick_block=300,place_in_bowl=250,push_block=250,drive_to_marker=100,gripper=50
 DAGGER_EPISODES ?= pick_block=150,place_in_bowl=100,push_block=100
-POLICY_STEPS ?= 4000 2500 2000 1500
+POLICY_STEPS ?= 4000 2500 2000 1500 2000
 POLICY_THREADS ?= 2
 POLICY_EVAL_EPISODES ?= 50
 step = $(word $(1),$(POLICY_STEPS))
@@ -145,6 +146,7 @@ TRAIN_TOOL := $(VLA) train --model $(MODEL_CONFIG) --action-space config/action_
   --threads $(POLICY_THREADS)
 CLEAN := $(POLICY_RUN)/data/clean_a $(POLICY_RUN)/data/clean_b
 DAGGER := $(POLICY_RUN)/data/dagger_a $(POLICY_RUN)/data/dagger_b
+REACTIVE := $(POLICY_RUN)/data/reactive_a $(POLICY_RUN)/data/reactive_b
 policy: $(INSTALLED)
 	$(VLA) collect --out $(POLICY_RUN)/data/clean_a --episodes $(POLICY_EPISODES) \
 	  --action-space config/action_space_joint.yaml --seed-start 0 --cache 2 --quiet & \
@@ -166,8 +168,17 @@ policy: $(INSTALLED)
 	$(TRAIN_TOOL) --data $(CLEAN) $(DAGGER) --out $(POLICY_RUN)/stage4 \
 	  --init $(call snap,stage3,3) --chunk 4 --lr 3e-4 --warmup 100 --steps $(call step,4) \
 	  --drop-idle
+	$(VLA) collect --out $(POLICY_RUN)/data/reactive_a --episodes $(POLICY_EPISODES) \
+	  --action-space config/action_space.yaml --expert reactive --seed-start 0 --cache 2 \
+	  --quiet & \
+	$(VLA) collect --out $(POLICY_RUN)/data/reactive_b --episodes $(POLICY_EPISODES) \
+	  --action-space config/action_space.yaml --expert reactive --seed-start 50000 --cache 2 \
+	  --quiet; wait
+	$(TRAIN_TOOL) --data $(REACTIVE) --out $(POLICY_RUN)/stage5 \
+	  --init $(call snap,stage4,4) --chunk 4 --lr 3e-4 --warmup 100 --steps $(call step,5) \
+	  --drop-idle
 	$(VLA) export --config $(MODEL_CONFIG) --action-space config/action_space.yaml \
-	  --checkpoint $(call snap,stage4,4) --keep-steps 1 --out $(POLICY_RUN)/export
+	  --checkpoint $(call snap,stage5,5) --keep-steps 1 --out $(POLICY_RUN)/export
 	$(VLA) eval $(POLICY_RUN)/export --episodes $(POLICY_EVAL_EPISODES) --out $(POLICY_RUN)/eval
 
 clean:
