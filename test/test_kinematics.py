@@ -187,8 +187,9 @@ def test_detokenizer_node_turns_tool_tokens_into_joint_targets_and_holds_when_un
     def on_target(msg):
         with lock:
             targets.append(msg_to_target(msg, DEFAULT_ARM_JOINTS, space.identity)[0])
-    probe.node.create_subscription(ActionTarget, 'vla/target', on_target,
-                                   QoSProfile(depth=50, reliability=COMMAND_QOS.reliability))
+    target_sub = probe.node.create_subscription(
+        ActionTarget, 'vla/target', on_target,
+        QoSProfile(depth=50, reliability=COMMAND_QOS.reliability))
     tokens_pub = probe.node.create_publisher(ActionTokens, 'vla/action_tokens', COMMAND_QOS)
     joints_pub = probe.node.create_publisher(JointState, 'joint_states', SENSOR_QOS)
     probe.start()
@@ -203,14 +204,18 @@ def test_detokenizer_node_turns_tool_tokens_into_joint_targets_and_holds_when_un
         tokens_pub.publish(tokens_to_msg(tokenizer.tokenize(values),
                                          int(time.time() * 1e9), space.identity))
     try:
+        # All three directions matched before the first step: a target published before the
+        # probe's subscription matched is lost, and the probe would see the second
+        # composition (chained on the lost one) as its first (a CI run did: twice the step).
         assert wait_for(lambda: tokens_pub.get_subscription_count() and
-                        joints_pub.get_subscription_count(), 30.0), proc.stdout
+                        joints_pub.get_subscription_count() and
+                        target_sub.get_publisher_count(), 30.0), proc.stdout
         step = np.array([0.02, 0.0, -0.01, 0.0, 0.0, 0.05, 0.0, 0.0, 0.0, 0.0, 1.0])
         assert wait_for(lambda: (send(step, arm), len(targets))[1] > 0, 30.0)
         with lock:
             # The first target: composed on the measured arm. (The node may have had a
             # second copy of the step before the probe saw the first target, and composed
-            # it on the first: a loaded machine did, 2 steps.)
+            # it on the first: that one is targets[1].)
             first = targets[0]
         moved = kin.delta_between(arm, first[:7])
         np.testing.assert_allclose(moved, tokenizer.detokenize(tokenizer.tokenize(step))[:6],
