@@ -128,14 +128,14 @@ bench: $(INSTALLED)
 # Regenerate comparable weights from nothing (docs/model-card.md, "Regenerating the weights"):
 # clean expert demonstrations in joint deltas (two shards in parallel), behaviour cloning in
 # tool deltas (relabelled by FK) in two stages, one DAgger round (the stage-2 policy drives,
-# the expert labels), action chunks of 4 on clean + DAgger data, then a fine-tune on the
-# reactive (state-only) expert's demonstrations in tool deltas, export of the first step,
-# closed-loop evaluation on unseen seeds. About 3.3 h on 2 CPU cores; every step resumes
-# where it stopped (run it again after an interruption).
+# the expert labels), action chunks of 4 on clean + DAgger data, a fine-tune on the
+# reactive (state-only) expert's demonstrations in tool deltas and a gentler one on the same
+# data, export of the first step, closed-loop evaluation on unseen seeds. About 3.4 h on 2
+# CPU cores; every step resumes where it stopped (run it again after an interruption).
 POLICY_RUN ?= runs/policy
 POLICY_EPISODES ?= pick_block=300,place_in_bowl=250,push_block=250,drive_to_marker=100,gripper=50
 DAGGER_EPISODES ?= pick_block=150,place_in_bowl=100,push_block=100
-POLICY_STEPS ?= 4000 2500 2000 1500 2000
+POLICY_STEPS ?= 4000 2500 2000 1500 2000 800
 POLICY_THREADS ?= 2
 POLICY_EVAL_EPISODES ?= 50
 step = $(word $(1),$(POLICY_STEPS))
@@ -177,8 +177,12 @@ policy: $(INSTALLED)
 	$(TRAIN_TOOL) --data $(REACTIVE) --out $(POLICY_RUN)/stage5 \
 	  --init $(call snap,stage4,4) --chunk 4 --lr 3e-4 --warmup 100 --steps $(call step,5) \
 	  --drop-idle
+	$(TRAIN_TOOL) --data $(REACTIVE) --out $(POLICY_RUN)/stage6 \
+	  --init $(call snap,stage5,5) --chunk 4 --lr 1.5e-4 --min-lr 1e-5 --warmup 50 \
+	  --steps $(call step,6) \
+	  --drop-idle
 	$(VLA) export --config $(MODEL_CONFIG) --action-space config/action_space.yaml \
-	  --checkpoint $(call snap,stage5,5) --keep-steps 1 --out $(POLICY_RUN)/export
+	  --checkpoint $(call snap,stage6,6) --keep-steps 1 --out $(POLICY_RUN)/export
 	$(VLA) eval $(POLICY_RUN)/export --episodes $(POLICY_EVAL_EPISODES) --out $(POLICY_RUN)/eval
 
 clean:
