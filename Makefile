@@ -179,8 +179,7 @@ policy: $(INSTALLED)
 	  --drop-idle
 	$(TRAIN_TOOL) --data $(REACTIVE) --out $(POLICY_RUN)/stage6 \
 	  --init $(call snap,stage5,5) --chunk 4 --lr 1.5e-4 --min-lr 1e-5 --warmup 50 \
-	  --steps $(call step,6) \
-	  --drop-idle
+	  --steps $(call step,6) --drop-idle
 	$(VLA) export --config $(MODEL_CONFIG) --action-space config/action_space.yaml \
 	  --checkpoint $(call snap,stage6,6) --keep-steps 1 --out $(POLICY_RUN)/export
 	$(VLA) eval $(POLICY_RUN)/export --episodes $(POLICY_EVAL_EPISODES) --out $(POLICY_RUN)/eval
