@@ -352,10 +352,6 @@ def train(roots: Sequence[str], out: str, cfg: TrainConfig, minutes: Optional[fl
             group['lr'] = _lr(cfg, step)
         idx = rng.choice(train_idx, size=cfg.batch_size, replace=len(train_idx) < cfg.batch_size)
         img, emb, mask, state, tok = _batch(data, idx, text, rng, cfg.shift, device)
-        if cfg.state_noise > 0.0:
-            noise = np.zeros(tuple(state.shape), np.float32)
-            noise[:, :7] = rng.normal(0.0, cfg.state_noise, (len(idx), 7))
-            state = state + torch.from_numpy(noise).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits, vision = _forward(model, head, img, emb, mask, state)
         logp = torch.log_softmax(logits.float(), dim=-1)

@@ -48,10 +48,6 @@ class TrainConfig:
     # the learner went, not the expert's plan from this state: only the first step is an
     # expert label for the state it belongs to (1).
     learner_chunk_steps: int = 0
-    # Gaussian noise (rad, standard deviation) added to the 7 arm joints of the state input
-    # in training batches (labels unchanged): the arm's pose then tells the network only
-    # roughly where the tool is, so where to stop a carry has to come from the image.
-    state_noise: float = 0.0
 
 
 # The auxiliary target is regressed in units of 10 cm (a unit-scale output).
