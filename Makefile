@@ -130,12 +130,12 @@ bench: $(INSTALLED)
 # tool deltas (relabelled by FK) in two stages, one DAgger round (the stage-2 policy drives,
 # the expert labels), action chunks of 4 on clean + DAgger data, a fine-tune on the
 # reactive (state-only) expert's demonstrations in tool deltas and a gentler one on the same
-# data, export of the first step, closed-loop evaluation on unseen seeds. About 3.4 h on 2
+# data, export of the first step, closed-loop evaluation on unseen seeds. About 3.5 h on 2
 # CPU cores; every step resumes where it stopped (run it again after an interruption).
 POLICY_RUN ?= runs/policy
 POLICY_EPISODES ?= pick_block=300,place_in_bowl=250,push_block=250,drive_to_marker=100,gripper=50
 DAGGER_EPISODES ?= pick_block=150,place_in_bowl=100,push_block=100
-POLICY_STEPS ?= 4000 2500 2000 1500 2000 800
+POLICY_STEPS ?= 4000 2500 2000 1500 2000 1600
 POLICY_THREADS ?= 2
 POLICY_EVAL_EPISODES ?= 50
 step = $(word $(1),$(POLICY_STEPS))

@@ -212,11 +212,16 @@ class ScriptedExpert:
 
     def _holding(self) -> bool:
         """Return True when the block sits between partly closed fingers."""
+        return self._held_within(HELD_XY, HELD_Z)
+
+    def _held_within(self, max_xy: float, max_z: float) -> bool:
+        """Partly closed fingers, the block within ``max_xy`` of the tool's axis and
+        ``max_z`` of the grasp height (m)."""
         offset = self._block() - self.robot.tcp_pose()[0]
         closure = self.robot.gripper_closure()
         return bool(HELD_CLOSURE <= closure <= EMPTY_CLOSURE
-                    and np.linalg.norm(offset[:2]) <= HELD_XY
-                    and abs(offset[2] + GRASP_ABOVE) <= HELD_Z)
+                    and np.linalg.norm(offset[:2]) <= max_xy
+                    and abs(offset[2] + GRASP_ABOVE) <= max_z)
 
     def _grasp_again_if_lost(self, holding_phases) -> bool:
         """In a phase that holds the block: if it left the fingers, start the grasp again."""
@@ -348,10 +353,12 @@ REACT_PUSH_DONE = 0.145
 # Gripper closure above which fingers away from the grasp point count as closing on nothing.
 REACT_CLOSING = 0.15
 # A block off the table between partly closed fingers counts as held up to this far from
-# the tool's axis (m). The centred test (``HELD_XY``) fits the expert's own grasps; a
-# learner's grasps land up to ~2.6 cm off centre, and with the centred test the expert
-# labelled those lifted blocks "not held": open the fingers, in mid-air.
+# the tool's axis and from the grasp height (m). The centred test (``HELD_XY``, ``HELD_Z``)
+# fits the expert's own grasps; a learner's grasps land up to ~2.6 cm off centre or ~4 cm
+# deep in the fingers, and with the centred test the expert labelled those lifted blocks
+# "not held": open the fingers, in mid-air.
 REACT_HELD_XY_LIFTED = 0.045
+REACT_HELD_Z_LIFTED = 0.05
 
 
 class ReactiveExpert(ScriptedExpert):
@@ -402,16 +409,11 @@ class ReactiveExpert(ScriptedExpert):
             self._goto(phase)
 
     def _holding(self) -> bool:
-        """The centred test, or a lifted block anywhere between the partly closed fingers."""
-        if super()._holding():
-            return True
-        block = self._block()
-        offset = block - self.robot.tcp_pose()[0]
-        closure = self.robot.gripper_closure()
-        lifted = block[2] > TABLE_TOP + BLOCK_HALF + 0.01
-        return bool(lifted and HELD_CLOSURE <= closure <= EMPTY_CLOSURE
-                    and np.linalg.norm(offset[:2]) <= REACT_HELD_XY_LIFTED
-                    and abs(offset[2] + GRASP_ABOVE) <= HELD_Z)
+        """The centred test on the table; off it, anywhere between the fingers."""
+        lifted = self._block()[2] > TABLE_TOP + BLOCK_HALF + 0.01
+        if lifted:
+            return self._held_within(REACT_HELD_XY_LIFTED, REACT_HELD_Z_LIFTED)
+        return self._held_within(HELD_XY, HELD_Z)
 
     def _commanded_yaw(self) -> float:
         _, rot = self.ik.forward(self.q_solution)
