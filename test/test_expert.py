@@ -301,3 +301,38 @@ def test_expert_kind_is_checked(setup):
     env, _, _, tokenizer = setup
     with pytest.raises(ValueError, match='expert kind'):
         ExpertDecider(env.robot, tokenizer, kind='psychic')
+
+
+@pytest.mark.parametrize('offset', [(0.03, 0.0, 0.0), (0.0, 0.0, 0.035)])
+def test_reactive_expert_keeps_a_lifted_block_held_off_centre(setup, offset):
+    """
+    A lifted block off the tool's axis or deep in the fingers is still held: the label keeps
+    the fingers closed (the centred test would call it empty and label "open" in mid-air).
+    """
+    env, pipeline, _, tokenizer = setup
+    driver = ExpertDecider(env.robot, tokenizer, pipeline.config.inference_period,
+                           kind='reactive')
+    episode = env.reset('place_in_bowl', 1)
+    driver.reset(episode)
+    robot = env.robot
+    colour = episode.params['colour']
+    checked = []
+
+    def decide(obs):
+        if not checked and driver.expert.phase == 'carry':
+            joint = robot.model.joint(f'block_{colour}')
+            adr = joint.qposadr[0]
+            robot.data.qpos[adr:adr + 3] += offset  # the learner's grasp, between the fingers
+            robot.mujoco.mj_forward(robot.model, robot.data)
+            tokens = driver(obs)
+            checked.append((ScriptedExpert._holding(driver.expert), driver.expert._holding(),
+                            int(tokens[10]), driver.expert.phase))
+            return tokens
+        return driver(obs)
+
+    pipeline.run_episode(decide)
+    assert checked, 'the episode never reached the carry'
+    centred, held, gripper_token, phase = checked[0]
+    assert not centred and held, checked
+    assert gripper_token >= tokenizer.space.gripper_threshold, checked
+    assert phase in ('carry', 'lift', 'lower'), checked
