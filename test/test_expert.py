@@ -306,8 +306,10 @@ def test_expert_kind_is_checked(setup):
 @pytest.mark.parametrize('offset', [(0.03, 0.0, 0.0), (0.0, 0.0, 0.035)])
 def test_reactive_expert_keeps_a_lifted_block_held_off_centre(setup, offset):
     """
-    A lifted block off the tool's axis or deep in the fingers is still held: the label keeps
-    the fingers closed (the centred test would call it empty and label "open" in mid-air).
+    A lifted block off the tool's axis or deep in the fingers is still held.
+
+    The label keeps the fingers closed; the centred test would call the gripper empty and
+    label "open" in mid-air.
     """
     env, pipeline, _, tokenizer = setup
     driver = ExpertDecider(env.robot, tokenizer, pipeline.config.inference_period,

@@ -216,8 +216,9 @@ def test_a_served_chunk_is_published_as_a_local_one_and_its_steps_run_out_first(
             [len(t) for _, _, t in items]
         gaps = np.diff([stamp for _, stamp, _ in items]) * 1e-9
         # steps + 1 ticks of 0.2 s pass between a reply and the next frame sent (a camera
-        # frame is up to one camera period older than the tick that sends it).
-        assert np.all(gaps >= (steps + 1) * 0.2 - 0.1), gaps
+        # frame is up to one camera period older than the tick that sends it; 5 ms for the
+        # harness's own timer: a gap of exactly that bound was measured as 0.49993 s).
+        assert np.all(gaps >= (steps + 1) * 0.2 - 0.1 - 0.005), gaps
         values = _values(harness, 'inference_node')
         assert int(values.get('chunk_steps_published', 0)) == steps, values
     finally:

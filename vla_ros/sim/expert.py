@@ -35,7 +35,7 @@ from vla_ros.core.params import default_period
 from vla_ros.sim.ik import ArmIK, tool_down_rotation
 from vla_ros.sim.pipeline import Observation
 from vla_ros.sim.robot import HOME_ARM, Robot
-from vla_ros.sim.tasks import BLOCK_HALF, BOWL_INNER_RADIUS, TABLE_TOP, Episode
+from vla_ros.sim.tasks import BLOCK_HALF, BOWL_INNER_RADIUS, Episode, TABLE_TOP
 
 # Tool centre point heights relative to the block centre for each phase (m). The finger
 # tips are 15 mm below the tool centre point.
@@ -215,8 +215,11 @@ class ScriptedExpert:
         return self._held_within(HELD_XY, HELD_Z)
 
     def _held_within(self, max_xy: float, max_z: float) -> bool:
-        """Partly closed fingers, the block within ``max_xy`` of the tool's axis and
-        ``max_z`` of the grasp height (m)."""
+        """
+        Return True for partly closed fingers and the block near the grasp point.
+
+        ``max_xy``: how far from the tool's axis, ``max_z``: from the grasp height (m).
+        """
         offset = self._block() - self.robot.tcp_pose()[0]
         closure = self.robot.gripper_closure()
         return bool(HELD_CLOSURE <= closure <= EMPTY_CLOSURE
@@ -409,7 +412,7 @@ class ReactiveExpert(ScriptedExpert):
             self._goto(phase)
 
     def _holding(self) -> bool:
-        """The centred test on the table; off it, anywhere between the fingers."""
+        """Apply the centred test on the table and the wider one once the block is lifted."""
         lifted = self._block()[2] > TABLE_TOP + BLOCK_HALF + 0.01
         if lifted:
             return self._held_within(REACT_HELD_XY_LIFTED, REACT_HELD_Z_LIFTED)
