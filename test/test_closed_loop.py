@@ -62,10 +62,10 @@ def policy_loop(shipped_params_file):
 
 
 # The first evaluation seeds (never collected, not chosen by outcome) of the tasks the
-# shipped policy is measured to do: docs/model-card.md gives pick_block 47/50 (84-98 %),
+# shipped policy is measured to do: docs/model-card.md gives pick_block 48/50 (86-99 %),
 # drive_to_marker and gripper 50/50 (93-100 %) in process, and pick 9/10 through the graph.
-# At those lower bounds, fewer than 2 successes in 4 episodes has a probability of 1.5 %
-# (pick) and 0.1 % (drive, gripper); place and push (22 % and 58 %) are not asserted.
+# At those lower bounds, fewer than 2 successes in 4 episodes has a probability of about 1 %
+# (pick) and 0.1 % (drive, gripper); place (35-62 %) and push are not asserted.
 EPISODES_PER_TASK = 4
 MIN_SUCCESSES = 2
 
