@@ -32,7 +32,10 @@ collection is as deterministic as a clean one.
 The labelling expert (``--expert``): the phase machine (``sim.expert.ScriptedExpert``, the
 recorded datasets') or ``reactive`` (``ReactiveExpert``: pick, place and push decided from
 the state alone, so a DAgger label does not depend on the expert's own history). The
-dataset's ``meta/info.json`` records which (``vla_ros.expert``).
+dataset's ``meta/info.json`` records which (``vla_ros.expert``). ``--release-xy`` widens the
+reactive expert's release zone for DAgger labels (recorded as ``vla_ros.release_xy``): with
+the default 8 mm, a learner that aims within a few centimetres is told "closer" forever and
+never shown the lowering.
 
 Deterministic by seed: episode k of task T uses seed ``seed_start + k`` (seeds whose
 (task, colour) is held out for evaluation are skipped). Resumable: episodes already in the
@@ -131,11 +134,13 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
             action_space_file: Optional[str] = None, params_file: Optional[str] = None,
             policy_dir: Optional[str] = None, flush_every: int = 50,
             quiet: bool = False, arm_noise: float = 0.0,
-            cache_factors: Sequence[int] = (), expert_kind: str = 'phases') -> Dict:
+            cache_factors: Sequence[int] = (), expert_kind: str = 'phases',
+            release_xy: Optional[float] = None) -> Dict:
     """
     Collect episodes into ``out``; returns counts. See the module docstring.
 
-    ``expert_kind``: the labelling expert (``sim.expert.EXPERT_KINDS``).
+    ``expert_kind``: the labelling expert (``sim.expert.EXPERT_KINDS``); ``release_xy``:
+    the reactive expert's release zone (m; None: its default).
 
     ``cache_factors``: also write the training image cache at these pooling factors
     (what ``vla-ros train`` would otherwise decode from the videos) when the run ends; a
@@ -148,13 +153,15 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
     env = pipeline.env
     robot = env.robot
     expert = ExpertDecider(robot, tokenizer, pipeline.config.inference_period,
-                           kind=expert_kind)
+                           kind=expert_kind, release_xy=release_xy)
     learner = LearnerDecider(policy_dir, space) if policy_dir else None
     noise = ArmNoise(arm_noise, space, tokenizer)
     fps = int(round(pipeline.config.inference_frequency))
     meta = {'vla_ros.action_space': space.to_dict(), 'vla_ros.source': (
         'dagger' if learner else 'expert'), 'vla_ros.arm_noise': float(arm_noise),
         'vla_ros.expert': expert_kind}
+    if release_xy is not None:
+        meta['vla_ros.release_xy'] = float(release_xy)
     writer = ds.DatasetWriter(out, fps, meta)
     done = {(e['task'], e['seed']) for e in writer.episodes}
     if cache_factors and writer.episodes:
@@ -261,6 +268,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='the labelling expert: the phase machine or the reactive one, '
                         'whose label depends on the state only (sim/expert.py; default '
                         '%(default)s)')
+    parser.add_argument('--release-xy', type=float, default=None, metavar='METRES',
+                        help='reactive expert only: start the lowering to the release within '
+                        'this of the point over the bowl (default 0.008); a wider zone '
+                        'labels DAgger states a learner can reach')
     parser.add_argument('--flush-every', type=int, default=50)
     parser.add_argument('--cache', default='', metavar='FACTORS',
                         help='also write the training image cache at these pooling factors '
@@ -271,7 +282,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stats = guarded('collect', lambda: collect(
         args.out, parse_episodes(args.episodes), args.seed_start, args.action_space,
         args.params_file, args.policy, args.flush_every, args.quiet, args.arm_noise,
-        [int(f) for f in args.cache.split(',') if f.strip()], args.expert))
+        [int(f) for f in args.cache.split(',') if f.strip()], args.expert,
+        args.release_xy))
     if stats is not None:
         print(f'collected {stats}')
     return 0 if stats is not None else 2

@@ -392,6 +392,24 @@ class ReactiveExpert(ScriptedExpert):
     hidden phase).
     """
 
+    def __init__(self, robot: Robot, tokenizer: Optional[ActionTokenizer] = None,
+                 period: Optional[float] = None, release_xy: float = REACT_RELEASE_XY):
+        """
+        Plan for ``robot`` (``ScriptedExpert``'s arguments).
+
+        ``release_xy`` (m): how near the point over the bowl the lowering to the release
+        starts (``REACT_RELEASE_XY``); the lowering goes on up to 7 mm farther
+        (``REACT_RELEASE_KEEP`` at least). A wider zone labels a learner's states: one that
+        cannot aim within 8 mm otherwise gets "move closer" forever (``vla-ros collect
+        --release-xy``).
+        """
+        super().__init__(robot, tokenizer, period)
+        if not 0.0 < release_xy < BOWL_INNER_RADIUS - 0.03:
+            raise ValueError(f'release_xy must be in (0, {BOWL_INNER_RADIUS - 0.03:.3f}) m '
+                             f'(the block must land in the bowl), got {release_xy}')
+        self.release_xy = float(release_xy)
+        self.release_keep = max(REACT_RELEASE_KEEP, self.release_xy + 0.007)
+
     def observe(self, state: np.ndarray):
         """Take the previous commanded 11-D target (the policy's state input) as given."""
         self.anchor(state[:7])
@@ -499,8 +517,8 @@ class ReactiveExpert(ScriptedExpert):
         aim = bowl[:2] - offset[:2]
         error = float(np.linalg.norm(here[:2] - aim))
         release = np.array([aim[0], aim[1], bowl[2] + 0.10])
-        lowering = here[2] < CARRY_Z - 0.01 and error <= REACT_RELEASE_KEEP
-        if error <= REACT_RELEASE_XY or lowering:
+        lowering = here[2] < CARRY_Z - 0.01 and error <= self.release_keep
+        if error <= self.release_xy or lowering:
             if here[2] <= release[2] + REACT_RELEASE_DZ:
                 self.gripper = False
                 self._enter('release')
@@ -561,7 +579,8 @@ class ExpertDecider:
 
     def __init__(self, robot: Robot, tokenizer: ActionTokenizer,
                  period: Optional[float] = None, lead_limit: Optional[float] = None,
-                 settle: bool = True, kind: str = 'phases'):
+                 settle: bool = True, kind: str = 'phases',
+                 release_xy: Optional[float] = None):
         """
         Wrap an expert of ``kind`` (``EXPERT_KINDS``) for ``robot``.
 
@@ -571,18 +590,25 @@ class ExpertDecider:
         process than the detokenizer needs it: the two judge that fallback on measurements a
         few milliseconds apart and would otherwise disagree near the threshold.
         ``settle``: ``ScriptedExpert``'s (module docstring). ``kind`` 'reactive': the
-        ``ReactiveExpert``, given the observation's commanded target every tick.
+        ``ReactiveExpert``, given the observation's commanded target every tick;
+        ``release_xy``: its release zone (None: ``REACT_RELEASE_XY``; reactive only).
         """
         if kind not in EXPERT_KINDS:
             raise ValueError(f'expert kind must be one of {", ".join(EXPERT_KINDS)}, got '
                              f'{kind!r}')
+        if release_xy is not None and kind != 'reactive':
+            raise ValueError('release_xy applies to the reactive expert only '
+                             f'(expert kind {kind!r})')
         space = tokenizer.space
         self.kind = kind
         # Absolute joint targets are snapped to representable bins; deltas need no snapping
         # (they are relative to the exact previous command, quantisation never accumulates).
         quantiser = None if space.relative_arm else tokenizer
-        self.expert = (ReactiveExpert(robot, quantiser, period) if kind == 'reactive'
-                       else ScriptedExpert(robot, quantiser, period, settle))
+        if kind == 'reactive':
+            self.expert = ReactiveExpert(robot, quantiser, period,
+                                         REACT_RELEASE_XY if release_xy is None else release_xy)
+        else:
+            self.expert = ScriptedExpert(robot, quantiser, period, settle)
         self.tokenizer = tokenizer
         self.lead_limit = lead_limit
         self.last_values: Optional[np.ndarray] = None
