@@ -338,3 +338,42 @@ def test_reactive_expert_keeps_a_lifted_block_held_off_centre(setup, offset):
     assert not centred and held, checked
     assert gripper_token >= tokenizer.space.gripper_threshold, checked
     assert phase in ('carry', 'lift', 'lower'), checked
+
+
+def test_reactive_expert_release_zone_lets_an_offset_learner_lower(setup):
+    """
+    A learner that carries 2 cm off the aim is told to lower only by a wide release zone.
+
+    The "learner" executes the expert's carry with 2 cm added along x (the DAgger state a
+    policy that cannot aim within 8 mm reaches): with the default zone every label says
+    "carry" and the block is never lowered; with ``release_xy`` 3 cm the label lowers (and
+    re-aims while lowering) and the block lands in the bowl. Other experts and zones that
+    would drop the block outside the bowl are refused.
+    """
+    env, pipeline, _, tokenizer = setup
+    robot = env.robot
+    bias = int(round(0.02 / tokenizer.space.bin_width[0]))
+    phases = {}
+    for zone in (None, 0.03):
+        driver = ExpertDecider(robot, tokenizer, pipeline.config.inference_period,
+                               kind='reactive', release_xy=zone)
+        episode = env.reset('place_in_bowl', 2)
+        driver.reset(episode)
+        seen = []
+
+        def decide(obs):
+            tokens = driver(obs).copy()
+            seen.append(driver.expert.phase)
+            if driver.expert.phase == 'carry':
+                tokens[0] = min(255, int(tokens[0]) + bias)
+            return tokens
+
+        status = pipeline.run_episode(decide)
+        phases[zone] = (status['success'], seen.count('carry'), 'release' in seen)
+    assert phases[None][:1] == (False,) and not phases[None][2], phases
+    assert phases[0.03][0] and phases[0.03][2], phases
+    assert phases[0.03][1] < phases[None][1], phases
+    with pytest.raises(ValueError, match='reactive'):
+        ExpertDecider(robot, tokenizer, kind='phases', release_xy=0.02)
+    with pytest.raises(ValueError, match='bowl'):
+        ExpertDecider(robot, tokenizer, kind='reactive', release_xy=0.07)
