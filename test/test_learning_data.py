@@ -62,6 +62,21 @@ def test_write_read_round_trip_and_resume(tmp_path):
         ds.DatasetWriter(root, 10)
 
 
+def test_release_zone_is_recorded_and_a_resume_with_another_is_refused(tmp_path):
+    root = str(tmp_path / 'zone')
+    plan = {'place_in_bowl': 1}
+    done = collect.collect(root, plan, seed_start=100, quiet=True, expert_kind='reactive',
+                           release_xy=0.025)
+    assert done['episodes'] == 1
+    assert ds.read_info(root)['vla_ros.release_xy'] == 0.025
+    with pytest.raises(ValueError, match='release_xy'):
+        collect.collect(root, {'place_in_bowl': 2}, seed_start=100, quiet=True,
+                        expert_kind='reactive')
+    with pytest.raises(ValueError, match='reactive'):
+        collect.collect(str(tmp_path / 'phases'), plan, seed_start=100, quiet=True,
+                        release_xy=0.025)
+
+
 def test_collection_is_deterministic_resumable_and_skips_held_out(tmp_path):
     plan = {'gripper': 2, 'push_block': 3}
     # Joint deltas: the recorded state chains on the label by plain addition (below).

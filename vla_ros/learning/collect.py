@@ -33,7 +33,8 @@ The labelling expert (``--expert``): the phase machine (``sim.expert.ScriptedExp
 recorded datasets') or ``reactive`` (``ReactiveExpert``: pick, place and push decided from
 the state alone, so a DAgger label does not depend on the expert's own history). The
 dataset's ``meta/info.json`` records which (``vla_ros.expert``). ``--release-xy`` widens the
-reactive expert's release zone for DAgger labels (recorded as ``vla_ros.release_xy``): with
+reactive expert's release zone for DAgger labels (recorded as ``vla_ros.release_xy`` with
+the reactive expert; resuming a folder with another zone is refused): with
 the default 8 mm, a learner that aims within a few centimetres is told "closer" forever and
 never shown the lowering.
 
@@ -160,8 +161,8 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
     meta = {'vla_ros.action_space': space.to_dict(), 'vla_ros.source': (
         'dagger' if learner else 'expert'), 'vla_ros.arm_noise': float(arm_noise),
         'vla_ros.expert': expert_kind}
-    if release_xy is not None:
-        meta['vla_ros.release_xy'] = float(release_xy)
+    if expert_kind == 'reactive':  # a resumed folder must have the same zone
+        meta['vla_ros.release_xy'] = float(expert.expert.release_xy)
     writer = ds.DatasetWriter(out, fps, meta)
     done = {(e['task'], e['seed']) for e in writer.episodes}
     if cache_factors and writer.episodes:
