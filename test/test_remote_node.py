@@ -209,7 +209,7 @@ def test_a_served_chunk_is_published_as_a_local_one_and_its_steps_run_out_first(
         group.start_all(pipeline_nodes(overrides=overrides))
         harness, stamps = _drive(f'chunk_harness_{execute}')
         expected = _expected(model, 'drive to the marker', 4, steps)
-        assert harness.wait_for(lambda: len(stamps.items) >= 4, 60.0), \
+        assert harness.wait_for(lambda: len(stamps.items) >= 6, 60.0), \
             (group.failed(), server.log())
         items = stamps.since(0.0)
         assert all(tokens == expected for _, _, tokens in items), \
@@ -217,8 +217,11 @@ def test_a_served_chunk_is_published_as_a_local_one_and_its_steps_run_out_first(
         gaps = np.diff([stamp for _, stamp, _ in items]) * 1e-9
         # steps + 1 ticks of 0.2 s pass between a reply and the next frame sent (a camera
         # frame is up to one camera period older than the tick that sends it; 5 ms for the
-        # harness's own timer: a gap of exactly that bound was measured as 0.49993 s).
-        assert np.all(gaps >= (steps + 1) * 0.2 - 0.1 - 0.005), gaps
+        # harness's own timer: a gap of exactly that bound was measured as 0.49993 s). A
+        # frame the loaded camera process sent late shortens one gap and lengthens the next
+        # by as much (measured in CI: 1.0, 0.7, 1.3 s), so the bound holds for the median
+        # of five gaps (a frame sent on every tick would give 0.2 s).
+        assert np.median(gaps) >= (steps + 1) * 0.2 - 0.1 - 0.005, gaps
         values = _values(harness, 'inference_node')
         assert int(values.get('chunk_steps_published', 0)) == steps, values
     finally:
