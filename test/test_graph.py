@@ -24,9 +24,9 @@ START_NS = 100 * NS
 DRIVE = (150, 230, 110)  # colour whose known-model base vx is about 0.40 m/s
 
 
-def _rig(params_file, model_dir) -> LockstepRig:
+def _rig(params_file, model_dir, **inference) -> LockstepRig:
     rig = LockstepRig(params_file, {
-        'inference_node': {'model_file_path': f'{model_dir}/policy.onnx'},
+        'inference_node': dict({'model_file_path': f'{model_dir}/policy.onnx'}, **inference),
         # A long clock timeout: sim time stands still while the test calls services.
         'interpolation_node': {'command_timeout': TIMEOUT, 'start_enabled': True,
                                'clock_timeout': 10.0}})
@@ -214,6 +214,50 @@ def test_stale_camera_stops_inference_and_says_why(graph):
     assert int(values['skipped']) > 0 and int(values['published']) >= 3
     # With no new targets, the watchdog has brought the base to rest.
     assert np.all(_last(records.base) == 0.0)
+
+
+def test_grounded_instructions_reach_the_policy_and_refused_ones_stop_it(
+        ros, params_file, test_model_dir, action_space):
+    from vla_ros.runtime.grounding import grounding_from_parameter
+    from vla_ros.runtime.text_encoder import TextEncoder
+    said = 'go to the cyan marker please'
+    grounded = grounding_from_parameter('sim_tasks', TextEncoder(
+        f'{test_model_dir}/text_encoder.onnx').encode).ground(said).text
+    assert grounded == 'go to the cyan marker'
+    tokens, _ = _expected(action_space, test_model_dir, DRIVE, grounded)
+    rig = _rig(params_file, test_model_dir, instruction_grounding='sim_tasks')
+    records = rig.records
+    try:
+        rig.set_color(*DRIVE)
+        rig.instruct(said)
+        assert rig.run_until(lambda: len(records.tokens) >= 3, 100) < 100, rig.step.logs()
+        assert all(e['tokens'] == tokens for e in records.tokens), records.tokens[-1]
+        assert rig.run_until(lambda: _last(records.base)[0] > 0.3, 100) < 100
+        # Nothing trained is near it, or it names no marker colour ('drive to the marker'
+        # drives the graph in the other tests): refused, no more tokens, the base stops.
+        for text in ('make me a sandwich', 'drive to the marker'):
+            rig.instruct(text)
+            refused = rig.step.now_ns
+            for _ in range(2 * POLICY):
+                rig.tick()
+            late = [e for e in records.tokens if e['stamp_ns'] > refused]
+            assert late == [], late
+        for _ in range(int((TIMEOUT + 0.5 / DECEL) / PERIOD) + 4):
+            rig.tick()
+        assert np.all(_last(records.base) == 0.0), _last(records.base)
+        message, values = rig.report('inference_node')
+        assert int(values['refused_instructions']) == 2, values
+        assert values['grounded_instruction'] == '' and 'no instruction' in message, message
+        # A grounded instruction again: the tokens come back.
+        count = len(records.tokens)
+        rig.instruct(said)
+        assert rig.run_until(lambda: len(records.tokens) > count, 3 * POLICY) < 3 * POLICY
+        message, values = rig.report('inference_node')
+        assert values['grounded_instruction'] == grounded, values
+        assert float(values['grounding_similarity']) > 0.9
+        assert rig.step.group.failed() is None
+    finally:
+        rig.close()
 
 
 @pytest.fixture(scope='module')

@@ -103,6 +103,14 @@ SCHEMAS: Dict[str, Tuple[Param, ...]] = {
               'publish its first chunk_execute steps and predict again once they have run '
               '(one step per policy period, executed by detokenizer_node); 0: all k. Ignored '
               'for single-step models.', 'steps', 0, 32),
+        Param('instruction_grounding', '', 'Hand the policy the trained phrasing an '
+              'instruction means (docs/model.md, "Instruction grounding"): sim_tasks (the '
+              'templates of the simulated tasks), a YAML/JSON file {task: [template, ...]} of '
+              'those tasks, or empty: instructions go to the policy as they are. An '
+              'instruction it cannot ground is refused and what the robot did stops.'),
+        Param('grounding_min_similarity', 0.65, 'Grounding refuses an instruction whose '
+              'nearest trained phrasing is less similar than this (cosine of sentence '
+              'vectors).', '', 0.0, 1.0),
     ) + _shared('inference_frequency', 'action_space_file', 'arm_joint_names',
                 'gripper_joint_name', 'target_timeout', 'max_target_deviation'),
     'detokenizer_node': (

@@ -11,7 +11,8 @@ Phrasings: ``canonical`` (the task's own instruction), ``train`` (a random train
 synonym), ``heldout`` (paraphrases training never saw), or ``--instructions FILE`` (your
 templates, ``{task: [template, ...]}`` with ``{colour}``/``{side}``/``{action}``/
 ``{state}``). Combinations: ``seen`` skips the (task, colour) pairs kept out of training,
-``heldout`` evaluates only those pairs.
+``heldout`` evaluates only those pairs. ``--grounding sim_tasks`` grounds every instruction
+first, as inference_node's ``instruction_grounding`` does (a refused one fails its episode).
 """
 
 import argparse
@@ -30,6 +31,7 @@ from .learner import LearnerDecider
 from .progress import Progress
 from ..core.action_space import ActionSpace, ActionTokenizer
 from ..paths import default_action_space_file
+from ..runtime.grounding import grounding_from_parameter, GroundingError
 from ..sim.pipeline import Observation, Pipeline
 from ..sim.tasks import TASK_NAMES
 
@@ -93,7 +95,8 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
                     params_file: Optional[str] = None, gifs: bool = True,
                     quiet: bool = False, chunk_execute: int = 0,
                     latency_ms: float = 0.0, frame_age_ms: float = 0.0,
-                    max_in_flight: int = 0, served_chunks: bool = False) -> Dict:
+                    max_in_flight: int = 0, served_chunks: bool = False,
+                    grounding: str = '') -> Dict:
     """Closed-loop evaluation; see the module docstring. Returns the JSON-able results."""
     space = ActionSpace.from_yaml(action_space_file or default_action_space_file())
     tokenizer = ActionTokenizer(space)
@@ -101,6 +104,8 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
     env = pipeline.env
     robot = env.robot
     learner = LearnerDecider(model_dir, space, chunk_execute=chunk_execute)
+    grounder = (grounding_from_parameter(grounding, learner.policy.text_encoder.encode)
+                if grounding else None)
     latency_ticks = int(round(latency_ms / 1e3 / pipeline.config.control_period))
     age_ticks = int(round(frame_age_ms / 1e3 / pipeline.config.control_period))
     rng = np.random.default_rng(seeds[0])
@@ -126,6 +131,16 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
                 text = instructions.fill(str(rng.choice(instructions.HELD_OUT[task])), values)
             else:
                 text = episode.instruction
+            said = text
+            if grounder is not None:  # as inference_node's instruction_grounding
+                try:
+                    text = grounder.ground(said).text
+                except GroundingError:  # refused: the robot does not move, a failure
+                    runs.append({'seed': seed, 'success': False, 'sim_time': 0.0,
+                                 'instruction': said, 'refused': True})
+                    seed += 1
+                    progress.step()
+                    continue
             learner.instruction = text
             learner.reset()
             frames: List[np.ndarray] = []
@@ -139,9 +154,10 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
                                           max_in_flight=max_in_flight,
                                           whole_chunks=served_chunks)
             runs.append({'seed': seed, 'success': bool(status['success']),
-                         'sim_time': status['sim_time'], 'instruction': text})
+                         'sim_time': status['sim_time'], 'instruction': said,
+                         'grounded': text})
             if not status['success'] and gifs and out:
-                _save_gif(frames, os.path.join(out, 'failures', f'{task}_{seed}.gif'), text)
+                _save_gif(frames, os.path.join(out, 'failures', f'{task}_{seed}.gif'), said)
             seed += 1
             progress.step()
             ok = sum(r['success'] for r in runs)
@@ -156,6 +172,7 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
                                      if ok else None),
             'failed_seeds': [r['seed'] for r in runs if not r['success']],
             'instructions': sorted({r['instruction'] for r in runs})[:20],
+            'refused': sum(bool(r.get('refused')) for r in runs),
         }
     progress.close()
     robot.close()
@@ -169,7 +186,8 @@ def evaluate_policy(model_dir: str, tasks: Sequence[str], episodes: int,
                      'chunk_execute': learner.runner.execute,
                      'latency_ms': latency_ticks * pipeline.config.control_period * 1e3,
                      'frame_age_ms': age_ticks * pipeline.config.control_period * 1e3,
-                     'max_in_flight': max_in_flight, 'served_chunks': served_chunks},
+                     'max_in_flight': max_in_flight, 'served_chunks': served_chunks,
+                     'grounding': grounding},
         'tasks': results,
         'mean_success_rate': round(float(np.mean(rates)), 4) if rates else None,
         'model_ms_p50': round(float(np.median(learner.model_ms)), 3) if learner.model_ms
@@ -214,6 +232,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--phrasing', default='canonical', choices=PHRASINGS)
     parser.add_argument('--instructions', default=None, metavar='FILE',
                         help='your templates per task (YAML/JSON); overrides --phrasing')
+    parser.add_argument('--grounding', default='', metavar='SOURCE',
+                        help="ground each instruction first, as inference_node's "
+                        'instruction_grounding: sim_tasks or a templates file (a refused '
+                        'instruction is a failed episode); default: none')
     parser.add_argument('--combinations', default='seen', choices=COMBOS,
                         help='(task, colour) pairs: seen in training, held out, or all')
     parser.add_argument('--out', default=None, help='folder for eval.json and failure GIFs')
@@ -253,7 +275,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   args.action_space, args.params_file, not args.no_gifs,
                                   args.quiet, args.chunk_execute, args.latency_ms,
                                   args.frame_age_ms, args.max_in_flight,
-                                  args.served_chunks)
+                                  args.served_chunks, args.grounding)
     except ValueError as exc:
         print(f'vla-ros eval: {exc}', file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ Users evaluate their own phrasings with ``vla-ros eval --instructions FILE`` (YA
 
 import json
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 TRAIN: Dict[str, List[str]] = {
     'pick_block': ['pick up the {colour} block', 'lift the {colour} block',
@@ -74,12 +74,13 @@ def fill(template: str, values: Dict[str, str]) -> str:
                          f'{sorted(values)}') from None
 
 
-def training_phrasings(task: str, params: Dict) -> List[str]:
+def training_phrasings(task: str, params: Dict,
+                       templates: Optional[Sequence[str]] = None) -> List[str]:
     """Every training phrasing of an episode (synonyms of the verb included)."""
     values = slots(task, params)
     out = []
-    for template in TRAIN[task]:
-        if task == 'gripper':
+    for template in TRAIN[task] if templates is None else templates:
+        if task == 'gripper' and '{action}' in template:
             for word in ACTION_WORDS[values['action']]:
                 out.append(fill(template, dict(values, action=word)))
         else:
@@ -92,12 +93,13 @@ def all_training_phrasings(tasks: Sequence[str], colours: Dict[str, Sequence[str
     """Every phrasing training can produce (to pre-compute their text embeddings)."""
     out = set()
     for task in tasks:
-        for params in _param_grid(task, colours):
+        for params in param_grid(task, colours):
             out.update(training_phrasings(task, params))
     return sorted(out)
 
 
-def _param_grid(task: str, colours: Dict[str, Sequence[str]]) -> List[Dict]:
+def param_grid(task: str, colours: Dict[str, Sequence[str]]) -> List[Dict]:
+    """Return every episode parameter set of ``task`` that names an instruction."""
     if task == 'gripper':
         return [{'close': True}, {'close': False}]
     grid = []

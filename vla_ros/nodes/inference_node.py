@@ -60,6 +60,7 @@ from ..core.stats import Freshness, RateMonitor, WindowStats
 from ..core.targets import ComposerConfig, TargetComposer
 from ..paths import default_action_space_file, default_model_dir
 from ..runtime import BackendError, BackendOptions, BACKENDS
+from ..runtime.grounding import Grounding, grounding_from_parameter, GroundingError
 from ..runtime.policy import Policy, PolicyFiles
 from ..runtime.remote import REMOTE_BACKEND, RemoteOptions, RemotePolicy
 from ..runtime.verify import unverified_files
@@ -89,6 +90,8 @@ class InferenceParams:
     instruction_log_chars: int
     allow_unverified_model: bool
     chunk_execute: int
+    instruction_grounding: str
+    grounding_min_similarity: float
 
     def __post_init__(self):
         try:
@@ -108,6 +111,9 @@ class InferenceParams:
             raise ConfigError('providers is empty: list execution providers explicitly')
         if not self.max_image_age > 0:
             raise ConfigError(f'max_image_age must be > 0 s, found {self.max_image_age}')
+        if self.instruction_grounding and remote:
+            raise ConfigError('instruction_grounding needs the text encoder on this robot; '
+                              'with backend remote the server encodes instructions')
 
 
 class InferenceNode(ManagedNode):
@@ -124,6 +130,7 @@ class InferenceNode(ManagedNode):
             values[key] = tuple(values[key])
         p = self.params = InferenceParams(**values)
         self.policy: Optional[Policy] = None
+        self.grounding: Optional[Grounding] = None
         self.composer: Optional[TargetComposer] = None
         self._active = False
         self._chunk_publish, self._chunk_wait = 1, 0  # steps per prediction, ticks to let pass
@@ -131,7 +138,8 @@ class InferenceNode(ManagedNode):
         self._pub = None
         self._lock = threading.Lock()
         self._image: Optional[Image] = None
-        self._instruction: Optional[str] = None
+        self._instruction: Optional[str] = None  # what the policy reads (grounded)
+        self._said: Optional[str] = None  # what vla/instruction said
         self._measured: Optional[np.ndarray] = None
         self._measured_at = -1e18
         self._gripper = 0.0
@@ -169,6 +177,9 @@ class InferenceNode(ManagedNode):
                                  f'predicts ({k} steps per frame)')
             self._chunk_publish = (p.chunk_execute or k) if k > 1 else 1
             self._chunk_wait = 0
+            self.grounding = (grounding_from_parameter(
+                p.instruction_grounding, self.policy.text_encoder.encode,
+                p.grounding_min_similarity) if p.instruction_grounding else None)
         except (ActionSpaceError, ContractError, BackendError, OSError, ValueError) as exc:
             # The node stays alive and unconfigured; the reason is logged, on /diagnostics
             # (ERROR) at once, and lifecycle_manager reports it and may configure again.
@@ -264,7 +275,8 @@ class InferenceNode(ManagedNode):
             self.policy = None
             self.composer = None
             self._image = None
-            self._instruction = None
+            self._instruction = self._said = None
+            self.grounding = None
 
     def refused(self, text: str):
         """Log and count a refused lifecycle request (``ManagedNode``)."""
@@ -331,24 +343,42 @@ class InferenceNode(ManagedNode):
             self.diag.count('rejected_empty_instruction')
             self.get_logger().warn('ignoring empty instruction', throttle_duration_sec=2.0)
             return
+        limit = self.params.instruction_log_chars
+        quoted = text if len(text) <= limit else text[:limit] + f'… ({len(text)} chars)'
+        said = text
         try:
+            if self.grounding is not None:  # the trained phrasing it means, or refused
+                grounded = self.grounding.ground(text)
+                text = grounded.text
             self.policy.encode(text)  # once per new instruction, off the inference timer
+        except GroundingError as exc:  # a new task the policy does not know: stop the old
+            with self._lock:
+                self._instruction = self._said = None
+            self.diag.count('refused_instructions')
+            self.diag.set('instruction', '')
+            self.diag.set('grounded_instruction', '')
+            self.get_logger().error(f'refusing instruction {quoted!r}: {exc}; nothing is '
+                                    'published until an instruction is grounded',
+                                    throttle_duration_sec=1.0)
+            return
         except Exception as exc:  # tokenizer/ORT errors: keep the previous instruction
             self.diag.count('rejected_instruction')
-            limit = self.params.instruction_log_chars
-            quoted = text if len(text) <= limit else text[:limit] + f'… ({len(text)} chars)'
             self.get_logger().error(f'cannot encode instruction {quoted!r}: {exc}',
                                     throttle_duration_sec=2.0)
             return
         with self._lock:
-            changed = text != self._instruction
-            self._instruction = text
+            changed = text != self._instruction or said != self._said
+            self._instruction, self._said = text, said
         self.diag.count('instructions')
         if not changed:
             return
-        limit = self.params.instruction_log_chars
-        quoted = text if len(text) <= limit else text[:limit] + f'… ({len(text)} chars)'
         self.diag.set('instruction', quoted)
+        if self.grounding is not None:
+            self.diag.set('grounded_instruction', text)
+            self.diag.set('grounding_similarity', round(grounded.similarity, 3))
+            self.get_logger().info(f'instruction {quoted!r} grounded as {text!r} '
+                                   f'({grounded.task}, similarity {grounded.similarity:.2f})',
+                                   throttle_duration_sec=1.0)
         self.diag.set('text_encode_ms', self.policy.last_encode_ms)
         # A new instruction is logged once, and at most once a second (a sender that
         # alternates instructions at 100 Hz cannot flood the log).

@@ -106,6 +106,10 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument('--model-dir', default=default_model_dir(),
                         help='exported policy folder (policy.onnx, text_encoder.onnx, ...)')
     parser.add_argument('--params-file', default=default_params_file())
+    parser.add_argument('--grounding', default='sim_tasks', metavar='SOURCE',
+                        help="inference_node's instruction_grounding (default sim_tasks: "
+                        'the trained phrasing an instruction means goes to the policy); '
+                        "'' to hand it the instructions as they are")
     parser.add_argument('--real-time-factor', type=float, default=1.0,
                         help='sim seconds per wall second (the graph runs on sim time)')
     parser.add_argument('--out', default='', help='run folder (default runs/<timestamp>)')
@@ -133,7 +137,8 @@ def main(argv: Sequence[str] = None) -> int:
                   '--model-dir, or --expert)', file=sys.stderr)
             return 2
         trained = model_trained(policy)
-        overrides['inference_node'] = {'model_file_path': policy}
+        overrides['inference_node'] = {'model_file_path': policy,
+                                       'instruction_grounding': args.grounding}
         source = f'policy {policy}'
         note = ('' if trained else
                 'The model is UNTRAINED (metadata vla_ros.trained is not "true"): its actions '
