@@ -376,3 +376,23 @@ def test_shipped_policy_succeeds_in_process(shipped, task):
                              combos='all', gifs=False, quiet=True)
     r = result['tasks'][task]
     assert r['successes'] == r['episodes'], r
+
+
+def test_grounding_lets_the_shipped_policy_follow_a_paraphrase(shipped):
+    """A gripper paraphrase the policy mostly misreads works once grounded (docs/model.md)."""
+    from vla_ros.learning.evaluate import evaluate_policy
+    templates = {'gripper': ['set the gripper {state}']}
+    runs = {g: evaluate_policy(SHIPPED, ['gripper'], episodes=3, seeds=(100001, 100004),
+                               templates=templates, gifs=False, quiet=True,
+                               grounding=g)['tasks']['gripper'] for g in ('', 'sim_tasks')}
+    assert runs['sim_tasks']['successes'] == 3, runs
+    assert runs['']['successes'] < 3, runs
+    assert runs['sim_tasks']['refused'] == 0
+    # Refused instructions fail their episodes without moving the robot.
+    refused = evaluate_policy(SHIPPED, ['pick_block'], episodes=2, seeds=(100000, 100002),
+                              templates={'pick_block': ['stack the {colour} block on the '
+                                                        'yellow one']},
+                              gifs=False, quiet=True, grounding='sim_tasks')
+    r = refused['tasks']['pick_block']
+    assert r['refused'] == 2 and r['successes'] == 0, r
+    assert refused['settings']['grounding'] == 'sim_tasks'
