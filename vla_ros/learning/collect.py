@@ -36,7 +36,9 @@ dataset's ``meta/info.json`` records which (``vla_ros.expert``). ``--release-xy`
 reactive expert's release zone for DAgger labels (recorded as ``vla_ros.release_xy`` with
 the reactive expert; resuming a folder with another zone is refused): with
 the default 8 mm, a learner that aims within a few centimetres is told "closer" forever and
-never shown the lowering.
+never shown the lowering. ``--place-carry low`` makes the reactive expert carry the block at
+the release height and open it as soon as it is over the bowl, with no lowering (recorded as
+``vla_ros.place_carry``; a resume with the other carry is refused).
 
 Deterministic by seed: episode k of task T uses seed ``seed_start + k`` (seeds whose
 (task, colour) is held out for evaluation are skipped). Resumable: episodes already in the
@@ -58,7 +60,7 @@ from .progress import Progress
 from .train_data import pool_image, write_cache
 from ..core.action_space import ActionSpace, ActionTokenizer
 from ..paths import default_action_space_file
-from ..sim.expert import EXPERT_KINDS, ExpertDecider
+from ..sim.expert import EXPERT_KINDS, ExpertDecider, PLACE_CARRIES
 from ..sim.pipeline import Observation, Pipeline
 from ..sim.tasks import TASK_NAMES
 from ..verbs import guarded
@@ -136,12 +138,13 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
             policy_dir: Optional[str] = None, flush_every: int = 50,
             quiet: bool = False, arm_noise: float = 0.0,
             cache_factors: Sequence[int] = (), expert_kind: str = 'phases',
-            release_xy: Optional[float] = None) -> Dict:
+            release_xy: Optional[float] = None, place_carry: str = 'high') -> Dict:
     """
     Collect episodes into ``out``; returns counts. See the module docstring.
 
     ``expert_kind``: the labelling expert (``sim.expert.EXPERT_KINDS``); ``release_xy``:
-    the reactive expert's release zone (m; None: its default).
+    the reactive expert's release zone (m; None: its default); ``place_carry``: its place
+    carry ('high' or 'low').
 
     ``cache_factors``: also write the training image cache at these pooling factors
     (what ``vla-ros train`` would otherwise decode from the videos) when the run ends; a
@@ -154,7 +157,8 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
     env = pipeline.env
     robot = env.robot
     expert = ExpertDecider(robot, tokenizer, pipeline.config.inference_period,
-                           kind=expert_kind, release_xy=release_xy)
+                           kind=expert_kind, release_xy=release_xy,
+                           place_carry=place_carry)
     learner = LearnerDecider(policy_dir, space) if policy_dir else None
     noise = ArmNoise(arm_noise, space, tokenizer)
     fps = int(round(pipeline.config.inference_frequency))
@@ -163,6 +167,7 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
         'vla_ros.expert': expert_kind}
     if expert_kind == 'reactive':  # a resumed folder must have the same zone
         meta['vla_ros.release_xy'] = float(expert.expert.release_xy)
+        meta['vla_ros.place_carry'] = expert.expert.place_carry
     writer = ds.DatasetWriter(out, fps, meta)
     done = {(e['task'], e['seed']) for e in writer.episodes}
     if cache_factors and writer.episodes:
@@ -273,6 +278,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='reactive expert only: start the lowering to the release within '
                         'this of the point over the bowl (default 0.008); a wider zone '
                         'labels DAgger states a learner can reach')
+    parser.add_argument('--place-carry', choices=PLACE_CARRIES, default='high',
+                        help='reactive expert only: high carries the block at 58 cm and lowers '
+                        'it over the bowl (default); low carries it at the release height and '
+                        'opens as soon as it is over the bowl')
     parser.add_argument('--flush-every', type=int, default=50)
     parser.add_argument('--cache', default='', metavar='FACTORS',
                         help='also write the training image cache at these pooling factors '
@@ -284,7 +293,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.out, parse_episodes(args.episodes), args.seed_start, args.action_space,
         args.params_file, args.policy, args.flush_every, args.quiet, args.arm_noise,
         [int(f) for f in args.cache.split(',') if f.strip()], args.expert,
-        args.release_xy))
+        args.release_xy, args.place_carry))
     if stats is not None:
         print(f'collected {stats}')
     return 0 if stats is not None else 2

@@ -348,6 +348,11 @@ REACT_AT_GRASP = 0.008
 REACT_RELEASE_XY = 0.008
 REACT_RELEASE_KEEP = 0.015
 REACT_RELEASE_DZ = 0.02
+# Place with a low carry (``place_carry='low'``): the block is carried this far above the
+# release height (10 cm over the bowl's base: its bottom 8-9 cm over the table, clear of
+# the rim and the other blocks) and released as soon as it is over the bowl, no lowering.
+REACT_LOW_CARRY_DZ = 0.015
+PLACE_CARRIES = ('high', 'low')
 # Push: how far the tool's end pushes the block (m), and the block travel after which the
 # push is over (m); the task needs 10 cm, so a learner that stops a few cm early still
 # passes (with 12.5 / 11.5 cm, policies stopped at 6–9 cm).
@@ -382,7 +387,9 @@ class ReactiveExpert(ScriptedExpert):
     - pick, holding: lift;
     - place, holding: below carry height and off the bowl → lift; off the bowl → carry;
       within ``REACT_RELEASE_XY`` over it (``REACT_RELEASE_KEEP`` once below carry height)
-      → lower; there at the release height → open. Block in the bowl and released → retreat;
+      → lower; there at the release height → open. Block in the bowl and released → retreat.
+      With ``place_carry`` 'low' the carry height is the release height: over the bowl →
+      open;
     - push: lined up behind the block at push height → push on to ``REACT_PUSH_TRAVEL``;
       at the point behind it → lower; low elsewhere → rise; else → go above the point
       behind it; moved ``REACT_PUSH_DONE`` → retreat.
@@ -393,7 +400,8 @@ class ReactiveExpert(ScriptedExpert):
     """
 
     def __init__(self, robot: Robot, tokenizer: Optional[ActionTokenizer] = None,
-                 period: Optional[float] = None, release_xy: float = REACT_RELEASE_XY):
+                 period: Optional[float] = None, release_xy: float = REACT_RELEASE_XY,
+                 place_carry: str = 'high'):
         """
         Plan for ``robot`` (``ScriptedExpert``'s arguments).
 
@@ -401,13 +409,19 @@ class ReactiveExpert(ScriptedExpert):
         starts (``REACT_RELEASE_XY``); the lowering goes on up to 7 mm farther
         (``REACT_RELEASE_KEEP`` at least). A wider zone labels a learner's states: one that
         cannot aim within 8 mm otherwise gets "move closer" forever (``vla-ros collect
-        --release-xy``).
+        --release-xy``). ``place_carry``: 'high' carries the block at ``CARRY_Z`` and lowers
+        it over the bowl; 'low' carries it at the release height and opens within
+        ``release_xy`` of the point over the bowl (``vla-ros collect --place-carry``).
         """
         super().__init__(robot, tokenizer, period)
         if not 0.0 < release_xy < BOWL_INNER_RADIUS - 0.03:
             raise ValueError(f'release_xy must be in (0, {BOWL_INNER_RADIUS - 0.03:.3f}) m '
                              f'(the block must land in the bowl), got {release_xy}')
+        if place_carry not in PLACE_CARRIES:
+            raise ValueError(f'place_carry must be one of {", ".join(PLACE_CARRIES)}, got '
+                             f'{place_carry!r}')
         self.release_xy = float(release_xy)
+        self.place_carry = place_carry
         self.release_keep = max(REACT_RELEASE_KEEP, self.release_xy + 0.007)
 
     def observe(self, state: np.ndarray):
@@ -517,6 +531,20 @@ class ReactiveExpert(ScriptedExpert):
         aim = bowl[:2] - offset[:2]
         error = float(np.linalg.norm(here[:2] - aim))
         release = np.array([aim[0], aim[1], bowl[2] + 0.10])
+        if self.place_carry == 'low':
+            carry = release[2] + REACT_LOW_CARRY_DZ
+            if here[2] < carry - 0.03:
+                self._enter('lift')
+                goal = here.copy()
+                goal[2] = carry
+                self._move(goal, yaw, SLOW, 0.03, settle=False)
+                return
+            over = error <= self.release_xy
+            self.gripper = not over
+            self._enter('release' if over else 'carry')
+            self._move(np.array([aim[0], aim[1], carry]), yaw, SLOW if over else FAST, 0.015,
+                       settle=False)
+            return
         lowering = here[2] < CARRY_Z - 0.01 and error <= self.release_keep
         if error <= self.release_xy or lowering:
             if here[2] <= release[2] + REACT_RELEASE_DZ:
@@ -580,7 +608,7 @@ class ExpertDecider:
     def __init__(self, robot: Robot, tokenizer: ActionTokenizer,
                  period: Optional[float] = None, lead_limit: Optional[float] = None,
                  settle: bool = True, kind: str = 'phases',
-                 release_xy: Optional[float] = None):
+                 release_xy: Optional[float] = None, place_carry: str = 'high'):
         """
         Wrap an expert of ``kind`` (``EXPERT_KINDS``) for ``robot``.
 
@@ -591,13 +619,14 @@ class ExpertDecider:
         few milliseconds apart and would otherwise disagree near the threshold.
         ``settle``: ``ScriptedExpert``'s (module docstring). ``kind`` 'reactive': the
         ``ReactiveExpert``, given the observation's commanded target every tick;
-        ``release_xy``: its release zone (None: ``REACT_RELEASE_XY``; reactive only).
+        ``release_xy``: its release zone (None: ``REACT_RELEASE_XY``; reactive only);
+        ``place_carry``: its place carry ('high' or 'low'; ``ReactiveExpert``).
         """
         if kind not in EXPERT_KINDS:
             raise ValueError(f'expert kind must be one of {", ".join(EXPERT_KINDS)}, got '
                              f'{kind!r}')
-        if release_xy is not None and kind != 'reactive':
-            raise ValueError('release_xy applies to the reactive expert only '
+        if (release_xy is not None or place_carry != 'high') and kind != 'reactive':
+            raise ValueError('release_xy and place_carry apply to the reactive expert only '
                              f'(expert kind {kind!r})')
         space = tokenizer.space
         self.kind = kind
@@ -606,7 +635,8 @@ class ExpertDecider:
         quantiser = None if space.relative_arm else tokenizer
         if kind == 'reactive':
             self.expert = ReactiveExpert(robot, quantiser, period,
-                                         REACT_RELEASE_XY if release_xy is None else release_xy)
+                                         REACT_RELEASE_XY if release_xy is None else release_xy,
+                                         place_carry)
         else:
             self.expert = ScriptedExpert(robot, quantiser, period, settle)
         self.tokenizer = tokenizer
