@@ -377,3 +377,47 @@ def test_reactive_expert_release_zone_lets_an_offset_learner_lower(setup):
         ExpertDecider(robot, tokenizer, kind='phases', release_xy=0.02)
     with pytest.raises(ValueError, match='bowl'):
         ExpertDecider(robot, tokenizer, kind='reactive', release_xy=0.07)
+
+
+
+def test_reactive_expert_low_carry_places_without_lowering(setup):
+    """
+    ``place_carry`` 'low': the block travels at the release height and is let go over the bowl.
+
+    Every place seed tried lands in the bowl, sooner than with the high carry; while the
+    block is held above the table the commanded tool never rises more than 3 cm over the
+    release height (the high carry lifts it 8 cm over), and no tick is a lowering.
+    """
+    env, pipeline, _, tokenizer = setup
+    robot = env.robot
+    times = {}
+    for carry in ('high', 'low'):
+        driver = ExpertDecider(robot, tokenizer, pipeline.config.inference_period,
+                               kind='reactive', place_carry=carry, release_xy=0.03)
+        times[carry] = []
+        for seed in (2, 3, 4):
+            episode = env.reset('place_in_bowl', seed)
+            driver.reset(episode)
+            bowl_z = robot.body_position('bowl')[2]
+            seen, heights = [], []
+
+            def decide(obs):
+                tokens = driver(obs)
+                seen.append(driver.expert.phase)
+                if driver.expert.phase in ('carry', 'release'):
+                    heights.append(driver.expert.waypoint[2] - bowl_z)
+                return tokens
+
+            status = pipeline.run_episode(decide)
+            assert status['success'], (carry, seed, seen)
+            times[carry].append(status['sim_time'])
+            if carry == 'low':
+                assert 'lower' not in seen and 'release' in seen, seen
+                assert max(heights) < 0.10 + 0.03, max(heights)
+            else:
+                assert 'lower' in seen and max(heights) > 0.10 + 0.07, max(heights)
+    assert sum(times['low']) < sum(times['high']), times
+    with pytest.raises(ValueError, match='reactive'):
+        ExpertDecider(robot, tokenizer, kind='phases', place_carry='low')
+    with pytest.raises(ValueError, match='place_carry'):
+        ExpertDecider(robot, tokenizer, kind='reactive', place_carry='middle')

@@ -69,9 +69,13 @@ def test_release_zone_is_recorded_and_a_resume_with_another_is_refused(tmp_path)
                            release_xy=0.025)
     assert done['episodes'] == 1
     assert ds.read_info(root)['vla_ros.release_xy'] == 0.025
+    assert ds.read_info(root)['vla_ros.place_carry'] == 'high'
     with pytest.raises(ValueError, match='release_xy'):
         collect.collect(root, {'place_in_bowl': 2}, seed_start=100, quiet=True,
                         expert_kind='reactive')
+    with pytest.raises(ValueError, match='place_carry'):
+        collect.collect(root, {'place_in_bowl': 2}, seed_start=100, quiet=True,
+                        expert_kind='reactive', release_xy=0.025, place_carry='low')
     with pytest.raises(ValueError, match='reactive'):
         collect.collect(str(tmp_path / 'phases'), plan, seed_start=100, quiet=True,
                         release_xy=0.025)
