@@ -49,7 +49,7 @@ from .evaluate import wilson
 from .train_data import idle_labels
 from ..core.action_space import ActionSpace, ActionTokenizer
 from ..paths import default_action_space_file
-from ..sim.expert import EXPERT_KINDS, ExpertDecider
+from ..sim.expert import EXPERT_KINDS, ExpertDecider, PLACE_CARRIES
 from ..sim.pipeline import Observation, Pipeline
 from ..sim.robot import Robot
 from ..sim.tasks import BLOCK_COLOURS, TABLE_TOP, TASK_NAMES
@@ -104,7 +104,8 @@ class Scene:
     """The in-process chain, the expert and the noise, built once."""
 
     def __init__(self, action_space_file: Optional[str], params_file: Optional[str],
-                 arm_noise: float = 0.0, settle: bool = True, expert: str = 'phases'):
+                 arm_noise: float = 0.0, settle: bool = True, expert: str = 'phases',
+                 release_xy: Optional[float] = None, place_carry: str = 'high'):
         self.space = ActionSpace.from_yaml(action_space_file or default_action_space_file())
         self.tokenizer = ActionTokenizer(self.space)
         self.pipeline = Pipeline.from_params(self.tokenizer, params_file)
@@ -112,7 +113,8 @@ class Scene:
         self.robot = self.env.robot
         self.expert = ExpertDecider(self.robot, self.tokenizer,
                                     self.pipeline.config.inference_period, settle=settle,
-                                    kind=expert)
+                                    kind=expert, release_xy=release_xy,
+                                    place_carry=place_carry)
         self.noise = ArmNoise(arm_noise, self.space, self.tokenizer)
 
     def close(self):
@@ -282,6 +284,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--expert', choices=EXPERT_KINDS, default='phases',
                         help='the labelling expert: the phase machine (the recorded '
                              "datasets') or the reactive one (sim/expert.py)")
+    parser.add_argument('--release-xy', type=float, default=None, metavar='METRES',
+                        help="reactive expert: its release zone (vla-ros collect's)")
+    parser.add_argument('--place-carry', choices=PLACE_CARRIES, default='high',
+                        help="reactive expert: its place carry (vla-ros collect's)")
     parser.add_argument('--dagger-rounds', type=int, default=0, metavar='N',
                         help='after the first policy, N DAgger rounds: the policy drives, '
                              'the expert labels, all data so far trains the next policy '
@@ -306,7 +312,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         plan = parse_episodes(args.episodes)
         dagger_plan = parse_episodes(args.dagger_episodes)
         scene = Scene(args.action_space, args.params_file, args.arm_noise,
-                      settle=not args.no_settle, expert=args.expert)
+                      settle=not args.no_settle, expert=args.expert,
+                      release_xy=args.release_xy, place_carry=args.place_carry)
     except ValueError as exc:
         print(f'vla-ros oracle: {exc}', file=sys.stderr)
         return 2
@@ -320,6 +327,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         key.append('no-settle')
     if args.expert != 'phases':
         key.append(args.expert)
+    if args.release_xy is not None or args.place_carry != 'high':
+        key.append([args.release_xy, args.place_carry])
     key = json.dumps(key, sort_keys=True)
     cached = None
     if args.cache and os.path.exists(args.cache):
