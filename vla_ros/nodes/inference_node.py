@@ -4,7 +4,9 @@ inference_node: newest vla/image + latched vla/instruction → vla/action_tokens
 The policy runs on a 5 Hz timer. The image callback only keeps the newest message and the
 instruction callback encodes a new instruction once, so the model never waits behind
 image work and never re-encodes text per frame. No fresh image or no instruction → nothing
-is published and diagnostics say why.
+is published and diagnostics say why. With ``instruction_grounding`` set, a new instruction
+is first grounded (``runtime/grounding.py``): the policy reads the trained phrasing it
+means, and one that names no trained task is refused and clears the current instruction.
 
 A model with a ``state`` input (the shipped one) also gets the previous commanded 11-D
 target: the last target detokenizer_node published (``vla/target``, one ActionTarget), or
