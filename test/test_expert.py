@@ -379,7 +379,6 @@ def test_reactive_expert_release_zone_lets_an_offset_learner_lower(setup):
         ExpertDecider(robot, tokenizer, kind='reactive', release_xy=0.07)
 
 
-
 def test_reactive_expert_low_carry_places_without_lowering(setup):
     """
     ``place_carry`` 'low': the block travels at the release height and is let go over the bowl.
