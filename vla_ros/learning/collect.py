@@ -40,6 +40,19 @@ never shown the lowering. ``--place-carry low`` makes the reactive expert carry 
 the release height and open it as soon as it is over the bowl, with no lowering (recorded as
 ``vla_ros.place_carry``; a resume with the other carry is refused).
 
+Demonstrations that teach a second attempt (``--place-miss FRACTION``, reactive expert):
+in that fraction of the place episodes the arm is *driven* by a misled copy of the expert,
+which believes the bowl is ``MISS_DISTANCE`` (8-22 cm, in a random direction, the aim kept
+in ``MISS_AREA``) from where it is: it picks the block, carries it there, lowers it and
+opens, and runs ``MISS_AFTER_OPEN`` ticks more while the block falls and the tool rises. From
+then on the clean expert drives: it picks the block up where it fell and puts it in the bowl.
+Every recorded label is the clean expert's, on the state the robot is in, so the misled
+carry's frames say "back towards the bowl, keep the fingers closed" and the frames after the
+miss show a second grasp — the shipped policy, once it has released a block beside the bowl,
+never tried again. The draws depend on (seed, task) only; an episode whose second attempt
+fails is dropped (``expert_failures``) like any other; ``misled_episodes`` counts those kept.
+Recorded as ``vla_ros.place_miss`` (a resume with another fraction is refused).
+
 Deterministic by seed: episode k of task T uses seed ``seed_start + k`` (seeds whose
 (task, colour) is held out for evaluation are skipped). Resumable: episodes already in the
 folder are skipped; data is flushed every ``--flush-every`` episodes.
@@ -119,6 +132,71 @@ class ArmNoise:
         return self.tokenizer.tokenize(executed)
 
 
+# --place-miss: how far from the bowl's centre the misled attempt aims (m), the area its aim
+# stays in (world x and y ranges, m: on the table, in reach), and how many policy ticks it
+# drives after it opens the fingers (the block falls, the tool starts to rise).
+MISS_DISTANCE = (0.08, 0.22)
+MISS_AREA = ((0.46, 0.74), (-0.28, 0.28))
+MISS_AFTER_OPEN = 5
+
+
+class PlaceMiss:
+    """A first place attempt aimed off the bowl (module docstring); labels stay clean."""
+
+    def __init__(self, fraction: float, robot, tokenizer: ActionTokenizer,
+                 period: float, expert_kind: str, release_xy: Optional[float],
+                 place_carry: str):
+        if not 0.0 <= fraction <= 1.0:  # NaN fails too
+            raise ValueError(f'--place-miss must be a fraction in [0, 1], got {fraction}')
+        if fraction > 0.0 and expert_kind != 'reactive':
+            raise ValueError('--place-miss needs --expert reactive (the misled attempt is '
+                             'the reactive expert aiming at the wrong place)')
+        self.fraction = float(fraction)
+        self.misled = (ExpertDecider(robot, tokenizer, period, kind='reactive',
+                                     release_xy=release_xy, place_carry=place_carry)
+                       if fraction > 0.0 else None)
+        self.robot = robot
+        self.active = False
+        self.opened_at: Optional[int] = None
+        self.tick = 0
+
+    def reset(self, episode, seed: int) -> bool:
+        """Start an episode; return whether its first attempt is misled."""
+        self.active, self.opened_at, self.tick = False, None, 0
+        if self.misled is None or episode.task != 'place_in_bowl':
+            return False
+        rng = np.random.default_rng([int(seed), TASK_NAMES.index(episode.task), 0x3155])
+        misled = rng.random() < self.fraction
+        bowl = self.robot.body_position('bowl')
+        for _ in range(64):  # an aim in the area; every layout has one within a few draws
+            distance = rng.uniform(*MISS_DISTANCE)
+            angle = rng.uniform(-np.pi, np.pi)
+            offset = distance * np.array([np.cos(angle), np.sin(angle), 0.0])
+            aim = bowl[:2] + offset[:2]
+            if all(lo <= v <= hi for v, (lo, hi) in zip(aim, MISS_AREA)):
+                break
+        else:
+            return False
+        self.misled.reset(episode)
+        self.misled.expert.bowl_offset = offset
+        self.active = misled
+        return misled
+
+    def __call__(self, obs: Observation, labels: np.ndarray) -> np.ndarray:
+        """Tokens to execute: the misled expert's until its release is over, then ``labels``."""
+        if not self.active:
+            return labels
+        tick, self.tick = self.tick, self.tick + 1
+        tokens = self.misled(obs)
+        expert = self.misled.expert
+        if self.opened_at is None and expert.phase == 'release' and not expert.gripper:
+            self.opened_at = tick
+        if self.opened_at is not None and tick >= self.opened_at + MISS_AFTER_OPEN:
+            self.active = False
+            return labels
+        return tokens
+
+
 def parse_episodes(text: str) -> Dict[str, int]:
     """Parse ``pick_block=500,gripper=100`` (or one number for every task)."""
     if text.strip().isdigit():
@@ -138,13 +216,15 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
             policy_dir: Optional[str] = None, flush_every: int = 50,
             quiet: bool = False, arm_noise: float = 0.0,
             cache_factors: Sequence[int] = (), expert_kind: str = 'phases',
-            release_xy: Optional[float] = None, place_carry: str = 'high') -> Dict:
+            release_xy: Optional[float] = None, place_carry: str = 'high',
+            place_miss: float = 0.0) -> Dict:
     """
     Collect episodes into ``out``; returns counts. See the module docstring.
 
     ``expert_kind``: the labelling expert (``sim.expert.EXPERT_KINDS``); ``release_xy``:
     the reactive expert's release zone (m; None: its default); ``place_carry``: its place
-    carry ('high' or 'low').
+    carry ('high' or 'low'); ``place_miss``: the fraction of place episodes whose first
+    attempt is misled (module docstring).
 
     ``cache_factors``: also write the training image cache at these pooling factors
     (what ``vla-ros train`` would otherwise decode from the videos) when the run ends; a
@@ -161,6 +241,10 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
                            place_carry=place_carry)
     learner = LearnerDecider(policy_dir, space) if policy_dir else None
     noise = ArmNoise(arm_noise, space, tokenizer)
+    miss = PlaceMiss(place_miss, robot, tokenizer, pipeline.config.inference_period,
+                     expert_kind, release_xy, place_carry)
+    if miss.fraction > 0.0 and learner is not None:
+        raise ValueError('--place-miss applies to demonstrations, not to DAgger (--policy)')
     fps = int(round(pipeline.config.inference_frequency))
     meta = {'vla_ros.action_space': space.to_dict(), 'vla_ros.source': (
         'dagger' if learner else 'expert'), 'vla_ros.arm_noise': float(arm_noise),
@@ -168,6 +252,8 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
     if expert_kind == 'reactive':  # a resumed folder must have the same zone
         meta['vla_ros.release_xy'] = float(expert.expert.release_xy)
         meta['vla_ros.place_carry'] = expert.expert.place_carry
+        if miss.fraction > 0.0:  # absent otherwise: earlier folders keep their identity
+            meta['vla_ros.place_miss'] = miss.fraction
     writer = ds.DatasetWriter(out, fps, meta)
     done = {(e['task'], e['seed']) for e in writer.episodes}
     if cache_factors and writer.episodes:
@@ -186,7 +272,7 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
     total = len(plan)
     progress = Progress(total, 'collect', quiet=quiet)
     stats = {'episodes': 0, 'frames': 0, 'skipped_held_out': 0, 'expert_failures': 0,
-             'resumed': 0}
+             'resumed': 0, 'misled_episodes': 0}
     start = time.monotonic()
     for task, seed in plan:
         progress.step()
@@ -199,18 +285,23 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
             continue
         expert.reset(episode)
         noise.reset(task, seed)
+        misled = miss.reset(episode, seed)
         if learner is not None:
             learner.reset()
         frames: List[ds.Frame] = []
 
         def decide(obs: Observation) -> np.ndarray:
-            if learner is not None or noise.sigma > 0.0:
-                # The learner (or the noise) moved the arm: the expert continues from the
-                # target that was really commanded.
+            if learner is not None or noise.sigma > 0.0 or misled:
+                # The learner (the noise, the misled attempt) moved the arm: the expert
+                # continues from the target that was really commanded.
                 expert.expert.anchor(obs.state[:7])
             labels = expert(obs)
-            executed = (learner(obs) if learner is not None
-                        else noise(expert.last_values, labels, expert.expert.phase))
+            if learner is not None:
+                executed = learner(obs)
+            elif miss.active:
+                executed = miss(obs, labels)
+            else:
+                executed = noise(expert.last_values, labels, expert.expert.phase)
             frames.append(ds.Frame(image=obs.image, state=obs.state,
                                    joint_state=obs.joint_state,
                                    action=expert.last_values, tokens=labels,
@@ -233,6 +324,7 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
         for factor, kept in pooled.items():
             kept.extend(pool_image(f.image, factor) for f in frames)
         stats['episodes'] += 1
+        stats['misled_episodes'] += int(misled)
         stats['frames'] += len(frames)
         progress.note(f'{stats["frames"]} frames, '
                       f'{stats["frames"] / max(1e-9, time.monotonic() - start):.0f} frames/s')
@@ -282,6 +374,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='reactive expert only: high carries the block at 58 cm and lowers '
                         'it over the bowl (default); low carries it at the release height and '
                         'opens as soon as it is over the bowl')
+    parser.add_argument('--place-miss', type=float, default=0.0, metavar='FRACTION',
+                        help='reactive expert only: in this fraction of the place episodes a '
+                        'misled expert releases the block 8-22 cm from the bowl, then the '
+                        'clean one picks it up again and places it; labels stay the clean '
+                        "expert's (default 0)")
     parser.add_argument('--flush-every', type=int, default=50)
     parser.add_argument('--cache', default='', metavar='FACTORS',
                         help='also write the training image cache at these pooling factors '
@@ -293,7 +390,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.out, parse_episodes(args.episodes), args.seed_start, args.action_space,
         args.params_file, args.policy, args.flush_every, args.quiet, args.arm_noise,
         [int(f) for f in args.cache.split(',') if f.strip()], args.expert,
-        args.release_xy, args.place_carry))
+        args.release_xy, args.place_carry, args.place_miss))
     if stats is not None:
         print(f'collected {stats}')
     return 0 if stats is not None else 2

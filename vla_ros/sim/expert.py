@@ -427,6 +427,9 @@ class ReactiveExpert(ScriptedExpert):
         self.release_xy = float(release_xy)
         self.place_carry = place_carry
         self.release_keep = max(REACT_RELEASE_KEEP, self.release_xy + 0.007)
+        # Where the place expert believes the bowl is, relative to where it is (m, world):
+        # zero but for the misled first attempt of ``vla-ros collect --place-miss``.
+        self.bowl_offset = np.zeros(3)
 
     def observe(self, state: np.ndarray):
         """Take the previous commanded 11-D target (the policy's state input) as given."""
@@ -512,7 +515,7 @@ class ReactiveExpert(ScriptedExpert):
         self._move(goal, self._commanded_yaw(), SLOW, 0.01, settle=False)
 
     def _react_place_in_bowl(self):
-        bowl = self.robot.body_position('bowl')
+        bowl = self.robot.body_position('bowl') + self.bowl_offset
         block = self._block()
         here = self.waypoint
         yaw = self._commanded_yaw()
