@@ -207,6 +207,56 @@ def test_noisy_collection_leaves_the_expert_path_with_clean_labels(tmp_path):
     assert steps and off_path >= 0.5 * steps
 
 
+def _grasps(commanded_gripper):
+    """Count the closings of a commanded gripper sequence (0 open, 1 closed)."""
+    closed = np.asarray(commanded_gripper) >= 0.5
+    return int(np.sum(closed[1:] & ~closed[:-1]))
+
+
+def test_place_miss_releases_off_the_bowl_then_grasps_again_with_clean_labels(tmp_path):
+    """
+    Check ``place_miss``: a misled first attempt lets go of the block off the bowl.
+
+    The clean expert then grasps it a second time and places it; the labels are its own.
+    """
+    plan = {'place_in_bowl': 2}
+    kw = {'seed_start': 0, 'quiet': True, 'expert_kind': 'reactive'}
+    missed = collect.collect(str(tmp_path / 'miss'), plan, place_miss=1.0, **kw)
+    collect.collect(str(tmp_path / 'again'), plan, place_miss=1.0, **kw)
+    clean = collect.collect(str(tmp_path / 'clean'), plan, **kw)
+    assert missed['episodes'] == missed['misled_episodes'] == 2
+    assert clean['misled_episodes'] == 0 and clean['episodes'] == 2
+    assert ds.read_info(str(tmp_path / 'miss'))['vla_ros.place_miss'] == 1.0
+    assert 'vla_ros.place_miss' not in ds.read_info(str(tmp_path / 'clean'))
+    dm, da = ds.load(str(tmp_path / 'miss')), ds.load(str(tmp_path / 'again'))
+    np.testing.assert_array_equal(dm.columns[ds.STATE_KEY], da.columns[ds.STATE_KEY])
+    for data, grasps in ((dm, 2), (ds.load(str(tmp_path / 'clean')), 1)):
+        cols = data.columns
+        for e in range(len(data.episodes)):
+            rows = cols['episode_index'] == e
+            # The executed gripper (the state is the previous commanded target) closes
+            # twice after a miss, once in a clean demonstration.
+            assert _grasps(cols[ds.STATE_KEY][rows, 10]) == grasps
+            assert data.episodes[e]['success']
+    # The misled release is executed, not taught: where the commanded gripper opens with
+    # the block carried off the bowl, the label still says closed.
+    cols = dm.columns
+    grip = cols[ds.STATE_KEY][:, 10]
+    opened = np.flatnonzero((grip[1:] < 0.5) & (grip[:-1] >= 0.5)
+                            & (cols['episode_index'][1:] == cols['episode_index'][:-1]))
+    # State i + 1 is the command executed at frame i, whose label is action i.
+    first_release = [i for i in opened if cols[ds.ACTION_KEY][i, 10] >= 0.5]
+    assert len(first_release) == 2  # one misled release per episode, labelled "closed"
+    with pytest.raises(ValueError, match='place_miss'):  # another fraction: not resumed into
+        collect.collect(str(tmp_path / 'miss'), {'place_in_bowl': 3}, place_miss=0.5, **kw)
+    with pytest.raises(ValueError, match='reactive'):
+        collect.collect(str(tmp_path / 'phases'), plan, seed_start=0, quiet=True,
+                        place_miss=0.5)
+    for bad in (-0.1, 1.5, float('nan')):
+        with pytest.raises(ValueError, match='place-miss'):
+            collect.collect(str(tmp_path / 'bad'), plan, place_miss=bad, **kw)
+
+
 def test_a_lerobot_reader_gets_the_instruction_text_and_the_chunked_files(tmp_path):
     """Read the dataset the way LeRobot v3 does: info.json paths, pandas, PyAV."""
     import av
