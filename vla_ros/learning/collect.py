@@ -43,7 +43,7 @@ the release height and open it as soon as it is over the bowl, with no lowering 
 Demonstrations that teach a second attempt (``--place-miss FRACTION``, reactive expert):
 in that fraction of the place episodes the arm is *driven* by a misled copy of the expert,
 which believes the bowl is ``MISS_DISTANCE`` (8-22 cm, in a random direction, the aim kept
-in ``MISS_AREA``) from where it is: it picks the block, carries it there, lowers it and
+in ``MISS_AREA`` and 10 cm from the block's start) from where it is: it picks the block, carries it there, lowers it and
 opens, and runs ``MISS_AFTER_OPEN`` ticks more while the block falls and the tool rises. From
 then on the clean expert drives: it picks the block up where it fell and puts it in the bowl.
 Every recorded label is the clean expert's, on the state the robot is in, so the misled
@@ -133,11 +133,14 @@ class ArmNoise:
 
 
 # --place-miss: how far from the bowl's centre the misled attempt aims (m), the area its aim
-# stays in (world x and y ranges, m: on the table, in reach), and how many policy ticks it
+# stays in (world x and y ranges, m: where blocks and bowls are drawn, so the arm reaches a
+# block that falls there), and how many policy ticks it
 # drives after it opens the fingers (the block falls, the tool starts to rise).
 MISS_DISTANCE = (0.08, 0.22)
-MISS_AREA = ((0.46, 0.74), (-0.28, 0.28))
+MISS_AREA = ((0.48, 0.68), (-0.22, 0.22))
 MISS_AFTER_OPEN = 5
+# ... and how far from the block's start its aim stays (m).
+MISS_FROM_BLOCK = 0.10
 
 
 class PlaceMiss:
@@ -168,12 +171,15 @@ class PlaceMiss:
         rng = np.random.default_rng([int(seed), TASK_NAMES.index(episode.task), 0x3155])
         misled = rng.random() < self.fraction
         bowl = self.robot.body_position('bowl')
+        block = self.robot.body_position(f'block_{episode.params["colour"]}')
         for _ in range(64):  # an aim in the area; every layout has one within a few draws
             distance = rng.uniform(*MISS_DISTANCE)
             angle = rng.uniform(-np.pi, np.pi)
             offset = distance * np.array([np.cos(angle), np.sin(angle), 0.0])
             aim = bowl[:2] + offset[:2]
-            if all(lo <= v <= hi for v, (lo, hi) in zip(aim, MISS_AREA)):
+            # Not where the block starts: the misled expert would take it as placed.
+            if (all(lo <= v <= hi for v, (lo, hi) in zip(aim, MISS_AREA))
+                    and np.linalg.norm(aim - block[:2]) >= MISS_FROM_BLOCK):
                 break
         else:
             return False

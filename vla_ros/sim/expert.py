@@ -154,8 +154,13 @@ class ScriptedExpert:
         return self.robot.body_position(f'block_{self.episode.params["colour"]}')
 
     def _block_yaw(self) -> float:
-        xmat = self.robot.data.body(f'block_{self.episode.params["colour"]}').xmat
-        return math.atan2(xmat[3], xmat[0])
+        # The yaw of a horizontal face normal: a block that fell may rest on any face, so
+        # the axis nearest the vertical is skipped (the first one left is as good as the
+        # other, the grasp yaw has a quarter-turn symmetry).
+        axes = self.robot.data.body(f'block_{self.episode.params["colour"]}').xmat.reshape(3, 3)
+        up = int(np.argmax(np.abs(axes[2])))
+        side = axes[:, 1 if up == 0 else 0]
+        return math.atan2(side[1], side[0])
 
     def _action(self) -> np.ndarray:
         a = np.zeros(11)
