@@ -44,8 +44,8 @@ Demonstrations that teach a second attempt (``--place-miss FRACTION``, reactive 
 in that fraction of the place episodes the arm is *driven* by a misled copy of the expert,
 which believes the bowl is ``MISS_DISTANCE`` (8-22 cm, in a random direction, the aim kept
 in ``MISS_AREA`` and 10 cm from the block's start) from where it is: it picks the block,
-carries it there, lowers it and opens, and runs ``MISS_AFTER_OPEN`` ticks more while the block falls and the tool rises. From
-then on the clean expert drives: it picks the block up where it fell and puts it in the bowl.
+carries it there, lowers it and opens, and runs ``MISS_AFTER_OPEN`` ticks more while the
+block falls and the tool rises. From then on the clean expert drives: it picks the block up where it fell and puts it in the bowl.
 Every recorded label is the clean expert's, on the state the robot is in, so the misled
 carry's frames say "back towards the bowl, keep the fingers closed" and the frames after the
 miss show a second grasp — the shipped policy, once it has released a block beside the bowl,
