@@ -45,12 +45,13 @@ in that fraction of the place episodes the arm is *driven* by a misled copy of t
 which believes the bowl is ``MISS_DISTANCE`` (8-22 cm, in a random direction, the aim kept
 in ``MISS_AREA`` and 10 cm from the block's start) from where it is: it picks the block,
 carries it there, lowers it and opens, and runs ``MISS_AFTER_OPEN`` ticks more while the
-block falls and the tool rises. From then on the clean expert drives: it picks the block up where it fell and puts it in the bowl.
-Every recorded label is the clean expert's, on the state the robot is in, so the misled
-carry's frames say "back towards the bowl, keep the fingers closed" and the frames after the
-miss show a second grasp — the shipped policy, once it has released a block beside the bowl,
-never tried again. The draws depend on (seed, task) only; an episode whose second attempt
-fails is dropped (``expert_failures``) like any other; ``misled_episodes`` counts those kept.
+block falls and the tool rises. From then on the clean expert drives: it picks the block
+up where it fell and puts it in the bowl. Every recorded label is the clean expert's, on
+the state the robot is in, so the misled carry's frames say "back towards the bowl, keep
+the fingers closed" and the frames after the miss show a second grasp (a policy trained
+on clean demonstrations, once it has let go of the block beside the bowl, never tries
+again). The draws depend on (seed, task) only; an episode whose second attempt fails is
+dropped (``expert_failures``) like any other; ``misled_episodes`` counts those kept.
 Recorded as ``vla_ros.place_miss`` (a resume with another fraction is refused).
 
 Deterministic by seed: episode k of task T uses seed ``seed_start + k`` (seeds whose
