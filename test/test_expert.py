@@ -430,3 +430,30 @@ def test_reactive_expert_low_carry_places_without_lowering(setup):
         ExpertDecider(robot, tokenizer, kind='phases', place_carry='low')
     with pytest.raises(ValueError, match='place_carry'):
         ExpertDecider(robot, tokenizer, kind='reactive', place_carry='middle')
+
+
+@pytest.mark.parametrize('roll', [(0.0, 0.0), (np.pi / 2, 0.0), (0.0, np.pi / 2)])
+def test_block_yaw_is_a_horizontal_face_normal_whatever_face_it_rests_on(setup, roll):
+    """A block that fell onto its side is grasped across two faces, not across corners."""
+    env, _, _, _ = setup
+    expert = ScriptedExpert(env.robot)
+    episode = env.reset('pick_block', 0)
+    expert.reset(episode)
+    robot = env.robot
+    adr = robot.model.joint(f'block_{episode.params["colour"]}').qposadr[0]
+    yaw = 0.3
+
+    def quat(axis, angle):
+        return np.concatenate([[np.cos(angle / 2)], np.sin(angle / 2) * np.asarray(axis)])
+
+    def mul(a, b):
+        w1, v1, w2, v2 = a[0], a[1:], b[0], b[1:]
+        return np.concatenate([[w1 * w2 - v1 @ v2], w1 * v2 + w2 * v1 + np.cross(v1, v2)])
+
+    # Yaw about the world's vertical after a roll about the block's x or y axis.
+    q = mul(quat((0, 0, 1), yaw), mul(quat((1, 0, 0), roll[0]), quat((0, 1, 0), roll[1])))
+    robot.data.qpos[adr + 3:adr + 7] = q
+    robot.mujoco.mj_forward(robot.model, robot.data)
+    found = expert._block_yaw()
+    # The grasp yaw has a quarter-turn symmetry.
+    assert abs(np.angle(np.exp(4j * (found - yaw)))) < 1e-6, (roll, found)

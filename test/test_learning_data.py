@@ -220,7 +220,7 @@ def test_place_miss_releases_off_the_bowl_then_grasps_again_with_clean_labels(tm
     The clean expert then grasps it a second time and places it; the labels are its own.
     """
     plan = {'place_in_bowl': 2}
-    kw = {'seed_start': 0, 'quiet': True, 'expert_kind': 'reactive'}
+    kw = {'seed_start': 1, 'quiet': True, 'expert_kind': 'reactive'}
     missed = collect.collect(str(tmp_path / 'miss'), plan, place_miss=1.0, **kw)
     collect.collect(str(tmp_path / 'again'), plan, place_miss=1.0, **kw)
     clean = collect.collect(str(tmp_path / 'clean'), plan, **kw)
