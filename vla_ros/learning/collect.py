@@ -46,12 +46,13 @@ which believes the bowl is ``MISS_DISTANCE`` (8-22 cm, in a random direction, th
 in ``MISS_AREA`` and 10 cm from the block's start) from where it is: it picks the block,
 carries it there, lowers it and opens, and runs ``MISS_AFTER_OPEN`` ticks more while the
 block falls and the tool rises. From then on the clean expert drives: it picks the block
-up where it fell and puts it in the bowl. Every recorded label is the clean expert's, on
-the state the robot is in, so the misled carry's frames say "back towards the bowl, keep
-the fingers closed" and the frames after the miss show a second grasp (a policy trained
-on clean demonstrations, once it has let go of the block beside the bowl, never tries
-again). The draws depend on (seed, task) only; an episode whose second attempt fails is
-dropped (``expert_failures``) like any other; ``misled_episodes`` counts those kept.
+up where it fell and puts it in the bowl. Only that second attempt is recorded: the
+episode starts with the block beside the bowl, the fingers open, the tool rising (a policy
+trained on clean demonstrations, once it has let go of the block beside the bowl, never
+tries again). The misled attempt is not recorded: labelled by the clean expert, its frames
+taught worse carries (docs/model-card.md). The draws depend on (seed, task) only; an
+episode whose second attempt fails, or whose misled attempt lands in the bowl, is dropped
+(``expert_failures``) like a failed one; ``misled_episodes`` counts those kept.
 Recorded as ``vla_ros.place_miss`` (a resume with another fraction is refused).
 
 Deterministic by seed: episode k of task T uses seed ``seed_start + k`` (seeds whose
@@ -198,10 +199,16 @@ class PlaceMiss:
         expert = self.misled.expert
         if self.opened_at is None and expert.phase == 'release' and not expert.gripper:
             self.opened_at = tick
-        if self.opened_at is not None and tick >= self.opened_at + MISS_AFTER_OPEN:
+        if self.opened_at is None:
+            return tokens
+        if tick >= self.opened_at + MISS_AFTER_OPEN:
             self.active = False
             return labels
-        return tokens
+        # Opened: the fingers stay open (the misled expert would close them again on a block
+        # still between them), the arm does what the misled expert says.
+        values = np.array(self.misled.last_values, dtype=np.float64)
+        values[10] = 0.0
+        return self.misled.tokenizer.tokenize(values)
 
 
 def parse_episodes(text: str) -> Dict[str, int]:
@@ -297,6 +304,8 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
             learner.reset()
         frames: List[ds.Frame] = []
 
+        landed = []  # the misled attempt put the block in the bowl: not a second attempt
+
         def decide(obs: Observation) -> np.ndarray:
             if learner is not None or noise.sigma > 0.0 or misled:
                 # The learner (the noise, the misled attempt) moved the arm: the expert
@@ -307,6 +316,10 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
                 executed = learner(obs)
             elif miss.active:
                 executed = miss(obs, labels)
+                if miss.active:  # the misled attempt is driven, not recorded
+                    if env.episode.success:
+                        landed.append(obs.now)
+                    return executed
             else:
                 executed = noise(expert.last_values, labels, expert.expert.phase)
             frames.append(ds.Frame(image=obs.image, state=obs.state,
@@ -316,7 +329,7 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
             return executed
 
         status = pipeline.run_episode(decide, render=True, extra_time=AFTER_SUCCESS)
-        if not status['success'] and learner is None:
+        if (not status['success'] or not frames or landed) and learner is None:
             stats['expert_failures'] += 1
             continue
         for frame in frames:
@@ -384,8 +397,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--place-miss', type=float, default=0.0, metavar='FRACTION',
                         help='reactive expert only: in this fraction of the place episodes a '
                         'misled expert releases the block 8-22 cm from the bowl, then the '
-                        'clean one picks it up again and places it; labels stay the clean '
-                        "expert's (default 0)")
+                        'clean one picks it up again and places it; only that second attempt '
+                        'is recorded (default 0)')
     parser.add_argument('--flush-every', type=int, default=50)
     parser.add_argument('--cache', default='', metavar='FACTORS',
                         help='also write the training image cache at these pooling factors '
