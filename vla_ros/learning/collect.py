@@ -134,19 +134,19 @@ class ArmNoise:
         return self.tokenizer.tokenize(executed)
 
 
-# --place-miss: how far from the bowl's centre the misled attempt aims (m), the area its aim
+# --place-miss: how far from the bowl's centre the misled attempt aims (m); the area its aim
 # stays in (world x and y ranges, m: where blocks and bowls are drawn, so the arm reaches a
-# block that falls there), and how many policy ticks it
-# drives after it opens the fingers (the block falls, the tool starts to rise).
+# block that falls there); how far from the block's start (m: the misled expert would take
+# a block there as placed); how many policy ticks it drives after it opens the fingers (the
+# block falls, the tool starts to rise).
 MISS_DISTANCE = (0.08, 0.22)
 MISS_AREA = ((0.48, 0.68), (-0.22, 0.22))
-MISS_AFTER_OPEN = 5
-# ... and how far from the block's start its aim stays (m).
 MISS_FROM_BLOCK = 0.10
+MISS_AFTER_OPEN = 5
 
 
 class PlaceMiss:
-    """A first place attempt aimed off the bowl (module docstring); labels stay clean."""
+    """A first place attempt aimed off the bowl (module docstring), driven, not recorded."""
 
     def __init__(self, fraction: float, robot, tokenizer: ActionTokenizer,
                  period: float, expert_kind: str, release_xy: Optional[float],
@@ -179,7 +179,6 @@ class PlaceMiss:
             angle = rng.uniform(-np.pi, np.pi)
             offset = distance * np.array([np.cos(angle), np.sin(angle), 0.0])
             aim = bowl[:2] + offset[:2]
-            # Not where the block starts: the misled expert would take it as placed.
             if (all(lo <= v <= hi for v, (lo, hi) in zip(aim, MISS_AREA))
                     and np.linalg.norm(aim - block[:2]) >= MISS_FROM_BLOCK):
                 break
