@@ -435,10 +435,21 @@ def test_dataset_from_a_bag_of_the_live_graph(live_graph, tmp_path):
         assert set(own) <= set(inside), episode
         missing += sorted(set(inside) - set(own))
         ticks += len(inside)
+    # A tick the recorder never wrote (its subscription missed the message on a loaded
+    # machine) is not the converter's to count: read the bag's own tokens.
+    from vla_ros.conversions import msg_to_tokens
+    from vla_ros_interfaces.msg import ActionTokens
+    with Reader(bag) as reader:
+        conns = [c for c in reader.connections if c.topic == '/vla/action_tokens']
+        recorded = {msg_to_tokens(deserialize_message(bytes(d), ActionTokens), 11)[1]
+                    for _, _, d in reader.messages(conns)}
+    unrecorded = [s for s in missing if s not in recorded]
     explained = sum(stats['dropped'].get(k, 0) for k in ('no_joint_states', 'no_image'))
-    assert len(missing) <= explained, (missing, stats['dropped'])
+    assert len(missing) - len(unrecorded) <= explained, (missing, unrecorded,
+                                                         stats['dropped'])
     # Every miss is counted (above): a few on a busy machine, never a large share (a CI run
-    # on the 2 shared cores missed 3 ticks of the two episodes, all counted).
+    # on the 2 shared cores missed 3 ticks of the two episodes, all counted; another missed
+    # 5 with 3 counted, the bag not read then).
     assert len(missing) <= max(2, ticks // 10), (missing, ticks)
     # Images: the vla/image with the tokens' stamp when the bag has one (every other tick:
     # camera 12.5 Hz, policy 5 Hz), else an earlier one; pixel for pixel as published.
