@@ -443,12 +443,17 @@ def test_block_yaw_is_a_horizontal_face_normal_whatever_face_it_rests_on(setup, 
     adr = robot.model.joint(f'block_{episode.params["colour"]}').qposadr[0]
     yaw = 0.3
 
+    mj = robot.mujoco
+
     def quat(axis, angle):
-        return np.concatenate([[np.cos(angle / 2)], np.sin(angle / 2) * np.asarray(axis)])
+        q = np.zeros(4)
+        mj.mju_axisAngle2Quat(q, np.asarray(axis, dtype=np.float64), angle)
+        return q
 
     def mul(a, b):
-        w1, v1, w2, v2 = a[0], a[1:], b[0], b[1:]
-        return np.concatenate([[w1 * w2 - v1 @ v2], w1 * v2 + w2 * v1 + np.cross(v1, v2)])
+        q = np.zeros(4)
+        mj.mju_mulQuat(q, a, b)
+        return q
 
     # Yaw about the world's vertical after a roll about the block's x or y axis.
     q = mul(quat((0, 0, 1), yaw), mul(quat((1, 0, 0), roll[0]), quat((0, 1, 0), roll[1])))
