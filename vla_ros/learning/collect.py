@@ -24,7 +24,10 @@ grasp or release is never shaken loose, and the expert's precision phases
 push), whose end the expert decides on the measured tool reaching its goal within
 millimetres: noise there keeps the tool from settling, the phase then ends on its time-out
 instead, and the recorded data would teach the policy to hover by the block (measured:
-descent 7 → 18 policy steps at 0.03 rad). Base and gripper dimensions are never perturbed.
+descent 7 → 18 policy steps at 0.03 rad). ``--arm-noise-phases`` narrows the noise to some
+of the other phases (``NOISE_PHASES``; e.g. ``lift,carry``: the place carry only, where the
+learner's carries go astray; recorded as ``vla_ros.arm_noise_phases``). Base and gripper
+dimensions are never perturbed.
 An episode the perturbed expert fails is dropped (counted as ``expert_failures``), as clean
 ones are. The noise is drawn from a generator seeded by (seed, task), so a perturbed
 collection is as deterministic as a clean one.
@@ -89,18 +92,36 @@ AFTER_SUCCESS = 1.0
 NOISE_SPARE_TICKS = 2
 # Expert phases executed without arm noise (see the module docstring).
 NOISE_SPARED_PHASES = frozenset({'descend', 'close', 'lower', 'release'})
+# The experts' other arm phases: what ``--arm-noise-phases`` may name.
+NOISE_PHASES = frozenset({'start', 'pregrasp', 'open', 'lift', 'carry', 'retreat', 'above',
+                          'push'})
 
 
 class ArmNoise:
     """DART-style noise on the executed arm delta (module docstring); labels stay clean."""
 
-    def __init__(self, sigma: float, space: ActionSpace, tokenizer: ActionTokenizer):
+    def __init__(self, sigma: float, space: ActionSpace, tokenizer: ActionTokenizer,
+                 phases: Optional[Sequence[str]] = None):
+        """
+        Perturb by ``sigma``; ``phases``: perturb only in these expert phases (None: every
+        phase but ``NOISE_SPARED_PHASES``, which are never perturbed).
+        """
         if sigma < 0.0 or not np.isfinite(sigma):
             raise ValueError(f'--arm-noise must be a finite value >= 0, got {sigma}')
         if sigma > 0.0 and not space.relative_arm:
             raise ValueError('--arm-noise needs a relative arm action space (joint or tool '
                              'deltas)')
+        if phases is not None:
+            phases = frozenset(phases)
+            bad = sorted(phases - NOISE_PHASES)
+            if bad or not phases:
+                raise ValueError(f'--arm-noise-phases must name some of '
+                                 f'{", ".join(sorted(NOISE_PHASES))}, got '
+                                 f'{", ".join(sorted(phases)) or "none"}')
+            if sigma == 0.0:
+                raise ValueError('--arm-noise-phases needs --arm-noise > 0')
         self.sigma = float(sigma)
+        self.phases = phases
         self.space = space
         self.tokenizer = tokenizer
         self.rng = np.random.default_rng(0)
@@ -127,7 +148,8 @@ class ArmNoise:
         noise = self.rng.normal(0.0, self.sigma, 7) if self.sigma > 0.0 else np.zeros(7)
         if self.space.tool_arm:
             noise[3:] = 0.0  # tool deltas: metres on dx, dy, dz; the tool's turn stays clean
-        if self.sigma == 0.0 or tick <= self.quiet_until or phase in NOISE_SPARED_PHASES:
+        if (self.sigma == 0.0 or tick <= self.quiet_until or phase in NOISE_SPARED_PHASES
+                or (self.phases is not None and phase not in self.phases)):
             return labels
         executed = np.array(values, dtype=np.float64)
         executed[:7] = np.clip(executed[:7] + noise, self.space.low[:7], self.space.high[:7])
@@ -230,14 +252,15 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
             quiet: bool = False, arm_noise: float = 0.0,
             cache_factors: Sequence[int] = (), expert_kind: str = 'phases',
             release_xy: Optional[float] = None, place_carry: str = 'high',
-            place_miss: float = 0.0) -> Dict:
+            place_miss: float = 0.0, arm_noise_phases: Optional[Sequence[str]] = None) -> Dict:
     """
     Collect episodes into ``out``; returns counts. See the module docstring.
 
     ``expert_kind``: the labelling expert (``sim.expert.EXPERT_KINDS``); ``release_xy``:
     the reactive expert's release zone (m; None: its default); ``place_carry``: its place
     carry ('high' or 'low'); ``place_miss``: the fraction of place episodes whose first
-    attempt is misled (module docstring).
+    attempt is misled; ``arm_noise_phases``: the expert phases ``arm_noise`` perturbs
+    (None: all but the precision phases; module docstring).
 
     ``cache_factors``: also write the training image cache at these pooling factors
     (what ``vla-ros train`` would otherwise decode from the videos) when the run ends; a
@@ -253,7 +276,7 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
                            kind=expert_kind, release_xy=release_xy,
                            place_carry=place_carry)
     learner = LearnerDecider(policy_dir, space) if policy_dir else None
-    noise = ArmNoise(arm_noise, space, tokenizer)
+    noise = ArmNoise(arm_noise, space, tokenizer, arm_noise_phases)
     miss = PlaceMiss(place_miss, robot, tokenizer, pipeline.config.inference_period,
                      expert_kind, release_xy, place_carry)
     if miss.fraction > 0.0 and learner is not None:
@@ -262,6 +285,8 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
     meta = {'vla_ros.action_space': space.to_dict(), 'vla_ros.source': (
         'dagger' if learner else 'expert'), 'vla_ros.arm_noise': float(arm_noise),
         'vla_ros.expert': expert_kind}
+    if noise.phases is not None:  # absent otherwise: earlier folders keep their identity
+        meta['vla_ros.arm_noise_phases'] = sorted(noise.phases)
     if expert_kind == 'reactive':  # a resumed folder must have the same zone
         meta['vla_ros.release_xy'] = float(expert.expert.release_xy)
         meta['vla_ros.place_carry'] = expert.expert.place_carry
@@ -381,6 +406,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='DART: execute the expert arm delta plus N(0, SIGMA) rad per joint '
                         '(metres on dx, dy, dz in a tool-delta space), '
                         'record the clean label (default 0: clean demonstrations)')
+    parser.add_argument('--arm-noise-phases', default=None, metavar='PHASES',
+                        help='perturb only in these expert phases (comma-separated, e.g. '
+                        'lift,carry; default: every phase but the final descent, the grasp, '
+                        'the lowering and the release)')
     parser.add_argument('--expert', choices=EXPERT_KINDS, default='phases',
                         help='the labelling expert: the phase machine or the reactive one, '
                         'whose label depends on the state only (sim/expert.py; default '
@@ -409,7 +438,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.out, parse_episodes(args.episodes), args.seed_start, args.action_space,
         args.params_file, args.policy, args.flush_every, args.quiet, args.arm_noise,
         [int(f) for f in args.cache.split(',') if f.strip()], args.expert,
-        args.release_xy, args.place_carry, args.place_miss))
+        args.release_xy, args.place_carry, args.place_miss,
+        None if args.arm_noise_phases is None else
+        [p.strip() for p in args.arm_noise_phases.split(',') if p.strip()]))
     if stats is not None:
         print(f'collected {stats}')
     return 0 if stats is not None else 2
