@@ -175,6 +175,30 @@ def test_arm_noise_perturbs_the_executed_delta_and_spares_gripper_events():
         collect.ArmNoise(-0.1, space, tokenizer)
 
 
+def test_arm_noise_phases_perturb_only_the_phases_named():
+    from vla_ros.core.action_space import ActionSpace, ActionTokenizer
+    space = ActionSpace.from_yaml(JOINT)
+    tokenizer = ActionTokenizer(space)
+    values = np.zeros(11)
+    labels = tokenizer.tokenize(values)
+    everywhere = collect.ArmNoise(0.03, space, tokenizer)
+    carry = collect.ArmNoise(0.03, space, tokenizer, ['lift', 'carry'])
+    everywhere.reset('place_in_bowl', 3)
+    carry.reset('place_in_bowl', 3)
+    for phase in ('pregrasp', 'lift', 'carry', 'retreat', 'lower'):
+        all_phases, named = everywhere(values, labels, phase), carry(values, labels, phase)
+        if phase in ('lift', 'carry'):  # the same draw as unrestricted noise
+            np.testing.assert_array_equal(named, all_phases)
+            assert np.any(named[:7] != labels[:7])
+        else:  # clean, and the draws stay in step with the unrestricted generator
+            np.testing.assert_array_equal(named, labels)
+    # A precision phase cannot be named; an empty list or no sigma is refused.
+    for phases, sigma in ((['lower'], 0.03), (['carry', 'fly'], 0.03), ([], 0.03),
+                          (['carry'], 0.0)):
+        with pytest.raises(ValueError, match='arm-noise'):
+            collect.ArmNoise(sigma, space, tokenizer, phases)
+
+
 def test_noisy_collection_leaves_the_expert_path_with_clean_labels(tmp_path):
     plan = {'push_block': 2}
     clean = collect.collect(str(tmp_path / 'clean'), plan, seed_start=60, quiet=True,

@@ -103,8 +103,10 @@ class ArmNoise:
     def __init__(self, sigma: float, space: ActionSpace, tokenizer: ActionTokenizer,
                  phases: Optional[Sequence[str]] = None):
         """
-        Perturb by ``sigma``; ``phases``: perturb only in these expert phases (None: every
-        phase but ``NOISE_SPARED_PHASES``, which are never perturbed).
+        Perturb the executed arm delta by ``sigma``.
+
+        ``phases``: perturb only in these expert phases (None: every phase but
+        ``NOISE_SPARED_PHASES``, which are never perturbed).
         """
         if sigma < 0.0 or not np.isfinite(sigma):
             raise ValueError(f'--arm-noise must be a finite value >= 0, got {sigma}')
