@@ -127,16 +127,22 @@ class ScriptedExpert:
         return yaw + k * symmetry
 
     def _move(self, goal: np.ndarray, yaw: float, speed: float, tol: float,
-              settle: bool = True) -> bool:
+              settle: bool = True, per_axis: bool = False) -> bool:
         """
         Step the waypoint toward ``goal``; True once commanded and measured are there.
 
         ``settle`` False: True once the commanded waypoint is there (the arm may lag).
+        ``per_axis``: limit each axis's step to ``speed`` on its own, not the step's length.
         """
         delta = goal - self.waypoint
         dist = np.linalg.norm(delta)
         limit = speed * self.period
-        self.waypoint = goal.copy() if dist <= limit else self.waypoint + delta * (limit / dist)
+        if per_axis:
+            self.waypoint = self.waypoint + np.clip(delta, -limit, limit)
+            dist = float(np.max(np.abs(delta)))
+        else:
+            self.waypoint = (goal.copy() if dist <= limit
+                             else self.waypoint + delta * (limit / dist))
         rot = tool_down_rotation(yaw)
         odom = self.robot.odometry()
         self.ik.sync_base((odom.x, odom.y, odom.yaw))
@@ -361,7 +367,13 @@ REACT_RELEASE_DZ = 0.02
 # 3-4 cm and opened late, 14-15 cm beyond it.
 REACT_LOW_CARRY_DZ = 0.015
 REACT_LOW_APPROACH = 0.10
-PLACE_CARRIES = ('high', 'low')
+# Place with a carry limited per axis (``place_carry='axes'``): the high carry, each of x and y
+# stepping up to FAST a decision on its own (a diagonal carry moves faster) rather than the
+# step along the straight line. The policy's x and y tokens are decoded independently
+# (argmax per dimension): a straight-line step spreads each axis over every value from 0
+# to FAST with the direction, an axis-limited one puts most carry labels at +-FAST, a
+# sign per axis, until the last step.
+PLACE_CARRIES = ('high', 'low', 'axes')
 # Push: how far the tool's end pushes the block (m), and the block travel after which the
 # push is over (m); the task needs 10 cm, so a learner that stops a few cm early still
 # passes (with 12.5 / 11.5 cm, policies stopped at 6–9 cm).
@@ -397,7 +409,8 @@ class ReactiveExpert(ScriptedExpert):
     - place, holding: below carry height and off the bowl → lift; off the bowl → carry;
       within ``REACT_RELEASE_XY`` over it (``REACT_RELEASE_KEEP`` once below carry height)
       → lower; there at the release height → open. Block in the bowl and released → retreat.
-      With ``place_carry`` 'low' the carry height is the release height, the carry slows
+      With ``place_carry`` 'axes' the carry's step is limited per axis
+      (``PLACE_CARRIES``). With ``place_carry`` 'low' the carry height is the release height, the carry slows
       within ``REACT_LOW_APPROACH`` of the bowl, over the bowl → open;
     - push: lined up behind the block at push height → push on to ``REACT_PUSH_TRAVEL``;
       at the point behind it → lower; low elsewhere → rise; else → go above the point
@@ -572,7 +585,8 @@ class ReactiveExpert(ScriptedExpert):
             self._move(goal, yaw, SLOW, 0.03, settle=False)
         else:
             self._enter('carry')
-            self._move(np.array([aim[0], aim[1], CARRY_Z]), yaw, FAST, 0.015, settle=False)
+            self._move(np.array([aim[0], aim[1], CARRY_Z]), yaw, FAST, 0.015, settle=False,
+                       per_axis=self.place_carry == 'axes')
 
     def _react_push_block(self):
         sign = self.episode.params['sign']
