@@ -432,6 +432,39 @@ def test_reactive_expert_low_carry_places_without_lowering(setup):
         ExpertDecider(robot, tokenizer, kind='reactive', place_carry='middle')
 
 
+def test_reactive_expert_axes_carry_limits_each_axis_and_places(setup):
+    """
+    ``place_carry`` 'axes': each carry step moves x and y by up to FAST a decision each.
+
+    Every place seed tried lands in the bowl; no carry step moves an axis by more than
+    FAST's 6 cm (the bins' rounding aside), and where both axes have far to go the step is
+    diagonal, longer than the straight-line carry's 6 cm.
+    """
+    from vla_ros.sim.expert import FAST
+    env, pipeline, _, tokenizer = setup
+    robot = env.robot
+    driver = ExpertDecider(robot, tokenizer, pipeline.config.inference_period,
+                           kind='reactive', place_carry='axes')
+    limit = FAST * pipeline.config.inference_period
+    steps = []
+    for seed in (2, 3, 4, 5):
+        episode = env.reset('place_in_bowl', seed)
+        driver.reset(episode)
+
+        def decide(obs):
+            tokens = driver(obs)  # observes (the waypoint is the commanded tool), then acts
+            if driver.expert.phase == 'carry':
+                here, _ = driver.expert.ik.forward(np.asarray(obs.state[:7], dtype=float))
+                steps.append(driver.expert.waypoint[:2] - here[:2])
+            return tokens
+
+        status = pipeline.run_episode(decide)
+        assert status['success'], seed
+    steps = np.abs(np.array(steps))
+    assert len(steps) and steps.max() <= limit + 1e-9, steps.max()
+    assert np.linalg.norm(steps, axis=1).max() > limit + 0.01, steps
+
+
 @pytest.mark.parametrize('roll', [(0.0, 0.0), (np.pi / 2, 0.0), (0.0, np.pi / 2)])
 def test_block_yaw_is_a_horizontal_face_normal_whatever_face_it_rests_on(setup, roll):
     """A block that fell onto its side is grasped across two faces, not across corners."""

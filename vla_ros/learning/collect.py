@@ -40,8 +40,10 @@ reactive expert's release zone for DAgger labels (recorded as ``vla_ros.release_
 the reactive expert; resuming a folder with another zone is refused): with
 the default 8 mm, a learner that aims within a few centimetres is told "closer" forever and
 never shown the lowering. ``--place-carry low`` makes the reactive expert carry the block at
-the release height and open it as soon as it is over the bowl, with no lowering (recorded as
-``vla_ros.place_carry``; a resume with the other carry is refused).
+the release height and open it as soon as it is over the bowl, with no lowering;
+``--place-carry axes`` keeps the high carry with its step limited per axis, not along the
+line to the bowl (recorded as ``vla_ros.place_carry``; a resume with another carry is
+refused).
 
 Demonstrations that teach a second attempt (``--place-miss FRACTION``, reactive expert):
 in that fraction of the place episodes the arm is *driven* by a misled copy of the expert,
@@ -423,7 +425,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--place-carry', choices=PLACE_CARRIES, default='high',
                         help='reactive expert only: high carries the block at 58 cm and lowers '
                         'it over the bowl (default); low carries it at the release height and '
-                        'opens as soon as it is over the bowl')
+                        'opens as soon as it is over the bowl; axes is high with the carry\'s '
+                        'step limited per axis')
     parser.add_argument('--place-miss', type=float, default=0.0, metavar='FRACTION',
                         help='reactive expert only: in this fraction of the place episodes a '
                         'misled expert releases the block 8-22 cm from the bowl, then the '

@@ -410,8 +410,9 @@ class ReactiveExpert(ScriptedExpert):
       within ``REACT_RELEASE_XY`` over it (``REACT_RELEASE_KEEP`` once below carry height)
       → lower; there at the release height → open. Block in the bowl and released → retreat.
       With ``place_carry`` 'axes' the carry's step is limited per axis
-      (``PLACE_CARRIES``). With ``place_carry`` 'low' the carry height is the release height, the carry slows
-      within ``REACT_LOW_APPROACH`` of the bowl, over the bowl → open;
+      (``PLACE_CARRIES``). With ``place_carry`` 'low' the carry height is the release
+      height, the carry slows within ``REACT_LOW_APPROACH`` of the bowl, over the bowl →
+      open;
     - push: lined up behind the block at push height → push on to ``REACT_PUSH_TRAVEL``;
       at the point behind it → lower; low elsewhere → rise; else → go above the point
       behind it; moved ``REACT_PUSH_DONE`` → retreat.
@@ -433,7 +434,8 @@ class ReactiveExpert(ScriptedExpert):
         cannot aim within 8 mm otherwise gets "move closer" forever (``vla-ros collect
         --release-xy``). ``place_carry``: 'high' carries the block at ``CARRY_Z`` and lowers
         it over the bowl; 'low' carries it at the release height and opens within
-        ``release_xy`` of the point over the bowl (``vla-ros collect --place-carry``).
+        ``release_xy`` of the point over the bowl; 'axes' is 'high' with the carry's step
+        limited per axis (``vla-ros collect --place-carry``).
         """
         super().__init__(robot, tokenizer, period)
         if not 0.0 < release_xy < BOWL_INNER_RADIUS - 0.03:
