@@ -425,7 +425,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--place-carry', choices=PLACE_CARRIES, default='high',
                         help='reactive expert only: high carries the block at 58 cm and lowers '
                         'it over the bowl (default); low carries it at the release height and '
-                        'opens as soon as it is over the bowl; axes is high with the carry\'s '
+                        'opens as soon as it is over the bowl; axes is high with its '
                         'step limited per axis')
     parser.add_argument('--place-miss', type=float, default=0.0, metavar='FRACTION',
                         help='reactive expert only: in this fraction of the place episodes a '
