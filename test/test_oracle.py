@@ -108,3 +108,10 @@ def test_dagger_rounds_add_the_learners_states_and_evaluate_each_policy(tmp_path
 def test_oracle_refuses_a_negative_round_count(capsys):
     assert oracle.main(['--dagger-rounds', '-1']) == 2
     assert '--dagger-rounds' in capsys.readouterr().err
+
+
+def test_oracle_refuses_noise_phases_it_cannot_perturb(capsys):
+    assert oracle.main(['--arm-noise', '0.02', '--arm-noise-phases', 'lift,lower']) == 2
+    assert '--arm-noise-phases' in capsys.readouterr().err
+    assert oracle.main(['--arm-noise-phases', 'carry']) == 2
+    assert '--arm-noise' in capsys.readouterr().err

@@ -105,7 +105,8 @@ class Scene:
 
     def __init__(self, action_space_file: Optional[str], params_file: Optional[str],
                  arm_noise: float = 0.0, settle: bool = True, expert: str = 'phases',
-                 release_xy: Optional[float] = None, place_carry: str = 'high'):
+                 release_xy: Optional[float] = None, place_carry: str = 'high',
+                 arm_noise_phases: Optional[Sequence[str]] = None):
         self.space = ActionSpace.from_yaml(action_space_file or default_action_space_file())
         self.tokenizer = ActionTokenizer(self.space)
         self.pipeline = Pipeline.from_params(self.tokenizer, params_file)
@@ -115,7 +116,7 @@ class Scene:
                                     self.pipeline.config.inference_period, settle=settle,
                                     kind=expert, release_xy=release_xy,
                                     place_carry=place_carry)
-        self.noise = ArmNoise(arm_noise, self.space, self.tokenizer)
+        self.noise = ArmNoise(arm_noise, self.space, self.tokenizer, arm_noise_phases)
 
     def close(self):
         self.robot.close()
@@ -263,6 +264,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--seed-start', type=int, default=0)
     parser.add_argument('--arm-noise', type=float, default=0.0, metavar='SIGMA',
                         help='DART noise on the executed arm delta (as vla-ros collect)')
+    parser.add_argument('--arm-noise-phases', default=None, metavar='PHASES',
+                        help='perturb only in these expert phases (as vla-ros collect)')
     parser.add_argument('--action-space', default=None)
     parser.add_argument('--params-file', default=None)
     parser.add_argument('--steps', type=int, default=6000, help='training steps')
@@ -308,12 +311,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'vla-ros oracle: --dagger-rounds must be >= 0, got {args.dagger_rounds}',
               file=sys.stderr)
         return 2
+    noise_phases = (None if args.arm_noise_phases is None else
+                    [p.strip() for p in args.arm_noise_phases.split(',') if p.strip()])
     try:
         plan = parse_episodes(args.episodes)
         dagger_plan = parse_episodes(args.dagger_episodes)
         scene = Scene(args.action_space, args.params_file, args.arm_noise,
                       settle=not args.no_settle, expert=args.expert,
-                      release_xy=args.release_xy, place_carry=args.place_carry)
+                      release_xy=args.release_xy, place_carry=args.place_carry,
+                      arm_noise_phases=noise_phases)
     except ValueError as exc:
         print(f'vla-ros oracle: {exc}', file=sys.stderr)
         return 2
@@ -322,6 +328,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     start = time.monotonic()
     key = [plan, args.seed_start, args.arm_noise, scene.space.to_dict()]
+    if noise_phases is not None:
+        key.append(sorted(scene.noise.phases))
     # (the key of the phase machine's settling expert's cache is what it always was)
     if args.no_settle:
         key.append('no-settle')
@@ -384,7 +392,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f'{task} {r["successes"]}/{r["episodes"]}' for task, r in results.items()),
                 flush=True)
     scene.close()
-    summary = {'arm_noise': args.arm_noise, 'settle': not args.no_settle,
+    summary = {'arm_noise': args.arm_noise, 'arm_noise_phases': noise_phases,
+               'settle': not args.no_settle,
                'expert': args.expert, 'chunk': args.chunk, 'chunk_execute': execute,
                'action_space': scene.space.to_dict(),
                'frames': rounds[-1]['frames'], 'idle_dropped': rounds[-1]['idle_dropped'],
