@@ -236,6 +236,11 @@ class PlaceMiss:
         return self.misled.tokenizer.tokenize(values)
 
 
+def parse_noise_phases(text: Optional[str]) -> Optional[List[str]]:
+    """Parse ``--arm-noise-phases`` (``lift,carry``); None stays None (every phase)."""
+    return None if text is None else [p.strip() for p in text.split(',') if p.strip()]
+
+
 def parse_episodes(text: str) -> Dict[str, int]:
     """Parse ``pick_block=500,gripper=100`` (or one number for every task)."""
     if text.strip().isdigit():
@@ -262,7 +267,7 @@ def collect(out: str, episodes: Dict[str, int], seed_start: int = 0,
 
     ``expert_kind``: the labelling expert (``sim.expert.EXPERT_KINDS``); ``release_xy``:
     the reactive expert's release zone (m; None: its default); ``place_carry``: its place
-    carry ('high' or 'low'); ``place_miss``: the fraction of place episodes whose first
+    carry (``PLACE_CARRIES``); ``place_miss``: the fraction of place episodes whose first
     attempt is misled; ``arm_noise_phases``: the expert phases ``arm_noise`` perturbs
     (None: all but the precision phases; module docstring).
 
@@ -444,8 +449,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.params_file, args.policy, args.flush_every, args.quiet, args.arm_noise,
         [int(f) for f in args.cache.split(',') if f.strip()], args.expert,
         args.release_xy, args.place_carry, args.place_miss,
-        None if args.arm_noise_phases is None else
-        [p.strip() for p in args.arm_noise_phases.split(',') if p.strip()]))
+        parse_noise_phases(args.arm_noise_phases)))
     if stats is not None:
         print(f'collected {stats}')
     return 0 if stats is not None else 2

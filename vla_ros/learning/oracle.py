@@ -44,7 +44,7 @@ import numpy as np
 
 from . import instructions
 from .chunks import chunk_labels, ChunkRunner
-from .collect import ArmNoise, EVAL_SEED_START, parse_episodes
+from .collect import ArmNoise, EVAL_SEED_START, parse_episodes, parse_noise_phases
 from .evaluate import wilson
 from .train_data import idle_labels
 from ..core.action_space import ActionSpace, ActionTokenizer
@@ -311,8 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'vla-ros oracle: --dagger-rounds must be >= 0, got {args.dagger_rounds}',
               file=sys.stderr)
         return 2
-    noise_phases = (None if args.arm_noise_phases is None else
-                    [p.strip() for p in args.arm_noise_phases.split(',') if p.strip()])
+    noise_phases = parse_noise_phases(args.arm_noise_phases)
     try:
         plan = parse_episodes(args.episodes)
         dagger_plan = parse_episodes(args.dagger_episodes)

@@ -648,7 +648,7 @@ class ExpertDecider:
         ``settle``: ``ScriptedExpert``'s (module docstring). ``kind`` 'reactive': the
         ``ReactiveExpert``, given the observation's commanded target every tick;
         ``release_xy``: its release zone (None: ``REACT_RELEASE_XY``; reactive only);
-        ``place_carry``: its place carry ('high' or 'low'; ``ReactiveExpert``).
+        ``place_carry``: its place carry (``PLACE_CARRIES``; ``ReactiveExpert``).
         """
         if kind not in EXPERT_KINDS:
             raise ValueError(f'expert kind must be one of {", ".join(EXPERT_KINDS)}, got '
